@@ -1,0 +1,1 @@
+"""The admin HTTP API (aiohttp): health, readiness, listings and metrics."""

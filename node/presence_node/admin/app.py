@@ -1,0 +1,142 @@
+"""The admin API application.  Every path but health and readiness needs
+``Authorization: Bearer <secret>``; bad query parameters get a 400 with a
+JSON error naming the parameter, and nothing here changes state."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from . import contract
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+
+SECRET: web.AppKey[str] = web.AppKey("secret", str)
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path in contract.OPEN_PATHS:
+        return await handler(request)
+    secret = request.app[SECRET]
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), secret.encode()):
+        resp = _error(401, "missing or wrong bearer secret")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="presence-node"'
+        return resp
+    return await handler(request)
+
+
+def _paging(request: web.Request) -> tuple[int, int]:
+    out = []
+    for name, default, hi in (("offset", 0, 10**9), ("limit", contract.DEFAULT_LIMIT, contract.MAX_LIMIT)):
+        raw = request.query.get(name, str(default))
+        if not raw.isdigit() or int(raw) > hi or (name == "limit" and int(raw) == 0):
+            raise web.HTTPBadRequest(
+                text=f'{{"error": "{name} must be an integer in [{0 if name == "offset" else 1}, {hi}]"}}',
+                content_type="application/json",
+            )
+        out.append(int(raw))
+    return out[0], out[1]
+
+
+def _known_params(request: web.Request, allowed: set[str]) -> None:
+    unknown = sorted(set(request.query) - allowed)
+    if unknown:
+        raise web.HTTPBadRequest(
+            text=f'{{"error": "unknown query parameter(s): {", ".join(unknown)}"}}', content_type="application/json"
+        )
+
+
+def make_app(node: "Node", secret: str) -> web.Application:
+    app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
+    app[SECRET] = secret
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "node": node.config.node_id})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if node.ready:
+            return web.json_response({"status": "ready", "node": node.config.node_id})
+        return _error(503, "not ready", node=node.config.node_id)
+
+    async def presentities(request: web.Request) -> web.Response:
+        _known_params(request, {"event", "offset", "limit"})
+        offset, limit = _paging(request)
+        now = time.time()
+        rows = await node.storage.list_presentities(
+            now, event=request.query.get("event"), offset=offset, limit=limit
+        )
+        return web.json_response(
+            {
+                "items": [
+                    {
+                        "presentity": p.presentity,
+                        "event": p.event,
+                        "etag": p.etag,
+                        "content_type": p.content_type,
+                        "expires_in": max(0, int(p.expires_at - now)),
+                        "tag": p.tag,
+                    }
+                    for p in rows
+                ],
+                "offset": offset,
+                "limit": limit,
+            }
+        )
+
+    async def subscriptions(request: web.Request) -> web.Response:
+        _known_params(request, {"presentity", "watcher", "event", "offset", "limit"})
+        offset, limit = _paging(request)
+        now = time.time()
+        q = request.query
+        rows = await node.storage.list_subscriptions(
+            now,
+            presentity=q.get("presentity"),
+            watcher=q.get("watcher"),
+            event=q.get("event"),
+            offset=offset,
+            limit=limit,
+        )
+        return web.json_response(
+            {
+                "items": [
+                    {
+                        "id": s.id,
+                        "presentity": s.presentity,
+                        "watcher": s.watcher,
+                        "event": s.event,
+                        "status": s.status,
+                        "expires_in": max(0, int(s.expires_at - now)),
+                        "contact": s.contact,
+                        "transport": s.transport,
+                        "notify_cseq": s.cseq,
+                        "tag": s.tag,
+                    }
+                    for s in rows
+                ],
+                "offset": offset,
+                "limit": limit,
+            }
+        )
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = await node.metrics_text()
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    app.router.add_get(contract.HEALTHZ, healthz)
+    app.router.add_get(contract.READYZ, readyz)
+    app.router.add_get(contract.PRESENTITIES, presentities)
+    app.router.add_get(contract.SUBSCRIPTIONS, subscriptions)
+    app.router.add_get(contract.METRICS, metrics)
+    return app

@@ -1,0 +1,173 @@
+"""Every node setting in one validated model, loadable from YAML.
+
+Unknown keys are errors (a typo must not silently fall back to a default),
+and a bad file is reported with the dotted path of the offending key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+KNOWN_PACKAGES = ("presence", "presence.winfo", "dialog", "dialog;sla")
+
+_HOSTPORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the key."""
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    m = _HOSTPORT.match(value)
+    if m is None:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    port = int(m.group("port"))
+    if port > 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return m.group("host").strip("[]"), port
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Expiry(_Strict):
+    """Expiry bounds (D10) for subscriptions or publications, in seconds."""
+
+    min: int = Field(60, ge=0)
+    default: int = Field(3600, ge=1)
+    max: int = Field(3600, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Expiry":
+        if not self.min <= self.default <= self.max:
+            raise ValueError("need min <= default <= max")
+        return self
+
+
+class Notify(_Strict):
+    """NOTIFY sending (D7, S08, S26)."""
+
+    #: Minimum seconds between two NOTIFYs of one subscription (D7).
+    min_interval: float = Field(0.0, ge=0)
+    #: A UDP NOTIFY larger than this goes over TCP when possible (S08).
+    udp_max_size: int = Field(1300, ge=512, le=65000)
+    #: RFC 3261 T1 and T2 in seconds (Timer F is 64*T1).
+    t1: float = Field(0.5, gt=0, le=10)
+    t2: float = Field(4.0, gt=0, le=60)
+
+
+class Limits(_Strict):
+    """Protection against floods and oversized input."""
+
+    max_message_size: int = Field(65535, ge=1024, le=1_048_576)
+    max_body_size: int = Field(65536, ge=256, le=1_048_576)
+    #: Requests per second one source IP may send (token bucket), 0 = no limit.
+    per_source_rate: float = Field(0.0, ge=0)
+    per_source_burst: int = Field(1000, ge=1)
+    #: Requests in progress beyond which new ones get 503 Retry-After.
+    max_in_progress: int = Field(20000, ge=1)
+    #: TCP connections idle longer than this are closed.
+    tcp_idle_timeout: float = Field(300.0, gt=0)
+    max_tcp_connections: int = Field(4096, ge=1)
+
+
+class Storage(_Strict):
+    backend: Literal["memory"] = "memory"
+
+
+class Config(_Strict):
+    """The whole node configuration (see README, "Configuration")."""
+
+    node_id: str = Field("node1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,31}$")
+    sip: str = "127.0.0.1:5060"
+    admin: str = "127.0.0.1:8081"
+    #: Host written in our Via/Contact; default: the SIP listen host.
+    advertised_host: str | None = None
+    #: SIP domains served (D2); empty = any.
+    domains: tuple[str, ...] = ()
+    packages: tuple[str, ...] = KNOWN_PACKAGES
+    subscription_expiry: Expiry = Expiry()
+    publication_expiry: Expiry = Expiry()
+    registration_expiry: Expiry = Expiry(min=60, default=3600, max=7200)
+    notify: Notify = Notify()
+    limits: Limits = Limits()
+    storage: Storage = Storage()
+    #: Seconds between expiry sweeps (S25, S47).
+    expiry_interval: float = Field(1.0, gt=0, le=60)
+    #: File holding the admin API bearer secret.
+    admin_secret_file: Path | None = None
+    #: Where a generated secret is written when none is given.
+    state_dir: Path = Path(".presence-node")
+    #: Seconds SIGTERM waits for NOTIFYs in flight before exiting.
+    drain_timeout: float = Field(5.0, ge=0, le=300)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("sip", "admin")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        split_hostport(v)
+        return v
+
+    @field_validator("domains")
+    @classmethod
+    def _lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(d.lower() for d in v)
+
+    @field_validator("packages")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if name not in KNOWN_PACKAGES:
+                raise ValueError(f"unknown package {name!r}; known: {', '.join(KNOWN_PACKAGES)}")
+        if not v:
+            raise ValueError("at least one package must be enabled")
+        return v
+
+    @property
+    def sip_address(self) -> tuple[str, int]:
+        return split_hostport(self.sip)
+
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        return split_hostport(self.admin)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read YAML (if given), apply flag ``overrides``, validate."""
+    data: dict[str, Any] = {}
+    source = "flags"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of settings")
+        data.update(loaded)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            data[k] = v
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from e

@@ -1,0 +1,1 @@
+"""Sockets: UDP and TCP listeners and the NOTIFY sender."""

@@ -1,0 +1,314 @@
+"""The only place with sockets: UDP and TCP listeners, NOTIFY sending.
+
+:class:`Transports` is the notifier's :class:`~..service.notify.Sender`.
+It owns the client transaction table and arms one loop timer for its next
+deadline (retransmission or Timer F), instead of a timer per NOTIFY.
+Destinations follow RFC 3263 loosely: the first Route, else the Contact;
+a host name we would have to resolve is replaced by the address the
+SUBSCRIBE came from (the NAT case RFC 3581 exists for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from typing import Callable
+
+from ..sip.errors import ParseError
+from ..sip.headers import parse_name_addr, parse_uri, parse_via
+from ..sip.message import Response, split_commas
+from ..sip.parser import StreamFramer
+from ..sip.transaction import RETRANSMIT, ClientTransactions
+from ..storage import Subscription
+
+log = logging.getLogger(__name__)
+
+Receive = Callable[[bytes, str, int, str, Callable[[bytes], None]], None]
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                except OSError:
+                    pass
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        t = self.transport
+        assert t is not None
+        self.receive(data, addr[0], addr[1], "udp", lambda d: t.sendto(d, addr))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error", extra={"error": str(exc)})
+
+
+class TcpConnection(asyncio.Protocol):
+    def __init__(self, owner: "Transports") -> None:
+        self.owner = owner
+        self.framer = StreamFramer(owner.max_size)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ("", 0)
+        self.last_active = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        self.last_active = asyncio.get_running_loop().time()
+        if not self.owner.register(self):
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = asyncio.get_running_loop().time()
+        try:
+            messages = self.framer.feed(data)
+        except ParseError:
+            # A stream that cannot be framed cannot be resynchronised.
+            assert self.transport is not None
+            self.transport.close()
+            return
+        for msg in messages:
+            self.owner.receive(msg, self.peer[0], self.peer[1], "tcp", self.write)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.unregister(self)
+
+
+class Transports:
+    """Listeners plus the NOTIFY sender (see module docstring)."""
+
+    def __init__(
+        self,
+        receive: Receive,
+        *,
+        advertised_host: str,
+        t1: float,
+        t2: float,
+        udp_max_size: int,
+        max_size: int,
+        max_tcp: int,
+        tcp_idle: float,
+    ) -> None:
+        self.receive = receive
+        self.host = advertised_host
+        self.port = 0
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp_server: asyncio.base_events.Server | None = None
+        self.client = ClientTransactions(t1, t2)
+        self.udp_max_size = udp_max_size
+        self.max_size = max_size
+        self.max_tcp = max_tcp
+        self.tcp_idle = tcp_idle
+        self.connections: dict[tuple[str, int], TcpConnection] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._pending_connects: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind UDP and TCP on the same port (port 0: pick one free for both)."""
+        loop = asyncio.get_running_loop()
+        for _ in range(20):
+            udp, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self.receive), local_addr=(host, port))
+            bound = udp.get_extra_info("sockname")[1]
+            try:
+                self.tcp_server = await loop.create_server(
+                    lambda: TcpConnection(self), host, bound, reuse_address=True, backlog=1024
+                )
+            except OSError:
+                udp.close()
+                if port:
+                    raise
+                continue
+            self.udp = udp  # type: ignore[assignment]
+            self.port = bound
+            self._sweeper = loop.call_later(5.0, self._sweep_idle)
+            return bound
+        raise OSError("no port free for both UDP and TCP")
+
+    def contact(self, transport: str) -> str:
+        suffix = ";transport=tcp" if transport == "tcp" else ""
+        return f"sip:{self.host}:{self.port}{suffix}"
+
+    # -- TCP connection registry --------------------------------------------
+
+    def register(self, conn: TcpConnection) -> bool:
+        if len(self.connections) >= self.max_tcp:
+            return False
+        self.connections[conn.peer] = conn
+        return True
+
+    def unregister(self, conn: TcpConnection) -> None:
+        if self.connections.get(conn.peer) is conn:
+            del self.connections[conn.peer]
+
+    def _sweep_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self.connections.values()):
+            if now - conn.last_active > self.tcp_idle and conn.transport is not None:
+                conn.transport.close()
+        self._sweeper = loop.call_later(5.0, self._sweep_idle)
+
+    # -- Sender ---------------------------------------------------------------
+
+    def local_contact(self, sub: Subscription) -> tuple[str, str]:
+        return f"SIP/2.0/{sub.transport.upper()} {self.host}:{self.port}", self.contact(sub.transport)
+
+    def destination(self, sub: Subscription) -> tuple[str, str, int]:
+        """(transport, host, port) for an in-dialog request to ``sub``."""
+        target = sub.contact
+        if sub.routes:
+            try:
+                target = parse_name_addr(split_commas(sub.routes)[0]).uri
+            except ParseError:
+                pass
+        transport = sub.transport
+        try:
+            uri = parse_uri(target)
+            host, port = uri.host.strip("[]"), uri.port or 5060
+            t = uri.params.get("transport")
+            if t in ("udp", "tcp"):
+                transport = t
+        except ParseError:
+            host, port = "", 0
+        if not host or not _is_ip(host):
+            src_host, _, src_port = sub.source.rpartition(":")
+            host, port = src_host, int(src_port)
+        return transport, host, port
+
+    def send_request(self, data: bytes, sub: Subscription, branch: str, on_done: Callable[[int], None]) -> None:
+        transport, host, port = self.destination(sub)
+        loop = asyncio.get_running_loop()
+        if transport == "udp" and len(data) > self.udp_max_size:
+            transport = "tcp"  # S08: large NOTIFYs need congestion control
+            fallback_udp = True
+        else:
+            fallback_udp = False
+        if transport == "tcp":
+            self._spawn(self._send_tcp(data, sub, branch, on_done, host, port, fallback_udp))
+            return
+        self.client.start(branch, data, ("udp", host, port), False, on_done, loop.time())
+        self._udp_send(data, host, port)
+        self._arm()
+
+    def _udp_send(self, data: bytes, host: str, port: int) -> None:
+        if self.udp is not None:
+            self.udp.sendto(data, (host, port))
+
+    async def _send_tcp(
+        self,
+        data: bytes,
+        sub: Subscription,
+        branch: str,
+        on_done: Callable[[int], None],
+        host: str,
+        port: int,
+        fallback_udp: bool,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        conn = self.connections.get(_split(sub.source)) if sub.transport == "tcp" else None
+        if conn is None:
+            conn = self.connections.get((host, port))
+        if conn is None:
+            try:
+                _, proto = await asyncio.wait_for(loop.create_connection(lambda: TcpConnection(self), host, port), 3.0)
+                conn = proto  # type: ignore[assignment]
+            except (OSError, asyncio.TimeoutError):
+                if fallback_udp:
+                    self.client.start(branch, data, ("udp", host, port), False, on_done, loop.time())
+                    self._udp_send(data, host, port)
+                    self._arm()
+                else:
+                    on_done(503)
+                return
+        assert conn is not None
+        self.client.start(branch, data, ("tcp", host, port), True, on_done, loop.time())
+        conn.write(data)
+        self._arm()
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.ensure_future(coro)
+        self._pending_connects.add(task)
+        task.add_done_callback(self._pending_connects.discard)
+
+    def on_response(self, resp: Response) -> None:
+        """A response from the network: match it to a NOTIFY transaction."""
+        top = resp.headers.get("via")
+        if top is None:
+            return
+        try:
+            branch = parse_via(split_commas(top)[0]).branch
+        except (ParseError, IndexError):
+            return
+        if not branch:
+            return
+        txn = self.client.on_response(branch, resp.code, asyncio.get_running_loop().time())
+        if txn is not None:
+            txn.context(resp.code)
+
+    # -- timers -----------------------------------------------------------------
+
+    def _arm(self) -> None:
+        nxt = self.client.next_deadline()
+        if nxt is None:
+            return
+        if self._timer is not None:
+            if self._timer.when() <= nxt:
+                return
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(nxt, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        for what, txn in self.client.due(loop.time()):
+            if what == RETRANSMIT:
+                _, host, port = txn.dest
+                self._udp_send(txn.data, host, port)
+            else:
+                txn.context(408)
+        self._arm()
+
+    async def close(self) -> None:
+        for h in (self._timer, self._sweeper):
+            if h is not None:
+                h.cancel()
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+        for conn in list(self.connections.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        for task in list(self._pending_connects):
+            task.cancel()
+        if self.tcp_server is not None:
+            await self.tcp_server.wait_closed()
+
+
+def _split(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    return host, int(port) if port.isdigit() else 0

@@ -1,0 +1,140 @@
+"""The node: builds the parts from a :class:`Config`, starts and stops them.
+
+Start order: storage, SIP sockets (UDP and TCP on one port), the expiry
+timer, then the admin API, and only then ready.  Stop order (SIGTERM):
+not ready, stop taking SIP, let handlers and NOTIFYs in flight finish
+(bounded by ``drain_timeout``), then admin, sockets and storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+from .admin.app import make_app
+from .admin.secret import load_secret
+from .config import Config
+from .metrics import Metrics
+from .packages.registry import PackageRegistry
+from .service.context import Service
+from .service.dispatch import Dispatcher
+from .service.expiry import Expirer
+from .service.ids import Ids
+from .service.notify import Notifier
+from .net.transport import Transports
+from .storage import MemoryStorage, Storage
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, config: Config, *, secret: str | None = None, storage: Storage | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.storage: Storage = storage or MemoryStorage()
+        self.packages = PackageRegistry(list(config.packages))
+        self.ids = Ids(config.node_id)
+        host, _ = config.sip_address
+        self.transports = Transports(
+            self._receive,
+            advertised_host=config.advertised_host or host,
+            t1=config.notify.t1,
+            t2=config.notify.t2,
+            udp_max_size=config.notify.udp_max_size,
+            max_size=config.limits.max_message_size,
+            max_tcp=config.limits.max_tcp_connections,
+            tcp_idle=config.limits.tcp_idle_timeout,
+        )
+        self.notifier = Notifier(
+            self.storage, self.packages, self.transports, self.ids, self.metrics, min_interval=config.notify.min_interval
+        )
+        self.service = Service(config, self.storage, self.packages, self.notifier, self.ids, self.metrics)
+        self.dispatcher = Dispatcher(
+            self.service, self.metrics, self.transports.on_response, local_hosts=_local_hosts(config)
+        )
+        self.expirer = Expirer(self.storage, self.notifier, lambda: None, self.metrics.expired, time.time)
+        self._secret = secret
+        self._runner: web.AppRunner | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.ready = False
+        self.sip_port = 0
+        self.admin_port = 0
+
+    def _receive(self, data: bytes, host: str, port: int, transport: str, send) -> None:  # type: ignore[no-untyped-def]
+        try:
+            self.dispatcher.receive(data, host, port, transport, send)
+        except Exception:  # never let one message take the listener down
+            log.exception("unexpected error handling a message", extra={"source": f"{host}:{port}"})
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        await self.storage.start()
+        host, port = cfg.sip_address
+        self.sip_port = await self.transports.start(host, port)
+        self.service.sip_port = self.sip_port
+        self.service.contact = {t: self.transports.contact(t) for t in ("udp", "tcp")}
+        self._expiry_task = asyncio.ensure_future(self._expiry_loop())
+        secret = self._secret or load_secret(cfg.admin_secret_file, cfg.state_dir)
+        self._runner = web.AppRunner(make_app(self, secret), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        ahost, aport = cfg.admin_address
+        site = web.TCPSite(self._runner, ahost, aport)
+        await site.start()
+        self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.ready = True
+        log.info(
+            "node started",
+            extra={"node": cfg.node_id, "sip": f"{host}:{self.sip_port}", "admin": f"{ahost}:{self.admin_port}"},
+        )
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.expiry_interval)
+            try:
+                await self.expirer.sweep()
+            except Exception:
+                log.exception("expiry sweep failed")
+
+    async def metrics_text(self) -> bytes:
+        subs, pres = await self.storage.counts()
+        self.metrics.subscriptions.set(subs)
+        self.metrics.presentities.set(pres)
+        return self.metrics.render()
+
+    async def stop(self) -> None:
+        self.ready = False
+        log.info("node draining", extra={"node": self.config.node_id})
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            try:
+                await self._expiry_task
+            except asyncio.CancelledError:
+                pass
+        deadline = self.config.drain_timeout
+        t0 = time.monotonic()
+        await self.dispatcher.drain(deadline)
+        await self.notifier.drain(max(0.0, deadline - (time.monotonic() - t0)))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.transports.close()
+        await self.storage.close()
+        log.info("node stopped", extra={"node": self.config.node_id})
+
+
+def _local_hosts(config: Config) -> set[str]:
+    host, _ = config.sip_address
+    hosts = {host.lower(), "localhost", "127.0.0.1"}
+    if config.advertised_host:
+        hosts.add(config.advertised_host.lower())
+    hosts.update(config.domains)
+    return hosts

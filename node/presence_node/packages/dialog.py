@@ -1,0 +1,132 @@
+"""The ``dialog`` package (RFC 4235), also serving ``dialog;sla`` (S72).
+
+Phones publish ``application/dialog-info+xml`` (S71); the server merges the
+``<dialog>`` elements of every live publication into one full document per
+presentity (S66, and for ``dialog;sla`` the dialogs of the whole group).  The
+root's ``version`` is per subscription (S67), so the composed body leaves the
+number out and :meth:`Document.render` splices it in for each watcher.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from lxml import etree
+
+from ..xmlsafe import element_bytes, escape_attr, parse_xml, root_nsmap, xmlns_decls
+from .base import BadBody, Document, UnsupportedBody
+from .presence import media_type
+
+DIALOG_INFO_NS = "urn:ietf:params:xml:ns:dialog-info"
+DIALOG_INFO_TYPE = "application/dialog-info+xml"
+
+_DIALOG_INFO = f"{{{DIALOG_INFO_NS}}}dialog-info"
+_DIALOG = f"{{{DIALOG_INFO_NS}}}dialog"
+_STATE = f"{{{DIALOG_INFO_NS}}}state"
+_SESSION_DESCRIPTION = f"{{{DIALOG_INFO_NS}}}session-description"
+_STATES = frozenset({"trying", "proceeding", "early", "confirmed", "terminated"})
+_XML_DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
+class DialogPackage:
+    """``Event: dialog`` (BLF) or, with ``name="dialog;sla"``, shared lines."""
+
+    content_types = (DIALOG_INFO_TYPE,)
+    publishable = True
+    timeout_notification = True
+
+    def __init__(self, name: str = "dialog") -> None:
+        self.name = name
+
+    def check_publication(self, body: bytes, content_type: str) -> bytes:
+        """Accept a dialog-info body (S44, S68) and return it unchanged.
+
+        Refused with 400: not well-formed, not a ``<dialog-info>``, or a
+        ``<dialog>`` without a unique ``id`` or a valid ``<state>``.
+        """
+        if media_type(content_type) != DIALOG_INFO_TYPE:
+            raise UnsupportedBody(
+                f"{self.name} takes {DIALOG_INFO_TYPE}, not {content_type!r}",
+                headers=[("Accept", DIALOG_INFO_TYPE)],
+            )
+        root = parse_xml(body)
+        if root.tag != _DIALOG_INFO:
+            raise BadBody(f"root must be <dialog-info> in {DIALOG_INFO_NS}, got {root.tag}")
+        seen: set[str] = set()
+        for dialog in root.iterchildren(_DIALOG):
+            dialog_id = dialog.get("id")
+            if not dialog_id:
+                raise BadBody("<dialog> without an id")
+            if dialog_id in seen:
+                raise BadBody(f"dialog id {dialog_id!r} is not unique")
+            seen.add(dialog_id)
+            state = dialog.find(_STATE)
+            value = (state.text or "").strip() if state is not None else ""
+            if value not in _STATES:
+                raise BadBody(f"dialog {dialog_id!r} needs a <state> in {sorted(_STATES)}, got {value!r}")
+        return body
+
+    def compose(
+        self,
+        entity: str,
+        bodies: Sequence[bytes],
+        params: Mapping[str, str] | None = None,
+    ) -> Document:
+        """One full ``<dialog-info>`` holding the dialogs the subscriber asked for.
+
+        Dialogs are keyed by ``id``; a later body (bodies are oldest first)
+        replaces an earlier dialog of the same id.  ``params`` are the Event
+        parameters of S65 (see :func:`_selected`).  No dialog left gives the
+        idle document with no ``<dialog>`` (D3, S67).
+        """
+        params = params or {}
+        roots = [parse_xml(body) for body in bodies]
+        dialogs: dict[str, etree._Element] = {}
+        for root in roots:
+            for dialog in root.iterchildren(_DIALOG):
+                dialogs[dialog.get("id", "")] = dialog
+        keep_sdp = "include-session-description" in params
+        nsmap = root_nsmap(DIALOG_INFO_NS, roots)
+        head = _XML_DECL + f'<dialog-info{xmlns_decls(nsmap)} version="'.encode("utf-8")
+        parts = [head, f'" state="full" entity="{escape_attr(entity)}">'.encode("utf-8")]
+        for dialog in dialogs.values():
+            if not _selected(dialog, params):
+                continue
+            if not keep_sdp:
+                for sdp in list(dialog.iter(_SESSION_DESCRIPTION)):
+                    sdp.getparent().remove(sdp)
+            parts.append(b"\n" + element_bytes(dialog, nsmap))
+        parts.append(b"\n</dialog-info>\n")
+        return Document(b"".join(parts), DIALOG_INFO_TYPE, version_at=len(head))
+
+
+def _selected(dialog: etree._Element, params: Mapping[str, str]) -> bool:
+    """Whether ``dialog`` passes the ``call-id``/``from-tag``/``to-tag`` filter.
+
+    Each parameter given must match; absent ones do not filter (RFC 4235
+    §3.2).  ``from-tag`` and ``to-tag`` are the tags of the From and To of the
+    dialog-creating INVITE, while ``local-tag``/``remote-tag`` are from the
+    observed user's side: for ``direction="initiator"`` from-tag is the
+    local tag, for ``recipient`` it is the remote tag, and without a
+    direction either orientation matches.
+    """
+    call_id = params.get("call-id")
+    if call_id is not None and dialog.get("call-id") != call_id:
+        return False
+    from_tag, to_tag = params.get("from-tag"), params.get("to-tag")
+    if from_tag is None and to_tag is None:
+        return True
+    local, remote = dialog.get("local-tag"), dialog.get("remote-tag")
+    as_initiator = _tags_match(from_tag, to_tag, local, remote)
+    as_recipient = _tags_match(from_tag, to_tag, remote, local)
+    direction = dialog.get("direction")
+    if direction == "initiator":
+        return as_initiator
+    if direction == "recipient":
+        return as_recipient
+    return as_initiator or as_recipient
+
+
+def _tags_match(from_tag: str | None, to_tag: str | None, from_side: str | None, to_side: str | None) -> bool:
+    """Each given tag equals the dialog's tag on its side."""
+    return (from_tag is None or from_tag == from_side) and (to_tag is None or to_tag == to_side)

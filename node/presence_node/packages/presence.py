@@ -1,0 +1,163 @@
+"""The ``presence`` package (RFC 3856) with PIDF bodies (RFC 3863).
+
+Published bodies are checked only in the parts the server reads (D8) and then
+stored and passed on byte for byte: RPID, data-model and vendor elements must
+reach watchers exactly as the publisher wrote them (S52, S54).  Composition of
+several publications (S53) copies each source element's serialised bytes under
+a new root, so prefixes survive; only colliding ``id`` values are changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping, Sequence
+
+from lxml import etree
+
+from ..xmlsafe import element_bytes, escape_attr, parse_xml, root_nsmap, xmlns_decls
+from .base import BadBody, Document, UnsupportedBody
+
+PIDF_NS = "urn:ietf:params:xml:ns:pidf"
+DATA_MODEL_NS = "urn:ietf:params:xml:ns:pidf:data-model"
+PIDF_TYPE = "application/pidf+xml"
+
+_PRESENCE = f"{{{PIDF_NS}}}presence"
+_TUPLE = f"{{{PIDF_NS}}}tuple"
+_STATUS = f"{{{PIDF_NS}}}status"
+_BASIC = f"{{{PIDF_NS}}}basic"
+_NOTE = f"{{{PIDF_NS}}}note"
+_PERSON = f"{{{DATA_MODEL_NS}}}person"
+_BASIC_VALUES = frozenset({"open", "closed"})
+_XML_DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
+def media_type(content_type: str) -> str:
+    """The bare, lower-cased media type of a Content-Type value (no parameters)."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+class PresencePackage:
+    """``Event: presence``: PUBLISH and SUBSCRIBE with ``application/pidf+xml``."""
+
+    name = "presence"
+    content_types = (PIDF_TYPE,)
+    publishable = True
+    timeout_notification = True
+
+    def check_publication(self, body: bytes, content_type: str) -> bytes:
+        """Accept a PIDF body (D8, S44, S51) and return it unchanged.
+
+        Refused with 400: not well-formed, not a PIDF ``<presence>`` with an
+        ``entity``, a tuple without ``id`` or ``<status>``, duplicate tuple ids,
+        or a ``<basic>`` other than ``open``/``closed`` (baresip's ``unknown``).
+        """
+        if media_type(content_type) != PIDF_TYPE:
+            raise UnsupportedBody(
+                f"presence takes {PIDF_TYPE}, not {content_type!r}",
+                headers=[("Accept", PIDF_TYPE)],
+            )
+        root = parse_xml(body)
+        if root.tag != _PRESENCE:
+            raise BadBody(f"PIDF root must be <presence> in {PIDF_NS}, got {root.tag}")
+        if not root.get("entity"):
+            raise BadBody("PIDF <presence> lacks its entity attribute")
+        seen: set[str] = set()
+        for tup in root.iterchildren(_TUPLE):
+            tuple_id = tup.get("id")
+            if not tuple_id:
+                raise BadBody("PIDF <tuple> without an id")
+            if tuple_id in seen:
+                raise BadBody(f"PIDF tuple id {tuple_id!r} is not unique")
+            seen.add(tuple_id)
+            status = tup.find(_STATUS)
+            if status is None:
+                raise BadBody(f"PIDF tuple {tuple_id!r} has no <status>")
+            basic = status.find(_BASIC)
+            if basic is not None and (basic.text or "").strip() not in _BASIC_VALUES:
+                raise BadBody(f"PIDF <basic> must be open or closed, got {(basic.text or '').strip()!r}")
+        return body
+
+    def compose(
+        self,
+        entity: str,
+        bodies: Sequence[bytes],
+        params: Mapping[str, str] | None = None,
+    ) -> Document:
+        """One PIDF document for the presentity (D3, S53); ``params`` unused.
+
+        No body gives the offline document, one body is passed on as is, and
+        several are merged: all tuples first, then presence-level notes
+        (identical ones once), then every other element, with only the newest
+        ``<dm:person>`` kept.  Bodies are oldest first, so the newest person
+        is the last one seen.
+        """
+        if not bodies:
+            return Document(offline_pidf(entity), PIDF_TYPE)
+        if len(bodies) == 1:
+            return Document(bodies[0], PIDF_TYPE)
+        roots = [parse_xml(body) for body in bodies]
+        tuples: list[etree._Element] = []
+        notes: list[etree._Element] = []
+        others: list[etree._Element] = []
+        person: etree._Element | None = None
+        for root in roots:
+            for child in root.iterchildren(tag=etree.Element):
+                if child.tag == _TUPLE:
+                    tuples.append(child)
+                elif child.tag == _NOTE:
+                    notes.append(child)
+                elif child.tag == _PERSON:
+                    person = child
+                else:
+                    others.append(child)
+        if person is not None:
+            others.append(person)
+        nsmap = root_nsmap(PIDF_NS, roots)
+        parts = [
+            _XML_DECL,
+            f'<presence{xmlns_decls(nsmap)} entity="{escape_attr(entity)}">'.encode("utf-8"),
+        ]
+        used: set[str] = set()
+        seen_notes: set[bytes] = set()
+        for element in tuples + notes + others:
+            _make_id_unique(element, used)
+            data = element_bytes(element, nsmap)
+            if element.tag == _NOTE:
+                if data in seen_notes:
+                    continue
+                seen_notes.add(data)
+            parts.append(b"\n" + data)
+        parts.append(b"\n</presence>\n")
+        return Document(b"".join(parts), PIDF_TYPE)
+
+
+def offline_pidf(entity: str) -> bytes:
+    """The D3 document: one ``closed`` tuple whose id is stable for ``entity``.
+
+    The id is a hash so that it is a valid XML ID whatever the URI holds and
+    the same on every node of a cluster.
+    """
+    tuple_id = "offline-" + hashlib.blake2s(entity.encode("utf-8"), digest_size=6).hexdigest()
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<presence xmlns="{PIDF_NS}" entity="{escape_attr(entity)}">\n'
+        f'<tuple id="{tuple_id}"><status><basic>closed</basic></status></tuple>\n'
+        f"</presence>\n"
+    ).encode("utf-8")
+
+
+def _make_id_unique(element: etree._Element, used: set[str]) -> None:
+    """Give ``element`` an ``id`` not in ``used`` (suffixing ``-2``, ``-3``…).
+
+    Tuple, person and device ids share one XML ID space in the document.
+    """
+    original = element.get("id")
+    if original is None:
+        return
+    candidate, n = original, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{original}-{n}"
+    if candidate != original:
+        element.set("id", candidate)
+    used.add(candidate)

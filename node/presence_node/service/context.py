@@ -1,0 +1,104 @@
+"""What every handler shares: the service object and the incoming request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..config import Config, Expiry
+from ..packages.registry import PackageRegistry
+from ..sip.errors import ParseError, RemoteSipError
+from ..sip.headers import Event, parse_event, parse_expires, parse_uri
+from ..sip.message import Request
+from ..sip.status import Status
+from ..storage import Storage
+from .ids import Ids
+from .notify import Notifier
+
+
+@dataclass(slots=True)
+class Incoming:
+    request: Request
+    host: str  # source address
+    port: int
+    transport: str  # udp | tcp
+    now: float  # wall clock at arrival
+
+
+class ServiceMetrics(Protocol):
+    def publication_change(self, event: str, kind: str) -> None: ...
+
+    def notify_sent(self, event: str) -> None: ...
+
+    def notify_failed(self, event: str, code: int) -> None: ...
+
+
+class Service:
+    """The node's presence logic with its collaborators."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        packages: PackageRegistry,
+        notifier: Notifier,
+        ids: Ids,
+        metrics: ServiceMetrics,
+        default_tag: str = "local",
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.packages = packages
+        self.notifier = notifier
+        self.ids = ids
+        self.metrics = metrics
+        self.default_tag = default_tag
+        self.allow_events = ", ".join(packages.names)
+        #: Our Contact URI per transport and SIP port; set once sockets are bound.
+        self.contact: dict[str, str] = {}
+        self.sip_port = config.sip_address[1]
+
+    def resource(self, req: Request) -> str:
+        """The canonical AOR named by the Request-URI (D2, S49); 404 for a
+        domain this node does not serve, 416 for a scheme it cannot."""
+        try:
+            uri = parse_uri(req.uri)
+        except ParseError as e:
+            raise RemoteSipError("bad Request-URI", status=Status.BAD_REQUEST) from e
+        if uri.scheme not in ("sip", "sips", "pres"):
+            raise RemoteSipError("unsupported URI scheme", status=Status.UNSUPPORTED_URI_SCHEME)
+        if not uri.user:
+            raise RemoteSipError("no such resource", status=Status.NOT_FOUND)
+        domains = self.config.domains
+        if domains and uri.host not in domains:
+            raise RemoteSipError(f"domain {uri.host} is not served here", status=Status.NOT_FOUND)
+        return uri.aor
+
+    def bad_event(self) -> RemoteSipError:
+        return RemoteSipError("unsupported event package", status=Status.BAD_EVENT, headers=[("Allow-Events", self.allow_events)])
+
+    def event_of(self, req: Request) -> Event:
+        raw = req.headers.get("event")
+        if raw is None:
+            raise self.bad_event()
+        try:
+            return parse_event(raw)
+        except ParseError as e:
+            raise self.bad_event() from e
+
+    def granted_expiry(self, req: Request, bounds: Expiry) -> int:
+        """Expires to grant (D10): default when absent, 423 below the
+        minimum, capped at the maximum; 0 stays 0."""
+        try:
+            asked = parse_expires(req.headers.get("expires"))
+        except ParseError as e:
+            raise RemoteSipError("bad Expires", status=Status.BAD_REQUEST) from e
+        if asked is None:
+            return bounds.default
+        if asked == 0:
+            return 0
+        if asked < bounds.min:
+            raise RemoteSipError(
+                "interval too brief", status=Status.INTERVAL_TOO_BRIEF, headers=[("Min-Expires", str(bounds.min))]
+            )
+        return min(asked, bounds.max)

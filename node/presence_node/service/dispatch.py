@@ -1,0 +1,298 @@
+"""From received bytes to a sent response: validation, transactions, routing.
+
+The order is RFC 3261 §8.2: framing and mandatory headers (400), server
+transaction matching (S03), loose routing through ourselves (S07),
+Max-Forwards (483), Require (420, S05), method (405 with Allow, S04), then
+the handler.  Malformed input gets a 400 when a response can be formed and
+is dropped otherwise (it needs a Via, From, To, Call-ID and CSeq to answer).
+Nothing here changes stored state before the handler accepts the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Callable, Coroutine, Any
+
+from ..sip.errors import ParseError, RemoteSipError
+from ..sip.headers import parse_cseq, parse_name_addr, parse_uri, parse_via
+from ..sip.message import Response, serialise
+from ..sip.parser import parse
+from ..sip.response import ResponseBuilder, stamp_via
+from ..sip.status import Status, reason
+from ..sip.transaction import IN_PROGRESS, ServerTransactions
+from .context import Incoming, Service
+from .limits import SourceLimiter
+from .publish import handle_publish
+from .register import handle_register
+from .reply import Reply
+from .subscribe import handle_subscribe
+
+log = logging.getLogger(__name__)
+
+ALLOW = "SUBSCRIBE, NOTIFY, PUBLISH, OPTIONS, REGISTER, CANCEL, ACK"
+SUPPORTED: frozenset[str] = frozenset()  # no option tags beyond the base protocol
+
+Handler = Callable[[Service, Incoming], Coroutine[Any, Any, Reply]]
+HANDLERS: dict[str, Handler] = {
+    "PUBLISH": handle_publish,
+    "SUBSCRIBE": handle_subscribe,
+    "REGISTER": handle_register,
+}
+
+Send = Callable[[bytes], None]
+
+
+class DispatchMetrics:
+    """What the dispatcher reports; the node wires it to Prometheus."""
+
+    def request(self, method: str) -> None: ...
+
+    def response(self, method: str, code: int) -> None: ...
+
+    def latency(self, method: str, seconds: float) -> None: ...
+
+    def dropped(self, why: str) -> None: ...
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        service: Service,
+        metrics: DispatchMetrics,
+        on_response: Callable[[Response], None],
+        *,
+        local_hosts: set[str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.svc = service
+        self.metrics = metrics
+        self.on_response = on_response
+        self.local_hosts = local_hosts
+        self.clock = clock
+        cfg = service.config
+        self.txns = ServerTransactions(cfg.notify.t1)
+        self.limiter = SourceLimiter(cfg.limits.per_source_rate, cfg.limits.per_source_burst)
+        self.max_size = cfg.limits.max_message_size
+        self.max_in_progress = cfg.limits.max_in_progress
+        self.in_progress = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def receive(self, data: bytes, host: str, port: int, transport: str, send: Send) -> None:
+        """Handle one datagram or one framed stream message."""
+        now = self.clock()
+        self.txns.sweep(now)
+        try:
+            msg = parse(data, datagram=transport == "udp", max_size=self.max_size)
+        except ParseError as e:
+            self.metrics.dropped("malformed")
+            answer = salvage(data, e, host, port)
+            if answer is not None:
+                send(answer)
+            return
+        if isinstance(msg, Response):
+            self.on_response(msg)
+            return
+        req = msg
+        method = req.method
+        self.metrics.request(method)
+        try:
+            rb = ResponseBuilder(req, host, port)
+            via = parse_via(rb.vias[0])
+        except ParseError:
+            self.metrics.dropped("no-via")
+            return  # nowhere to send an answer
+        if method == "ACK":
+            return  # ACKs to our non-2xx final responses: nothing to do
+        missing = [h for h in ("from", "to", "call-id", "cseq") if h not in req.headers]
+        bad: str | None = f"missing {', '.join(missing)}" if missing else None
+        if bad is None:
+            try:
+                num, cseq_method = parse_cseq(req.headers.get("cseq") or "")
+                parse_name_addr(req.headers.get("from") or "")
+                parse_name_addr(req.headers.get("to") or "")
+                if cseq_method != method:
+                    bad = "CSeq method does not match the request"
+            except ParseError as e:
+                bad = e.reason
+        if bad is not None:
+            self._send(send, method, rb.build(400, phrase=f"Bad Request ({bad})"[:120]))
+            return
+        key = ServerTransactions.key(
+            via.branch, via.sent_by, "INVITE" if method == "ACK" else method, _fallback_key(req)
+        )
+        if method == "CANCEL":
+            self._cancel(req, via, rb, send)
+            return
+        stored = self.txns.begin(key)
+        if stored is not None:
+            self.metrics.dropped("retransmission")
+            if stored is not IN_PROGRESS and stored:
+                send(stored)
+            return
+        if not self.limiter.allow(host, now) or self.in_progress >= self.max_in_progress:
+            self.txns.abandon(key)
+            self.metrics.dropped("overload")
+            self._send(send, method, rb.build(503, [("Retry-After", "5")]))
+            return
+        pre = self._precheck(req)
+        if pre is not None:
+            self._finish(key, send, method, rb, pre, transport, now)
+            return
+        handler = HANDLERS.get(method)
+        if handler is None:
+            self._finish(key, send, method, rb, self._simple(req), transport, now)
+            return
+        inc = Incoming(req, host, port, transport, now)
+        self.in_progress += 1
+        task = asyncio.ensure_future(self._run(handler, inc, key, send, rb, transport))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self, handler: Handler, inc: Incoming, key: str, send: Send, rb: ResponseBuilder, transport: str
+    ) -> None:
+        t0 = time.perf_counter()
+        try:
+            try:
+                reply = await handler(self.svc, inc)
+            except RemoteSipError as e:
+                reply = Reply(e.status_hint, list(e.headers), to_tag=self.svc.ids.tag())
+                phrase = f"{reason(e.status_hint)} ({e.reason})" if e.reason else None
+                self._finish(key, send, inc.request.method, rb, reply, transport, inc.now, phrase)
+                return
+            except Exception:
+                log.exception("handler failed", extra={"method": inc.request.method})
+                reply = Reply(500, to_tag=self.svc.ids.tag())
+            self._finish(key, send, inc.request.method, rb, reply, transport, inc.now)
+            if reply.then is not None:
+                try:
+                    await reply.then()
+                except Exception:
+                    log.exception("post-response work failed", extra={"method": inc.request.method})
+        finally:
+            self.in_progress -= 1
+            self.metrics.latency(inc.request.method, time.perf_counter() - t0)
+
+    def _finish(
+        self,
+        key: str,
+        send: Send,
+        method: str,
+        rb: ResponseBuilder,
+        reply: Reply,
+        transport: str,
+        now: float,
+        phrase: str | None = None,
+    ) -> None:
+        data = rb.build(reply.code, reply.headers, reply.body, to_tag=reply.to_tag or self.svc.ids.tag(), phrase=phrase)
+        self.txns.complete(key, data, now, reliable=transport != "udp")
+        self._send(send, method, data, reply.code)
+
+    def _send(self, send: Send, method: str, data: bytes, code: int | None = None) -> None:
+        if code is None:
+            code = int(data[8:11])
+        self.metrics.response(method, code)
+        send(data)
+
+    def _precheck(self, req: Any) -> Reply | None:
+        """Checks every request goes through before its handler."""
+        h = req.headers
+        # S07: a pre-loaded Route naming us is consumed (loose routing).
+        routes = h.values("route")
+        if routes:
+            remaining = [r for r in routes if not self._is_us(r)]
+            if remaining:
+                h.set("route", ", ".join(remaining))
+            else:
+                h.remove("route")
+        mf = h.get("max-forwards")
+        if mf is not None:
+            if not mf.strip().isdigit():
+                return Reply(Status.BAD_REQUEST)
+            if int(mf) == 0 and req.method != "OPTIONS":
+                return Reply(Status.TOO_MANY_HOPS)
+        required = [r.lower() for r in h.values("require")]
+        unsupported = [r for r in required if r not in SUPPORTED]
+        if unsupported and req.method not in ("CANCEL", "ACK"):
+            return Reply(Status.BAD_EXTENSION, [("Unsupported", ", ".join(unsupported))])
+        return None
+
+    def _is_us(self, route: str) -> bool:
+        try:
+            uri = parse_uri(parse_name_addr(route).uri)
+        except ParseError:
+            return False
+        return uri.host in self.local_hosts and (uri.port in (None, self.svc.sip_port))
+
+    def _simple(self, req: Any) -> Reply:
+        method = req.method
+        if method == "OPTIONS":
+            return Reply(
+                Status.OK,
+                [
+                    ("Allow", ALLOW),
+                    ("Allow-Events", self.svc.allow_events),
+                    ("Accept", "application/pidf+xml, application/dialog-info+xml, application/watcherinfo+xml"),
+                ],
+            )
+        if method == "NOTIFY":
+            # The node subscribes to nobody (D9): no dialog can match.
+            return Reply(Status.CALL_DOES_NOT_EXIST)
+        return Reply(Status.METHOD_NOT_ALLOWED, [("Allow", ALLOW)])
+
+    def _cancel(self, req: Any, via: Any, rb: ResponseBuilder, send: Send) -> None:
+        """S12: answer a CANCEL; a non-INVITE transaction is not affected."""
+        matched = any(
+            self.txns.exists(ServerTransactions.key(via.branch, via.sent_by, m, _fallback_key(req)))
+            for m in ("SUBSCRIBE", "PUBLISH", "NOTIFY", "OPTIONS", "REGISTER")
+        )
+        self._send(send, "CANCEL", rb.build(200 if matched else 481, to_tag=self.svc.ids.tag()))
+
+    async def drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+
+def _fallback_key(req: Any) -> str:
+    """RFC 2543 matching for requests without a magic-cookie branch."""
+    h = req.headers
+    return "\x00".join((req.uri, h.get("call-id") or "", h.get("cseq") or "", h.get("from") or ""))
+
+
+_SALVAGE = re.compile(rb"(?im)^(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*([^\r\n]*)\r?$")
+_LONG = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
+
+
+def salvage(data: bytes, err: ParseError, host: str, port: int) -> bytes | None:
+    """A 400 for a request we could not parse, if it names enough to answer."""
+    if data.startswith(b"SIP/"):
+        return None  # never answer a response
+    found: dict[bytes, list[str]] = {}
+    for m in _SALVAGE.finditer(data[:8192]):
+        name = m.group(1).lower()
+        name = _LONG.get(name, name)
+        try:
+            value = m.group(2).decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None
+        found.setdefault(name, []).append(value)
+    if not all(k in found for k in (b"via", b"from", b"to", b"call-id", b"cseq")):
+        return None
+    try:
+        parse_via(found[b"via"][0].split(",")[0])
+    except ParseError:
+        return None
+    vias = [v.strip() for line in found[b"via"] for v in line.split(",") if v.strip()]
+    vias[0] = stamp_via(vias[0], host, port)
+    headers = [("Via", v) for v in vias]
+    headers += [("From", found[b"from"][0]), ("To", found[b"to"][0])]
+    headers += [("Call-ID", found[b"call-id"][0]), ("CSeq", found[b"cseq"][0])]
+    phrase = f"Bad Request ({err.reason})"[:120].replace("\r", " ").replace("\n", " ")
+    code = err.status_hint if err.status_hint in (400, 413, 505) else 400
+    if code != 400:
+        phrase = reason(code)
+    return serialise(f"SIP/2.0 {code} {phrase}", headers)

@@ -1,0 +1,269 @@
+"""Sending NOTIFYs: composition, rate control (D7) and failure handling (S26).
+
+The notifier composes one document per (presentity, package, filter) and
+renders it per subscription (only the version differs), takes CSeq and
+version from one atomic storage call per batch, and hands the bytes to a
+:class:`Sender`.  At most one NOTIFY per subscription is in flight: a change
+that arrives meanwhile marks the subscription dirty, and the latest state is
+sent when the NOTIFY in flight completes, so the last state always arrives
+(S56) without a queue per subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+from ..packages.base import Document, WatcherView
+from ..packages.registry import PackageRegistry
+from ..sip.headers import parse_params
+from ..sip.message import serialise
+from ..sip.status import NOTIFY_FATAL
+from ..storage import Storage, Subscription
+from .ids import Ids
+
+log = logging.getLogger(__name__)
+
+WINFO = "presence.winfo"
+
+
+class Sender(Protocol):
+    """The network side, as the notifier sees it."""
+
+    def local_contact(self, sub: Subscription) -> tuple[str, str]:
+        """(Via sent-by with transport, Contact URI) for a NOTIFY to ``sub``."""
+        ...
+
+    def send_request(self, data: bytes, sub: Subscription, branch: str, on_done: Callable[[int], None]) -> None:
+        """Send in a client transaction; ``on_done(code)`` gets the final
+        status, 408 on Timer F, 503 if it could not be sent at all."""
+        ...
+
+
+class NotifyMetrics(Protocol):
+    def notify_sent(self, event: str) -> None: ...
+
+    def notify_failed(self, event: str, code: int) -> None: ...
+
+
+@dataclass(slots=True)
+class _Terminal:
+    sub: Subscription
+    reason: str
+    doc: Document | None
+
+
+# Markers kept in Notifier._busy for a subscription with a NOTIFY in flight.
+_CLEAN = 0
+_DIRTY = 1
+
+
+class Notifier:
+    def __init__(
+        self,
+        storage: Storage,
+        packages: PackageRegistry,
+        sender: Sender,
+        ids: Ids,
+        metrics: NotifyMetrics,
+        *,
+        min_interval: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.packages = packages
+        self.sender = sender
+        self.ids = ids
+        self.metrics = metrics
+        self.min_interval = min_interval
+        self.clock = clock
+        self._busy: dict[str, int | _Terminal] = {}
+        self._last_sent: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- documents ---------------------------------------------------------
+
+    async def document(self, sub: Subscription, now: float) -> Document:
+        """The full current document for one subscription."""
+        if sub.event == WINFO:
+            watchers = await self.storage.watchers(sub.presentity, "presence", now)
+            return self.winfo_document(sub.presentity, (_view(w) for w in watchers), full=True)
+        pubs = await self.storage.publications(sub.presentity, sub.event, now)
+        package = self.packages.get(sub.event)
+        assert package is not None, sub.event
+        params = parse_params(sub.event_params) if sub.event_params else None
+        return package.compose(f"sip:{sub.presentity}", [p.body for p in pubs], params)
+
+    def winfo_document(self, presentity: str, watchers: Iterable[WatcherView], *, full: bool) -> Document:
+        winfo = self.packages.get(WINFO)
+        assert winfo is not None
+        return winfo.document(f"sip:{presentity}", "presence", list(watchers), full)  # type: ignore[attr-defined]
+
+    # -- entry points --------------------------------------------------------
+
+    async def notify(self, subs: list[Subscription], doc: Document | None = None) -> None:
+        """Send the current state to ``subs`` (all of one presentity and
+        package), or ``doc`` when given (a winfo partial document)."""
+        if not subs:
+            return
+        ready: list[Subscription] = []
+        busy = self._busy
+        for s in subs:
+            if s.id in busy:
+                if busy[s.id] == _CLEAN:
+                    busy[s.id] = _DIRTY  # the latest full state goes next
+            elif self.min_interval and self._too_soon(s):
+                busy[s.id] = _DIRTY
+                self._later(s)
+            else:
+                busy[s.id] = _CLEAN
+                ready.append(s)
+        if not ready:
+            return
+        now = self.clock()
+        numbers = await self.storage.next_notify([s.id for s in ready])
+        docs: dict[tuple[str, str, str], Document] = {}
+        for s in ready:
+            n = numbers.get(s.id)
+            if n is None:  # gone meanwhile
+                busy.pop(s.id, None)
+                continue
+            d = doc
+            if d is None:
+                k = (s.presentity, s.event, s.event_params)
+                d = docs.get(k)
+                if d is None:
+                    d = docs[k] = await self.document(s, now)
+            self._send(s, n[0], n[1], d, None, now)
+
+    async def state_changed(self, presentity: str, event: str) -> None:
+        """A publication of (presentity, event) changed: tell every watcher (S57)."""
+        now = self.clock()
+        await self.notify(await self.storage.watchers(presentity, event, now))
+
+    async def terminated(self, sub: Subscription, reason: str, doc: Document | None = None) -> None:
+        """Send the final NOTIFY of a subscription already removed from
+        storage (S21, S23, S25).  ``doc`` defaults to the current state."""
+        if sub.id in self._busy:
+            self._busy[sub.id] = _Terminal(sub, reason, doc)
+            return
+        await self._send_terminal(sub, reason, doc)
+
+    async def _send_terminal(self, sub: Subscription, reason: str, doc: Document | None) -> None:
+        now = self.clock()
+        if doc is None:
+            doc = await self.document(sub, now)
+        # The record is gone from storage, so CSeq and version come from the
+        # snapshot, which holds the last values the storage handed out.
+        sub.cseq += 1
+        self._busy[sub.id] = _CLEAN
+        self._send(sub, sub.cseq, sub.version, doc, reason, now)
+        sub.version += 1
+
+    # -- sending -----------------------------------------------------------
+
+    def _send(self, sub: Subscription, cseq: int, version: int, doc: Document, reason: str | None, now: float) -> None:
+        body = doc.render(version)
+        via, contact = self.sender.local_contact(sub)
+        branch = self.ids.branch()
+        if reason is None:
+            remaining = max(0, int(sub.expires_at - now))
+            state = f"{sub.status};expires={remaining}"
+        else:
+            state = f"terminated;reason={reason}"
+        headers = [
+            ("Via", f"{via};branch={branch};rport"),
+            ("Max-Forwards", "70"),
+            ("From", f"{sub.local_uri};tag={sub.id}"),
+            ("To", sub.remote_uri),
+            ("Call-ID", sub.call_id),
+            ("CSeq", f"{cseq} NOTIFY"),
+            ("Contact", f"<{contact}>"),
+        ]
+        if sub.routes:
+            headers.append(("Route", sub.routes))
+        headers.append(("Event", sub.event_header))
+        headers.append(("Subscription-State", state))
+        if body:
+            headers.append(("Content-Type", doc.content_type))
+        data = serialise(f"NOTIFY {sub.contact} SIP/2.0", headers, body)
+        if self.min_interval:
+            self._last_sent[sub.id] = now
+        final = reason is not None
+        self.sender.send_request(data, sub, branch, lambda code: self._done(sub, code, final))
+        self.metrics.notify_sent(sub.event)
+
+    def _done(self, sub: Subscription, code: int, final: bool) -> None:
+        pending = self._busy.pop(sub.id, None)
+        if code >= 300:
+            self.metrics.notify_failed(sub.event, code)
+        if final:
+            self._last_sent.pop(sub.id, None)
+            return
+        if code in NOTIFY_FATAL or code == 408:
+            # S26: the subscriber is gone; remove it and send nothing more.
+            self._spawn(self._drop(sub, code))
+            return
+        if isinstance(pending, _Terminal):
+            self._spawn(self._send_terminal(pending.sub, pending.reason, pending.doc))
+        elif pending == _DIRTY:
+            self._spawn(self._resend(sub))
+
+    async def _resend(self, sub: Subscription) -> None:
+        current = await self.storage.subscription(sub.id)
+        if current is not None:
+            await self.notify([current])
+
+    async def _drop(self, sub: Subscription, code: int) -> None:
+        removed = await self.storage.delete_subscription(sub.id)
+        if removed is not None:
+            log.info("subscription removed after NOTIFY failure", extra={"sub": sub.id, "code": code})
+            await self.watcher_changed(removed, "terminated", "noresource" if code != 408 else "timeout")
+
+    async def watcher_changed(self, sub: Subscription, status: str, event: str) -> None:
+        """A presence watcher appeared or went: partial winfo to the
+        presentity's winfo subscribers (S63)."""
+        if sub.event != "presence" or self.packages.get(WINFO) is None:
+            return
+        now = self.clock()
+        winfo_subs = await self.storage.watchers(sub.presentity, WINFO, now)
+        if winfo_subs:
+            view = WatcherView(sub.id, f"sip:{sub.watcher}", status, event)
+            await self.notify(winfo_subs, self.winfo_document(sub.presentity, [view], full=False))
+
+    def _too_soon(self, sub: Subscription) -> bool:
+        last = self._last_sent.get(sub.id)
+        return last is not None and self.clock() - last < self.min_interval
+
+    def _later(self, sub: Subscription) -> None:
+        delay = self.min_interval - (self.clock() - self._last_sent.get(sub.id, 0.0))
+
+        async def fire() -> None:
+            await asyncio.sleep(max(0.0, delay))
+            if self._busy.get(sub.id) == _DIRTY:
+                del self._busy[sub.id]
+                await self._resend(sub)
+
+        self._spawn(fire())
+
+    def _spawn(self, coro: "asyncio.coroutines._CoroutineLike[None]") -> None:  # type: ignore[name-defined]
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._busy)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) for NOTIFYs in flight: graceful shutdown."""
+        deadline = time.monotonic() + timeout
+        while (self._busy or self._tasks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+
+def _view(sub: Subscription) -> WatcherView:
+    return WatcherView(sub.id, f"sip:{sub.watcher}", sub.status, "subscribe")

@@ -1,0 +1,86 @@
+"""PUBLISH (RFC 3903 §6): initial, refresh, modify and remove.
+
+The steps follow §6 in order, so each refusal is the one the RFC names:
+404 for a resource we do not serve (S42), 489 for a bad Event (S41), 400
+for several etags (S40), 423 for a too-brief Expires (S35), 415/400 for a
+body the package refuses (S44, D8), 400 for no body and no etag (S43), and
+412 for an etag that names no live publication (S39).  Each accepted PUBLISH
+is one atomic storage step, then the NOTIFYs (S37, S38).
+"""
+
+from __future__ import annotations
+
+from ..sip.errors import RemoteSipError
+from ..sip.headers import media_type
+from ..sip.message import Request
+from ..sip.status import Status
+from ..storage import Publication
+from .context import Incoming, Service
+from .reply import Reply
+
+
+async def handle_publish(svc: Service, inc: Incoming) -> Reply:
+    req = inc.request
+    presentity = svc.resource(req)
+    event = svc.event_of(req)
+    package = svc.packages.get(event.key)
+    if package is None or not package.publishable:
+        raise svc.bad_event()
+    etags = req.headers.values("sip-if-match")
+    if len(etags) > 1:
+        raise RemoteSipError("only one entity-tag is allowed in SIP-If-Match", status=Status.BAD_REQUEST)
+    etag = etags[0] if etags else None
+    expires = svc.granted_expiry(req, svc.config.publication_expiry)
+    now = inc.now
+    body = req.body
+    ctype = media_type(req.headers.get("content-type"))
+    stored: bytes | None = None
+    if body:
+        if len(body) > svc.config.limits.max_body_size:
+            raise RemoteSipError("body too large", status=Status.REQUEST_ENTITY_TOO_LARGE)
+        if ctype not in package.content_types:
+            raise RemoteSipError(
+                f"{ctype or 'no Content-Type'} is not a {event.key} document",
+                status=Status.UNSUPPORTED_MEDIA_TYPE,
+                headers=[("Accept", ", ".join(package.content_types))],
+            )
+        stored = package.check_publication(body, ctype)
+    elif etag is None:
+        raise RemoteSipError("an initial PUBLISH needs a body", status=Status.BAD_REQUEST)
+
+    ok = [("Expires", str(expires))]
+    key = event.key
+    if etag is None:
+        assert stored is not None
+        if expires == 0:
+            return Reply(Status.OK, ok)  # nothing to keep
+        new = svc.ids.etag()
+        await svc.storage.insert_publication(
+            Publication(presentity, key, new, stored, ctype, now + expires, now, svc.default_tag)
+        )
+        svc.metrics.publication_change(key, "new")
+        return Reply(Status.OK, [("SIP-ETag", new), *ok], then=lambda: svc.notifier.state_changed(presentity, key))
+
+    if expires == 0:
+        removed = await svc.storage.delete_publication(presentity, key, etag, now)
+        if removed is None:
+            raise _unknown_etag()
+        svc.metrics.publication_change(key, "remove")
+        return Reply(Status.OK, ok, then=lambda: svc.notifier.state_changed(presentity, key))
+
+    new = svc.ids.etag()
+    updated = await svc.storage.replace_publication(
+        presentity, key, etag, now, new_etag=new, expires_at=now + expires, body=stored, content_type=ctype or None
+    )
+    if updated is None:
+        raise _unknown_etag()
+    headers = [("SIP-ETag", new), *ok]
+    if stored is None:  # refresh: state unchanged, nobody to tell (S36)
+        svc.metrics.publication_change(key, "refresh")
+        return Reply(Status.OK, headers)
+    svc.metrics.publication_change(key, "modify")
+    return Reply(Status.OK, headers, then=lambda: svc.notifier.state_changed(presentity, key))
+
+
+def _unknown_etag() -> RemoteSipError:
+    return RemoteSipError("unknown or expired entity-tag", status=Status.CONDITIONAL_REQUEST_FAILED)

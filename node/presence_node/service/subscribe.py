@@ -1,0 +1,187 @@
+"""SUBSCRIBE (RFC 6665 §4.2): initial, refresh, unsubscribe and poll.
+
+An accepted SUBSCRIBE always gets 200 (D1, S13) with Expires (S14), then a
+NOTIFY with the current state (S18, S22); ``Expires: 0`` ends the dialog
+with a final ``terminated;reason=timeout`` NOTIFY (S23) or, out of dialog,
+is a poll answered by exactly one such NOTIFY (S24).  Every subscription is
+active at once (D4), except that a watcher list is only for its owner.
+"""
+
+from __future__ import annotations
+
+from ..sip.errors import ParseError, RemoteSipError
+from ..sip.headers import Event, media_type, parse_cseq, parse_name_addr, parse_uri
+from ..sip.message import Request
+from ..sip.status import Status
+from ..storage import Subscription
+from .context import Incoming, Service
+from .notify import WINFO
+from .reply import Reply
+
+#: Dialog-package event parameters that select dialogs (RFC 4235 §3.2, S65).
+DIALOG_FILTERS = ("call-id", "to-tag", "from-tag", "include-session-description")
+
+
+async def handle_subscribe(svc: Service, inc: Incoming) -> Reply:
+    req = inc.request
+    event = svc.event_of(req)
+    if svc.packages.get(event.key) is None:
+        raise svc.bad_event()
+    to = _addr(req, "to")
+    if to.tag:
+        return await _in_dialog(svc, inc, event, to.tag)
+    return await _initial(svc, inc, event)
+
+
+async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
+    req = inc.request
+    presentity = svc.resource(req)
+    package = svc.packages.get(event.key)
+    assert package is not None
+    accept = _negotiate(req, package.content_types)
+    frm = _addr(req, "from")
+    if not frm.tag:
+        raise RemoteSipError("From has no tag", status=Status.BAD_REQUEST)
+    try:
+        watcher = parse_uri(frm.uri).aor
+    except ParseError as e:
+        raise RemoteSipError("bad From URI", status=Status.BAD_REQUEST) from e
+    if event.key == WINFO and watcher != presentity:
+        raise RemoteSipError("a watcher list is only for its presentity", status=Status.FORBIDDEN)
+    contacts = req.headers.values("contact")
+    if not contacts:
+        raise RemoteSipError("SUBSCRIBE without Contact", status=Status.BAD_REQUEST)
+    contact = _contact_uri(contacts[0])
+    expires = svc.granted_expiry(req, svc.config.subscription_expiry)
+    cseq = _cseq(req)
+    to_raw = req.headers.get("to") or ""
+    sub = Subscription(
+        id=svc.ids.tag(),
+        call_id=req.headers.get("call-id") or "",
+        remote_tag=frm.tag,
+        presentity=presentity,
+        event=event.key,
+        event_header=_event_header(event),
+        event_params=_filters(event) if event.package == "dialog" else "",
+        watcher=watcher,
+        remote_uri=req.headers.get("from") or "",
+        local_uri=to_raw,
+        contact=contact,
+        routes=", ".join(req.headers.values("record-route")),
+        transport=inc.transport,
+        source=f"{inc.host}:{inc.port}",
+        accept=accept,
+        expires_at=inc.now + expires,
+        remote_cseq=cseq,
+        cseq=0,
+        version=0,
+        status="active",
+        tag=svc.default_tag,
+    )
+    headers = [("Expires", str(expires)), ("Contact", f"<{svc.contact[inc.transport]}>")]
+    if expires == 0:
+        # S24: a poll; nothing is stored, exactly one terminated NOTIFY.
+        return Reply(Status.OK, headers, to_tag=sub.id, then=lambda: svc.notifier.terminated(sub, "timeout"))
+    await svc.storage.insert_subscription(sub)
+
+    async def first_notify() -> None:
+        await svc.notifier.notify([sub])
+        await svc.notifier.watcher_changed(sub, "active", "subscribe")
+
+    return Reply(Status.OK, headers, to_tag=sub.id, then=first_notify)
+
+
+async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Reply:
+    req = inc.request
+    sub = await svc.storage.subscription(tag)
+    frm = _addr(req, "from")
+    if (
+        sub is None
+        or sub.call_id != req.headers.get("call-id")
+        or sub.remote_tag != frm.tag
+        or sub.event != event.key
+        or _event_header(event) != sub.event_header
+    ):
+        raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
+    cseq = _cseq(req)
+    if cseq < sub.remote_cseq:
+        raise RemoteSipError("CSeq lower than the last one", status=Status.SERVER_INTERNAL_ERROR)
+    expires = svc.granted_expiry(req, svc.config.subscription_expiry)
+    contact_hdr = req.headers.values("contact")
+    contact = _contact_uri(contact_hdr[0]) if contact_hdr else None
+    headers = [("Expires", str(expires)), ("Contact", f"<{svc.contact[inc.transport]}>")]
+    if expires == 0:
+        removed = await svc.storage.delete_subscription(sub.id)
+        if removed is None:
+            raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
+
+        async def last_notify() -> None:
+            await svc.notifier.terminated(removed, "timeout")
+            await svc.notifier.watcher_changed(removed, "terminated", "timeout")
+
+        return Reply(Status.OK, headers, then=last_notify)
+    refreshed = await svc.storage.refresh_subscription(
+        sub.id, expires_at=inc.now + expires, remote_cseq=cseq, contact=contact
+    )
+    if refreshed is None:
+        raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
+    return Reply(Status.OK, headers, then=lambda: svc.notifier.notify([refreshed]))
+
+
+def _addr(req: Request, name: str):  # type: ignore[no-untyped-def]
+    raw = req.headers.get(name)
+    if raw is None:
+        raise RemoteSipError(f"missing {name}", status=Status.BAD_REQUEST)
+    try:
+        return parse_name_addr(raw)
+    except ParseError as e:
+        raise RemoteSipError(f"bad {name}", status=Status.BAD_REQUEST) from e
+
+
+def _cseq(req: Request) -> int:
+    try:
+        return parse_cseq(req.headers.get("cseq") or "")[0]
+    except ParseError as e:
+        raise RemoteSipError("bad CSeq", status=Status.BAD_REQUEST) from e
+
+
+def _contact_uri(value: str) -> str:
+    try:
+        uri = parse_name_addr(value).uri
+        parse_uri(uri)
+    except ParseError as e:
+        raise RemoteSipError("bad Contact", status=Status.BAD_REQUEST) from e
+    return uri
+
+
+def _negotiate(req: Request, offered: tuple[str, ...]) -> str:
+    """S28: the first type we produce that Accept allows, else 406."""
+    accepted = [media_type(v) for v in req.headers.values("accept")]
+    if not accepted:
+        return offered[0]
+    for ctype in offered:
+        major = ctype.split("/", 1)[0]
+        if ctype in accepted or "*/*" in accepted or f"{major}/*" in accepted:
+            return ctype
+    raise RemoteSipError(
+        "no acceptable body type", status=Status.NOT_ACCEPTABLE, headers=[("Accept", ", ".join(offered))]
+    )
+
+
+def _event_header(event: Event) -> str:
+    """Package (byte for byte, S19), ``;sla`` when present, and ``id``."""
+    out = event.package
+    if event.key == "dialog;sla":
+        out += ";sla"
+    if event.id is not None:
+        out += f";id={event.id}"
+    return out
+
+
+def _filters(event: Event) -> str:
+    parts = []
+    for name in DIALOG_FILTERS:
+        if name in event.params:
+            value = event.params[name]
+            parts.append(name if value is None else f"{name}={value}")
+    return ";".join(parts)

@@ -1,0 +1,76 @@
+"""Building responses to requests (RFC 3261 §8.2.6, RFC 3581).
+
+S01: every response copies all Via values in order, From, Call-ID and CSeq;
+final responses get a To tag when the request had none.  S02: with ``rport``
+in the top Via, ``received=`` and ``rport=`` are filled in.  S46: no
+Record-Route is ever copied.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ParseError
+from .message import Request, serialise, split_commas
+from .status import reason
+
+_RPORT_EMPTY = re.compile(r";\s*rport(?=\s*(;|$))", re.IGNORECASE)
+
+
+def stamp_via(top_via: str, src_host: str, src_port: int) -> str:
+    """Add ``received`` (always, harmless and what proxies expect) and fill an
+    empty ``rport`` with the source port (RFC 3581 §4)."""
+    out = top_via
+    if _RPORT_EMPTY.search(out):
+        out = _RPORT_EMPTY.sub(f";rport={src_port}", out, count=1)
+    if ";received=" not in out.lower():
+        out = f"{out};received={src_host}"
+    return out
+
+
+class ResponseBuilder:
+    """Everything a response to one request copies, ready to serialise many
+    times (a 100 Trying and a final response share it)."""
+
+    __slots__ = ("vias", "from_", "to", "call_id", "cseq", "has_to_tag")
+
+    def __init__(self, req: Request, src_host: str, src_port: int) -> None:
+        h = req.headers
+        via_lines = h.lines("via")
+        if not via_lines:
+            raise ParseError("no Via")
+        vias = split_commas(via_lines[0]) + [v for line in via_lines[1:] for v in split_commas(line)]
+        if not vias:
+            raise ParseError("empty Via")
+        vias[0] = stamp_via(vias[0], src_host, src_port)
+        self.vias = vias
+        self.from_ = h.get("from") or ""
+        self.to = h.get("to") or ""
+        self.call_id = h.get("call-id") or ""
+        self.cseq = h.get("cseq") or ""
+        self.has_to_tag = ";tag=" in self.to.replace(" ", "").lower()
+
+    def build(
+        self,
+        code: int,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        *,
+        to_tag: str | None = None,
+        phrase: str | None = None,
+    ) -> bytes:
+        out: list[tuple[str, str]] = [("Via", v) for v in self.vias]
+        to = self.to
+        if code >= 200 and not self.has_to_tag and to_tag and to:
+            to = f"{to};tag={to_tag}"
+        if self.from_:
+            out.append(("From", self.from_))
+        if to:
+            out.append(("To", to))
+        if self.call_id:
+            out.append(("Call-ID", self.call_id))
+        if self.cseq:
+            out.append(("CSeq", self.cseq))
+        if headers:
+            out.extend(headers)
+        return serialise(f"SIP/2.0 {code} {phrase or reason(code)}", out, body)

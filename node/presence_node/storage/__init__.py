@@ -1,0 +1,12 @@
+"""Storage behind one interface: the in-memory backend now, PostgreSQL next.
+
+The interface is shaped for a database: every method is one atomic
+operation (compare-and-swap on an etag, increment-and-return of a NOTIFY
+CSeq), records are flat rows, and nothing relies on object identity.
+"""
+
+from .base import Storage
+from .memory import MemoryStorage
+from .records import Publication, Registration, Subscription
+
+__all__ = ["Storage", "MemoryStorage", "Publication", "Registration", "Subscription"]

@@ -1,0 +1,109 @@
+"""The storage interface every backend implements.
+
+Each method is one atomic step, so a PostgreSQL backend maps each to one
+statement or transaction: the etag compare-and-swap of S45, the
+increment-and-return of NOTIFY CSeq and document version (never a
+read-modify-write of an in-memory copy), and expiry that deletes and
+returns in one step so that only one caller ever notifies for a record.
+
+Records handed out are snapshots: callers must not mutate them.
+"""
+
+from __future__ import annotations
+
+from typing import Collection, Protocol
+
+from .records import Publication, Registration, Subscription
+
+
+class Storage(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # -- publications ------------------------------------------------------
+
+    async def insert_publication(self, pub: Publication) -> None:
+        """Store a new publication (its etag is fresh and unique)."""
+
+    async def replace_publication(
+        self,
+        presentity: str,
+        event: str,
+        etag: str,
+        now: float,
+        *,
+        new_etag: str,
+        expires_at: float,
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> Publication | None:
+        """Refresh (``body`` None) or modify a live publication atomically.
+
+        Returns the updated record, or None if ``etag`` names no live
+        publication of (presentity, event): the caller answers 412 (S39).
+        """
+
+    async def delete_publication(self, presentity: str, event: str, etag: str, now: float) -> Publication | None:
+        """Remove a live publication; None if there was none (412)."""
+
+    async def publications(self, presentity: str, event: str, now: float) -> list[Publication]:
+        """Live publications of one presentity and package, oldest first."""
+
+    async def expire_publications(self, now: float, tags: Collection[str] | None) -> list[Publication]:
+        """Delete and return publications expired at ``now`` whose tag is in
+        ``tags`` (None: every tag).  Each record is returned to one caller only."""
+
+    # -- subscriptions -----------------------------------------------------
+
+    async def insert_subscription(self, sub: Subscription) -> None: ...
+
+    async def subscription(self, sub_id: str) -> Subscription | None: ...
+
+    async def refresh_subscription(
+        self, sub_id: str, *, expires_at: float, remote_cseq: int, contact: str | None = None
+    ) -> Subscription | None:
+        """Extend a subscription; None if it no longer exists (481)."""
+
+    async def delete_subscription(self, sub_id: str) -> Subscription | None: ...
+
+    async def watchers(self, presentity: str, event: str, now: float) -> list[Subscription]:
+        """Live subscriptions to one presentity and package."""
+
+    async def next_notify(self, sub_ids: Collection[str]) -> dict[str, tuple[int, int]]:
+        """Atomically increment CSeq and document version of each subscription.
+
+        Returns ``{id: (cseq, version)}`` where ``cseq`` is the CSeq to send
+        and ``version`` the document version to send; ids that no longer
+        exist are absent.  S09, S61, S67: versions start at 0.
+        """
+
+    async def expire_subscriptions(self, now: float, tags: Collection[str] | None) -> list[Subscription]:
+        """Delete and return subscriptions expired at ``now`` (see
+        :meth:`expire_publications` for ``tags``)."""
+
+    # -- registrations (D5) ------------------------------------------------
+
+    async def set_binding(self, reg: Registration) -> None: ...
+
+    async def delete_binding(self, aor: str, contact: str) -> None: ...
+
+    async def bindings(self, aor: str, now: float) -> list[Registration]: ...
+
+    # -- admin listing -----------------------------------------------------
+
+    async def list_presentities(self, now: float, *, event: str | None, offset: int, limit: int) -> list[Publication]: ...
+
+    async def list_subscriptions(
+        self,
+        now: float,
+        *,
+        presentity: str | None,
+        watcher: str | None,
+        event: str | None,
+        offset: int,
+        limit: int,
+    ) -> list[Subscription]: ...
+
+    async def counts(self) -> tuple[int, int]:
+        """(live subscriptions, presentities with a live publication)."""

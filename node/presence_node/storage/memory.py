@@ -1,0 +1,243 @@
+"""The in-memory backend: dicts plus expiry heaps, for a node on its own.
+
+Every method runs without awaiting anything, so under asyncio it is atomic
+by construction.  Expiry uses heaps with lazy deletion (a refresh pushes a new
+entry; stale ones are skipped when popped), so a sweep costs only what has
+expired, not the size of the table.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import replace
+from typing import Collection
+
+from .records import Publication, Registration, Subscription
+
+Key = tuple[str, str]  # (presentity, event)
+
+
+class MemoryStorage:
+    def __init__(self) -> None:
+        self._pubs: dict[Key, dict[str, Publication]] = {}
+        self._pub_heap: list[tuple[float, str, str, str]] = []
+        self._subs: dict[str, Subscription] = {}
+        self._by_presentity: dict[Key, dict[str, Subscription]] = {}
+        self._sub_heap: list[tuple[float, str]] = []
+        self._bindings: dict[str, dict[str, Registration]] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # -- publications ------------------------------------------------------
+
+    async def insert_publication(self, pub: Publication) -> None:
+        self._pubs.setdefault((pub.presentity, pub.event), {})[pub.etag] = pub
+        heapq.heappush(self._pub_heap, (pub.expires_at, pub.presentity, pub.event, pub.etag))
+
+    def _live_pub(self, presentity: str, event: str, etag: str, now: float) -> Publication | None:
+        pubs = self._pubs.get((presentity, event))
+        if not pubs:
+            return None
+        pub = pubs.get(etag)
+        if pub is None or pub.expires_at <= now:
+            return None
+        return pub
+
+    async def replace_publication(
+        self,
+        presentity: str,
+        event: str,
+        etag: str,
+        now: float,
+        *,
+        new_etag: str,
+        expires_at: float,
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> Publication | None:
+        old = self._live_pub(presentity, event, etag, now)
+        if old is None:
+            return None
+        pubs = self._pubs[(presentity, event)]
+        del pubs[etag]
+        new = replace(old, etag=new_etag, expires_at=expires_at)
+        if body is not None:
+            new.body = body
+            new.content_type = content_type or old.content_type
+            new.received_at = now
+        pubs[new_etag] = new
+        heapq.heappush(self._pub_heap, (expires_at, presentity, event, new_etag))
+        return new
+
+    async def delete_publication(self, presentity: str, event: str, etag: str, now: float) -> Publication | None:
+        old = self._live_pub(presentity, event, etag, now)
+        if old is None:
+            return None
+        self._drop_pub(old)
+        return old
+
+    def _drop_pub(self, pub: Publication) -> None:
+        key = (pub.presentity, pub.event)
+        pubs = self._pubs.get(key)
+        if pubs is not None:
+            pubs.pop(pub.etag, None)
+            if not pubs:
+                del self._pubs[key]
+
+    async def publications(self, presentity: str, event: str, now: float) -> list[Publication]:
+        pubs = self._pubs.get((presentity, event))
+        if not pubs:
+            return []
+        live = [p for p in pubs.values() if p.expires_at > now]
+        live.sort(key=lambda p: p.received_at)
+        return live
+
+    async def expire_publications(self, now: float, tags: Collection[str] | None) -> list[Publication]:
+        out: list[Publication] = []
+        heap = self._pub_heap
+        deferred: list[tuple[float, str, str, str]] = []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            _, presentity, event, etag = entry
+            pub = self._pubs.get((presentity, event), {}).get(etag)
+            if pub is None or pub.expires_at > now:
+                continue  # stale heap entry (refreshed, modified or removed)
+            if tags is not None and pub.tag not in tags:
+                deferred.append(entry)  # another node's duty; keep it
+                continue
+            self._drop_pub(pub)
+            out.append(pub)
+        for entry in deferred:
+            heapq.heappush(heap, entry)
+        return out
+
+    # -- subscriptions -----------------------------------------------------
+
+    async def insert_subscription(self, sub: Subscription) -> None:
+        self._subs[sub.id] = sub
+        self._by_presentity.setdefault((sub.presentity, sub.event), {})[sub.id] = sub
+        heapq.heappush(self._sub_heap, (sub.expires_at, sub.id))
+
+    async def subscription(self, sub_id: str) -> Subscription | None:
+        return self._subs.get(sub_id)
+
+    async def refresh_subscription(
+        self, sub_id: str, *, expires_at: float, remote_cseq: int, contact: str | None = None
+    ) -> Subscription | None:
+        sub = self._subs.get(sub_id)
+        if sub is None:
+            return None
+        sub.expires_at = expires_at
+        sub.remote_cseq = remote_cseq
+        if contact:
+            sub.contact = contact
+        heapq.heappush(self._sub_heap, (expires_at, sub_id))
+        return sub
+
+    async def delete_subscription(self, sub_id: str) -> Subscription | None:
+        sub = self._subs.pop(sub_id, None)
+        if sub is None:
+            return None
+        key = (sub.presentity, sub.event)
+        group = self._by_presentity.get(key)
+        if group is not None:
+            group.pop(sub_id, None)
+            if not group:
+                del self._by_presentity[key]
+        return sub
+
+    async def watchers(self, presentity: str, event: str, now: float) -> list[Subscription]:
+        group = self._by_presentity.get((presentity, event))
+        if not group:
+            return []
+        return [s for s in group.values() if s.expires_at > now]
+
+    async def next_notify(self, sub_ids: Collection[str]) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        subs = self._subs
+        for sid in sub_ids:
+            sub = subs.get(sid)
+            if sub is None:
+                continue
+            sub.cseq += 1
+            out[sid] = (sub.cseq, sub.version)
+            sub.version += 1
+        return out
+
+    async def expire_subscriptions(self, now: float, tags: Collection[str] | None) -> list[Subscription]:
+        out: list[Subscription] = []
+        heap = self._sub_heap
+        deferred: list[tuple[float, str]] = []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            sub = self._subs.get(entry[1])
+            if sub is None or sub.expires_at > now or sub.expires_at != entry[0]:
+                continue
+            if tags is not None and sub.tag not in tags:
+                deferred.append(entry)
+                continue
+            await self.delete_subscription(sub.id)
+            out.append(sub)
+        for entry in deferred:
+            heapq.heappush(heap, entry)
+        return out
+
+    # -- registrations -----------------------------------------------------
+
+    async def set_binding(self, reg: Registration) -> None:
+        self._bindings.setdefault(reg.aor, {})[reg.contact] = reg
+
+    async def delete_binding(self, aor: str, contact: str) -> None:
+        group = self._bindings.get(aor)
+        if group is not None:
+            group.pop(contact, None)
+            if not group:
+                del self._bindings[aor]
+
+    async def bindings(self, aor: str, now: float) -> list[Registration]:
+        group = self._bindings.get(aor)
+        if not group:
+            return []
+        for contact in [c for c, r in group.items() if r.expires_at <= now]:
+            del group[contact]
+        return list(group.values())
+
+    # -- admin listing -----------------------------------------------------
+
+    async def list_presentities(self, now: float, *, event: str | None, offset: int, limit: int) -> list[Publication]:
+        rows = [
+            p
+            for (_, ev), pubs in sorted(self._pubs.items())
+            if event is None or ev == event
+            for p in pubs.values()
+            if p.expires_at > now
+        ]
+        return rows[offset : offset + limit]
+
+    async def list_subscriptions(
+        self,
+        now: float,
+        *,
+        presentity: str | None,
+        watcher: str | None,
+        event: str | None,
+        offset: int,
+        limit: int,
+    ) -> list[Subscription]:
+        rows = [
+            s
+            for s in self._subs.values()
+            if s.expires_at > now
+            and (presentity is None or s.presentity == presentity)
+            and (watcher is None or s.watcher == watcher)
+            and (event is None or s.event == event)
+        ]
+        rows.sort(key=lambda s: (s.presentity, s.event, s.id))
+        return rows[offset : offset + limit]
+
+    async def counts(self) -> tuple[int, int]:
+        return len(self._subs), len({k[0] for k in self._pubs})

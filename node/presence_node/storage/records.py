@@ -1,0 +1,67 @@
+"""Flat records, one per table row.
+
+Slotted and small on purpose: an idle subscription must fit in well under
+2 KiB (the memory target at 100k subscriptions), so there is no dict per
+record and no copy of the SIP message it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Publication:
+    """One PUBLISHed state of a presentity for one event package (RFC 3903)."""
+
+    presentity: str  # canonical AOR user@domain
+    event: str  # package key: presence | dialog | dialog;sla
+    etag: str
+    body: bytes
+    content_type: str
+    expires_at: float  # wall-clock epoch seconds
+    received_at: float  # orders composition: oldest first
+    tag: str  # sharing tag of the owner (duties)
+
+
+@dataclass(slots=True)
+class Subscription:
+    """One subscription dialog, as the notifier needs it to send NOTIFYs.
+
+    ``id`` is our own To tag: unique cluster-wide (node-prefixed), so it is
+    the primary key and in-dialog SUBSCRIBEs are found by it, then checked
+    against Call-ID and the watcher's From tag.
+    """
+
+    id: str  # our (notifier) tag
+    call_id: str
+    remote_tag: str  # the subscriber's From tag
+    presentity: str  # canonical AOR
+    event: str  # package key (presence, presence.winfo, dialog, dialog;sla)
+    event_header: str  # Event value echoed in NOTIFYs (package[;sla][;id=])
+    event_params: str  # dialog filter parameters (S65), "" when none
+    watcher: str  # watcher AOR (From), for winfo and admin listing
+    remote_uri: str  # From header value of the SUBSCRIBE (To of our NOTIFYs)
+    local_uri: str  # To header value without tag (From of our NOTIFYs)
+    contact: str  # remote target
+    routes: str  # route set, comma-joined Record-Route values ("" = none)
+    transport: str  # udp | tcp
+    source: str  # host:port the SUBSCRIBE came from (NAT / rport fallback)
+    accept: str  # body type chosen for NOTIFYs
+    expires_at: float
+    remote_cseq: int  # last SUBSCRIBE CSeq seen (S09)
+    cseq: int  # last NOTIFY CSeq sent
+    version: int  # next document version (winfo, dialog-info)
+    status: str  # active | pending | terminated
+    tag: str  # sharing tag (duties)
+
+
+@dataclass(slots=True)
+class Registration:
+    """A REGISTER binding (D5)."""
+
+    aor: str
+    contact: str
+    expires_at: float
+    call_id: str
+    cseq: int

@@ -1,0 +1,74 @@
+"""Shared fixtures: nodes on loopback with port 0, and test clients.
+
+Nodes run in the test's own event loop (real UDP/TCP sockets, real admin
+HTTP server); tests that need a separate process use ``presence-node``
+through :func:`tests.procs.spawn_node`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from presence_node.config import Config  # noqa: E402
+from presence_node.node import Node  # noqa: E402
+from sipclient import SipClient  # noqa: E402
+
+SECRET = "test-secret-0123456789abcdef"
+
+#: Short expiry bounds so expiry tests finish quickly (D10 allows lowering).
+FAST = {
+    "subscription_expiry": {"min": 1, "default": 3600, "max": 3600},
+    "publication_expiry": {"min": 1, "default": 3600, "max": 3600},
+    "expiry_interval": 0.2,
+    "notify": {"t1": 0.1, "t2": 0.4},
+}
+
+
+@pytest.fixture
+async def make_node(tmp_path) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
+    nodes: list[Node] = []
+
+    async def factory(**overrides: Any) -> Node:
+        data: dict[str, Any] = {
+            "sip": "127.0.0.1:0",
+            "admin": "127.0.0.1:0",
+            "node_id": f"n{len(nodes) + 1}",
+            "state_dir": str(tmp_path / f"state{len(nodes)}"),
+            "log_level": "warning",
+            **FAST,
+        }
+        data.update(overrides)
+        node = Node(Config.model_validate(data), secret=SECRET)
+        await node.start()
+        nodes.append(node)
+        return node
+
+    yield factory
+    for n in nodes:
+        await n.stop()
+
+
+@pytest.fixture
+async def node(make_node) -> Node:
+    return await make_node()
+
+
+@pytest.fixture
+async def make_client(node: Node) -> AsyncIterator[Callable[..., Awaitable[SipClient]]]:
+    clients: list[SipClient] = []
+
+    async def factory(user: str = "alice", transport: str = "udp", target: Node | None = None, **kw: Any) -> SipClient:
+        n = target or node
+        c = await SipClient(("127.0.0.1", n.sip_port), transport, user, **kw).open()
+        clients.append(c)
+        return c
+
+    yield factory
+    for c in clients:
+        c.close()

@@ -1,0 +1,249 @@
+"""The project's own small SIP test client, over real UDP or TCP sockets.
+
+It builds requests, keeps what arrives in a queue, and answers NOTIFYs with
+200 by default (or with a code a test chooses, or not at all).  It uses the
+node's parser to read messages, and nothing else of the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from presence_node.sip.message import Request, Response, serialise
+from presence_node.sip.parser import StreamFramer, parse
+
+_counter = itertools.count(1)
+
+
+def new_tag() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@dataclass
+class Dialog:
+    call_id: str
+    from_tag: str
+    to_tag: str
+    uri: str
+    from_uri: str
+    event: str
+    cseq: int = 1
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class SipClient:
+    def __init__(self, server: tuple[str, int], transport: str = "udp", user: str = "alice", domain: str = "example.com"):
+        self.server = server
+        self.transport = transport
+        self.user = user
+        self.domain = domain
+        self.inbox: asyncio.Queue[Request | Response] = asyncio.Queue()
+        self.notifies: list[Request] = []
+        self.raw: list[bytes] = []
+        #: Code to answer NOTIFYs with; None = do not answer.
+        self.notify_answer: int | None = 200
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Transport | None = None
+        self.local = ("127.0.0.1", 0)
+        self._notify_event = asyncio.Event()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    async def open(self) -> "SipClient":
+        loop = asyncio.get_running_loop()
+        if self.transport == "udp":
+            client = self
+
+            class P(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                    client._on_bytes(data)
+
+            t, _ = await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", 0))
+            self._udp = t  # type: ignore[assignment]
+            self.local = t.get_extra_info("sockname")[:2]
+        else:
+            framer = StreamFramer()
+            client = self
+
+            class S(asyncio.Protocol):
+                def data_received(self, data: bytes) -> None:
+                    for m in framer.feed(data):
+                        client._on_bytes(m)
+
+            t, _ = await loop.create_connection(S, *self.server)
+            self._tcp = t  # type: ignore[assignment]
+            self.local = t.get_extra_info("sockname")[:2]
+        return self
+
+    def close(self) -> None:
+        for t in (self._udp, self._tcp):
+            if t is not None:
+                t.close()
+
+    def _on_bytes(self, data: bytes) -> None:
+        self.raw.append(data)
+        msg = parse(data, datagram=self.transport == "udp")
+        if isinstance(msg, Request) and msg.method == "NOTIFY":
+            self.notifies.append(msg)
+            self._notify_event.set()
+            if self.notify_answer is not None:
+                self.send_bytes(self.response_to(msg, self.notify_answer))
+            return
+        self.inbox.put_nowait(msg)
+
+    def send_bytes(self, data: bytes) -> None:
+        if self._udp is not None:
+            self._udp.sendto(data, self.server)
+        else:
+            assert self._tcp is not None
+            self._tcp.write(data)
+
+    # -- building -----------------------------------------------------------------
+
+    @property
+    def aor(self) -> str:
+        return f"sip:{self.user}@{self.domain}"
+
+    @property
+    def contact(self) -> str:
+        suffix = ";transport=tcp" if self.transport == "tcp" else ""
+        return f"sip:{self.user}@{self.local[0]}:{self.local[1]}{suffix}"
+
+    def via(self, branch: str | None = None) -> str:
+        return f"SIP/2.0/{self.transport.upper()} {self.local[0]}:{self.local[1]};branch={branch or 'z9hG4bK' + new_tag()};rport"
+
+    def build(
+        self,
+        method: str,
+        uri: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        *,
+        call_id: str | None = None,
+        from_tag: str | None = None,
+        to: str | None = None,
+        to_tag: str | None = None,
+        cseq: int = 1,
+        branch: str | None = None,
+        from_uri: str | None = None,
+        with_contact: bool = True,
+    ) -> bytes:
+        to_value = f"<{to or uri}>" + (f";tag={to_tag}" if to_tag else "")
+        hs = [
+            ("Via", self.via(branch)),
+            ("Max-Forwards", "70"),
+            ("From", f"<{from_uri or self.aor}>;tag={from_tag or new_tag()}"),
+            ("To", to_value),
+            ("Call-ID", call_id or f"{uuid.uuid4().hex}@test"),
+            ("CSeq", f"{cseq} {method}"),
+        ]
+        if with_contact:
+            hs.append(("Contact", f"<{self.contact}>"))
+        hs.extend(headers or [])
+        return serialise(f"{method} {uri} SIP/2.0", hs, body)
+
+    @staticmethod
+    def response_to(req: Request, code: int, reason: str = "OK") -> bytes:
+        h = req.headers
+        hs = [("Via", v) for v in h.values("via")]
+        to = h.get("to") or ""
+        if ";tag=" not in to:
+            to += f";tag={new_tag()}"
+        hs += [("From", h.get("from") or ""), ("To", to), ("Call-ID", h.get("call-id") or ""), ("CSeq", h.get("cseq") or "")]
+        return serialise(f"SIP/2.0 {code} {reason}", hs)
+
+    # -- receiving ----------------------------------------------------------------
+
+    async def response(self, timeout: float = 3.0, *, final: bool = True) -> Response:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            msg = await asyncio.wait_for(self.inbox.get(), max(0.01, deadline - loop.time()))
+            if isinstance(msg, Response) and (not final or msg.code >= 200):
+                return msg
+
+    async def request(self, data: bytes, timeout: float = 3.0) -> Response:
+        self.send_bytes(data)
+        return await self.response(timeout)
+
+    async def wait_notifies(self, n: int, timeout: float = 3.0, where: Callable[[Request], bool] | None = None) -> list[Request]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            got = [m for m in self.notifies if where is None or where(m)]
+            if len(got) >= n:
+                return got
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"expected {n} NOTIFY, got {len(got)}")
+            self._notify_event.clear()
+            try:
+                await asyncio.wait_for(self._notify_event.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- high level ---------------------------------------------------------------
+
+    async def publish(
+        self,
+        body: bytes | None,
+        *,
+        event: str = "presence",
+        ctype: str = "application/pidf+xml",
+        etag: str | None = None,
+        expires: int | None = 3600,
+        uri: str | None = None,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> Response:
+        uri = uri or self.aor
+        hs = [("Event", event)]
+        if expires is not None:
+            hs.append(("Expires", str(expires)))
+        if etag:
+            hs.append(("SIP-If-Match", etag))
+        if body:
+            hs.append(("Content-Type", ctype))
+        hs += extra or []
+        return await self.request(self.build("PUBLISH", uri, hs, body or b""))
+
+    async def subscribe(
+        self,
+        uri: str,
+        *,
+        event: str = "presence",
+        expires: int | None = 3600,
+        accept: str | None = None,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> tuple[Response, Dialog]:
+        call_id = f"{uuid.uuid4().hex}@test"
+        tag = new_tag()
+        hs = [("Event", event)]
+        if expires is not None:
+            hs.append(("Expires", str(expires)))
+        if accept:
+            hs.append(("Accept", accept))
+        hs += extra or []
+        resp = await self.request(self.build("SUBSCRIBE", uri, hs, call_id=call_id, from_tag=tag))
+        to_tag = ""
+        to = resp.headers.get("to") or ""
+        if ";tag=" in to:
+            to_tag = to.split(";tag=", 1)[1].split(";")[0]
+        return resp, Dialog(call_id, tag, to_tag, uri, self.aor, event)
+
+    async def resubscribe(self, d: Dialog, expires: int, *, cseq: int | None = None) -> Response:
+        d.cseq = cseq if cseq is not None else d.cseq + 1
+        hs = [("Event", d.event), ("Expires", str(expires))]
+        data = self.build(
+            "SUBSCRIBE", d.uri, hs, call_id=d.call_id, from_tag=d.from_tag, to_tag=d.to_tag, cseq=d.cseq
+        )
+        return await self.request(data)
+
+    def notifies_for(self, d: Dialog) -> list[Request]:
+        return [n for n in self.notifies if n.headers.get("call-id") == d.call_id]
+
+    async def dialog_notifies(self, d: Dialog, n: int, timeout: float = 3.0) -> list[Request]:
+        return await self.wait_notifies(n, timeout, lambda m: m.headers.get("call-id") == d.call_id)

@@ -1,0 +1,167 @@
+"""The dialog package for BLF and SLA (D3, S44, S64-S68, S71, S72)."""
+
+from __future__ import annotations
+
+import pytest
+from lxml import etree
+
+from presence_node.packages.base import BadBody, UnsupportedBody
+from presence_node.packages.dialog import DialogPackage
+
+DI = "urn:ietf:params:xml:ns:dialog-info"
+SA = "urn:ietf:params:xml:ns:sa-dialog-info"
+NS = {"d": DI, "sa": SA}
+ENTITY = "sip:200@example.com"
+CTYPE = "application/dialog-info+xml"
+
+# A desk phone in a confirmed inbound call, with SDP (as Polycom/Yealink send).
+DESK = b"""<?xml version="1.0" encoding="UTF-8"?>
+<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="3" state="full" entity="sip:200@example.com">
+<dialog id="d1" call-id="c1-bench@192.0.2.1" local-tag="lt1" remote-tag="rt1" direction="recipient">
+<state>confirmed</state>
+<duration>42</duration>
+<local><identity>sip:200@example.com</identity>
+<session-description type="application/sdp">v=0</session-description></local>
+<remote><identity display="Carol">sip:carol@example.com</identity>
+<session-description type="application/sdp">v=0</session-description></remote>
+</dialog>
+</dialog-info>
+"""
+
+# A softphone on the same AOR: an outbound early dialog, an RFC 7463 appearance.
+SOFT = b"""<?xml version="1.0"?>
+<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" xmlns:sa="urn:ietf:params:xml:ns:sa-dialog-info"
+  version="0" state="full" entity="sip:200@example.com">
+<dialog id="d2" call-id="c2@198.51.100.7" local-tag="ft2" direction="initiator">
+<sa:appearance>1</sa:appearance>
+<state>early</state>
+<remote><identity>sip:dave@example.com</identity></remote>
+</dialog>
+</dialog-info>
+"""
+
+# The desk phone's later publication: d1 ended.
+DESK_ENDED = DESK.replace(b"<state>confirmed</state>", b'<state event="remote-bye">terminated</state>')
+
+
+@pytest.fixture
+def pkg() -> DialogPackage:
+    return DialogPackage()
+
+
+def parse(data: bytes) -> etree._Element:
+    return etree.fromstring(data)
+
+
+def test_s64_s72_package_attributes() -> None:
+    plain, sla = DialogPackage(), DialogPackage("dialog;sla")
+    assert (plain.name, sla.name) == ("dialog", "dialog;sla")
+    for pkg in (plain, sla):
+        assert pkg.content_types == (CTYPE,)
+        assert pkg.publishable and pkg.timeout_notification
+
+
+@pytest.mark.parametrize("body", [DESK, SOFT, DESK_ENDED])
+def test_s71_published_bodies_accepted_byte_faithful(pkg: DialogPackage, body: bytes) -> None:
+    assert pkg.check_publication(body, CTYPE) is body
+
+
+def test_s44_wrong_content_type_is_415(pkg: DialogPackage) -> None:
+    with pytest.raises(UnsupportedBody) as err:
+        pkg.check_publication(DESK, "application/pidf+xml")
+    assert err.value.status_hint == 415
+    assert ("Accept", CTYPE) in err.value.headers
+
+
+@pytest.mark.parametrize(
+    ("dialog", "why"),
+    [
+        (b"<dialog><state>confirmed</state></dialog>", "without an id"),
+        (b'<dialog id="x"></dialog>', "<state>"),
+        (b'<dialog id="x"><state>ringing</state></dialog>', "'ringing'"),
+        (b'<dialog id="x"><state>early</state></dialog><dialog id="x"><state>early</state></dialog>', "unique"),
+    ],
+)
+def test_s68_invalid_dialog_rejected(pkg: DialogPackage, dialog: bytes, why: str) -> None:
+    body = b'<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" state="full" entity="sip:a@b">'
+    with pytest.raises(BadBody) as err:
+        pkg.check_publication(body + dialog + b"</dialog-info>", CTYPE)
+    assert err.value.status_hint == 400
+    assert why in err.value.reason
+
+
+def test_s68_wrong_root_rejected(pkg: DialogPackage) -> None:
+    with pytest.raises(BadBody):
+        pkg.check_publication(b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@b"/>', CTYPE)
+
+
+def test_s67_dialog_info_version_and_empty(pkg: DialogPackage) -> None:
+    doc = pkg.compose(ENTITY, [])
+    assert doc.content_type == CTYPE
+    for version in (0, 1, 4294967295):
+        root = parse(doc.render(version))
+        assert root.tag == f"{{{DI}}}dialog-info"
+        assert root.get("version") == str(version)
+        assert root.get("state") == "full"
+        assert root.get("entity") == ENTITY
+        assert len(root) == 0
+
+
+def test_s66_composition_gathers_every_phone(pkg: DialogPackage) -> None:
+    doc = pkg.compose(ENTITY, [DESK, SOFT], {"include-session-description": ""})
+    root = parse(doc.render(2))
+    assert root.get("version") == "2"
+    dialogs = root.findall("d:dialog", NS)
+    assert [d.get("id") for d in dialogs] == ["d1", "d2"]
+    assert [d.findtext("d:state", namespaces=NS) for d in dialogs] == ["confirmed", "early"]
+    appearance = dialogs[1].find("sa:appearance", NS)
+    assert appearance is not None and appearance.prefix == "sa" and appearance.text == "1"
+    assert pkg.check_publication(doc.render(2), CTYPE)
+
+
+def test_s66_later_body_wins_for_same_dialog(pkg: DialogPackage) -> None:
+    root = parse(pkg.compose(ENTITY, [DESK, SOFT, DESK_ENDED]).render(0))
+    states = {d.get("id"): d.find("d:state", NS) for d in root.findall("d:dialog", NS)}
+    assert set(states) == {"d1", "d2"}
+    assert states["d1"].text == "terminated" and states["d1"].get("event") == "remote-bye"
+
+
+def test_s65_call_id_filter(pkg: DialogPackage) -> None:
+    root = parse(pkg.compose(ENTITY, [DESK, SOFT], {"call-id": "c2@198.51.100.7"}).render(0))
+    assert [d.get("id") for d in root.findall("d:dialog", NS)] == ["d2"]
+    none = parse(pkg.compose(ENTITY, [DESK, SOFT], {"call-id": "nope"}).render(0))
+    assert none.get("state") == "full" and none.findall("d:dialog", NS) == []
+
+
+def test_s65_tag_filters_follow_direction(pkg: DialogPackage) -> None:
+    # d1: observed user is the recipient, so the caller's From tag is remote-tag.
+    params = {"call-id": "c1-bench@192.0.2.1", "from-tag": "rt1", "to-tag": "lt1"}
+    root = parse(pkg.compose(ENTITY, [DESK, SOFT], params).render(0))
+    assert [d.get("id") for d in root.findall("d:dialog", NS)] == ["d1"]
+    swapped = {"call-id": "c1-bench@192.0.2.1", "from-tag": "lt1", "to-tag": "rt1"}
+    assert parse(pkg.compose(ENTITY, [DESK], swapped).render(0)).findall("d:dialog", NS) == []
+    # d2: initiator, so from-tag is its local-tag; no to-tag yet (early).
+    root = parse(pkg.compose(ENTITY, [DESK, SOFT], {"from-tag": "ft2"}).render(0))
+    assert [d.get("id") for d in root.findall("d:dialog", NS)] == ["d2"]
+
+
+def test_s65_tag_filter_without_direction_matches_either_way(pkg: DialogPackage) -> None:
+    body = DESK.replace(b' direction="recipient"', b"")
+    for params in ({"from-tag": "rt1", "to-tag": "lt1"}, {"from-tag": "lt1", "to-tag": "rt1"}):
+        root = parse(pkg.compose(ENTITY, [body], params).render(0))
+        assert [d.get("id") for d in root.findall("d:dialog", NS)] == ["d1"]
+
+
+def test_s65_session_description_only_when_asked(pkg: DialogPackage) -> None:
+    stripped = parse(pkg.compose(ENTITY, [DESK]).render(0))
+    assert stripped.findall(".//d:session-description", NS) == []
+    assert stripped.findtext("d:dialog/d:remote/d:identity", namespaces=NS) == "sip:carol@example.com"
+    kept = parse(pkg.compose(ENTITY, [DESK], {"include-session-description": ""}).render(0))
+    assert len(kept.findall(".//d:session-description", NS)) == 2
+
+
+def test_s67_version_splice_is_the_only_difference(pkg: DialogPackage) -> None:
+    doc = pkg.compose(ENTITY, [DESK, SOFT])
+    a, b = doc.render(9), doc.render(10)
+    assert a.replace(b'version="9"', b'version="10"', 1) == b
+    assert b'version="9"' in a and doc.body.count(b'version=""') == 1

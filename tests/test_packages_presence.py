@@ -1,0 +1,253 @@
+"""The presence package: PIDF checking and composition (D3, D8, S44, S50-S54)."""
+
+from __future__ import annotations
+
+import pytest
+from lxml import etree
+
+from presence_node.packages.base import BadBody, UnsupportedBody
+from presence_node.packages.presence import PresencePackage
+
+PIDF = "urn:ietf:params:xml:ns:pidf"
+DM = "urn:ietf:params:xml:ns:pidf:data-model"
+RPID = "urn:ietf:params:xml:ns:pidf:rpid"
+PIDFONLINE = "http://www.linphone.org/xsds/pidfonline.xsd"
+NS = {"p": PIDF, "dm": DM, "rpid": RPID, "lo": PIDFONLINE}
+ENTITY = "sip:alice@example.com"
+
+# baresip: person first, rpid activities, one tuple.
+BARESIP_AWAY = b"""<?xml version="1.0" encoding="UTF-8" standalone="no"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf"
+    xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+    xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid"
+    entity="sip:alice@example.com">
+  <dm:person id="p4159">
+    <rpid:activities><rpid:away/></rpid:activities>
+  </dm:person>
+  <tuple id="t4109">
+    <status>
+      <basic>open</basic>
+    </status>
+    <contact>sip:alice@192.0.2.10:5060</contact>
+  </tuple>
+</presence>
+"""
+
+# baresip 1.0.0 on start-up (S51): schema-invalid <basic>.
+BARESIP_UNKNOWN = BARESIP_AWAY.replace(b"<basic>open</basic>", b"<basic>unknown</basic>")
+
+# linphone: vendor element inside <status>, person with on-the-phone.
+LINPHONE = """<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" \
+xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" \
+xmlns:pidfonline="http://www.linphone.org/xsds/pidfonline.xsd" entity="sip:alice@example.com">
+  <tuple id="qmtt3h">
+    <status>
+      <basic>open</basic>
+      <pidfonline:online/>
+    </status>
+    <contact>sip:alice@198.51.100.7:5062</contact>
+    <timestamp>2024-05-01T10:00:00Z</timestamp>
+  </tuple>
+  <dm:person id="mdl7rn">
+    <rpid:activities><rpid:on-the-phone/></rpid:activities>
+    <dm:note>Café</dm:note>
+  </dm:person>
+</presence>
+""".encode()
+
+# pjsua: desk phone with a device element and a presence-level note.
+PJSUA = b"""<?xml version="1.0" encoding="UTF-8"?>
+<presence entity="sip:alice@example.com" xmlns="urn:ietf:params:xml:ns:pidf" \
+xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid">
+ <tuple id="pj0a1b2c3">
+  <status>
+   <basic>open</basic>
+  </status>
+  <dm:deviceID>urn:uuid:d27459b7-8213-4395-aa77-ed859a3e5b3a</dm:deviceID>
+  <timestamp>2024-05-01T10:00:00.000Z</timestamp>
+  <note>Idle</note>
+ </tuple>
+ <note>Desk phone</note>
+ <dm:person id="pj4d5e6f">
+  <rpid:activities>
+   <rpid:busy />
+  </rpid:activities>
+ </dm:person>
+ <dm:device id="dev1">
+  <dm:deviceID>urn:uuid:d27459b7-8213-4395-aa77-ed859a3e5b3a</dm:deviceID>
+ </dm:device>
+</presence>
+"""
+
+
+@pytest.fixture
+def pkg() -> PresencePackage:
+    return PresencePackage()
+
+
+def parse(data: bytes) -> etree._Element:
+    return etree.fromstring(data)
+
+
+def test_s50_package_attributes(pkg: PresencePackage) -> None:
+    assert pkg.name == "presence"
+    assert pkg.content_types == ("application/pidf+xml",)
+    assert pkg.publishable and pkg.timeout_notification
+
+
+@pytest.mark.parametrize("body", [BARESIP_AWAY, LINPHONE, PJSUA])
+def test_s52_real_client_bodies_accepted_byte_faithful(pkg: PresencePackage, body: bytes) -> None:
+    assert pkg.check_publication(body, "application/pidf+xml") is body
+    assert pkg.check_publication(body, "Application/PIDF+XML; charset=UTF-8") is body
+
+
+def test_d8_basic_unknown_rejected(pkg: PresencePackage) -> None:
+    with pytest.raises(BadBody) as err:
+        pkg.check_publication(BARESIP_UNKNOWN, "application/pidf+xml")
+    assert err.value.status_hint == 400
+    assert "unknown" in err.value.reason
+
+
+def test_d8_not_wellformed_rejected(pkg: PresencePackage) -> None:
+    with pytest.raises(BadBody) as err:
+        pkg.check_publication(BARESIP_AWAY[:-20], "application/pidf+xml")
+    assert err.value.status_hint == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'<presence xmlns="urn:example:not-pidf" entity="sip:a@example.com"/>', "root"),
+        (b'<presence xmlns="urn:ietf:params:xml:ns:pidf"><tuple id="t"><status/></tuple></presence>', "entity"),
+        (
+            b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@example.com">'
+            b"<tuple><status><basic>open</basic></status></tuple></presence>",
+            "without an id",
+        ),
+        (
+            b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@example.com">'
+            b'<tuple id="t1"><contact>sip:a@example.com</contact></tuple></presence>',
+            "no <status>",
+        ),
+        (
+            b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@example.com">'
+            b'<tuple id="t1"><status><basic>open</basic></status></tuple>'
+            b'<tuple id="t1"><status><basic>closed</basic></status></tuple></presence>',
+            "not unique",
+        ),
+    ],
+)
+def test_s51_invalid_pidf_rejected(pkg: PresencePackage, body: bytes, why: str) -> None:
+    with pytest.raises(BadBody) as err:
+        pkg.check_publication(body, "application/pidf+xml")
+    assert why in err.value.reason
+
+
+def test_s44_wrong_content_type_is_415_with_accept(pkg: PresencePackage) -> None:
+    for ctype in ("text/plain", "application/xpidf+xml", "application/dialog-info+xml"):
+        with pytest.raises(UnsupportedBody) as err:
+            pkg.check_publication(BARESIP_AWAY, ctype)
+        assert err.value.status_hint == 415
+        assert ("Accept", "application/pidf+xml") in err.value.headers
+
+
+def test_d3_offline_document(pkg: PresencePackage) -> None:
+    doc = pkg.compose('sip:bob&"co"@example.com', [])
+    assert doc.content_type == "application/pidf+xml"
+    root = parse(doc.render(7))
+    assert root.tag == f"{{{PIDF}}}presence"
+    assert root.get("entity") == 'sip:bob&"co"@example.com'
+    tuples = root.findall("p:tuple", NS)
+    assert len(tuples) == 1
+    assert tuples[0].findtext("p:status/p:basic", namespaces=NS) == "closed"
+    # Stable per entity, distinct between entities, and valid PIDF itself.
+    assert pkg.compose('sip:bob&"co"@example.com', []).body == doc.body
+    assert parse(pkg.compose(ENTITY, []).body).find("p:tuple", NS).get("id") != tuples[0].get("id")
+    assert pkg.check_publication(doc.body, "application/pidf+xml") is doc.body
+
+
+def test_s52_single_body_passed_on_byte_for_byte(pkg: PresencePackage) -> None:
+    doc = pkg.compose(ENTITY, [LINPHONE])
+    assert doc.render(0) == LINPHONE == doc.render(5)
+    online = parse(doc.body).find("p:tuple/p:status/lo:online", NS)
+    assert online is not None and online.prefix == "pidfonline"
+
+
+def test_s53_composition_one_document_unique_tuple_ids(pkg: PresencePackage) -> None:
+    # Desk phone (pjsua) then softphone (linphone) then baresip whose tuple id collides.
+    clash = BARESIP_AWAY.replace(b'"t4109"', b'"qmtt3h"')
+    doc = pkg.compose(ENTITY, [PJSUA, LINPHONE, clash])
+    root = parse(doc.body)
+    assert root.tag == f"{{{PIDF}}}presence" and root.get("entity") == ENTITY
+    tuples = root.findall("p:tuple", NS)
+    ids = [t.get("id") for t in tuples]
+    assert len(ids) == 3 and len(set(ids)) == 3
+    assert ids[:2] == ["pj0a1b2c3", "qmtt3h"] and ids[2].startswith("qmtt3h-")
+    assert all(t.find("p:status", NS) is not None for t in tuples)
+    # Every xs:ID in the document is unique.
+    all_ids = [e.get("id") for e in root if e.get("id") is not None]
+    assert len(all_ids) == len(set(all_ids))
+    # Exactly one person: the newest (baresip's, published last).
+    persons = root.findall("dm:person", NS)
+    assert [p.get("id") for p in persons] == ["p4159"]
+    # The device and the presence-level note survive; PIDF order: tuples, notes, others.
+    assert root.find("dm:device", NS).get("id") == "dev1"
+    assert root.findtext("p:note", namespaces=NS) == "Desk phone"
+    kinds = [etree.QName(e).localname for e in root]
+    assert kinds == ["tuple", "tuple", "tuple", "note", "device", "person"]
+    assert doc.version_at == -1
+
+
+def test_s53_removing_a_publication_removes_only_its_tuples(pkg: PresencePackage) -> None:
+    both = parse(pkg.compose(ENTITY, [PJSUA, LINPHONE]).body)
+    assert {t.get("id") for t in both.findall("p:tuple", NS)} == {"pj0a1b2c3", "qmtt3h"}
+    after = parse(pkg.compose(ENTITY, [PJSUA]).body)
+    assert [t.get("id") for t in after.findall("p:tuple", NS)] == ["pj0a1b2c3"]
+
+
+def test_s52_foreign_namespaces_preserved(pkg: PresencePackage) -> None:
+    doc = pkg.compose(ENTITY, [PJSUA, LINPHONE])
+    root = parse(doc.body)
+    online = root.find("p:tuple/p:status/lo:online", NS)
+    assert online is not None and online.prefix == "pidfonline"
+    assert root.find("p:tuple/dm:deviceID", NS).text.startswith("urn:uuid:")
+    assert root.findtext("dm:person/dm:note", namespaces=NS) == "Café"
+    assert root.find("dm:person/rpid:activities/rpid:on-the-phone", NS) is not None
+    # Declarations live on the root, not repeated on each copied element.
+    assert doc.body.count(b'xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"') == 1
+    assert pkg.check_publication(doc.body, "application/pidf+xml") is doc.body
+
+
+def test_s54_rpid_prefix_literal(pkg: PresencePackage) -> None:
+    doc = pkg.compose(ENTITY, [PJSUA, BARESIP_AWAY])
+    assert b"<rpid:away/>" in doc.body
+    away = parse(doc.body).find("dm:person/rpid:activities/rpid:away", NS)
+    assert away is not None and away.prefix == "rpid"
+    # The older pjsua person is dropped, so its busy is not shown as well.
+    assert b"rpid:busy" not in doc.body
+
+
+def test_s54_other_prefixes_not_rewritten(pkg: PresencePackage) -> None:
+    """A source binding RPID to another prefix keeps it (no re-prefixing)."""
+    odd = (
+        b'<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:r="urn:ietf:params:xml:ns:pidf:rpid" '
+        b'xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" entity="sip:alice@example.com">'
+        b'<tuple id="x1"><status><basic>closed</basic></status></tuple>'
+        b'<dm:person id="px"><r:activities><r:busy/></r:activities></dm:person></presence>'
+    )
+    doc = pkg.compose(ENTITY, [BARESIP_AWAY, odd])
+    assert b"<r:activities><r:busy/></r:activities>" in doc.body
+    busy = parse(doc.body).find("dm:person/rpid:activities/rpid:busy", NS)
+    assert busy is not None and busy.prefix == "r"
+
+
+def test_s51_composed_non_utf8_source_stays_well_formed(pkg: PresencePackage) -> None:
+    latin = (
+        '<?xml version="1.0" encoding="ISO-8859-1"?>\n'
+        '<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:alice@example.com">'
+        '<tuple id="l1"><status><basic>open</basic></status><note>Réunion</note></tuple></presence>'
+    ).encode("iso-8859-1")
+    pkg.check_publication(latin, "application/pidf+xml")
+    root = parse(pkg.compose(ENTITY, [latin, BARESIP_AWAY]).body)
+    assert root.findtext("p:tuple/p:note", namespaces=NS) == "Réunion"
