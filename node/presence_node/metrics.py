@@ -1,73 +1,120 @@
 """Prometheus metrics, one registry per node (several nodes may share a
-process in tests).  Labelled children are cached: ``labels()`` is a dict
-lookup plus a lock in prometheus-client, too slow for every packet."""
+process in tests).
+
+The hot path only bumps plain dict counters; a custom collector turns them
+into Prometheus families when ``/metrics`` is scraped.  prometheus-client's
+own labelled counters take a lock and a label lookup per increment, which
+cost more than parsing a SIP header at 4000 requests per second.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import bisect
+from collections import defaultdict
+from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sip_requests": ("SIP requests received", ("method",)),
+    "sip_responses": ("SIP responses sent", ("method", "code")),
+    "sip_dropped": ("Messages dropped or absorbed, by reason", ("reason",)),
+    "sip_notify_sent": ("NOTIFYs sent (first transmissions)", ("event",)),
+    "sip_notify_failed": ("NOTIFYs answered with an error or timed out", ("event", "code")),
+    "presence_publication_changes": ("Accepted PUBLISHes by kind", ("event", "kind")),
+    "presence_expired": ("Records expired by this node", ("kind",)),
+}
+
+
+class _Histogram:
+    __slots__ = ("counts", "total", "n")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self.n = 0
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self._requests = Counter("sip_requests", "SIP requests received", ["method"], registry=r)
-        self._responses = Counter("sip_responses", "SIP responses sent", ["method", "code"], registry=r)
-        self._latency = Histogram(
-            "sip_processing_seconds",
-            "Time from a request's arrival to its final response and follow-up work",
-            ["method"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-            registry=r,
-        )
-        self._dropped = Counter("sip_dropped", "Messages dropped or absorbed, by reason", ["reason"], registry=r)
-        self._notify_sent = Counter("sip_notify_sent", "NOTIFYs sent (first transmissions)", ["event"], registry=r)
-        self._notify_failed = Counter(
-            "sip_notify_failed", "NOTIFYs with an error response or timeout", ["event", "code"], registry=r
-        )
-        self._publications = Counter(
-            "presence_publication_changes", "Accepted PUBLISHes by kind", ["event", "kind"], registry=r
-        )
-        self._expired = Counter("presence_expired", "Records expired by this node", ["kind"], registry=r)
-        self.subscriptions = Gauge("presence_subscriptions", "Live subscriptions", registry=r)
-        self.presentities = Gauge("presence_presentities", "Presentities with live publications", registry=r)
-        self._cache: dict[tuple[Any, ...], Any] = {}
+        self._values: dict[str, defaultdict[tuple[str, ...], float]] = {
+            name: defaultdict(float) for name in _COUNTERS
+        }
+        self._latency: dict[str, _Histogram] = {}
+        #: Gauges set just before a scrape.
+        self.subscriptions = 0
+        self.presentities = 0
+        self.registry.register(self)  # type: ignore[arg-type]
+        v = self._values
+        self._requests = v["sip_requests"]
+        self._responses = v["sip_responses"]
+        self._dropped = v["sip_dropped"]
+        self._sent = v["sip_notify_sent"]
+        self._failed = v["sip_notify_failed"]
+        self._publications = v["presence_publication_changes"]
+        self._expired = v["presence_expired"]
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        c = self._cache.get(key)
-        if c is None:
-            c = self._cache[key] = metric.labels(*labels)
-        return c
+    # -- hot path ---------------------------------------------------------------
 
     def request(self, method: str) -> None:
-        self._child(self._requests, method).inc()
+        self._requests[(method,)] += 1
 
     def response(self, method: str, code: int) -> None:
-        self._child(self._responses, method, str(code)).inc()
+        self._responses[(method, str(code))] += 1
 
     def latency(self, method: str, seconds: float) -> None:
-        self._child(self._latency, method).observe(seconds)
+        h = self._latency.get(method)
+        if h is None:
+            h = self._latency[method] = _Histogram()
+        h.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        h.total += seconds
+        h.n += 1
 
     def dropped(self, why: str) -> None:
-        self._child(self._dropped, why).inc()
+        self._dropped[(why,)] += 1
 
     def notify_sent(self, event: str) -> None:
-        self._child(self._notify_sent, event).inc()
+        self._sent[(event,)] += 1
 
     def notify_failed(self, event: str, code: int) -> None:
-        self._child(self._notify_failed, event, str(code)).inc()
+        self._failed[(event, str(code))] += 1
 
     def publication_change(self, event: str, kind: str) -> None:
-        self._child(self._publications, event, kind).inc()
+        self._publications[(event, kind)] += 1
 
     def expired(self, kind: str, n: int) -> None:
         if n:
-            self._child(self._expired, kind).inc(n)
+            self._expired[(kind,)] += n
 
-    def render(self, refresh: Callable[[], None] | None = None) -> bytes:
-        if refresh is not None:
-            refresh()
+    # -- scrape -------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        for name, (doc, labels) in _COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=list(labels))
+            for key, value in sorted(self._values[name].items()):
+                family.add_metric(list(key), value)
+            yield family
+        hist = HistogramMetricFamily(
+            "sip_processing_seconds",
+            "Time from a request's arrival to its final response and follow-up work",
+            labels=["method"],
+        )
+        for method, h in sorted(self._latency.items()):
+            cumulative = 0
+            buckets = []
+            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), h.counts):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            hist.add_metric([method], buckets, h.total)
+        yield hist
+        yield GaugeMetricFamily("presence_subscriptions", "Live subscriptions", value=self.subscriptions)
+        yield GaugeMetricFamily(
+            "presence_presentities", "Presentities with live publications", value=self.presentities
+        )
+
+    def render(self) -> bytes:
         return generate_latest(self.registry)

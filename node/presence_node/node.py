@@ -107,8 +107,8 @@ class Node:
 
     async def metrics_text(self) -> bytes:
         subs, pres = await self.storage.counts()
-        self.metrics.subscriptions.set(subs)
-        self.metrics.presentities.set(pres)
+        self.metrics.subscriptions = subs
+        self.metrics.presentities = pres
         return self.metrics.render()
 
     async def stop(self) -> None:

@@ -23,6 +23,7 @@ from ..sip.parser import parse
 from ..sip.response import ResponseBuilder, stamp_via
 from ..sip.status import Status, reason
 from ..sip.transaction import IN_PROGRESS, ServerTransactions
+from . import eager
 from .context import Incoming, Service
 from .limits import SourceLimiter
 from .publish import handle_publish
@@ -88,7 +89,7 @@ class Dispatcher:
             msg = parse(data, datagram=transport == "udp", max_size=self.max_size)
         except ParseError as e:
             self.metrics.dropped("malformed")
-            answer = salvage(data, e, host, port)
+            answer = salvage(data, e, host, port, self.svc.ids.tag())
             if answer is not None:
                 send(answer)
             return
@@ -118,7 +119,7 @@ class Dispatcher:
             except ParseError as e:
                 bad = e.reason
         if bad is not None:
-            self._send(send, method, rb.build(400, phrase=f"Bad Request ({bad})"[:120]))
+            self._send(send, method, rb.build(400, to_tag=self.svc.ids.tag(), phrase=f"Bad Request ({bad})"[:120]))
             return
         key = ServerTransactions.key(
             via.branch, via.sent_by, "INVITE" if method == "ACK" else method, _fallback_key(req)
@@ -135,7 +136,7 @@ class Dispatcher:
         if not self.limiter.allow(host, now) or self.in_progress >= self.max_in_progress:
             self.txns.abandon(key)
             self.metrics.dropped("overload")
-            self._send(send, method, rb.build(503, [("Retry-After", "5")]))
+            self._send(send, method, rb.build(503, [("Retry-After", "5")], to_tag=self.svc.ids.tag()))
             return
         pre = self._precheck(req)
         if pre is not None:
@@ -147,9 +148,10 @@ class Dispatcher:
             return
         inc = Incoming(req, host, port, transport, now)
         self.in_progress += 1
-        task = asyncio.ensure_future(self._run(handler, inc, key, send, rb, transport))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = eager.start(self._run(handler, inc, key, send, rb, transport))
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(
         self, handler: Handler, inc: Incoming, key: str, send: Send, rb: ResponseBuilder, transport: str
@@ -267,8 +269,9 @@ _SALVAGE = re.compile(rb"(?im)^(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*([
 _LONG = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 
 
-def salvage(data: bytes, err: ParseError, host: str, port: int) -> bytes | None:
-    """A 400 for a request we could not parse, if it names enough to answer."""
+def salvage(data: bytes, err: ParseError, host: str, port: int, to_tag: str = "") -> bytes | None:
+    """A 400 for a request we could not parse, if it names enough to answer
+    (with ``to_tag`` added to a To without one: S01)."""
     if data.startswith(b"SIP/"):
         return None  # never answer a response
     found: dict[bytes, list[str]] = {}
@@ -289,7 +292,10 @@ def salvage(data: bytes, err: ParseError, host: str, port: int) -> bytes | None:
     vias = [v.strip() for line in found[b"via"] for v in line.split(",") if v.strip()]
     vias[0] = stamp_via(vias[0], host, port)
     headers = [("Via", v) for v in vias]
-    headers += [("From", found[b"from"][0]), ("To", found[b"to"][0])]
+    to = found[b"to"][0]
+    if to_tag and ";tag=" not in to.replace(" ", "").lower():
+        to = f"{to};tag={to_tag}"
+    headers += [("From", found[b"from"][0]), ("To", to)]
     headers += [("Call-ID", found[b"call-id"][0]), ("CSeq", found[b"cseq"][0])]
     phrase = f"Bad Request ({err.reason})"[:120].replace("\r", " ").replace("\n", " ")
     code = err.status_hint if err.status_hint in (400, 413, 505) else 400

@@ -22,6 +22,22 @@ _FOLD = re.compile(r"\r?\n[ \t]+")
 DEFAULT_MAX_SIZE = 65535
 
 
+#: Raw header names seen before → canonical name (bounded: names are
+#: attacker-chosen, so only the first few thousand distinct ones are cached).
+_NAMES: dict[str, str] = {}
+_NAMES_MAX = 2048
+
+
+def _canonical(raw: str) -> str:
+    name = raw.strip().lower()
+    if not _HEADER_NAME.match(name):
+        raise ParseError(f"bad header name {name[:40]!r}")
+    name = COMPACT.get(name, name)
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[raw] = name
+    return name
+
+
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
     i = data.find(b"\r\n\r\n")
     if i >= 0:
@@ -59,22 +75,22 @@ def parse(data: bytes, *, datagram: bool = True, max_size: int = DEFAULT_MAX_SIZ
         raise ParseError("NUL in headers")
     if "\n " in text or "\n\t" in text:
         text = _FOLD.sub(" ", text)
-    lines = text.split("\n")
-    first = lines[0].rstrip("\r")
+    if text.count("\n") == text.count("\r\n"):
+        lines = text.split("\r\n")
+    else:  # bare LF line ends: tolerated (RFC 3261 §7.5 robustness)
+        lines = text.replace("\r\n", "\n").split("\n")
+    first = lines[0]
     headers = Headers()
     hd = headers._d  # hot loop: skip the method call
-    for raw in lines[1:]:
-        line = raw.rstrip("\r") if raw.endswith("\r") else raw
-        if not line:
-            continue
-        colon = line.find(":")
-        if colon <= 0:
+    names = _NAMES
+    for line in lines[1:]:
+        raw, colon, value = line.partition(":")
+        if not colon:
+            if not line.strip():
+                continue
             raise ParseError(f"malformed header line {line[:40]!r}")
-        name = line[:colon].strip().lower()
-        if not _HEADER_NAME.match(name):
-            raise ParseError(f"bad header name {name[:40]!r}")
-        name = COMPACT.get(name, name)
-        value = line[colon + 1 :].strip()
+        name = names.get(raw) or _canonical(raw)
+        value = value.strip()
         lst = hd.get(name)
         if lst is None:
             hd[name] = [value]
