@@ -79,11 +79,16 @@ def test_s44_wrong_content_type_is_415(pkg: DialogPackage) -> None:
         (b"<dialog><state>confirmed</state></dialog>", "without an id"),
         (b'<dialog id="x"></dialog>', "<state>"),
         (b'<dialog id="x"><state>ringing</state></dialog>', "'ringing'"),
-        (b'<dialog id="x"><state>early</state></dialog><dialog id="x"><state>early</state></dialog>', "unique"),
+        (
+            b'<dialog id="x"><state>early</state></dialog><dialog id="x"><state>early</state></dialog>',
+            "unique",
+        ),
     ],
 )
 def test_s68_invalid_dialog_rejected(pkg: DialogPackage, dialog: bytes, why: str) -> None:
-    body = b'<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" state="full" entity="sip:a@b">'
+    body = (
+        b'<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" state="full" entity="sip:a@b">'
+    )
     with pytest.raises(BadBody) as err:
         pkg.check_publication(body + dialog + b"</dialog-info>", CTYPE)
     assert err.value.status_hint == 400

@@ -119,7 +119,10 @@ def test_d8_not_wellformed_rejected(pkg: PresencePackage) -> None:
     ("body", "why"),
     [
         (b'<presence xmlns="urn:example:not-pidf" entity="sip:a@example.com"/>', "root"),
-        (b'<presence xmlns="urn:ietf:params:xml:ns:pidf"><tuple id="t"><status/></tuple></presence>', "entity"),
+        (
+            b'<presence xmlns="urn:ietf:params:xml:ns:pidf"><tuple id="t"><status/></tuple></presence>',
+            "entity",
+        ),
         (
             b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@example.com">'
             b"<tuple><status><basic>open</basic></status></tuple></presence>",

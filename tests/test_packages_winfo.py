@@ -56,7 +56,12 @@ def test_s60_partial_and_empty_documents() -> None:
 
 def test_s61_version_spliced_per_subscription() -> None:
     doc = watcherinfo(RESOURCE, "presence", WATCHERS, full=True)
-    assert [parse(doc.render(v)).get("version") for v in (0, 1, 2, 4294967295)] == ["0", "1", "2", "4294967295"]
+    assert [parse(doc.render(v)).get("version") for v in (0, 1, 2, 4294967295)] == [
+        "0",
+        "1",
+        "2",
+        "4294967295",
+    ]
 
 
 def test_s62_untrusted_values_escaped() -> None:
@@ -76,4 +81,6 @@ def test_s62_untrusted_values_escaped() -> None:
 
 def test_s63_document_method_matches_function() -> None:
     pkg = WatcherInfoPackage()
-    assert pkg.document(RESOURCE, "presence", WATCHERS, True) == watcherinfo(RESOURCE, "presence", WATCHERS, True)
+    assert pkg.document(RESOURCE, "presence", WATCHERS, True) == watcherinfo(
+        RESOURCE, "presence", WATCHERS, True
+    )

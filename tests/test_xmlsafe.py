@@ -62,7 +62,8 @@ def test_wellformed_pidf_parses() -> None:
     root = parse_xml(
         b'<?xml version="1.0" encoding="UTF-8"?>\n'
         b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@example.com">'
-        b'<tuple id="t1"><status><basic>open</basic></status><note>caf\xc3\xa9 &amp; tea</note></tuple></presence>'
+        b'<tuple id="t1"><status><basic>open</basic></status>'
+        b"<note>caf\xc3\xa9 &amp; tea</note></tuple></presence>"
     )
     assert root.tag == f"{{{PIDF_NS}}}presence"
     assert root.findtext(f".//{{{PIDF_NS}}}note") == "caf\u00e9 & tea"
@@ -165,9 +166,12 @@ def test_s54_element_bytes_keeps_prefixes_and_drops_redundant_declarations() -> 
 
 
 def test_s52_element_bytes_keeps_conflicting_and_unqualified_names() -> None:
-    first = parse_xml(b'<p:presence xmlns:p="urn:ietf:params:xml:ns:pidf" xmlns:x="urn:one"><x:a/></p:presence>')
+    first = parse_xml(
+        b'<p:presence xmlns:p="urn:ietf:params:xml:ns:pidf" xmlns:x="urn:one"><x:a/></p:presence>'
+    )
     second = parse_xml(
-        b'<p:presence xmlns:p="urn:ietf:params:xml:ns:pidf" xmlns:x="urn:two"><x:b><plain/></x:b></p:presence>'
+        b'<p:presence xmlns:p="urn:ietf:params:xml:ns:pidf" xmlns:x="urn:two">'
+        b"<x:b><plain/></x:b></p:presence>"
     )
     nsmap = root_nsmap(PIDF_NS, [first, second])
     assert nsmap["x"] == "urn:one"

@@ -37,11 +37,12 @@ def load_secret(path: Path | None, state_dir: Path) -> str:
     if target.exists():
         value = target.read_text().strip()
         if len(value) >= 16:
-            log.info("admin secret read from the state directory", extra={"path": str(target)})
+            log.info("admin secret read from %s", target, extra={"path": str(target)})
             return value
     value = secrets.token_urlsafe(32)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above applies only to a file that did not exist
     with os.fdopen(fd, "w") as f:
         f.write(value + "\n")
-    log.warning("no admin secret given; generated one", extra={"path": str(target)})
+    log.warning("no admin secret given; generated one in %s", target, extra={"path": str(target)})
     return value

@@ -17,8 +17,8 @@ import socket
 from typing import Callable
 
 from ..sip.errors import ParseError
-from ..sip.headers import parse_name_addr, parse_uri, parse_via
-from ..sip.message import Response, split_commas
+from ..sip.headers import parse_name_addr, parse_uri
+from ..sip.message import split_commas
 from ..sip.parser import StreamFramer
 from ..sip.transaction import RETRANSMIT, ClientTransactions
 from ..storage import Subscription
@@ -126,6 +126,7 @@ class Transports:
         self._timer: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._pending_connects: set[asyncio.Task[None]] = set()
+        self._destinations: dict[tuple[str, str, str, str], tuple[str, str, int]] = {}
 
     async def start(self, host: str, port: int) -> int:
         """Bind UDP and TCP on the same port (port 0: pick one free for both)."""
@@ -178,7 +179,20 @@ class Transports:
         return f"SIP/2.0/{sub.transport.upper()} {self.host}:{self.port}", self.contact(sub.transport)
 
     def destination(self, sub: Subscription) -> tuple[str, str, int]:
-        """(transport, host, port) for an in-dialog request to ``sub``."""
+        """(transport, host, port) for an in-dialog request to ``sub``.
+
+        Cached by the fields it derives from: fan-out asks it for every
+        watcher of a presentity, and the answer rarely changes.
+        """
+        key = (sub.contact, sub.routes, sub.source, sub.transport)
+        dest = self._destinations.get(key)
+        if dest is None:
+            if len(self._destinations) >= 100_000:
+                self._destinations.clear()
+            dest = self._destinations[key] = self._resolve(sub)
+        return dest
+
+    def _resolve(self, sub: Subscription) -> tuple[str, str, int]:
         target = sub.contact
         if sub.routes:
             try:
@@ -245,6 +259,9 @@ class Transports:
                     on_done(503)
                 return
         assert conn is not None
+        if sub.transport != "tcp":
+            # RFC 3261 §18.1.1: the top Via names the transport actually used.
+            data = data.replace(b"\r\nVia: SIP/2.0/UDP ", b"\r\nVia: SIP/2.0/TCP ", 1)
         self.client.start(branch, data, ("tcp", host, port), True, on_done, loop.time())
         conn.write(data)
         self._arm()
@@ -254,20 +271,11 @@ class Transports:
         self._pending_connects.add(task)
         task.add_done_callback(self._pending_connects.discard)
 
-    def on_response(self, resp: Response) -> None:
-        """A response from the network: match it to a NOTIFY transaction."""
-        top = resp.headers.get("via")
-        if top is None:
-            return
-        try:
-            branch = parse_via(split_commas(top)[0]).branch
-        except (ParseError, IndexError):
-            return
-        if not branch:
-            return
-        txn = self.client.on_response(branch, resp.code, asyncio.get_running_loop().time())
+    def on_response(self, code: int, branch: str) -> None:
+        """A response from the network: complete its NOTIFY transaction."""
+        txn = self.client.on_response(branch, code, asyncio.get_running_loop().time())
         if txn is not None:
-            txn.context(resp.code)
+            txn.context(code)
 
     # -- timers -----------------------------------------------------------------
 

@@ -9,7 +9,7 @@ number out and :meth:`Document.render` splices it in for each watcher.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from lxml import etree
 
@@ -23,6 +23,8 @@ DIALOG_INFO_TYPE = "application/dialog-info+xml"
 _DIALOG_INFO = f"{{{DIALOG_INFO_NS}}}dialog-info"
 _DIALOG = f"{{{DIALOG_INFO_NS}}}dialog"
 _STATE = f"{{{DIALOG_INFO_NS}}}state"
+_LOCAL = f"{{{DIALOG_INFO_NS}}}local"
+_REMOTE = f"{{{DIALOG_INFO_NS}}}remote"
 _SESSION_DESCRIPTION = f"{{{DIALOG_INFO_NS}}}session-description"
 _STATES = frozenset({"trying", "proceeding", "early", "confirmed", "terminated"})
 _XML_DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -31,9 +33,9 @@ _XML_DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 class DialogPackage:
     """``Event: dialog`` (BLF) or, with ``name="dialog;sla"``, shared lines."""
 
-    content_types = (DIALOG_INFO_TYPE,)
-    publishable = True
-    timeout_notification = True
+    content_types: tuple[str, ...] = (DIALOG_INFO_TYPE,)
+    publishable: bool = True
+    timeout_notification: bool = True
 
     def __init__(self, name: str = "dialog") -> None:
         self.name = name
@@ -87,14 +89,15 @@ class DialogPackage:
                 dialogs[dialog.get("id", "")] = dialog
         keep_sdp = "include-session-description" in params
         nsmap = root_nsmap(DIALOG_INFO_NS, roots)
-        head = _XML_DECL + f'<dialog-info{xmlns_decls(nsmap)} version="'.encode("utf-8")
-        parts = [head, f'" state="full" entity="{escape_attr(entity)}">'.encode("utf-8")]
+        head = _XML_DECL + f'<dialog-info{xmlns_decls(nsmap)} version="'.encode()
+        parts = [head, f'" state="full" entity="{escape_attr(entity)}">'.encode()]
         for dialog in dialogs.values():
             if not _selected(dialog, params):
                 continue
             if not keep_sdp:
-                for sdp in list(dialog.iter(_SESSION_DESCRIPTION)):
-                    sdp.getparent().remove(sdp)
+                for party in dialog.iterchildren(_LOCAL, _REMOTE):
+                    for sdp in party.findall(_SESSION_DESCRIPTION):
+                        party.remove(sdp)
             parts.append(b"\n" + element_bytes(dialog, nsmap))
         parts.append(b"\n</dialog-info>\n")
         return Document(b"".join(parts), DIALOG_INFO_TYPE, version_at=len(head))

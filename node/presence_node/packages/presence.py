@@ -10,7 +10,7 @@ a new root, so prefixes survive; only colliding ``id`` values are changed.
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from lxml import etree
 
@@ -39,10 +39,10 @@ def media_type(content_type: str) -> str:
 class PresencePackage:
     """``Event: presence``: PUBLISH and SUBSCRIBE with ``application/pidf+xml``."""
 
-    name = "presence"
-    content_types = (PIDF_TYPE,)
-    publishable = True
-    timeout_notification = True
+    name: str = "presence"
+    content_types: tuple[str, ...] = (PIDF_TYPE,)
+    publishable: bool = True
+    timeout_notification: bool = True
 
     def check_publication(self, body: bytes, content_type: str) -> bytes:
         """Accept a PIDF body (D8, S44, S51) and return it unchanged.
@@ -69,10 +69,11 @@ class PresencePackage:
             if tuple_id in seen:
                 raise BadBody(f"PIDF tuple id {tuple_id!r} is not unique")
             seen.add(tuple_id)
-            status = tup.find(_STATUS)
+            # iterchildren is several times cheaper than find (no path compile).
+            status = next(tup.iterchildren(_STATUS), None)
             if status is None:
                 raise BadBody(f"PIDF tuple {tuple_id!r} has no <status>")
-            basic = status.find(_BASIC)
+            basic = next(status.iterchildren(_BASIC), None)
             if basic is not None and (basic.text or "").strip() not in _BASIC_VALUES:
                 raise BadBody(f"PIDF <basic> must be open or closed, got {(basic.text or '').strip()!r}")
         return body
@@ -115,7 +116,7 @@ class PresencePackage:
         nsmap = root_nsmap(PIDF_NS, roots)
         parts = [
             _XML_DECL,
-            f'<presence{xmlns_decls(nsmap)} entity="{escape_attr(entity)}">'.encode("utf-8"),
+            f'<presence{xmlns_decls(nsmap)} entity="{escape_attr(entity)}">'.encode(),
         ]
         used: set[str] = set()
         seen_notes: set[bytes] = set()
@@ -137,13 +138,13 @@ def offline_pidf(entity: str) -> bytes:
     The id is a hash so that it is a valid XML ID whatever the URI holds and
     the same on every node of a cluster.
     """
-    tuple_id = "offline-" + hashlib.blake2s(entity.encode("utf-8"), digest_size=6).hexdigest()
+    tuple_id = "offline-" + hashlib.blake2s(entity.encode(), digest_size=6).hexdigest()
     return (
         f'<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<presence xmlns="{PIDF_NS}" entity="{escape_attr(entity)}">\n'
         f'<tuple id="{tuple_id}"><status><basic>closed</basic></status></tuple>\n'
         f"</presence>\n"
-    ).encode("utf-8")
+    ).encode()
 
 
 def _make_id_unique(element: etree._Element, used: set[str]) -> None:

@@ -8,7 +8,7 @@ contribute ``dialog`` once (S04, S29).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .base import EventPackage
 from .dialog import DialogPackage

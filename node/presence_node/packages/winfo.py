@@ -9,7 +9,7 @@ spliced in by :meth:`Document.render`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..xmlsafe import escape_attr, escape_text
 from .base import Document, UnsupportedBody, WatcherView
@@ -17,7 +17,7 @@ from .base import Document, UnsupportedBody, WatcherView
 WATCHERINFO_NS = "urn:ietf:params:xml:ns:watcherinfo"
 WATCHERINFO_TYPE = "application/watcherinfo+xml"
 
-_HEAD = f'<?xml version="1.0" encoding="UTF-8"?>\n<watcherinfo xmlns="{WATCHERINFO_NS}" version="'.encode("utf-8")
+_HEAD = f'<?xml version="1.0" encoding="UTF-8"?>\n<watcherinfo xmlns="{WATCHERINFO_NS}" version="'.encode()
 
 
 def watcherinfo(resource: str, package: str, watchers: Sequence[WatcherView], full: bool) -> Document:
@@ -37,16 +37,16 @@ def watcherinfo(resource: str, package: str, watchers: Sequence[WatcherView], fu
         for w in watchers
     )
     parts.append("\n</watcher-list>\n</watcherinfo>\n")
-    return Document(_HEAD + "".join(parts).encode("utf-8"), WATCHERINFO_TYPE, version_at=len(_HEAD))
+    return Document(_HEAD + "".join(parts).encode(), WATCHERINFO_TYPE, version_at=len(_HEAD))
 
 
 class WatcherInfoPackage:
     """``Event: presence.winfo``: subscribe-only; documents come from :meth:`document`."""
 
-    name = "presence.winfo"
-    content_types = (WATCHERINFO_TYPE,)
-    publishable = False
-    timeout_notification = True
+    name: str = "presence.winfo"
+    content_types: tuple[str, ...] = (WATCHERINFO_TYPE,)
+    publishable: bool = False
+    timeout_notification: bool = True
 
     def check_publication(self, body: bytes, content_type: str) -> bytes:
         """Refuse any body: watcherinfo is the server's own state, never published."""

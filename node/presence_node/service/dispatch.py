@@ -18,8 +18,8 @@ from typing import Callable, Coroutine, Any
 
 from ..sip.errors import ParseError, RemoteSipError
 from ..sip.headers import parse_cseq, parse_name_addr, parse_uri, parse_via
-from ..sip.message import Response, serialise
-from ..sip.parser import parse
+from ..sip.message import Request, serialise
+from ..sip.parser import parse, peek_response
 from ..sip.response import ResponseBuilder, stamp_via
 from ..sip.status import Status, reason
 from ..sip.transaction import IN_PROGRESS, ServerTransactions
@@ -63,7 +63,7 @@ class Dispatcher:
         self,
         service: Service,
         metrics: DispatchMetrics,
-        on_response: Callable[[Response], None],
+        on_response: Callable[[int, str], None],
         *,
         local_hosts: set[str],
         clock: Callable[[], float] = time.time,
@@ -83,6 +83,17 @@ class Dispatcher:
 
     def receive(self, data: bytes, host: str, port: int, transport: str, send: Send) -> None:
         """Handle one datagram or one framed stream message."""
+        if data[:1] in (b"\r", b"\n"):
+            data = data.lstrip(b"\r\n")  # keep-alive CRLFs (RFC 5626 §4.4.1)
+            if not data:
+                return
+        if data[:4] == b"SIP/":
+            peeked = peek_response(data)
+            if peeked is not None:
+                self.on_response(*peeked)
+            else:
+                self.metrics.dropped("malformed")
+            return
         now = self.clock()
         self.txns.sweep(now)
         try:
@@ -93,9 +104,8 @@ class Dispatcher:
             if answer is not None:
                 send(answer)
             return
-        if isinstance(msg, Response):
-            self.on_response(msg)
-            return
+        if not isinstance(msg, Request):
+            return  # a status line not at the start: not a response we sent for
         req = msg
         method = req.method
         self.metrics.request(method)
@@ -282,6 +292,8 @@ def salvage(data: bytes, err: ParseError, host: str, port: int, to_tag: str = ""
             value = m.group(2).decode("utf-8").strip()
         except UnicodeDecodeError:
             return None
+        if "\x00" in value:
+            return None  # echoing it would make our answer unparsable too
         found.setdefault(name, []).append(value)
     if not all(k in found for k in (b"via", b"from", b"to", b"call-id", b"cseq")):
         return None

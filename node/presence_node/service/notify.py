@@ -243,9 +243,15 @@ class Notifier:
 
         async def fire() -> None:
             await asyncio.sleep(max(0.0, delay))
-            if self._busy.get(sub.id) == _DIRTY:
+            pending = self._busy.get(sub.id)
+            if pending == _DIRTY:
                 del self._busy[sub.id]
                 await self._resend(sub)
+            elif isinstance(pending, _Terminal):
+                # Ended (unsubscribe, expiry) while waiting out the interval:
+                # nothing is in flight, so no _done() would send it.
+                del self._busy[sub.id]
+                await self._send_terminal(pending.sub, pending.reason, pending.doc)
 
         self._spawn(fire())
 

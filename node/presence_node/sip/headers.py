@@ -9,7 +9,7 @@ Expires) and passes everything else through untouched.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ParseError
 
@@ -32,8 +32,7 @@ def parse_params(text: str) -> dict[str, str | None]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class SipUri:
+class SipUri(NamedTuple):
     scheme: str
     user: str
     host: str
@@ -75,8 +74,7 @@ def parse_uri(text: str) -> SipUri:
     return SipUri(m.group("scheme").lower(), user, host, p, params)
 
 
-@dataclass(frozen=True, slots=True)
-class NameAddr:
+class NameAddr(NamedTuple):
     """A From, To, Contact, Route or Record-Route value."""
 
     display: str
@@ -111,8 +109,7 @@ def parse_name_addr(text: str) -> NameAddr:
     return NameAddr(display, uri, parse_params(rest))
 
 
-@dataclass(frozen=True, slots=True)
-class Via:
+class Via(NamedTuple):
     transport: str
     host: str
     port: int | None
@@ -153,8 +150,7 @@ def parse_cseq(text: str) -> tuple[int, str]:
     return n, parts[1]
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """An Event header: package token and parameters (RFC 6665 §8.2.1)."""
 
     package: str

@@ -187,4 +187,28 @@ def _content_length(head: bytes) -> int:
     m = _CL.search(head)
     if m is None:
         raise ParseError("Content-Length is required on a stream")
-    return int(m.group(1))
+    digits = m.group(1)
+    if len(digits) > 10:  # int() of over 4300 digits raises ValueError
+        raise ParseError("bad Content-Length", status=413)
+    return int(digits)
+
+
+_TOP_BRANCH = re.compile(rb"(?im)^(?:via|v)[ \t]*:[^\r\n,]*?;[ \t]*branch[ \t]*=[ \t]*([^;,\s]+)")
+
+
+def peek_response(data: bytes) -> tuple[int, str] | None:
+    """(status code, top Via branch) of a response, without a full parse.
+
+    All the node needs of a response is to match it to the client
+    transaction of a NOTIFY it sent, and fan-out brings thousands of them at
+    once.  Anything that does not look like a response yields None.
+    """
+    if data[:8] != b"SIP/2.0 " or not data[8:11].isdigit() or data[11:12] not in (b" ", b"\r"):
+        return None
+    m = _TOP_BRANCH.search(data, 0, 4096)
+    if m is None:
+        return None
+    try:
+        return int(data[8:11]), m.group(1).decode("ascii")
+    except UnicodeDecodeError:
+        return None

@@ -1,0 +1,185 @@
+"""The admin HTTP API: open probes, bearer secret, listings with filters and
+paging, strict query parameters, and metrics that match what was done."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bodies import DIALOG_TYPE, dialog, dialog_info, etag_of, pidf
+from conftest import SECRET
+
+AUTH = {"Authorization": f"Bearer {SECRET}"}
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def url(node, path: str) -> str:
+    return f"http://127.0.0.1:{node.admin_port}{path}"
+
+
+async def get_json(http, node, path: str, status: int = 200, headers: dict[str, str] | None = None) -> Any:
+    async with http.get(url(node, path), headers=AUTH if headers is None else headers) as r:
+        assert r.status == status, await r.text()
+        assert r.content_type == "application/json"
+        return await r.json()
+
+
+async def metrics(http, node) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with http.get(url(node, "/metrics"), headers=AUTH) as r:
+        assert r.status == 200
+        text = await r.text()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_healthz_and_readyz_are_open(http, node):
+    for path, status in (("/healthz", "ok"), ("/readyz", "ready")):
+        body = await get_json(http, node, path, headers={})
+        assert body["status"] == status
+        assert body["node"] == node.config.node_id
+
+
+async def test_readyz_is_503_once_stopping(make_node, http):
+    n = await make_node()
+    assert (await get_json(http, n, "/readyz", headers={}))["status"] == "ready"
+    n.ready = False  # what stop() does first; the listener is still up here
+    body = await get_json(http, n, "/readyz", 503, headers={})
+    assert body["error"]
+
+
+@pytest.mark.parametrize("path", ["/presentities", "/subscriptions", "/metrics"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-secret-0123456789"}, {"Authorization": f"Basic {SECRET}"},
+     {"Authorization": SECRET}, {"Authorization": f"Bearer {SECRET}x"}],
+    ids=["none", "wrong", "basic", "bare", "longer"],
+)
+async def test_protected_paths_need_the_bearer_secret(http, node, path, headers):
+    async with http.get(url(node, path), headers=headers) as r:
+        assert r.status == 401
+        assert r.headers.get("WWW-Authenticate", "").startswith("Bearer")
+        assert "error" in await r.json()
+    async with http.get(url(node, path), headers=AUTH) as r:
+        assert r.status == 200
+
+
+async def test_presentities_listing_and_event_filter(http, node, make_client):
+    bob = await make_client("bob")
+    tag = etag_of(await bob.publish(pidf(), expires=600))
+    etag_of(await bob.publish(dialog_info("sip:bob@example.com", dialog("d1")), event="dialog", ctype=DIALOG_TYPE))
+    body = await get_json(http, node, "/presentities")
+    assert body["offset"] == 0 and body["limit"] == 100
+    assert sorted((i["presentity"], i["event"]) for i in body["items"]) == [
+        ("bob@example.com", "dialog"), ("bob@example.com", "presence")]
+    [p] = (await get_json(http, node, "/presentities?event=presence"))["items"]
+    assert p["etag"] == tag and p["content_type"] == "application/pidf+xml"
+    assert 590 <= p["expires_in"] <= 600
+    assert (await get_json(http, node, "/presentities?event=dialog%3Bsla"))["items"] == []
+    # A removal is visible at once.
+    assert (await bob.publish(None, etag=tag, expires=0)).code == 200
+    assert (await get_json(http, node, "/presentities?event=presence"))["items"] == []
+
+
+async def test_subscriptions_filters_and_paging(http, node, make_client):
+    expect = []
+    for watcher, target, event in (
+        ("alice", "bob", "presence"), ("carol", "bob", "presence"), ("alice", "dave", "presence"),
+        ("alice", "bob", "dialog"), ("bob", "bob", "presence.winfo"),
+    ):
+        c = await make_client(watcher)
+        resp, _ = await c.subscribe(f"sip:{target}@example.com", event=event, expires=900)
+        assert resp.code == 200
+        expect.append((f"{watcher}@example.com", f"{target}@example.com", event))
+    items = (await get_json(http, node, "/subscriptions"))["items"]
+    assert sorted((i["watcher"], i["presentity"], i["event"]) for i in items) == sorted(expect)
+    assert all(i["status"] == "active" and 890 <= i["expires_in"] <= 900 for i in items)
+
+    def pick(q: str) -> Any:
+        return get_json(http, node, f"/subscriptions?{q}")
+
+    got = (await pick("presentity=bob@example.com"))["items"]
+    assert sorted((i["watcher"], i["event"]) for i in got) == [
+        ("alice@example.com", "dialog"), ("alice@example.com", "presence"), ("bob@example.com", "presence.winfo"),
+        ("carol@example.com", "presence")]
+    got = (await pick("watcher=alice@example.com"))["items"]
+    assert sorted((i["presentity"], i["event"]) for i in got) == [
+        ("bob@example.com", "dialog"), ("bob@example.com", "presence"), ("dave@example.com", "presence")]
+    got = (await pick("event=presence&presentity=bob@example.com&watcher=carol@example.com"))["items"]
+    assert [i["watcher"] for i in got] == ["carol@example.com"]
+    assert (await pick("event=dialog%3Bsla"))["items"] == []
+    # Paging: pages of 2 cover every row once, in a stable order.
+    pages = [await pick(f"offset={o}&limit=2") for o in (0, 2, 4, 6)]
+    assert [len(p["items"]) for p in pages] == [2, 2, 1, 0]
+    assert [(p["offset"], p["limit"]) for p in pages] == [(0, 2), (2, 2), (4, 2), (6, 2)]
+    paged = [i["id"] for p in pages for i in p["items"]]
+    assert paged == [i["id"] for i in (await pick("limit=1000"))["items"]]
+    assert len(set(paged)) == 5
+
+
+@pytest.mark.parametrize("path", ["/presentities", "/subscriptions"])
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [("limit=abc", "limit"), ("limit=0", "limit"), ("limit=1001", "limit"), ("limit=-1", "limit"),
+     ("offset=-3", "offset"), ("offset=x", "offset"), ("offset=1.5", "offset"),
+     ("bogus=1", "bogus"), ("limit=5&colour=red", "colour")],
+)
+async def test_bad_query_parameters_get_400_naming_them(http, node, path, query, name):
+    body = await get_json(http, node, f"{path}?{query}", 400)
+    assert name in body["error"]
+
+
+async def test_presentities_takes_no_watcher_filter(http, node):
+    body = await get_json(http, node, "/presentities?watcher=alice@example.com", 400)
+    assert "watcher" in body["error"]
+
+
+async def test_metrics_match_what_was_done(http, node, make_client):
+    before = await metrics(http, node)
+    bob = await make_client("bob")
+    tag = etag_of(await bob.publish(pidf()))
+    assert (await bob.publish(None, etag="nope")).code == 412
+    assert (await bob.publish(pidf(), event="nope")).code == 489
+    watchers = []
+    for user in ("alice", "carol"):
+        w = await make_client(user)
+        resp, d = await w.subscribe("sip:bob@example.com")
+        assert resp.code == 200
+        await w.dialog_notifies(d, 1)
+        watchers.append((w, d))
+    etag_of(await bob.publish(pidf(basic="closed"), etag=tag))
+    for w, d in watchers:
+        await w.dialog_notifies(d, 2)
+    await asyncio.sleep(0.1)  # the NOTIFY 200s reach the node
+    m = await metrics(http, node)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return m.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("sip_requests_total", method="PUBLISH") == 4
+    assert delta("sip_requests_total", method="SUBSCRIBE") == 2
+    assert delta("sip_responses_total", method="PUBLISH", code="200") == 2
+    assert delta("sip_responses_total", method="PUBLISH", code="412") == 1
+    assert delta("sip_responses_total", method="PUBLISH", code="489") == 1
+    assert delta("sip_responses_total", method="SUBSCRIBE", code="200") == 2
+    assert delta("sip_notify_sent_total", event="presence") == 4
+    assert m[("presence_subscriptions", ())] == 2
+    assert m[("presence_presentities", ())] == 1
+    assert delta("sip_processing_seconds_count", method="PUBLISH") == 4
+    assert delta("sip_processing_seconds_count", method="SUBSCRIBE") == 2
+    assert delta("sip_processing_seconds_bucket", method="SUBSCRIBE", le="+Inf") == 2
+    assert delta("sip_processing_seconds_sum", method="PUBLISH") > 0
+    assert delta("presence_publication_changes_total", event="presence", kind="new") == 1
+    assert delta("presence_publication_changes_total", event="presence", kind="modify") == 1

@@ -1,0 +1,113 @@
+"""Helpers shared by the wire-level conformance tests (sections A and B of
+rfc-behaviours.md): PIDF bodies, a snapshot of stored state, header readers
+and a raw request builder for bytes our own client would never send."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from presence_node.sip.headers import parse_name_addr, parse_params
+from presence_node.sip.message import Request, Response
+
+from sipclient import SipClient, new_tag
+
+
+def pidf(user: str, basic: str = "open", note: str = "", domain: str = "example.com", pad: int = 0) -> bytes:
+    """A valid PIDF document; ``pad`` adds that many bytes of note text
+    (for NOTIFYs larger than the UDP limit of S08)."""
+    text = note + ("x" * pad)
+    note_el = f"<note>{text}</note>" if text else ""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:{user}@{domain}">'
+        f'<tuple id="t-{user}"><status><basic>{basic}</basic></status>{note_el}</tuple></presence>'
+    ).encode()
+
+
+async def snapshot(node: Any) -> tuple[Any, ...]:
+    """Everything stored that a request could change: counts, and the
+    subscription and publication listings with their expiries, etags and
+    bodies."""
+    now = time.time()
+    subs = await node.storage.list_subscriptions(
+        now, presentity=None, watcher=None, event=None, offset=0, limit=10**6
+    )
+    pubs = await node.storage.list_presentities(now, event=None, offset=0, limit=10**6)
+    return (
+        await node.storage.counts(),
+        sorted((s.id, s.presentity, s.event, s.watcher, s.expires_at, s.remote_cseq, s.contact) for s in subs),
+        sorted((p.presentity, p.event, p.etag, p.body, p.expires_at) for p in pubs),
+    )
+
+
+async def subscriptions(node: Any, **filters: Any) -> list[Any]:
+    f = {"presentity": None, "watcher": None, "event": None, **filters}
+    return await node.storage.list_subscriptions(time.time(), offset=0, limit=10**6, **f)
+
+
+async def publications(node: Any, presentity: str | None = None) -> list[Any]:
+    rows = await node.storage.list_presentities(time.time(), event=None, offset=0, limit=10**6)
+    return [p for p in rows if presentity is None or p.presentity == presentity]
+
+
+def tag(header: str | None) -> str | None:
+    assert header is not None
+    return parse_name_addr(header).tag
+
+
+def sub_state(n: Request) -> tuple[str, dict[str, str | None]]:
+    """``Subscription-State`` as (state, params)."""
+    raw = n.headers.get("subscription-state")
+    assert raw is not None, "NOTIFY without Subscription-State"
+    state, _, rest = raw.partition(";")
+    return state.strip().lower(), parse_params(rest)
+
+
+def cseq_num(m: Request | Response) -> int:
+    return int((m.headers.get("cseq") or "").split()[0])
+
+
+async def silence(client: SipClient, seconds: float) -> list[Request | Response]:
+    """Whatever non-NOTIFY messages arrive within ``seconds`` (expected: none)."""
+    await asyncio.sleep(seconds)
+    out = []
+    while not client.inbox.empty():
+        out.append(client.inbox.get_nowait())
+    return out
+
+
+def drain(client: SipClient) -> None:
+    while not client.inbox.empty():
+        client.inbox.get_nowait()
+
+
+def raw_request(
+    client: SipClient,
+    method: str,
+    uri: str,
+    headers: list[str],
+    body: bytes = b"",
+    *,
+    content_length: bool = True,
+    via: str | None = None,
+    call_id: str | None = None,
+    cseq: str | None = None,
+) -> bytes:
+    """A request written line by line, so a test controls every byte."""
+    lines = [
+        f"{method} {uri} SIP/2.0",
+        f"Via: {via or client.via()}",
+        "Max-Forwards: 70",
+        f"From: <{client.aor}>;tag={new_tag()}",
+        f"To: <{uri}>",
+        f"Call-ID: {call_id or uuid.uuid4().hex + '@test'}",
+        f"CSeq: {cseq or '1 ' + method}",
+        f"Contact: <{client.contact}>",
+        *headers,
+    ]
+    if content_length:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
