@@ -36,7 +36,15 @@ class Dialog:
 
 
 class SipClient:
-    def __init__(self, server: tuple[str, int], transport: str = "udp", user: str = "alice", domain: str = "example.com"):
+    def __init__(
+        self,
+        server: tuple[str, int],
+        transport: str = "udp",
+        user: str = "alice",
+        domain: str = "example.com",
+        local_host: str = "127.0.0.1",
+    ):
+        self.local_host = local_host
         self.server = server
         self.transport = transport
         self.user = user
@@ -62,7 +70,7 @@ class SipClient:
                 def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
                     client._on_bytes(data)
 
-            t, _ = await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", 0))
+            t, _ = await loop.create_datagram_endpoint(P, local_addr=(self.local_host, 0))
             self._udp = t  # type: ignore[assignment]
             self.local = t.get_extra_info("sockname")[:2]
         else:

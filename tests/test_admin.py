@@ -133,6 +133,7 @@ async def test_subscriptions_filters_and_paging(http, node, make_client):
     ("query", "name"),
     [("limit=abc", "limit"), ("limit=0", "limit"), ("limit=1001", "limit"), ("limit=-1", "limit"),
      ("offset=-3", "offset"), ("offset=x", "offset"), ("offset=1.5", "offset"),
+     ("offset=%C2%B2", "offset"), ("limit=%D9%A3", "limit"),  # "²" and Arabic-Indic 3: not ASCII digits
      ("bogus=1", "bogus"), ("limit=5&colour=red", "colour")],
 )
 async def test_bad_query_parameters_get_400_naming_them(http, node, path, query, name):

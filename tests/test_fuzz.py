@@ -213,33 +213,39 @@ class FuzzPeer(asyncio.DatagramProtocol):
 
 def _templates(i: int) -> list[bytes]:
     """Valid requests, distinct per iteration and the same on every run (so
-    the seeded mutations are too).  Via has ``rport``, so answers go to the
-    source port whatever the Via says; Contacts name a host that is not an
-    IP, so any NOTIFY goes back to the source address too (never to some
-    other port on this machine, whatever the mutation)."""
+    the seeded mutations are too).
+
+    SUBSCRIBEs watch other resources than the PUBLISHes change, so accepted
+    publications fan out to nobody (a NOTIFY storm would only test socket
+    buffers).  Via has ``rport``, so answers go to the source port whatever
+    the Via says; Contacts name a host that is not an IP, so any NOTIFY goes
+    back to the source address too (never to some other port on this
+    machine, whatever the mutation)."""
     port = 5999
     cid = f"fuzz{i:08d}@fuzz"
     via = f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{i:012d};rport"
     common = f"{via}\r\nMax-Forwards: 70\r\nFrom: <sip:fz{i % 7}@example.com>;tag=f{i}\r\nCall-ID: {cid}\r\n"
     contact = f"Contact: <sip:fz@fuzz.invalid:{port}>\r\n"
-    body = pidf(f"p{i % 5}")
+    w = f"w{i % 5}@watch.example.com"
+    p = f"p{i % 5}@pub.example.com"
+    body = pidf(f"p{i % 5}", domain="pub.example.com")
     return [
-        (f"SUBSCRIBE sip:p{i % 5}@example.com SIP/2.0\r\n{common}To: <sip:p{i % 5}@example.com>\r\n"
+        (f"SUBSCRIBE sip:{w} SIP/2.0\r\n{common}To: <sip:{w}>\r\n"
          f"CSeq: 1 SUBSCRIBE\r\n{contact}Event: presence\r\nExpires: 600\r\nAccept: application/pidf+xml\r\n"
          f"Content-Length: 0\r\n\r\n").encode(),
-        (f"SUBSCRIBE sip:p{i % 5}@example.com SIP/2.0\r\n{common}To: <sip:p{i % 5}@example.com>\r\n"
+        (f"SUBSCRIBE sip:{w} SIP/2.0\r\n{common}To: <sip:{w}>\r\n"
          f"CSeq: 1 SUBSCRIBE\r\n{contact}Event: dialog\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n").encode(),
-        (f"SUBSCRIBE sip:p{i % 5}@example.com SIP/2.0\r\n{common}To: <sip:p{i % 5}@example.com>;tag=nosuch{i}\r\n"
+        (f"SUBSCRIBE sip:{w} SIP/2.0\r\n{common}To: <sip:{w}>;tag=nosuch{i}\r\n"
          f"CSeq: 2 SUBSCRIBE\r\n{contact}Event: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n").encode(),
-        (f"PUBLISH sip:p{i % 5}@example.com SIP/2.0\r\n{common}To: <sip:p{i % 5}@example.com>\r\n"
+        (f"PUBLISH sip:{p} SIP/2.0\r\n{common}To: <sip:{p}>\r\n"
          f"CSeq: 1 PUBLISH\r\n{contact}Event: presence\r\nExpires: 600\r\n"
          f"Content-Type: application/pidf+xml\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body,
-        (f"PUBLISH sip:p{i % 5}@example.com SIP/2.0\r\n{common}To: <sip:p{i % 5}@example.com>\r\n"
+        (f"PUBLISH sip:{p} SIP/2.0\r\n{common}To: <sip:{p}>\r\n"
          f"CSeq: 1 PUBLISH\r\nEvent: presence\r\nExpires: 0\r\nSIP-If-Match: bogus.{i}\r\n"
          f"Content-Length: 0\r\n\r\n").encode(),
-        (f"OPTIONS sip:p{i % 5}@example.com SIP/2.0\r\n{common}To: <sip:p{i % 5}@example.com>\r\n"
+        (f"OPTIONS sip:{w} SIP/2.0\r\n{common}To: <sip:{w}>\r\n"
          f"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode(),
-        (f"NOTIFY sip:p{i % 5}@example.com SIP/2.0\r\n{common}To: <sip:p{i % 5}@example.com>;tag=x{i}\r\n"
+        (f"NOTIFY sip:{w} SIP/2.0\r\n{common}To: <sip:{w}>;tag=x{i}\r\n"
          f"CSeq: 1 NOTIFY\r\n{contact}Event: presence\r\nSubscription-State: active\r\n"
          f"Content-Length: 0\r\n\r\n").encode(),
     ]

@@ -170,3 +170,14 @@ def test_s67_version_splice_is_the_only_difference(pkg: DialogPackage) -> None:
     a, b = doc.render(9), doc.render(10)
     assert a.replace(b'version="9"', b'version="10"', 1) == b
     assert b'version="9"' in a and doc.body.count(b'version=""') == 1
+
+
+def test_s72_two_phones_with_the_same_dialog_id_both_show(pkg: DialogPackage) -> None:
+    """Phones often number dialogs from 1: both must reach SLA watchers."""
+    phone_a = DESK
+    phone_b = DESK.replace(b"c1-bench@192.0.2.1", b"other-call@192.0.2.9")
+    root = parse(pkg.compose(ENTITY, [phone_a, phone_b]).render(0))
+    dialogs = root.findall("d:dialog", NS)
+    assert sorted(d.get("call-id") for d in dialogs) == ["c1-bench@192.0.2.1", "other-call@192.0.2.9"]
+    ids = [d.get("id") for d in dialogs]
+    assert len(set(ids)) == 2 and ids[0] == "d1"

@@ -172,6 +172,22 @@ async def test_s51_notify_pidf_is_valid(make_client):
         assert (await bob.publish(None, etag=tag, expires=0)).code == 200
 
 
+async def test_s51_entity_is_the_presentity_uri_whatever_the_publisher_wrote(make_client):
+    # pjsua writes its local URI, which may hold an IP and port; a PUBLISH to
+    # sips: or with a port names the same presentity (S49).
+    for written in ("sip:bob@192.0.2.10:5060", "sips:bob@example.com", "pres:bob@example.com"):
+        bob = await make_client("bob")
+        body = BARESIP_AWAY.replace(b'entity="sip:bob@example.com"', f'entity="{written}"'.encode())
+        tag = etag_of(await bob.publish(body))
+        alice, d = await watch(make_client)
+        n = alice.notifies_for(d)[0]
+        root = xml(n)
+        check_pidf(root)
+        assert b"<rpid:away/>" in n.body  # foreign elements still byte for byte
+        assert root.find("dm:person/rpid:activities/rpid:away", NS) is not None
+        assert (await bob.publish(None, etag=tag, expires=0)).code == 200
+
+
 async def test_s51_d8_basic_unknown_rejected_and_nothing_stored(make_client, node):
     bob = await make_client("bob")
     r = await bob.publish(BARESIP_UNKNOWN)

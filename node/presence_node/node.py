@@ -100,6 +100,8 @@ class Node:
     async def _expiry_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.expiry_interval)
+            # Timer J also runs when no request arrives to sweep it.
+            self.dispatcher.txns.sweep(time.time())
             try:
                 await self.expirer.sweep()
             except Exception:

@@ -41,7 +41,7 @@ def _paging(request: web.Request) -> tuple[int, int]:
     out = []
     for name, default, hi in (("offset", 0, 10**9), ("limit", contract.DEFAULT_LIMIT, contract.MAX_LIMIT)):
         raw = request.query.get(name, str(default))
-        if not raw.isdigit() or int(raw) > hi or (name == "limit" and int(raw) == 0):
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > hi or (name == "limit" and int(raw) == 0):
             raise web.HTTPBadRequest(
                 text=f'{{"error": "{name} must be an integer in [{0 if name == "offset" else 1}, {hi}]"}}',
                 content_type="application/json",

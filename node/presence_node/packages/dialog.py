@@ -76,17 +76,31 @@ class DialogPackage:
     ) -> Document:
         """One full ``<dialog-info>`` holding the dialogs the subscriber asked for.
 
-        Dialogs are keyed by ``id``; a later body (bodies are oldest first)
-        replaces an earlier dialog of the same id.  ``params`` are the Event
-        parameters of S65 (see :func:`_selected`).  No dialog left gives the
+        Every publication contributes its dialogs (each phone of a shared
+        line publishes its own, S72).  One real dialog is known by its
+        call-id and tags: published again (a phone that lost its etag and
+        published afresh), the later copy wins (bodies are oldest first).
+        Distinct dialogs that happen to share an ``id`` (two phones counting
+        from 1) are both kept, the later one renamed so ids stay unique
+        (S68).  ``params`` are the Event parameters of S65 (see :func:`_selected`).  No dialog left gives the
         idle document with no ``<dialog>`` (D3, S67).
         """
         params = params or {}
         roots = [parse_xml(body) for body in bodies]
-        dialogs: dict[str, etree._Element] = {}
+        by_identity: dict[tuple[str | None, ...], etree._Element] = {}
         for root in roots:
             for dialog in root.iterchildren(_DIALOG):
-                dialogs[dialog.get("id", "")] = dialog
+                by_identity[_identity(dialog)] = dialog
+        dialogs: dict[str, etree._Element] = {}
+        for dialog in by_identity.values():
+            base = dialog_id = dialog.get("id", "")
+            n = 1
+            while dialog_id in dialogs:
+                n += 1
+                dialog_id = f"{base}-{n}"
+            if dialog_id != base:
+                dialog.set("id", dialog_id)
+            dialogs[dialog_id] = dialog
         keep_sdp = "include-session-description" in params
         nsmap = root_nsmap(DIALOG_INFO_NS, roots)
         head = _XML_DECL + f'<dialog-info{xmlns_decls(nsmap)} version="'.encode()
@@ -101,6 +115,14 @@ class DialogPackage:
             parts.append(b"\n" + element_bytes(dialog, nsmap))
         parts.append(b"\n</dialog-info>\n")
         return Document(b"".join(parts), DIALOG_INFO_TYPE, version_at=len(head))
+
+
+def _identity(dialog: etree._Element) -> tuple[str | None, ...]:
+    """What names one real dialog: its call-id and tags, else its id."""
+    call_id = dialog.get("call-id")
+    if call_id is None:
+        return ("id", dialog.get("id"))
+    return ("call", call_id, dialog.get("local-tag"), dialog.get("remote-tag"))
 
 
 def _selected(dialog: etree._Element, params: Mapping[str, str]) -> bool:

@@ -86,17 +86,19 @@ class PresencePackage:
     ) -> Document:
         """One PIDF document for the presentity (D3, S53); ``params`` unused.
 
-        No body gives the offline document, one body is passed on as is, and
-        several are merged: all tuples first, then presence-level notes
+        No body gives the offline document, one body whose entity is the
+        presentity URI is passed on as is, and otherwise the bodies are merged: all tuples first, then presence-level notes
         (identical ones once), then every other element, with only the newest
         ``<dm:person>`` kept.  Bodies are oldest first, so the newest person
         is the last one seen.
         """
         if not bodies:
             return Document(offline_pidf(entity), PIDF_TYPE)
-        if len(bodies) == 1:
-            return Document(bodies[0], PIDF_TYPE)
         roots = [parse_xml(body) for body in bodies]
+        if len(roots) == 1 and roots[0].get("entity") == entity:
+            return Document(bodies[0], PIDF_TYPE)
+        # Several bodies, or one whose entity is not the presentity URI (an
+        # IP, a port, sips:): rebuilt so that entity is right (S51).
         tuples: list[etree._Element] = []
         notes: list[etree._Element] = []
         others: list[etree._Element] = []

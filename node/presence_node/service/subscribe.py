@@ -9,6 +9,8 @@ active at once (D4), except that a watcher list is only for its owner.
 
 from __future__ import annotations
 
+import sys
+
 from ..sip.errors import ParseError, RemoteSipError
 from ..sip.headers import Event, media_type, parse_cseq, parse_name_addr, parse_uri
 from ..sip.message import Request
@@ -59,9 +61,10 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         id=svc.ids.tag(),
         call_id=req.headers.get("call-id") or "",
         remote_tag=frm.tag,
-        presentity=presentity,
-        event=event.key,
-        event_header=_event_header(event),
+        # Interned: the same few values repeat across 100k subscriptions.
+        presentity=sys.intern(presentity),
+        event=sys.intern(event.key),
+        event_header=sys.intern(_event_header(event)),
         event_params=_filters(event) if event.package == "dialog" else "",
         watcher=watcher,
         remote_uri=req.headers.get("from") or "",

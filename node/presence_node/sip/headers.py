@@ -142,7 +142,7 @@ def parse_via(text: str) -> Via:
 
 def parse_cseq(text: str) -> tuple[int, str]:
     parts = text.split()
-    if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
+    if len(parts) != 2 or not (parts[0].isascii() and parts[0].isdigit()) or len(parts[0]) > 10:
         raise ParseError("bad CSeq")
     n = int(parts[0])
     if n >= 2**31:
@@ -185,7 +185,7 @@ def parse_expires(text: str | None) -> int | None:
     if text is None:
         return None
     t = text.strip()
-    if not t.isdigit() or len(t) > 10:
+    if not (t.isascii() and t.isdigit()) or len(t) > 10:
         raise ParseError("bad Expires")
     return min(int(t), 2**32 - 1)
 

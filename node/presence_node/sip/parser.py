@@ -101,12 +101,9 @@ def parse(data: bytes, *, datagram: bool = True, max_size: int = DEFAULT_MAX_SIZ
     if cl is not None:
         if len(cl) != 1 and len(set(cl)) != 1:
             raise ParseError("conflicting Content-Length")
-        try:
-            n = int(cl[0])
-        except ValueError as e:
-            raise ParseError("bad Content-Length") from e
-        if n < 0:
+        if not (cl[0].isascii() and cl[0].isdigit()) or len(cl[0]) > 10:  # int() of >4300 digits raises
             raise ParseError("bad Content-Length")
+        n = int(cl[0])
         if n > len(body):
             raise ParseError("Content-Length larger than the message")
         body = body[:n]

@@ -1,0 +1,27 @@
+"""The sans-I/O layers stay sans-I/O: the SIP core, the event packages and
+the XML guard import no event loop, socket, HTTP or database module."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "node" / "presence_node"
+PURE = [*sorted((ROOT / "sip").glob("*.py")), *sorted((ROOT / "packages").glob("*.py")), ROOT / "xmlsafe.py"]
+FORBIDDEN = {"asyncio", "socket", "selectors", "aiohttp", "psycopg", "psycopg_pool", "uvloop", "kopf", "kubernetes"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", PURE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_pure_module_does_no_io(path: Path):
+    assert not imported_modules(path) & FORBIDDEN
