@@ -19,7 +19,6 @@ import random
 import socket
 import string
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 

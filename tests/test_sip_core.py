@@ -9,17 +9,18 @@ answer and that stored state is unchanged.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import uuid
 
 import pytest
 
-from presence_node.sip.headers import parse_name_addr, parse_uri, parse_via
-from presence_node.sip.message import Request, Response, serialise, split_commas
+from presence_node.sip.headers import parse_name_addr, parse_via
+from presence_node.sip.message import Request
 from presence_node.sip.parser import StreamFramer, parse
 
 from sipclient import SipClient, new_tag
-from wire import cseq_num, drain, pidf, publications, raw_request, silence, snapshot, sub_state, subscriptions, tag
+from wire import cseq_num, pidf, publications, raw_request, silence, snapshot, subscriptions, tag
 
 BOB = "sip:bob@example.com"
 
@@ -571,6 +572,11 @@ MALFORMED = {
     "bad-expires": (lambda d: d.replace(b"Expires: 600", b"Expires: soon"), 400),
     "max-forwards-not-a-number": (lambda d: d.replace(b"Max-Forwards: 70", b"Max-Forwards: lots"), 400),
     "max-forwards-zero": (lambda d: d.replace(b"Max-Forwards: 70", b"Max-Forwards: 0"), 483),
+    # Numbers too long for int() (over 4300 digits) must not become internal errors.
+    "max-forwards-huge": (lambda d: d.replace(b"Max-Forwards: 70", b"Max-Forwards: " + b"7" * 5000), 400),
+    "cseq-huge": (lambda d: d.replace(b"CSeq: 1 SUBSCRIBE", b"CSeq: " + b"1" * 5000 + b" SUBSCRIBE"), 400),
+    "expires-huge": (lambda d: d.replace(b"Expires: 600", b"Expires: " + b"6" * 5000), 400),
+    "content-length-huge": (lambda d: d.replace(b"Content-Length: 0", b"Content-Length: " + b"0" * 4999 + b"1"), 400),
     "no-contact": (lambda d: b"\r\n".join(l for l in d.split(b"\r\n") if not l.startswith(b"Contact")), 400),
     "from-without-tag": (lambda d: d.replace(b";tag=", b";xtag="), 400),
     # Nothing to answer with: no Via, or not SIP at all, or a stray response.
@@ -583,7 +589,8 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
-async def test_malformed_request_gets_400_or_silence_and_changes_nothing(node, make_client, name):
+async def test_malformed_request_gets_400_or_silence_and_changes_nothing(node, make_client, name, caplog):
+    caplog.set_level(logging.WARNING)
     c = await make_client("alice")
     # Some stored state to protect.
     bob = await make_client("bob")
@@ -602,8 +609,10 @@ async def test_malformed_request_gets_400_or_silence_and_changes_nothing(node, m
     await asyncio.sleep(0.1)
     assert await snapshot(node) == before
     assert len(c.notifies) == 1
-    # And the node still serves valid requests from the same source.
+    # And the node still serves valid requests from the same source, and
+    # logged no internal error on the way.
     assert (await c.request(c.build("OPTIONS", BOB))).code == 200
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_max_forwards_zero_options_is_answered(make_client):

@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-from sipclient import new_tag
-from wire import cseq_num, pidf, publications, raw_request, silence, snapshot, sub_state, subscriptions, tag
+from wire import cseq_num, pidf, publications, raw_request, snapshot, sub_state, subscriptions, tag
 
 BOB = "sip:bob@example.com"
 STRICT = {"subscription_expiry": {"min": 60, "default": 3600, "max": 3600}}

@@ -227,7 +227,7 @@ class Dispatcher:
                 h.remove("route")
         mf = h.get("max-forwards")
         if mf is not None:
-            if not (mf.isascii() and mf.strip().isdigit()):
+            if not (mf.isascii() and mf.strip().isdigit()) or len(mf) > 10:  # int() of >4300 digits raises
                 return Reply(Status.BAD_REQUEST)
             if int(mf) == 0 and req.method != "OPTIONS":
                 return Reply(Status.TOO_MANY_HOPS)
