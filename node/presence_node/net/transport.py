@@ -11,7 +11,6 @@ SUBSCRIBE came from (the NAT case RFC 3581 exists for).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 from typing import Callable
@@ -30,10 +29,12 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 def _is_ip(host: str) -> bool:
+    """An IP literal (no DNS needed)?  inet_pton is C, ipaddress is not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        socket.inet_pton(family, host.strip("[]"))
         return True
-    except ValueError:
+    except (OSError, ValueError):
         return False
 
 

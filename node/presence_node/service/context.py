@@ -8,7 +8,7 @@ from typing import Protocol
 from ..config import Config, Expiry
 from ..packages.registry import PackageRegistry
 from ..sip.errors import ParseError, RemoteSipError
-from ..sip.headers import Event, parse_event, parse_expires, parse_uri
+from ..sip.headers import Event, NameAddr, parse_event, parse_expires, parse_uri
 from ..sip.message import Request
 from ..sip.status import Status
 from ..storage import Storage
@@ -18,11 +18,16 @@ from .notify import Notifier
 
 @dataclass(slots=True)
 class Incoming:
+    """A request the dispatcher validated, with what it already parsed."""
+
     request: Request
     host: str  # source address
     port: int
     transport: str  # udp | tcp
     now: float  # wall clock at arrival
+    from_: NameAddr
+    to: NameAddr
+    cseq: int
 
 
 class ServiceMetrics(Protocol):

@@ -126,9 +126,9 @@ class Dispatcher:
         bad: str | None = f"missing {', '.join(missing)}" if missing else None
         if bad is None:
             try:
-                num, cseq_method = parse_cseq(req.headers.get("cseq") or "")
-                parse_name_addr(req.headers.get("from") or "")
-                parse_name_addr(req.headers.get("to") or "")
+                cseq, cseq_method = parse_cseq(req.headers.get("cseq") or "")
+                frm = parse_name_addr(req.headers.get("from") or "")
+                to = parse_name_addr(req.headers.get("to") or "")
                 if cseq_method != method:
                     bad = "CSeq method does not match the request"
             except ParseError as e:
@@ -161,7 +161,7 @@ class Dispatcher:
         if handler is None:
             self._finish(key, send, method, rb, self._simple(req), transport, now)
             return
-        inc = Incoming(req, host, port, transport, now)
+        inc = Incoming(req, host, port, transport, now, frm, to, cseq)
         self.in_progress += 1
         task = eager.start(self._run(handler, inc, key, send, rb, transport))
         if task is not None:

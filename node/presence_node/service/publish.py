@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from ..sip.errors import RemoteSipError
 from ..sip.headers import media_type
-from ..sip.message import Request
 from ..sip.status import Status
 from ..storage import Publication
 from .context import Incoming, Service

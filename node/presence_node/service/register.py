@@ -4,7 +4,7 @@ node alone.  Bindings are kept with their expiry; no authentication."""
 from __future__ import annotations
 
 from ..sip.errors import ParseError, RemoteSipError
-from ..sip.headers import parse_cseq, parse_expires, parse_name_addr, parse_uri
+from ..sip.headers import parse_expires, parse_name_addr, parse_uri
 from ..sip.status import Status
 from ..storage import Registration
 from .context import Incoming, Service
@@ -14,8 +14,8 @@ from .reply import Reply
 async def handle_register(svc: Service, inc: Incoming) -> Reply:
     req = inc.request
     try:
-        aor = parse_uri(parse_name_addr(req.headers.get("to") or "").uri).aor
-        cseq = parse_cseq(req.headers.get("cseq") or "")[0]
+        aor = parse_uri(inc.to.uri).aor
+        cseq = inc.cseq
         header_expiry = parse_expires(req.headers.get("expires"))
     except ParseError as e:
         raise RemoteSipError(str(e), status=Status.BAD_REQUEST) from e

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from ..sip.errors import ParseError, RemoteSipError
-from ..sip.headers import Event, media_type, parse_cseq, parse_name_addr, parse_uri
+from ..sip.headers import Event, media_type, parse_name_addr, parse_uri
 from ..sip.message import Request
 from ..sip.status import Status
 from ..storage import Subscription
@@ -29,7 +29,7 @@ async def handle_subscribe(svc: Service, inc: Incoming) -> Reply:
     event = svc.event_of(req)
     if svc.packages.get(event.key) is None:
         raise svc.bad_event()
-    to = _addr(req, "to")
+    to = inc.to
     if to.tag:
         return await _in_dialog(svc, inc, event, to.tag)
     return await _initial(svc, inc, event)
@@ -41,7 +41,7 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
     package = svc.packages.get(event.key)
     assert package is not None
     accept = _negotiate(req, package.content_types)
-    frm = _addr(req, "from")
+    frm = inc.from_
     if not frm.tag:
         raise RemoteSipError("From has no tag", status=Status.BAD_REQUEST)
     try:
@@ -55,7 +55,7 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         raise RemoteSipError("SUBSCRIBE without Contact", status=Status.BAD_REQUEST)
     contact = _contact_uri(contacts[0])
     expires = svc.granted_expiry(req, svc.config.subscription_expiry)
-    cseq = _cseq(req)
+    cseq = inc.cseq
     to_raw = req.headers.get("to") or ""
     sub = Subscription(
         id=svc.ids.tag(),
@@ -97,7 +97,7 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
 async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Reply:
     req = inc.request
     sub = await svc.storage.subscription(tag)
-    frm = _addr(req, "from")
+    frm = inc.from_
     if (
         sub is None
         or sub.call_id != req.headers.get("call-id")
@@ -106,7 +106,7 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
         or _event_header(event) != sub.event_header
     ):
         raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
-    cseq = _cseq(req)
+    cseq = inc.cseq
     if cseq < sub.remote_cseq:
         raise RemoteSipError("CSeq lower than the last one", status=Status.SERVER_INTERNAL_ERROR)
     expires = svc.granted_expiry(req, svc.config.subscription_expiry)
@@ -129,23 +129,6 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
     if refreshed is None:
         raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
     return Reply(Status.OK, headers, then=lambda: svc.notifier.notify([refreshed]))
-
-
-def _addr(req: Request, name: str):  # type: ignore[no-untyped-def]
-    raw = req.headers.get(name)
-    if raw is None:
-        raise RemoteSipError(f"missing {name}", status=Status.BAD_REQUEST)
-    try:
-        return parse_name_addr(raw)
-    except ParseError as e:
-        raise RemoteSipError(f"bad {name}", status=Status.BAD_REQUEST) from e
-
-
-def _cseq(req: Request) -> int:
-    try:
-        return parse_cseq(req.headers.get("cseq") or "")[0]
-    except ParseError as e:
-        raise RemoteSipError("bad CSeq", status=Status.BAD_REQUEST) from e
 
 
 def _contact_uri(value: str) -> str:

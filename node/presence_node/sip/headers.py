@@ -9,6 +9,7 @@ Expires) and passes everything else through untouched.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import NamedTuple
 
 from .errors import ParseError
@@ -56,7 +57,11 @@ _URI = re.compile(
 )
 
 
+@lru_cache(maxsize=8192)
 def parse_uri(text: str) -> SipUri:
+    """Parse a SIP URI.  Cached: one request reads the same URIs several
+    times (Request-URI, Contact) and watchers and presentities repeat; the
+    result is immutable by convention (its params dict is never changed)."""
     m = _URI.match(text.strip())
     if m is None:
         raise ParseError(f"bad URI {text[:60]!r}")

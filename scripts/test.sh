@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Run the test suite: scripts/setup.sh, then pytest -q with any extra args.
+#   scripts/test.sh [pytest args...]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+scripts/setup.sh
+exec .venv/bin/python -m pytest -q "$@"
