@@ -61,8 +61,8 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         id=svc.ids.tag(),
         call_id=req.headers.get("call-id") or "",
         remote_tag=frm.tag,
+        presentity=presentity,
         # Interned: the same few values repeat across 100k subscriptions.
-        presentity=sys.intern(presentity),
         event=sys.intern(event.key),
         event_header=sys.intern(_event_header(event)),
         event_params=_filters(event) if event.package == "dialog" else "",

@@ -1,9 +1,9 @@
 """The in-memory backend: dicts plus expiry heaps, for a node on its own.
 
 Every method runs without awaiting anything, so under asyncio it is atomic
-by construction.  Expiry uses heaps with lazy deletion (a refresh pushes a new
-entry; stale ones are skipped when popped), so a sweep costs only what has
-expired, not the size of the table.
+by construction.  Expiry uses a heap (publications) or a wheel of per-second buckets
+(subscriptions), both with lazy deletion (a refresh adds a new entry; stale
+ones are skipped), so a sweep costs what has expired, not the table size.
 """
 
 from __future__ import annotations
@@ -22,8 +22,14 @@ class MemoryStorage:
         self._pubs: dict[Key, dict[str, Publication]] = {}
         self._pub_heap: list[tuple[float, str, str, str]] = []
         self._subs: dict[str, Subscription] = {}
-        self._by_presentity: dict[Key, dict[str, Subscription]] = {}
-        self._sub_heap: list[tuple[float, str]] = []
+        # Keyed by presentity alone (the package is checked on lookup), and a
+        # presentity watched once, the common case, maps straight to its
+        # subscription; a dict only once a second watcher comes.  Both save
+        # memory per idle subscription, the figure the node is judged on.
+        self._by_presentity: dict[str, Subscription | dict[str, Subscription]] = {}
+        # Expiry wheel: whole second -> ids due then.  8 bytes per entry
+        # instead of a heap tuple; refreshes leave stale ids, skipped later.
+        self._sub_wheel: dict[int, list[str]] = {}
         self._bindings: dict[str, dict[str, Registration]] = {}
 
     async def start(self) -> None:
@@ -119,8 +125,23 @@ class MemoryStorage:
 
     async def insert_subscription(self, sub: Subscription) -> None:
         self._subs[sub.id] = sub
-        self._by_presentity.setdefault((sub.presentity, sub.event), {})[sub.id] = sub
-        heapq.heappush(self._sub_heap, (sub.expires_at, sub.id))
+        key = sub.presentity
+        group = self._by_presentity.get(key)
+        if group is None or (isinstance(group, Subscription) and group.id == sub.id):
+            self._by_presentity[key] = sub
+        elif isinstance(group, Subscription):
+            self._by_presentity[key] = {group.id: group, sub.id: sub}
+        else:
+            group[sub.id] = sub
+        self._schedule(sub.expires_at, sub.id)
+
+    def _schedule(self, expires_at: float, sub_id: str) -> None:
+        second = int(expires_at)
+        bucket = self._sub_wheel.get(second)
+        if bucket is None:
+            self._sub_wheel[second] = [sub_id]
+        else:
+            bucket.append(sub_id)
 
     async def subscription(self, sub_id: str) -> Subscription | None:
         return self._subs.get(sub_id)
@@ -135,26 +156,31 @@ class MemoryStorage:
         sub.remote_cseq = remote_cseq
         if contact:
             sub.contact = contact
-        heapq.heappush(self._sub_heap, (expires_at, sub_id))
+        self._schedule(expires_at, sub_id)
         return sub
 
     async def delete_subscription(self, sub_id: str) -> Subscription | None:
         sub = self._subs.pop(sub_id, None)
         if sub is None:
             return None
-        key = (sub.presentity, sub.event)
+        key = sub.presentity
         group = self._by_presentity.get(key)
-        if group is not None:
-            group.pop(sub_id, None)
-            if not group:
+        if isinstance(group, Subscription):
+            if group.id == sub_id:
                 del self._by_presentity[key]
+        elif group is not None:
+            group.pop(sub_id, None)
+            if len(group) == 1:
+                self._by_presentity[key] = next(iter(group.values()))
         return sub
 
     async def watchers(self, presentity: str, event: str, now: float) -> list[Subscription]:
-        group = self._by_presentity.get((presentity, event))
-        if not group:
+        group = self._by_presentity.get(presentity)
+        if group is None:
             return []
-        return [s for s in group.values() if s.expires_at > now]
+        if isinstance(group, Subscription):
+            return [group] if group.event == event and group.expires_at > now else []
+        return [s for s in group.values() if s.event == event and s.expires_at > now]
 
     async def next_notify(self, sub_ids: Collection[str]) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
@@ -170,20 +196,21 @@ class MemoryStorage:
 
     async def expire_subscriptions(self, now: float, tags: Collection[str] | None) -> list[Subscription]:
         out: list[Subscription] = []
-        heap = self._sub_heap
-        deferred: list[tuple[float, str]] = []
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            sub = self._subs.get(entry[1])
-            if sub is None or sub.expires_at > now or sub.expires_at != entry[0]:
-                continue
-            if tags is not None and sub.tag not in tags:
-                deferred.append(entry)
-                continue
-            await self.delete_subscription(sub.id)
-            out.append(sub)
-        for entry in deferred:
-            heapq.heappush(heap, entry)
+        wheel = self._sub_wheel
+        last = int(now)
+        for second in sorted(s for s in wheel if s <= last):
+            keep: list[str] = []
+            for sid in wheel.pop(second):
+                sub = self._subs.get(sid)
+                if sub is None or int(sub.expires_at) != second:
+                    continue  # gone, or refreshed to another second
+                if sub.expires_at > now or (tags is not None and sub.tag not in tags):
+                    keep.append(sid)  # due later this second, or another node's duty
+                    continue
+                await self.delete_subscription(sid)
+                out.append(sub)
+            if keep:
+                wheel[second] = keep
         return out
 
     # -- registrations -----------------------------------------------------

@@ -1,0 +1,125 @@
+"""The storage contract, run against every backend.
+
+Each test states one promise of :class:`presence_node.storage.Storage` that
+the service relies on: compare-and-swap on etags (S39, S45), atomic
+CSeq/version increments (S09, S61, S67), expiry that hands each record to
+exactly one caller and only for owned tags, and watcher indexing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from presence_node.storage import MemoryStorage, Publication, Subscription
+
+NOW = 1_000_000.0
+
+
+def sub(i: int, presentity: str = "bob@example.com", *, expires: float = NOW + 100, tag: str = "A", event: str = "presence") -> Subscription:
+    return Subscription(
+        id=f"s{i}", call_id=f"c{i}", remote_tag=f"r{i}", presentity=presentity, event=event, event_header=event,
+        event_params="", watcher=f"w{i}@example.com", remote_uri=f"<sip:w{i}@example.com>;tag=r{i}",
+        local_uri=f"<sip:{presentity}>", contact=f"sip:w{i}@127.0.0.1:5{i:03d}", routes="", transport="udp",
+        source="127.0.0.1:5000", accept="application/pidf+xml", expires_at=expires, remote_cseq=1, cseq=0,
+        version=0, status="active", tag=tag,
+    )
+
+
+def pub(etag: str, presentity: str = "bob@example.com", *, expires: float = NOW + 100, tag: str = "A", at: float = NOW) -> Publication:
+    return Publication(presentity, "presence", etag, b"<x/>", "application/pidf+xml", expires, at, tag)
+
+
+@pytest.fixture(params=["memory"])
+async def storage(request):
+    s = MemoryStorage()
+    await s.start()
+    yield s
+    await s.close()
+
+
+async def test_watchers_follow_inserts_and_deletes_in_any_order(storage):
+    for i in range(3):
+        await storage.insert_subscription(sub(i))
+    await storage.insert_subscription(sub(9, "carol@example.com"))
+    assert sorted(s.id for s in await storage.watchers("bob@example.com", "presence", NOW)) == ["s0", "s1", "s2"]
+    await storage.delete_subscription("s1")
+    await storage.delete_subscription("s0")
+    assert [s.id for s in await storage.watchers("bob@example.com", "presence", NOW)] == ["s2"]
+    await storage.delete_subscription("s2")
+    assert await storage.watchers("bob@example.com", "presence", NOW) == []
+    assert [s.id for s in await storage.watchers("carol@example.com", "presence", NOW)] == ["s9"]
+    assert await storage.delete_subscription("s2") is None
+
+
+async def test_watchers_exclude_other_packages_and_expired(storage):
+    await storage.insert_subscription(sub(1, event="dialog"))
+    await storage.insert_subscription(sub(2, expires=NOW - 1))
+    await storage.insert_subscription(sub(3))
+    assert [s.id for s in await storage.watchers("bob@example.com", "presence", NOW)] == ["s3"]
+
+
+async def test_s09_next_notify_counts_up_by_one_per_call(storage):
+    await storage.insert_subscription(sub(1))
+    await storage.insert_subscription(sub(2))
+    first = await storage.next_notify(["s1", "s2", "gone"])
+    second = await storage.next_notify(["s1"])
+    assert first == {"s1": (1, 0), "s2": (1, 0)}
+    assert second == {"s1": (2, 1)}
+
+
+async def test_s39_replace_needs_the_live_etag(storage):
+    await storage.insert_publication(pub("e1"))
+    assert await storage.replace_publication("bob@example.com", "presence", "nope", NOW, new_etag="x", expires_at=NOW + 5) is None
+    new = await storage.replace_publication("bob@example.com", "presence", "e1", NOW, new_etag="e2", expires_at=NOW + 5, body=b"<y/>")
+    assert new is not None and new.etag == "e2" and new.body == b"<y/>"
+    # S45: the old etag is spent, so a second modify built on it fails.
+    assert await storage.replace_publication("bob@example.com", "presence", "e1", NOW, new_etag="e3", expires_at=NOW + 5) is None
+    assert [p.etag for p in await storage.publications("bob@example.com", "presence", NOW)] == ["e2"]
+
+
+async def test_refresh_keeps_body_and_order(storage):
+    await storage.insert_publication(pub("e1", at=NOW))
+    await storage.insert_publication(pub("e2", at=NOW + 1))
+    await storage.replace_publication("bob@example.com", "presence", "e1", NOW + 2, new_etag="e1b", expires_at=NOW + 50)
+    assert [p.etag for p in await storage.publications("bob@example.com", "presence", NOW + 2)] == ["e1b", "e2"]
+
+
+async def test_expired_publication_is_not_live_and_cannot_be_refreshed(storage):
+    await storage.insert_publication(pub("e1", expires=NOW + 1))
+    assert await storage.publications("bob@example.com", "presence", NOW + 2) == []
+    assert await storage.replace_publication("bob@example.com", "presence", "e1", NOW + 2, new_etag="e2", expires_at=NOW + 9) is None
+
+
+async def test_expiry_returns_each_record_once_and_only_for_owned_tags(storage):
+    await storage.insert_publication(pub("a", expires=NOW + 1, tag="A"))
+    await storage.insert_publication(pub("b", expires=NOW + 1, tag="B"))
+    await storage.insert_subscription(sub(1, expires=NOW + 1, tag="A"))
+    await storage.insert_subscription(sub(2, expires=NOW + 1, tag="B"))
+    later = NOW + 2
+    assert [p.etag for p in await storage.expire_publications(later, {"A"})] == ["a"]
+    assert [s.id for s in await storage.expire_subscriptions(later, {"A"})] == ["s1"]
+    assert await storage.expire_publications(later, {"A"}) == []
+    assert await storage.expire_subscriptions(later, {"A"}) == []
+    # The other tag's records wait for their owner.
+    assert [p.etag for p in await storage.expire_publications(later, {"B"})] == ["b"]
+    assert [s.id for s in await storage.expire_subscriptions(later, None)] == ["s2"]
+
+
+async def test_refreshed_subscription_does_not_expire_at_its_old_time(storage):
+    await storage.insert_subscription(sub(1, expires=NOW + 1))
+    await storage.refresh_subscription("s1", expires_at=NOW + 100, remote_cseq=2)
+    assert await storage.expire_subscriptions(NOW + 2, None) == []
+    got = await storage.subscription("s1")
+    assert got is not None and got.remote_cseq == 2
+
+
+async def test_counts_and_listings(storage):
+    await storage.insert_publication(pub("e1"))
+    await storage.insert_publication(pub("e2", "carol@example.com"))
+    for i in range(5):
+        await storage.insert_subscription(sub(i, f"p{i}@example.com"))
+    assert await storage.counts() == (5, 2)
+    page = await storage.list_subscriptions(NOW, presentity=None, watcher=None, event=None, offset=1, limit=2)
+    assert [s.id for s in page] == ["s1", "s2"]
+    only = await storage.list_subscriptions(NOW, presentity="p3@example.com", watcher=None, event=None, offset=0, limit=10)
+    assert [s.id for s in only] == ["s3"]
