@@ -8,7 +8,10 @@ through :func:`tests.procs.spawn_node`.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -17,6 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from presence_node.config import Config  # noqa: E402
 from presence_node.node import Node  # noqa: E402
+from pgserver import PostgresServer  # noqa: E402
 from sipclient import SipClient  # noqa: E402
 
 SECRET = "test-secret-0123456789abcdef"
@@ -28,6 +32,22 @@ FAST = {
     "expiry_interval": 0.2,
     "notify": {"t1": 0.1, "t2": 0.4},
 }
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One private PostgreSQL server for the whole run (real, Debian's)."""
+    root = Path(tempfile.mkdtemp(prefix="presence-pg-"))
+    server = PostgresServer(root).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dsn(pg_server) -> str:
+    """A fresh empty database on the test server."""
+    return pg_server.create_database()
 
 
 @pytest.fixture
@@ -43,8 +63,9 @@ async def make_node(tmp_path) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
             "log_level": "warning",
             **FAST,
         }
+        storage = overrides.pop("storage_override", None)
         data.update(overrides)
-        node = Node(Config.model_validate(data), secret=SECRET)
+        node = Node(Config.model_validate(data), secret=SECRET, storage=storage)
         await node.start()
         nodes.append(node)
         return node

@@ -68,7 +68,7 @@ class SipClient:
 
             class P(asyncio.DatagramProtocol):
                 def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                    client._on_bytes(data)
+                    client._on_bytes(data, addr)
 
             t, _ = await loop.create_datagram_endpoint(P, local_addr=(self.local_host, 0))
             self._udp = t  # type: ignore[assignment]
@@ -92,20 +92,22 @@ class SipClient:
             if t is not None:
                 t.close()
 
-    def _on_bytes(self, data: bytes) -> None:
+    def _on_bytes(self, data: bytes, source: tuple[str, int] | None = None) -> None:
         self.raw.append(data)
         msg = parse(data, datagram=self.transport == "udp")
         if isinstance(msg, Request) and msg.method == "NOTIFY":
             self.notifies.append(msg)
             self._notify_event.set()
             if self.notify_answer is not None:
-                self.send_bytes(self.response_to(msg, self.notify_answer))
+                # Answer where the NOTIFY came from: in a cluster that may
+                # be another node than the one this client talks to.
+                self.send_bytes(self.response_to(msg, self.notify_answer), source)
             return
         self.inbox.put_nowait(msg)
 
-    def send_bytes(self, data: bytes) -> None:
+    def send_bytes(self, data: bytes, to: tuple[str, int] | None = None) -> None:
         if self._udp is not None:
-            self._udp.sendto(data, self.server)
+            self._udp.sendto(data, to or self.server)
         else:
             assert self._tcp is not None
             self._tcp.write(data)

@@ -6,90 +6,17 @@ with mode 0600 and logged by path, never by value."""
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
 import stat
-import sys
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import pytest
 
 from conftest import SECRET
 from presence_node.cli import main
+from procs import EXE, clean_env, spawn, wait_ready
 from sipclient import SipClient
-
-EXE = str(Path(sys.executable).parent / "presence-node")
-READY = re.compile(rb"SIP udp\+tcp [0-9.]+:(\d+), admin http://[0-9.]+:(\d+)")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PRESENCE_ADMIN_SECRET"}
-    env.update(extra)
-    return env
-
-
-class Proc:
-    def __init__(self, proc: asyncio.subprocess.Process, stderr: Path, sip_port: int, admin_port: int) -> None:
-        self.proc = proc
-        self.stderr_path = stderr
-        self.sip_port = sip_port
-        self.admin_port = admin_port
-        self.stdout = b""
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    async def terminate(self, within: float) -> int:
-        """SIGTERM; the exit status, which must come within ``within`` s."""
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = await asyncio.wait_for(self.proc.communicate(), within)
-        self.stdout += out
-        return self.proc.returncode  # type: ignore[return-value]
-
-
-@asynccontextmanager
-async def spawn(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[Proc]:
-    """Run ``presence-node --sip 127.0.0.1:0 --admin 127.0.0.1:0 ARGS`` and
-    wait for its ready line; always reaped on exit."""
-    err = tmp_path / "stderr.log"
-    with err.open("wb") as err_f:
-        proc = await asyncio.create_subprocess_exec(
-            EXE, "--sip", "127.0.0.1:0", "--admin", "127.0.0.1:0", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=err_f, env=env if env is not None else clean_env(),
-        )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 15)
-        m = READY.search(line)
-        assert m, (line, err.read_text())
-        p = Proc(proc, err, int(m.group(1)), int(m.group(2)))
-        p.stdout = line
-        yield p
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.communicate()
-
-
-async def wait_ready(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while True:
-            try:
-                async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, "node never became ready"
-            await asyncio.sleep(0.05)
-
 
 async def admin_status(port: int, secret: str, path: str = "/subscriptions") -> int:
     async with aiohttp.ClientSession() as s:

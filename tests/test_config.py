@@ -102,7 +102,7 @@ def test_unknown_keys_are_errors_naming_the_dotted_key(tmp_path, text, key):
         ("node_id: 'bad id!'\n", "node_id"),
         ("log_level: loud\n", "log_level"),
         ("expiry_interval: 0\n", "expiry_interval"),
-        ("storage: {backend: postgres}\n", "storage.backend"),
+        ("storage: {backend: sqlite}\n", "storage.backend"),
     ],
 )
 def test_bad_values_are_errors_naming_the_dotted_key(tmp_path, text, key):

@@ -58,7 +58,7 @@ def test_s64_s72_package_attributes() -> None:
     assert (plain.name, sla.name) == ("dialog", "dialog;sla")
     for pkg in (plain, sla):
         assert pkg.content_types == (CTYPE,)
-        assert pkg.publishable and pkg.timeout_notification
+        assert pkg.publishable
 
 
 @pytest.mark.parametrize("body", [DESK, SOFT, DESK_ENDED])

@@ -93,7 +93,7 @@ def parse(data: bytes) -> etree._Element:
 def test_s50_package_attributes(pkg: PresencePackage) -> None:
     assert pkg.name == "presence"
     assert pkg.content_types == ("application/pidf+xml",)
-    assert pkg.publishable and pkg.timeout_notification
+    assert pkg.publishable
 
 
 @pytest.mark.parametrize("body", [BARESIP_AWAY, LINPHONE, PJSUA])

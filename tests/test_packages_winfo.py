@@ -26,7 +26,7 @@ def test_s58_package_attributes() -> None:
     pkg = WatcherInfoPackage()
     assert pkg.name == "presence.winfo"
     assert pkg.content_types == ("application/watcherinfo+xml",)
-    assert not pkg.publishable and pkg.timeout_notification
+    assert not pkg.publishable
     with pytest.raises(UnsupportedBody) as err:
         pkg.check_publication(b"<watcherinfo/>", "application/watcherinfo+xml")
     assert err.value.status_hint == 415

@@ -486,6 +486,8 @@ async def test_s11_notify_follows_the_record_route_set(make_client):
     data = data.replace(f"Contact: <{c.contact}>".encode(), f"Contact: <{contact}>".encode())
     resp = await c.request(data)
     assert resp.code == 200
+    # RFC 3261 §12.1.1: the 2xx that creates the dialog copies Record-Route.
+    assert resp.headers.values("record-route") == rr
     [n] = await c.wait_notifies(1)
     assert n.uri == contact
     assert n.headers.values("route") == rr

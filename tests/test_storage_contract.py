@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from presence_node.storage import MemoryStorage, Publication, Subscription
+from presence_node.storage import MemoryStorage, Publication, StaleEpoch, Subscription, UnknownTag
+from presence_node.storage.postgres import PostgresStorage
 
 NOW = 1_000_000.0
 
@@ -29,10 +30,14 @@ def pub(etag: str, presentity: str = "bob@example.com", *, expires: float = NOW 
     return Publication(presentity, "presence", etag, b"<x/>", "application/pidf+xml", expires, at, tag)
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "postgres"])
 async def storage(request):
-    s = MemoryStorage()
+    if request.param == "memory":
+        s = MemoryStorage()
+    else:
+        s = PostgresStorage(request.getfixturevalue("pg_dsn"))
     await s.start()
+    await s.ensure_tags({"A": True, "B": False}, "me", NOW)
     yield s
     await s.close()
 
@@ -96,19 +101,21 @@ async def test_expiry_returns_each_record_once_and_only_for_owned_tags(storage):
     await storage.insert_subscription(sub(1, expires=NOW + 1, tag="A"))
     await storage.insert_subscription(sub(2, expires=NOW + 1, tag="B"))
     later = NOW + 2
-    assert [p.etag for p in await storage.expire_publications(later, {"A"})] == ["a"]
-    assert [s.id for s in await storage.expire_subscriptions(later, {"A"})] == ["s1"]
-    assert await storage.expire_publications(later, {"A"}) == []
-    assert await storage.expire_subscriptions(later, {"A"}) == []
-    # The other tag's records wait for their owner.
-    assert [p.etag for p in await storage.expire_publications(later, {"B"})] == ["b"]
-    assert [s.id for s in await storage.expire_subscriptions(later, None)] == ["s2"]
+    # "me" owns A only: B's records wait for their owner.
+    assert [p.etag for p in await storage.expire_publications(later, "me")] == ["a"]
+    assert [s.id for s in await storage.expire_subscriptions(later, "me")] == ["s1"]
+    assert await storage.expire_publications(later, "me") == []
+    assert await storage.expire_subscriptions(later, "me") == []
+    assert await storage.expire_publications(later, "other") == []
+    await storage.activate_tag("B", "other", NOW)
+    assert [p.etag for p in await storage.expire_publications(later, "other")] == ["b"]
+    assert [s.id for s in await storage.expire_subscriptions(later, "other")] == ["s2"]
 
 
 async def test_refreshed_subscription_does_not_expire_at_its_old_time(storage):
     await storage.insert_subscription(sub(1, expires=NOW + 1))
     await storage.refresh_subscription("s1", expires_at=NOW + 100, remote_cseq=2)
-    assert await storage.expire_subscriptions(NOW + 2, None) == []
+    assert await storage.expire_subscriptions(NOW + 2, "me") == []
     got = await storage.subscription("s1")
     assert got is not None and got.remote_cseq == 2
 
@@ -123,3 +130,45 @@ async def test_counts_and_listings(storage):
     assert [s.id for s in page] == ["s1", "s2"]
     only = await storage.list_subscriptions(NOW, presentity="p3@example.com", watcher=None, event=None, offset=0, limit=10)
     assert [s.id for s in only] == ["s3"]
+
+
+async def test_tags_activation_moves_owner_and_raises_epoch(storage):
+    tags = {t.name: t for t in await storage.tags()}
+    assert tags["A"].owner == "me" and tags["A"].epoch == 1
+    assert tags["B"].owner is None
+    moved = await storage.activate_tag("A", "other", NOW + 1)
+    assert (moved.owner, moved.epoch) == ("other", 2)
+    with pytest.raises(StaleEpoch):
+        await storage.activate_tag("A", "me", NOW + 2, epoch=2)
+    again = await storage.activate_tag("A", "me", NOW + 2, epoch=7)
+    assert (again.owner, again.epoch) == ("me", 7)
+    with pytest.raises(UnknownTag):
+        await storage.activate_tag("nope", "me", NOW)
+    with pytest.raises(UnknownTag):
+        await storage.deactivate_tag("nope", "me", NOW)
+
+
+async def test_deactivate_only_by_owner(storage):
+    not_mine = await storage.deactivate_tag("A", "other", NOW)
+    assert not_mine.owner == "me" and not_mine.epoch == 1
+    released = await storage.deactivate_tag("A", "me", NOW)
+    assert released.owner is None and released.epoch == 2
+
+
+async def test_configured_active_never_takes_a_live_owners_tag(storage):
+    await storage.activate_tag("A", "other", NOW)
+    await storage.ensure_tags({"A": True, "C": False}, "me", NOW)
+    tags = {t.name: t for t in await storage.tags()}
+    assert tags["A"].owner == "other" and tags["A"].epoch == 2
+    assert tags["C"].owner is None
+    # An unowned tag configured active is taken, at the next epoch.
+    await storage.ensure_tags({"C": True}, "me", NOW)
+    assert {t.name: t.owner for t in await storage.tags()}["C"] == "me"
+
+
+async def test_owner_only_delete(storage):
+    await storage.insert_subscription(sub(1, tag="A"))
+    assert await storage.delete_subscription("s1", owner="other") is None
+    assert await storage.subscription("s1") is not None
+    gone = await storage.delete_subscription("s1", owner="me")
+    assert gone is not None and gone.id == "s1"

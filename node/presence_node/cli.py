@@ -1,9 +1,13 @@
-"""``presence-node``: run one node.
+"""``presence-node``: run one node, or talk to a running one.
 
     presence-node --sip HOST:PORT --admin HOST:PORT [--config FILE]
                   [--admin-secret-file FILE] [--node-id ID] [--log-level L]
+    presence-node tags list|activate TAG [--epoch N]|deactivate TAG
+                  --admin HOST:PORT [--admin-secret-file FILE]
 
-Flags override the file; every setting is validated by :mod:`.config`.
+Flags override the file; every setting is validated by :mod:`.config`.  The
+``tags`` commands wrap the admin API (the seed's MI commands
+``pres_list_sharing_tags`` and ``pres_set_sharing_tag_active``).
 """
 
 from __future__ import annotations
@@ -11,14 +15,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 from . import logs
+import aiohttp
+
+from .admin.client import AdminClient, AdminError
+from .admin.contract import SECRET_ENV
 from .admin.secret import SecretError
 from .config import Config, ConfigError, load
-from .node import Node
+from .node import Node, StorageConfigError
 
 log = logging.getLogger("presence_node")
 
@@ -68,7 +77,52 @@ async def serve(config: Config) -> None:
     await node.stop()
 
 
+def tags_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="presence-node tags", description="List or move sharing tags of a running node.")
+    p.add_argument("action", choices=["list", "activate", "deactivate"])
+    p.add_argument("tag", nargs="?")
+    p.add_argument("--admin", required=True, metavar="HOST:PORT", help="the node's admin API")
+    p.add_argument("--admin-secret-file", type=Path, metavar="FILE", help=f"default: ${SECRET_ENV}")
+    p.add_argument("--epoch", type=int, help="activate at this epoch (must exceed the current one)")
+    args = p.parse_args(argv)
+    if args.action != "list" and not args.tag:
+        p.error(f"{args.action} needs a TAG")
+    if args.admin_secret_file is not None:
+        secret = args.admin_secret_file.read_text().strip()
+    else:
+        secret = os.environ.get(SECRET_ENV, "").strip()
+    if not secret:
+        p.error(f"give --admin-secret-file or set {SECRET_ENV}")
+
+    async def run() -> int:
+        async with AdminClient(f"http://{args.admin}", secret) as client:
+            if args.action == "list":
+                rows = await client.tags()
+                print(f"{'TAG':<16} {'STATE':<7} {'OWNER':<16} {'EPOCH':>6}")
+                for t in rows:
+                    print(f"{t['tag']:<16} {t['state']:<7} {t['owner'] or '-':<16} {t['epoch']:>6}")
+                return 0
+            if args.action == "activate":
+                t = await client.activate(args.tag, args.epoch)
+            else:
+                t = await client.deactivate(args.tag)
+            print(f"{t['tag']}: {t['state']} here, owner {t['owner'] or '-'}, epoch {t['epoch']}")
+            return 0
+
+    try:
+        return asyncio.run(run())
+    except AdminError as e:
+        print(f"presence-node tags: {e}", file=sys.stderr)
+        return 1
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        print(f"presence-node tags: cannot reach {args.admin}: {e}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tags"]:
+        return tags_main(argv[1:])
     try:
         config = make_config(argv)
     except ConfigError as e:
@@ -83,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         asyncio.run(serve(config))
-    except SecretError as e:
+    except (SecretError, StorageConfigError) as e:
         print(f"presence-node: {e}", file=sys.stderr)
         return 2
     except OSError as e:

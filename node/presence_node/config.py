@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 KNOWN_PACKAGES = ("presence", "presence.winfo", "dialog", "dialog;sla")
 
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _HOSTPORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
 
 
@@ -66,7 +67,7 @@ class Limits(_Strict):
     """Protection against floods and oversized input."""
 
     max_message_size: int = Field(65535, ge=1024, le=1_048_576)
-    max_body_size: int = Field(65536, ge=256, le=1_048_576)
+    max_body_size: int = Field(60000, ge=256, le=1_048_576)
     #: Messages per second one source IP may send (token bucket), 0 = no
     #: limit.  Beyond it, datagrams are dropped unread.  The default sits
     #: above what one SIPp load generator sends in the benchmarks.
@@ -80,7 +81,23 @@ class Limits(_Strict):
 
 
 class Storage(_Strict):
-    backend: Literal["memory"] = "memory"
+    """Where state lives: ``memory`` (one node) or ``postgres`` (shared by
+    the nodes of a cluster, the seed's fallback2db)."""
+
+    backend: Literal["memory", "postgres"] = "memory"
+    #: File holding the PostgreSQL DSN (it may carry a password, so it is
+    #: never a plain setting); else the PRESENCE_DB_DSN environment variable.
+    dsn_file: Path | None = None
+    #: Seconds start-up waits for the database before giving up.
+    connect_timeout: float = Field(10.0, gt=0, le=300)
+    pool_min: int = Field(2, ge=1, le=100)
+    pool_max: int = Field(8, ge=1, le=200)
+
+    @model_validator(mode="after")
+    def _pool(self) -> "Storage":
+        if self.pool_min > self.pool_max:
+            raise ValueError("pool_min must not exceed pool_max")
+        return self
 
 
 class Config(_Strict):
@@ -110,6 +127,17 @@ class Config(_Strict):
     drain_timeout: float = Field(5.0, ge=0, le=300)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+    #: The cluster this node belongs to; required when sharing tags are set.
+    cluster_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+    #: Sharing tags and their state at start-up (``active`` is taken only if
+    #: nobody owns the tag yet; see README "Sharing tags").
+    sharing_tags: dict[str, Literal["active", "backup"]] = Field(default_factory=dict)
+    #: The tag stamped on new clustered subscriptions and publications
+    #: received here; default: the only configured tag.
+    default_tag: str | None = None
+    #: Packages whose records are clustered (stamped with ``default_tag``);
+    #: the others stay this node's own duty (its private tag).
+    cluster_pres_events: tuple[str, ...] = ("presence", "dialog;sla")
 
     @field_validator("sip", "admin")
     @classmethod
@@ -131,6 +159,50 @@ class Config(_Strict):
         if not v:
             raise ValueError("at least one package must be enabled")
         return v
+
+    @field_validator("sharing_tags")
+    @classmethod
+    def _tag_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not _TAG.match(name) or name.startswith("~"):
+                raise ValueError(f"bad tag name {name!r} (letters, digits, _ . - ; up to 63)")
+        return v
+
+    @field_validator("cluster_pres_events")
+    @classmethod
+    def _clustered_known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if name not in KNOWN_PACKAGES:
+                raise ValueError(f"unknown package {name!r}; known: {', '.join(KNOWN_PACKAGES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _cluster(self) -> "Config":
+        if self.sharing_tags and not self.cluster_id:
+            raise ValueError("sharing_tags need cluster_id")
+        if self.default_tag is not None and self.default_tag not in self.sharing_tags:
+            raise ValueError(f"default_tag {self.default_tag!r} is not one of sharing_tags")
+        if self.default_tag is None and len(self.sharing_tags) > 1:
+            raise ValueError("default_tag is required when several sharing_tags are configured")
+        return self
+
+    @property
+    def private_tag(self) -> str:
+        """This node's own tag: records of packages not clustered, and all
+        records of a node without sharing tags.  Always owned by this node."""
+        return f"~{self.node_id}"
+
+    @property
+    def clustered_tag(self) -> str:
+        """The tag new clustered records get."""
+        if self.default_tag is not None:
+            return self.default_tag
+        if self.sharing_tags:
+            return next(iter(self.sharing_tags))
+        return self.private_tag
+
+    def tag_for(self, event: str) -> str:
+        return self.clustered_tag if event in self.cluster_pres_events else self.private_tag
 
     @property
     def sip_address(self) -> tuple[str, int]:

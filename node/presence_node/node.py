@@ -1,15 +1,18 @@
 """The node: builds the parts from a :class:`Config`, starts and stops them.
 
-Start order: storage, SIP sockets (UDP and TCP on one port), the expiry
-timer, then the admin API, and only then ready.  Stop order (SIGTERM):
-not ready, stop taking SIP, let handlers and NOTIFYs in flight finish
-(bounded by ``drain_timeout``), then admin, sockets and storage.
+Start order: storage, sharing tags, SIP sockets (UDP and TCP on one port),
+the expiry timer, then the admin API, and only then ready.  Stop order
+(SIGTERM): not ready, new SIP requests answered 503 (the sockets stay open,
+since the responses to NOTIFYs in flight arrive on them), handlers and
+NOTIFYs in flight finish (bounded by ``drain_timeout``), then admin,
+sockets and storage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 from aiohttp import web
@@ -25,6 +28,7 @@ from .service.expiry import Expirer
 from .service.ids import Ids
 from .service.notify import Notifier
 from .net.transport import Transports
+from .service.tags import SharingTags
 from .storage import MemoryStorage, Storage
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,7 @@ class Node:
     def __init__(self, config: Config, *, secret: str | None = None, storage: Storage | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.storage: Storage = storage or MemoryStorage()
+        self.storage: Storage = storage or make_storage(config)
         self.packages = PackageRegistry(list(config.packages))
         self.ids = Ids(config.node_id)
         host, _ = config.sip_address
@@ -55,7 +59,8 @@ class Node:
         self.dispatcher = Dispatcher(
             self.service, self.metrics, self.transports.on_response, local_hosts=_local_hosts(config)
         )
-        self.expirer = Expirer(self.storage, self.notifier, lambda: None, self.metrics.expired, time.time)
+        self.expirer = Expirer(self.storage, self.notifier, config.node_id, self.metrics.expired, time.time)
+        self.tags = SharingTags(config, self.storage)
         self._secret = secret
         self._runner: web.AppRunner | None = None
         self._expiry_task: asyncio.Task[None] | None = None
@@ -79,6 +84,7 @@ class Node:
     async def _start(self) -> None:
         cfg = self.config
         await self.storage.start()
+        await self.tags.start()
         host, port = cfg.sip_address
         self.sip_port = await self.transports.start(host, port)
         self.service.sip_port = self.sip_port
@@ -115,6 +121,7 @@ class Node:
 
     async def stop(self) -> None:
         self.ready = False
+        self.dispatcher.draining = True
         log.info("node draining", extra={"node": self.config.node_id})
         if self._expiry_task is not None:
             self._expiry_task.cancel()
@@ -131,6 +138,34 @@ class Node:
         await self.transports.close()
         await self.storage.close()
         log.info("node stopped", extra={"node": self.config.node_id})
+
+
+DSN_ENV = "PRESENCE_DB_DSN"
+
+
+class StorageConfigError(Exception):
+    """The configured storage cannot be built (no DSN, unreadable file)."""
+
+
+def make_storage(config: Config) -> Storage:
+    """The configured backend.  The DSN comes from a file or the
+    environment, never from the configuration itself (it may hold a
+    password)."""
+    cfg = config.storage
+    if cfg.backend == "memory":
+        return MemoryStorage()
+    from .storage.postgres import PostgresStorage  # psycopg only when used
+
+    if cfg.dsn_file is not None:
+        try:
+            dsn = cfg.dsn_file.read_text().strip()
+        except OSError as e:
+            raise StorageConfigError(f"cannot read storage.dsn_file {cfg.dsn_file}: {e.strerror}") from e
+    else:
+        dsn = os.environ.get(DSN_ENV, "").strip()
+    if not dsn:
+        raise StorageConfigError(f"storage.backend is postgres but neither storage.dsn_file nor {DSN_ENV} gives a DSN")
+    return PostgresStorage(dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, open_timeout=cfg.connect_timeout)
 
 
 def _local_hosts(config: Config) -> set[str]:

@@ -4,12 +4,15 @@ JSON error naming the parameter, and nothing here changes state."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..service.tags import PrivateTag
+from ..storage import StaleEpoch, UnknownTag
 from . import contract
 
 if TYPE_CHECKING:
@@ -35,6 +38,19 @@ async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="presence-node"'
         return resp
     return await handler(request)
+
+
+async def _tag_call(call: Any) -> web.Response:
+    """Run a tag change; map the storage refusals to HTTP."""
+    try:
+        view = await call()
+    except UnknownTag as e:
+        return _error(404, f"no sharing tag {e.args[0]!r}")
+    except StaleEpoch as e:
+        return _error(409, str(e), current_epoch=e.current.epoch, owner=e.current.owner)
+    except PrivateTag as e:
+        return _error(403, str(e))
+    return web.json_response(view.as_json())
 
 
 def _paging(request: web.Request) -> tuple[int, int]:
@@ -66,9 +82,13 @@ def make_app(node: "Node", secret: str) -> web.Application:
         return web.json_response({"status": "ok", "node": node.config.node_id})
 
     async def readyz(_: web.Request) -> web.Response:
-        if node.ready:
-            return web.json_response({"status": "ready", "node": node.config.node_id})
-        return _error(503, "not ready", node=node.config.node_id)
+        if not node.ready:
+            return _error(503, "not ready", node=node.config.node_id)
+        try:
+            await asyncio.wait_for(node.storage.ping(), 1.0)
+        except Exception as e:  # any failure of the storage means not ready
+            return _error(503, f"storage unavailable: {type(e).__name__}", node=node.config.node_id)
+        return web.json_response({"status": "ready", "node": node.config.node_id})
 
     async def presentities(request: web.Request) -> web.Response:
         _known_params(request, {"event", "offset", "limit"})
@@ -134,9 +154,32 @@ def make_app(node: "Node", secret: str) -> web.Application:
         body = await node.metrics_text()
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
+    async def tags(_: web.Request) -> web.Response:
+        return web.json_response({"node": node.config.node_id, "items": [t.as_json() for t in await node.tags.list()]})
+
+    async def activate(request: web.Request) -> web.Response:
+        epoch: int | None = None
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                return _error(400, "body must be JSON: {\"epoch\": N} or empty")
+            if not isinstance(body, dict) or set(body) - {"epoch"}:
+                return _error(400, "body may hold only \"epoch\"")
+            epoch = body.get("epoch")
+            if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1):
+                return _error(400, "epoch must be a positive integer")
+        return await _tag_call(lambda: node.tags.activate(request.match_info["tag"], epoch))
+
+    async def deactivate(request: web.Request) -> web.Response:
+        return await _tag_call(lambda: node.tags.deactivate(request.match_info["tag"]))
+
     app.router.add_get(contract.HEALTHZ, healthz)
     app.router.add_get(contract.READYZ, readyz)
     app.router.add_get(contract.PRESENTITIES, presentities)
     app.router.add_get(contract.SUBSCRIPTIONS, subscriptions)
     app.router.add_get(contract.METRICS, metrics)
+    app.router.add_get(contract.TAGS, tags)
+    app.router.add_post(contract.TAG_ACTIVATE, activate)
+    app.router.add_post(contract.TAG_DEACTIVATE, deactivate)
     return app

@@ -5,6 +5,9 @@ READYZ = "/readyz"
 PRESENTITIES = "/presentities"
 SUBSCRIPTIONS = "/subscriptions"
 METRICS = "/metrics"
+TAGS = "/tags"
+TAG_ACTIVATE = "/tags/{tag}/activate"
+TAG_DEACTIVATE = "/tags/{tag}/deactivate"
 
 #: Paths answered without the bearer secret.
 OPEN_PATHS = frozenset({HEALTHZ, READYZ})

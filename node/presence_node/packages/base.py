@@ -2,7 +2,7 @@
 
 The presence core never reads PIDF, watcherinfo or dialog-info itself: it asks
 the package.  The knobs mirror OpenSIPS's ``struct pres_ev`` (name, content
-types, whether a body is mandatory, whether expiry must be notified), and the
+types, whether PUBLISH is taken; every package notifies expiry, S25), and the
 hooks are the few places where a package's document format matters:
 checking a published body, composing the published bodies of one presentity
 into one document, and rendering that document for one watcher (the
@@ -71,8 +71,6 @@ class EventPackage(Protocol):
     content_types: tuple[str, ...]
     #: Whether PUBLISH is accepted for this package (winfo: no).
     publishable: bool
-    #: Whether a terminated NOTIFY on expiry is mandatory (S25).
-    timeout_notification: bool
 
     def check_publication(self, body: bytes, content_type: str) -> bytes:
         """Validate a published body; return the bytes to store.

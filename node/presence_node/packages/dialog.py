@@ -35,7 +35,6 @@ class DialogPackage:
 
     content_types: tuple[str, ...] = (DIALOG_INFO_TYPE,)
     publishable: bool = True
-    timeout_notification: bool = True
 
     def __init__(self, name: str = "dialog") -> None:
         self.name = name

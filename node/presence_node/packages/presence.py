@@ -42,7 +42,6 @@ class PresencePackage:
     name: str = "presence"
     content_types: tuple[str, ...] = (PIDF_TYPE,)
     publishable: bool = True
-    timeout_notification: bool = True
 
     def check_publication(self, body: bytes, content_type: str) -> bytes:
         """Accept a PIDF body (D8, S44, S51) and return it unchanged.

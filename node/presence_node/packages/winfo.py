@@ -46,7 +46,6 @@ class WatcherInfoPackage:
     name: str = "presence.winfo"
     content_types: tuple[str, ...] = (WATCHERINFO_TYPE,)
     publishable: bool = False
-    timeout_notification: bool = True
 
     def check_publication(self, body: bytes, content_type: str) -> bytes:
         """Refuse any body: watcherinfo is the server's own state, never published."""

@@ -49,7 +49,6 @@ class Service:
         notifier: Notifier,
         ids: Ids,
         metrics: ServiceMetrics,
-        default_tag: str = "local",
     ) -> None:
         self.config = config
         self.storage = storage
@@ -57,7 +56,6 @@ class Service:
         self.notifier = notifier
         self.ids = ids
         self.metrics = metrics
-        self.default_tag = default_tag
         self.allow_events = ", ".join(packages.names)
         #: Our Contact URI per transport and SIP port; set once sockets are bound.
         self.contact: dict[str, str] = {}

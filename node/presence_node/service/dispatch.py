@@ -79,6 +79,8 @@ class Dispatcher:
         self.max_size = cfg.limits.max_message_size
         self.max_in_progress = cfg.limits.max_in_progress
         self.in_progress = 0
+        #: Set on SIGTERM: new requests get 503 while NOTIFYs in flight finish.
+        self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     def receive(self, data: bytes, host: str, port: int, transport: str, send: Send) -> None:
@@ -148,7 +150,7 @@ class Dispatcher:
             if stored is not IN_PROGRESS and stored:
                 send(stored)
             return
-        if self.in_progress >= self.max_in_progress:
+        if self.draining or self.in_progress >= self.max_in_progress:
             self.txns.abandon(key)
             self.metrics.dropped("overload")
             self._send(send, method, rb.build(503, [("Retry-After", "5")], to_tag=self.svc.ids.tag()))

@@ -1,14 +1,15 @@
 """Timer-driven duties: expiring subscriptions (S25) and publications (S47).
 
 Each sweep asks storage to delete-and-return what expired under the tags
-this node owns (None = every tag, a node on its own), so a record is expired
-and notified exactly once even when several nodes sweep the same database.
+this node owns *in storage* (checked in the same statement), so a record is
+expired and notified exactly once even when several nodes sweep the same
+database, and a backup node does nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Collection
+from typing import Callable
 
 from .notify import Notifier
 from ..storage import Storage
@@ -21,25 +22,24 @@ class Expirer:
         self,
         storage: Storage,
         notifier: Notifier,
-        owned_tags: Callable[[], Collection[str] | None],
+        node: str,
         on_expired: Callable[[str, int], None],
         clock: Callable[[], float],
     ) -> None:
         self.storage = storage
         self.notifier = notifier
-        self.owned_tags = owned_tags
+        self.node = node
         self.on_expired = on_expired
         self.clock = clock
 
     async def sweep(self) -> None:
         now = self.clock()
-        tags = self.owned_tags()
-        subs = await self.storage.expire_subscriptions(now, tags)
+        subs = await self.storage.expire_subscriptions(now, self.node)
         self.on_expired("subscription", len(subs))
         for sub in subs:
             await self.notifier.terminated(sub, "timeout")
             await self.notifier.watcher_changed(sub, "terminated", "timeout")
-        pubs = await self.storage.expire_publications(now, tags)
+        pubs = await self.storage.expire_publications(now, self.node)
         self.on_expired("publication", len(pubs))
         for presentity, event in dict.fromkeys((p.presentity, p.event) for p in pubs):
             await self.notifier.state_changed(presentity, event)

@@ -218,7 +218,10 @@ class Notifier:
             await self.notify([current])
 
     async def _drop(self, sub: Subscription, code: int) -> None:
-        removed = await self.storage.delete_subscription(sub.id)
+        # Only the owner of the subscription's tag acts on a failed NOTIFY: a
+        # 408 or 481 seen by another node (one its NOTIFY could not reach)
+        # must not delete the shared subscription.
+        removed = await self.storage.delete_subscription(sub.id, owner=self.ids.node_id)
         if removed is not None:
             log.info("subscription removed after NOTIFY failure", extra={"sub": sub.id, "code": code})
             await self.watcher_changed(removed, "terminated", "noresource" if code != 408 else "timeout")

@@ -55,7 +55,7 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
             return Reply(Status.OK, ok)  # nothing to keep
         new = svc.ids.etag()
         await svc.storage.insert_publication(
-            Publication(presentity, key, new, stored, ctype, now + expires, now, svc.default_tag)
+            Publication(presentity, key, new, stored, ctype, now + expires, now, svc.config.tag_for(key))
         )
         svc.metrics.publication_change(key, "new")
         return Reply(Status.OK, [("SIP-ETag", new), *ok], then=lambda: svc.notifier.state_changed(presentity, key))

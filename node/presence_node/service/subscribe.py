@@ -79,7 +79,7 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         cseq=0,
         version=0,
         status="active",
-        tag=svc.default_tag,
+        tag=svc.config.tag_for(event.key),
     )
     headers = [("Expires", str(expires)), ("Contact", f"<{svc.contact[inc.transport]}>")]
     if expires == 0:

@@ -32,7 +32,7 @@ class ResponseBuilder:
     """Everything a response to one request copies, ready to serialise many
     times (a 100 Trying and a final response share it)."""
 
-    __slots__ = ("vias", "from_", "to", "call_id", "cseq", "has_to_tag")
+    __slots__ = ("vias", "from_", "to", "call_id", "cseq", "has_to_tag", "record_route")
 
     def __init__(self, req: Request, src_host: str, src_port: int) -> None:
         h = req.headers
@@ -49,6 +49,9 @@ class ResponseBuilder:
         self.call_id = h.get("call-id") or ""
         self.cseq = h.get("cseq") or ""
         self.has_to_tag = ";tag=" in self.to.replace(" ", "").lower()
+        # Copied only into a 2xx that creates a dialog (RFC 3261 §12.1.1),
+        # never into other responses (S46: not for PUBLISH).
+        self.record_route = h.lines("record-route") if req.method == "SUBSCRIBE" else []
 
     def build(
         self,
@@ -71,6 +74,8 @@ class ResponseBuilder:
             out.append(("Call-ID", self.call_id))
         if self.cseq:
             out.append(("CSeq", self.cseq))
+        if self.record_route and 200 <= code < 300 and not self.has_to_tag:
+            out.extend(("Record-Route", rr) for rr in self.record_route)
         if headers:
             out.extend(headers)
         return serialise(f"SIP/2.0 {code} {phrase or reason(code)}", out, body)

@@ -5,8 +5,18 @@ operation (compare-and-swap on an etag, increment-and-return of a NOTIFY
 CSeq), records are flat rows, and nothing relies on object identity.
 """
 
-from .base import Storage
+from .base import StaleEpoch, Storage, StorageUnavailable, UnknownTag
 from .memory import MemoryStorage
-from .records import Publication, Registration, Subscription
+from .records import Publication, Registration, Subscription, TagState
 
-__all__ = ["Storage", "MemoryStorage", "Publication", "Registration", "Subscription"]
+__all__ = [
+    "Storage",
+    "MemoryStorage",
+    "Publication",
+    "Registration",
+    "Subscription",
+    "TagState",
+    "StaleEpoch",
+    "UnknownTag",
+    "StorageUnavailable",
+]

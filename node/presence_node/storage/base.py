@@ -7,19 +7,43 @@ read-modify-write of an in-memory copy), and expiry that deletes and
 returns in one step so that only one caller ever notifies for a record.
 
 Records handed out are snapshots: callers must not mutate them.
+
+Timer-driven duties are fenced by sharing tags: the expiry methods and the
+owner-only delete take the acting node's id and touch only records whose
+tag that node owns *in storage* at that moment, so two nodes that both
+believe they own a tag still expire each record once.
 """
 
 from __future__ import annotations
 
-from typing import Collection, Protocol
+from typing import Collection, Mapping, Protocol
 
-from .records import Publication, Registration, Subscription
+from .records import Publication, Registration, Subscription, TagState
+
+
+class StorageUnavailable(OSError):
+    """The storage cannot be reached (the node does not start, or is not ready)."""
+
+
+class UnknownTag(LookupError):
+    """No sharing tag of that name exists (admin API: 404)."""
+
+
+class StaleEpoch(ValueError):
+    """An activation carried an epoch not above the current one (409)."""
+
+    def __init__(self, current: TagState) -> None:
+        super().__init__(f"tag {current.name} is at epoch {current.epoch}")
+        self.current = current
 
 
 class Storage(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the storage cannot serve requests now (readiness)."""
 
     # -- publications ------------------------------------------------------
 
@@ -50,9 +74,9 @@ class Storage(Protocol):
     async def publications(self, presentity: str, event: str, now: float) -> list[Publication]:
         """Live publications of one presentity and package, oldest first."""
 
-    async def expire_publications(self, now: float, tags: Collection[str] | None) -> list[Publication]:
-        """Delete and return publications expired at ``now`` whose tag is in
-        ``tags`` (None: every tag).  Each record is returned to one caller only."""
+    async def expire_publications(self, now: float, node: str) -> list[Publication]:
+        """Delete and return publications expired at ``now`` whose tag
+        ``node`` owns.  Each record is returned to one caller only."""
 
     # -- subscriptions -----------------------------------------------------
 
@@ -65,7 +89,9 @@ class Storage(Protocol):
     ) -> Subscription | None:
         """Extend a subscription; None if it no longer exists (481)."""
 
-    async def delete_subscription(self, sub_id: str) -> Subscription | None: ...
+    async def delete_subscription(self, sub_id: str, *, owner: str | None = None) -> Subscription | None:
+        """Remove a subscription; with ``owner``, only if that node owns its
+        tag (a failed NOTIFY seen by a non-owner changes nothing)."""
 
     async def watchers(self, presentity: str, event: str, now: float) -> list[Subscription]:
         """Live subscriptions to one presentity and package."""
@@ -78,9 +104,9 @@ class Storage(Protocol):
         exist are absent.  S09, S61, S67: versions start at 0.
         """
 
-    async def expire_subscriptions(self, now: float, tags: Collection[str] | None) -> list[Subscription]:
-        """Delete and return subscriptions expired at ``now`` (see
-        :meth:`expire_publications` for ``tags``)."""
+    async def expire_subscriptions(self, now: float, node: str) -> list[Subscription]:
+        """Delete and return subscriptions expired at ``now`` whose tag
+        ``node`` owns (see :meth:`expire_publications`)."""
 
     # -- registrations (D5) ------------------------------------------------
 
@@ -89,6 +115,23 @@ class Storage(Protocol):
     async def delete_binding(self, aor: str, contact: str) -> None: ...
 
     async def bindings(self, aor: str, now: float) -> list[Registration]: ...
+
+    # -- sharing tags -----------------------------------------------------------
+
+    async def ensure_tags(self, configured: Mapping[str, bool], node: str, now: float) -> None:
+        """Create the configured tags that do not exist yet; a tag configured
+        active (True) is taken only if nobody owns it, never from a live
+        owner, and never by deleting anything."""
+
+    async def tags(self) -> list[TagState]: ...
+
+    async def activate_tag(self, name: str, node: str, now: float, epoch: int | None = None) -> TagState:
+        """Make ``node`` the owner at the next epoch (or at ``epoch``, which
+        must exceed the current one: :class:`StaleEpoch`).  The previous
+        owner becomes a backup.  :class:`UnknownTag` if there is no such tag."""
+
+    async def deactivate_tag(self, name: str, node: str, now: float) -> TagState:
+        """Give the tag up if ``node`` owns it (the next epoch, no owner)."""
 
     # -- admin listing -----------------------------------------------------
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import replace
-from typing import Collection
+from typing import Collection, Mapping
 
-from .records import Publication, Registration, Subscription
+from .base import StaleEpoch, UnknownTag
+from .records import Publication, Registration, Subscription, TagState
 
 Key = tuple[str, str]  # (presentity, event)
 
@@ -31,11 +32,15 @@ class MemoryStorage:
         # instead of a heap tuple; refreshes leave stale ids, skipped later.
         self._sub_wheel: dict[int, list[str]] = {}
         self._bindings: dict[str, dict[str, Registration]] = {}
+        self._tags: dict[str, TagState] = {}
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
         return None
 
     # -- publications ------------------------------------------------------
@@ -102,7 +107,11 @@ class MemoryStorage:
         live.sort(key=lambda p: p.received_at)
         return live
 
-    async def expire_publications(self, now: float, tags: Collection[str] | None) -> list[Publication]:
+    def _owned(self, node: str) -> set[str]:
+        return {t.name for t in self._tags.values() if t.owner == node}
+
+    async def expire_publications(self, now: float, node: str) -> list[Publication]:
+        tags = self._owned(node)
         out: list[Publication] = []
         heap = self._pub_heap
         deferred: list[tuple[float, str, str, str]] = []
@@ -112,7 +121,7 @@ class MemoryStorage:
             pub = self._pubs.get((presentity, event), {}).get(etag)
             if pub is None or pub.expires_at > now:
                 continue  # stale heap entry (refreshed, modified or removed)
-            if tags is not None and pub.tag not in tags:
+            if pub.tag not in tags:
                 deferred.append(entry)  # another node's duty; keep it
                 continue
             self._drop_pub(pub)
@@ -159,10 +168,13 @@ class MemoryStorage:
         self._schedule(expires_at, sub_id)
         return sub
 
-    async def delete_subscription(self, sub_id: str) -> Subscription | None:
-        sub = self._subs.pop(sub_id, None)
+    async def delete_subscription(self, sub_id: str, *, owner: str | None = None) -> Subscription | None:
+        sub = self._subs.get(sub_id)
         if sub is None:
             return None
+        if owner is not None and sub.tag not in self._owned(owner):
+            return None
+        del self._subs[sub_id]
         key = sub.presentity
         group = self._by_presentity.get(key)
         if isinstance(group, Subscription):
@@ -194,7 +206,8 @@ class MemoryStorage:
             sub.version += 1
         return out
 
-    async def expire_subscriptions(self, now: float, tags: Collection[str] | None) -> list[Subscription]:
+    async def expire_subscriptions(self, now: float, node: str) -> list[Subscription]:
+        tags = self._owned(node)
         out: list[Subscription] = []
         wheel = self._sub_wheel
         last = int(now)
@@ -204,7 +217,7 @@ class MemoryStorage:
                 sub = self._subs.get(sid)
                 if sub is None or int(sub.expires_at) != second:
                     continue  # gone, or refreshed to another second
-                if sub.expires_at > now or (tags is not None and sub.tag not in tags):
+                if sub.expires_at > now or sub.tag not in tags:
                     keep.append(sid)  # due later this second, or another node's duty
                     continue
                 await self.delete_subscription(sid)
@@ -232,6 +245,37 @@ class MemoryStorage:
         for contact in [c for c, r in group.items() if r.expires_at <= now]:
             del group[contact]
         return list(group.values())
+
+    # -- sharing tags -----------------------------------------------------------
+
+    async def ensure_tags(self, configured: Mapping[str, bool], node: str, now: float) -> None:
+        for name, active in configured.items():
+            tag = self._tags.get(name)
+            if tag is None:
+                self._tags[name] = TagState(name, node if active else None, 1 if active else 0, now)
+            elif active and tag.owner is None:
+                self._tags[name] = TagState(name, node, tag.epoch + 1, now)
+
+    async def tags(self) -> list[TagState]:
+        return sorted((replace(t) for t in self._tags.values()), key=lambda t: t.name)
+
+    async def activate_tag(self, name: str, node: str, now: float, epoch: int | None = None) -> TagState:
+        tag = self._tags.get(name)
+        if tag is None:
+            raise UnknownTag(name)
+        if epoch is not None and epoch <= tag.epoch:
+            raise StaleEpoch(replace(tag))
+        new = TagState(name, node, tag.epoch + 1 if epoch is None else epoch, now)
+        self._tags[name] = new
+        return replace(new)
+
+    async def deactivate_tag(self, name: str, node: str, now: float) -> TagState:
+        tag = self._tags.get(name)
+        if tag is None:
+            raise UnknownTag(name)
+        if tag.owner == node:
+            tag = self._tags[name] = TagState(name, None, tag.epoch + 1, now)
+        return replace(tag)
 
     # -- admin listing -----------------------------------------------------
 

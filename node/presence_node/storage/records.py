@@ -65,3 +65,17 @@ class Registration:
     expires_at: float
     call_id: str
     cseq: int
+
+
+@dataclass(slots=True)
+class TagState:
+    """A sharing tag as the database holds it: who owns it, at which epoch.
+
+    The epoch rises with every change of owner; a node acts for a tag only
+    while the stored owner is itself, checked in the same transaction as
+    the action (fencing)."""
+
+    name: str
+    owner: str | None
+    epoch: int
+    since: float

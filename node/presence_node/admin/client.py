@@ -1,0 +1,61 @@
+"""A small client of the admin API: the ``presence-node tags`` CLI uses it,
+and so can an orchestrator (the operator, the local-mode supervisor)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from . import contract
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        message = body.get("error") if isinstance(body, dict) else str(body)
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.body = body
+
+
+class AdminClient:
+    def __init__(self, base_url: str, secret: str, *, timeout: float = 2.0) -> None:
+        self.base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {secret}"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "AdminClient":
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _call(self, method: str, path: str, json: Any = None) -> Any:
+        assert self._session is not None, "use as an async context manager"
+        async with self._session.request(method, self.base + path, json=json) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status >= 300:
+                raise AdminError(resp.status, body)
+            return body
+
+    async def tags(self) -> list[dict[str, Any]]:
+        return (await self._call("GET", contract.TAGS))["items"]
+
+    async def activate(self, tag: str, epoch: int | None = None) -> dict[str, Any]:
+        return await self._call(
+            "POST", contract.TAG_ACTIVATE.format(tag=tag), {"epoch": epoch} if epoch is not None else None
+        )
+
+    async def deactivate(self, tag: str) -> dict[str, Any]:
+        return await self._call("POST", contract.TAG_DEACTIVATE.format(tag=tag))
+
+    async def ready(self) -> bool:
+        assert self._session is not None
+        try:
+            async with self._session.get(self.base + contract.READYZ) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False

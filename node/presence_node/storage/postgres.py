@@ -1,0 +1,360 @@
+"""The PostgreSQL backend: every node of a cluster reads and writes one
+database (the seed's ``fallback2db``), and nothing is cached, so no node
+ever answers from state another node has changed.
+
+Each interface method is one statement (or one short transaction), which is
+where the cross-node guarantees come from:
+
+* an etag compare-and-swap is one ``UPDATE ... WHERE etag = old``: of two
+  concurrent modifies of one etag through two nodes, the second re-checks
+  the row after the first commits and matches nothing (S45);
+* NOTIFY CSeq and document versions come from ``UPDATE ... SET cseq =
+  cseq + 1 ... RETURNING``, never from a node's copy (S09, S61, S67, S79);
+* expiry is ``DELETE ... RETURNING`` joined with the tags the acting node
+  owns *in the database*, with the tag rows share-locked (an activation
+  waits for the sweep to finish) and the victims locked ``SKIP LOCKED``, so
+  each record is expired, and its NOTIFY sent, by exactly one node even in
+  a split brain.
+
+The schema is created and migrated at start, under an advisory lock so that
+nodes starting together do not race; start-up never deletes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Collection, Mapping
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .base import StaleEpoch, StorageUnavailable, UnknownTag
+from .records import Publication, Registration, Subscription, TagState
+from .schema import MIGRATIONS, MIGRATION_LOCK
+
+log = logging.getLogger(__name__)
+
+_SUB_COLUMNS = (
+    "id, call_id, remote_tag, presentity, event, event_header, event_params, watcher, remote_uri, "
+    "local_uri, contact, routes, transport, source, accept, expires_at, remote_cseq, cseq, version, "
+    "status, tag"
+)
+_PUB_COLUMNS = "presentity, event, etag, body, content_type, expires_at, received_at, tag"
+#: Rows one expiry sweep takes at most; the next sweep takes the rest.
+EXPIRY_BATCH = 2000
+
+
+def _sub(row: tuple[Any, ...]) -> Subscription:
+    return Subscription(*row)
+
+
+def _pub(row: tuple[Any, ...]) -> Publication:
+    p = Publication(*row)
+    p.body = bytes(p.body)
+    return p
+
+
+def _tag(row: tuple[Any, ...]) -> TagState:
+    return TagState(*row)
+
+
+class PostgresStorage:
+    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 8, open_timeout: float = 10.0) -> None:
+        self.dsn = dsn
+        self.open_timeout = open_timeout
+        self.pool = AsyncConnectionPool(
+            dsn, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
+        )
+
+    async def start(self) -> None:
+        try:
+            await self.pool.open(wait=True, timeout=self.open_timeout)
+            async with self.pool.connection() as conn:
+                await migrate(conn)
+        except (psycopg.Error, PoolTimeout) as e:
+            await self.pool.close()
+            raise StorageUnavailable(f"PostgreSQL unavailable: {e}") from e
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def ping(self) -> None:
+        await self._rows("SELECT 1")
+
+    async def _rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(sql, params, prepare=True)
+            return await cur.fetchall() if cur.description else []
+
+    async def _one(self, sql: str, params: Any = None) -> tuple[Any, ...] | None:
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
+    # -- publications ------------------------------------------------------
+
+    async def insert_publication(self, pub: Publication) -> None:
+        await self._rows(
+            f"INSERT INTO publications ({_PUB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (pub.presentity, pub.event, pub.etag, pub.body, pub.content_type, pub.expires_at, pub.received_at, pub.tag),
+        )
+
+    async def replace_publication(
+        self,
+        presentity: str,
+        event: str,
+        etag: str,
+        now: float,
+        *,
+        new_etag: str,
+        expires_at: float,
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> Publication | None:
+        if body is None:
+            row = await self._one(
+                f"UPDATE publications SET etag = %s, expires_at = %s"
+                f" WHERE presentity = %s AND event = %s AND etag = %s AND expires_at > %s RETURNING {_PUB_COLUMNS}",
+                (new_etag, expires_at, presentity, event, etag, now),
+            )
+        else:
+            row = await self._one(
+                f"UPDATE publications SET etag = %s, expires_at = %s, body = %s, content_type = COALESCE(%s, content_type), received_at = %s"
+                f" WHERE presentity = %s AND event = %s AND etag = %s AND expires_at > %s RETURNING {_PUB_COLUMNS}",
+                (new_etag, expires_at, body, content_type, now, presentity, event, etag, now),
+            )
+        return _pub(row) if row else None
+
+    async def delete_publication(self, presentity: str, event: str, etag: str, now: float) -> Publication | None:
+        row = await self._one(
+            f"DELETE FROM publications WHERE presentity = %s AND event = %s AND etag = %s AND expires_at > %s"
+            f" RETURNING {_PUB_COLUMNS}",
+            (presentity, event, etag, now),
+        )
+        return _pub(row) if row else None
+
+    async def publications(self, presentity: str, event: str, now: float) -> list[Publication]:
+        rows = await self._rows(
+            f"SELECT {_PUB_COLUMNS} FROM publications WHERE presentity = %s AND event = %s AND expires_at > %s"
+            " ORDER BY received_at, etag",
+            (presentity, event, now),
+        )
+        return [_pub(r) for r in rows]
+
+    async def expire_publications(self, now: float, node: str) -> list[Publication]:
+        rows = await self._rows(
+            f"""
+            WITH owned AS (SELECT name FROM sharing_tags WHERE owner = %(node)s FOR SHARE),
+            victims AS (
+                SELECT p.etag FROM publications p JOIN owned ON p.tag = owned.name
+                WHERE p.expires_at <= %(now)s LIMIT {EXPIRY_BATCH} FOR UPDATE OF p SKIP LOCKED
+            )
+            DELETE FROM publications p USING victims WHERE p.etag = victims.etag
+            RETURNING {', '.join('p.' + c.strip() for c in _PUB_COLUMNS.split(','))}
+            """,
+            {"node": node, "now": now},
+        )
+        return [_pub(r) for r in rows]
+
+    # -- subscriptions -----------------------------------------------------
+
+    async def insert_subscription(self, sub: Subscription) -> None:
+        await self._rows(
+            f"INSERT INTO subscriptions ({_SUB_COLUMNS}) VALUES ({', '.join(['%s'] * 21)})",
+            (
+                sub.id, sub.call_id, sub.remote_tag, sub.presentity, sub.event, sub.event_header, sub.event_params,
+                sub.watcher, sub.remote_uri, sub.local_uri, sub.contact, sub.routes, sub.transport, sub.source,
+                sub.accept, sub.expires_at, sub.remote_cseq, sub.cseq, sub.version, sub.status, sub.tag,
+            ),
+        )
+
+    async def subscription(self, sub_id: str) -> Subscription | None:
+        row = await self._one(f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE id = %s", (sub_id,))
+        return _sub(row) if row else None
+
+    async def refresh_subscription(
+        self, sub_id: str, *, expires_at: float, remote_cseq: int, contact: str | None = None
+    ) -> Subscription | None:
+        row = await self._one(
+            f"UPDATE subscriptions SET expires_at = %s, remote_cseq = %s, contact = COALESCE(%s, contact)"
+            f" WHERE id = %s RETURNING {_SUB_COLUMNS}",
+            (expires_at, remote_cseq, contact, sub_id),
+        )
+        return _sub(row) if row else None
+
+    async def delete_subscription(self, sub_id: str, *, owner: str | None = None) -> Subscription | None:
+        if owner is None:
+            row = await self._one(f"DELETE FROM subscriptions WHERE id = %s RETURNING {_SUB_COLUMNS}", (sub_id,))
+        else:
+            row = await self._one(
+                f"""
+                DELETE FROM subscriptions s USING sharing_tags t
+                WHERE s.id = %s AND t.name = s.tag AND t.owner = %s
+                RETURNING {', '.join('s.' + c.strip() for c in _SUB_COLUMNS.split(','))}
+                """,
+                (sub_id, owner),
+            )
+        return _sub(row) if row else None
+
+    async def watchers(self, presentity: str, event: str, now: float) -> list[Subscription]:
+        rows = await self._rows(
+            f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE presentity = %s AND event = %s AND expires_at > %s",
+            (presentity, event, now),
+        )
+        return [_sub(r) for r in rows]
+
+    async def next_notify(self, sub_ids: Collection[str]) -> dict[str, tuple[int, int]]:
+        if not sub_ids:
+            return {}
+        rows = await self._rows(
+            "UPDATE subscriptions SET cseq = cseq + 1, version = version + 1 WHERE id = ANY(%s)"
+            " RETURNING id, cseq, version - 1",
+            (list(sub_ids),),
+        )
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    async def expire_subscriptions(self, now: float, node: str) -> list[Subscription]:
+        cols = ", ".join("s." + c.strip() for c in _SUB_COLUMNS.split(","))
+        rows = await self._rows(
+            f"""
+            WITH owned AS (SELECT name FROM sharing_tags WHERE owner = %(node)s FOR SHARE),
+            victims AS (
+                SELECT s.id FROM subscriptions s JOIN owned ON s.tag = owned.name
+                WHERE s.expires_at <= %(now)s LIMIT {EXPIRY_BATCH} FOR UPDATE OF s SKIP LOCKED
+            )
+            DELETE FROM subscriptions s USING victims WHERE s.id = victims.id RETURNING {cols}
+            """,
+            {"node": node, "now": now},
+        )
+        return [_sub(r) for r in rows]
+
+    # -- registrations -----------------------------------------------------
+
+    async def set_binding(self, reg: Registration) -> None:
+        await self._rows(
+            "INSERT INTO registrations (aor, contact, expires_at, call_id, cseq) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (aor, contact) DO UPDATE SET expires_at = EXCLUDED.expires_at,"
+            " call_id = EXCLUDED.call_id, cseq = EXCLUDED.cseq",
+            (reg.aor, reg.contact, reg.expires_at, reg.call_id, reg.cseq),
+        )
+
+    async def delete_binding(self, aor: str, contact: str) -> None:
+        await self._rows("DELETE FROM registrations WHERE aor = %s AND contact = %s", (aor, contact))
+
+    async def bindings(self, aor: str, now: float) -> list[Registration]:
+        rows = await self._rows(
+            "SELECT aor, contact, expires_at, call_id, cseq FROM registrations WHERE aor = %s AND expires_at > %s"
+            " ORDER BY contact",
+            (aor, now),
+        )
+        return [Registration(*r) for r in rows]
+
+    # -- sharing tags -----------------------------------------------------------
+
+    async def ensure_tags(self, configured: Mapping[str, bool], node: str, now: float) -> None:
+        for name, active in configured.items():
+            await self._rows(
+                """
+                INSERT INTO sharing_tags (name, owner, epoch, since) VALUES (%(name)s, %(owner)s, %(epoch)s, %(now)s)
+                ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, epoch = sharing_tags.epoch + 1,
+                    since = EXCLUDED.since
+                WHERE sharing_tags.owner IS NULL AND EXCLUDED.owner IS NOT NULL
+                """,
+                {"name": name, "owner": node if active else None, "epoch": 1 if active else 0, "now": now},
+            )
+
+    async def tags(self) -> list[TagState]:
+        return [_tag(r) for r in await self._rows("SELECT name, owner, epoch, since FROM sharing_tags ORDER BY name")]
+
+    async def activate_tag(self, name: str, node: str, now: float, epoch: int | None = None) -> TagState:
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                cur = await conn.execute(
+                    "SELECT name, owner, epoch, since FROM sharing_tags WHERE name = %s FOR UPDATE", (name,)
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    raise UnknownTag(name)
+                current = _tag(row)
+                if epoch is not None and epoch <= current.epoch:
+                    raise StaleEpoch(current)
+                new_epoch = current.epoch + 1 if epoch is None else epoch
+                cur = await conn.execute(
+                    "UPDATE sharing_tags SET owner = %s, epoch = %s, since = %s WHERE name = %s"
+                    " RETURNING name, owner, epoch, since",
+                    (node, new_epoch, now, name),
+                )
+                updated = await cur.fetchone()
+                assert updated is not None
+                return _tag(updated)
+
+    async def deactivate_tag(self, name: str, node: str, now: float) -> TagState:
+        row = await self._one(
+            "UPDATE sharing_tags SET owner = NULL, epoch = epoch + 1, since = %s WHERE name = %s AND owner = %s"
+            " RETURNING name, owner, epoch, since",
+            (now, name, node),
+        )
+        if row is not None:
+            return _tag(row)
+        row = await self._one("SELECT name, owner, epoch, since FROM sharing_tags WHERE name = %s", (name,))
+        if row is None:
+            raise UnknownTag(name)
+        return _tag(row)
+
+    # -- admin listing -----------------------------------------------------
+
+    async def list_presentities(self, now: float, *, event: str | None, offset: int, limit: int) -> list[Publication]:
+        rows = await self._rows(
+            f"SELECT {_PUB_COLUMNS} FROM publications WHERE expires_at > %s AND (%s::text IS NULL OR event = %s)"
+            " ORDER BY presentity, event, received_at, etag OFFSET %s LIMIT %s",
+            (now, event, event, offset, limit),
+        )
+        return [_pub(r) for r in rows]
+
+    async def list_subscriptions(
+        self,
+        now: float,
+        *,
+        presentity: str | None,
+        watcher: str | None,
+        event: str | None,
+        offset: int,
+        limit: int,
+    ) -> list[Subscription]:
+        rows = await self._rows(
+            f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE expires_at > %(now)s"
+            " AND (%(p)s::text IS NULL OR presentity = %(p)s) AND (%(w)s::text IS NULL OR watcher = %(w)s)"
+            " AND (%(e)s::text IS NULL OR event = %(e)s)"
+            " ORDER BY presentity, event, id OFFSET %(o)s LIMIT %(l)s",
+            {"now": now, "p": presentity, "w": watcher, "e": event, "o": offset, "l": limit},
+        )
+        return [_sub(r) for r in rows]
+
+    async def counts(self) -> tuple[int, int]:
+        row = await self._one(
+            "SELECT (SELECT count(*) FROM subscriptions), (SELECT count(DISTINCT presentity) FROM publications)"
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+
+async def migrate(conn: AsyncConnection[Any]) -> int:
+    """Bring the schema to the newest version; returns it.  Serialised by a
+    transaction-level advisory lock, so concurrent starts apply each
+    migration once; only ever adds, never drops data."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+        row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+            for sql in statements:
+                await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            log.info("schema migrated", extra={"version": version})
+        return len(MIGRATIONS)
+

@@ -1,0 +1,188 @@
+"""Two or three nodes on one real PostgreSQL (fallback2db), in one event
+loop, over real sockets: S77–S80 and the cross-node consistency rules of
+the shared-database modes.  The process-level failover scenarios (SIGKILL,
+restarts) are in test_cluster_failover.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bodies import PIDF_NS, pidf, xml
+from presence_node.storage.postgres import PostgresStorage
+from wire import cseq_num, sub_state
+
+BOB = "sip:bob@example.com"
+
+
+@pytest.fixture
+async def cluster(make_node, pg_dsn):
+    """Nodes sharing one database; tag ``vip`` active on n1 (HA form)."""
+
+    async def start(*tags_per_node: dict[str, str], default_tags: list[str] | None = None, **extra):
+        nodes = []
+        for i, tags in enumerate(tags_per_node):
+            default = (default_tags or [None] * len(tags_per_node))[i]
+            node = await make_node(
+                node_id=f"n{i + 1}", cluster_id="c1", sharing_tags=tags, default_tag=default,
+                storage_override=PostgresStorage(pg_dsn), **extra,
+            )
+            nodes.append(node)
+        return nodes
+
+    return start
+
+
+async def test_s77_publish_on_one_node_reaches_watcher_of_another(cluster, make_client):
+    a, b = await cluster({"vip": "active"}, {"vip": "backup"})
+    watcher = await make_client("alice", target=b)
+    resp, d = await watcher.subscribe(BOB)
+    assert resp.code == 200
+    await watcher.dialog_notifies(d, 1)
+    pub = await make_client("bob", target=a)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert (await pub.publish(pidf(BOB, "open", note="from A"))).code == 200
+    [_, n] = await watcher.dialog_notifies(d, 2, timeout=2.0)
+    assert loop.time() - t0 < 2.0  # D6 bound
+    root = xml(n)
+    assert root.tag == f"{{{PIDF_NS}}}presence" and b"from A" in n.body
+    # The document is the same whichever node composes it.
+    other = await make_client("carol", target=a)
+    _, d2 = await other.subscribe(BOB)
+    [first] = await other.dialog_notifies(d2, 1)
+    assert first.body == n.body
+
+
+async def test_s78_etag_from_one_node_is_honoured_by_another(cluster, make_client):
+    a, b = await cluster({"vip": "active"}, {"vip": "backup"})
+    ca = await make_client("bob", target=a)
+    cb = await make_client("bob", target=b)
+    r1 = await ca.publish(pidf(BOB))
+    e1 = r1.headers.get("sip-etag")
+    r2 = await cb.publish(None, etag=e1)  # refresh through B
+    assert r2.code == 200 and (e2 := r2.headers.get("sip-etag")) not in (None, e1)
+    r3 = await ca.publish(pidf(BOB, "closed"), etag=e2)  # modify through A
+    assert r3.code == 200 and (e3 := r3.headers.get("sip-etag")) not in (e1, e2)
+    assert (await cb.publish(None, etag=e1)).code == 412  # spent etag
+    r4 = await cb.publish(None, etag=e3, expires=0)  # remove through B
+    assert r4.code == 200
+    assert a.config.node_id in e1 and b.config.node_id in e2  # etags carry the issuing node
+
+
+async def test_s79_refresh_and_unsubscribe_through_another_node_keep_cseq_rising(cluster, make_client):
+    a, b = await cluster({"vip": "active"}, {"vip": "backup"})
+    w_a = await make_client("alice", target=a)
+    resp, d = await w_a.subscribe(BOB)
+    await w_a.dialog_notifies(d, 1)
+    w_b = await make_client("alice", target=b)
+    # The same dialog, now sent to B (a load balancer moved it); its new
+    # Contact (w_b's socket) is where NOTIFYs go from now on.
+    r = await w_b.resubscribe(d, 600)
+    assert r.code == 200
+    await w_b.dialog_notifies(d, 1)
+    pub = await make_client("bob", target=a)
+    await pub.publish(pidf(BOB))
+    await w_b.dialog_notifies(d, 2)
+    r = await w_b.resubscribe(d, 0)
+    assert r.code == 200
+    notes = w_a.notifies_for(d) + await w_b.dialog_notifies(d, 3)
+    assert [cseq_num(n) for n in notes] == [1, 2, 3, 4]
+    assert sub_state(notes[-1])[0] == "terminated"
+    assert (await w_b.resubscribe(d, 600)).code == 481
+
+
+async def test_s79_winfo_versions_rise_by_one_across_nodes(cluster, make_client):
+    a, b = await cluster({"vip": "active"}, {"vip": "backup"})
+    owner = await make_client("bob", target=a)
+    _, wd = await owner.subscribe(BOB, event="presence.winfo")
+    await owner.dialog_notifies(wd, 1)
+    for i, node in enumerate((b, a, b)):
+        w = await make_client(f"w{i}", target=node)
+        await w.subscribe(BOB)
+    notes = await owner.dialog_notifies(wd, 4)
+    versions = [int(xml(n).get("version")) for n in notes]
+    assert versions == [0, 1, 2, 3]
+
+
+async def test_s79_one_terminated_notify_on_expiry_with_every_node_sweeping(cluster, make_client):
+    a, b, c = await cluster({"vip": "active"}, {"vip": "backup"}, {"vip": "backup"})
+    w = await make_client("alice", target=b)
+    resp, d = await w.subscribe(BOB, expires=1)
+    assert resp.code == 200
+    notes = await w.dialog_notifies(d, 2, timeout=4.0)
+    await asyncio.sleep(1.0)  # every node sweeps 5 times more
+    notes = w.notifies_for(d)
+    assert len(notes) == 2 and sub_state(notes[1]) == ("terminated", {"reason": "timeout"})
+
+
+async def test_s45_concurrent_modifies_of_one_etag_through_two_nodes(cluster, make_client):
+    a, b = await cluster({"vip": "active"}, {"vip": "backup"})
+    ca = await make_client("bob", target=a)
+    etag = (await ca.publish(pidf(BOB))).headers.get("sip-etag")
+    clients = [await make_client("bob", target=(a, b)[i % 2]) for i in range(8)]
+    codes = await asyncio.gather(*(c.publish(pidf(BOB, note=f"v{i}"), etag=etag) for i, c in enumerate(clients)))
+    assert sorted(r.code for r in codes) == [200] + [412] * 7
+
+
+async def test_backup_node_expires_nothing(cluster, make_client):
+    """Only the owner of a tag performs timer-driven duties: with vip owned
+    by a node that is not running, nothing expires (OpenSIPS #1848)."""
+    a, b = await cluster({"vip": "active"}, {"vip": "backup"})
+    w = await make_client("alice", target=b)
+    _, d = await w.subscribe(BOB, expires=1)
+    await w.dialog_notifies(d, 1)
+    await a.stop()  # the owner goes away without handing vip over
+    await asyncio.sleep(2.0)
+    assert len(w.notifies_for(d)) == 1  # no terminated NOTIFY from the backup
+    rows = await b.storage.list_subscriptions(0, presentity=None, watcher=None, event=None, offset=0, limit=10)
+    assert [s.id for s in rows] == [d.to_tag]  # still stored for the next owner
+    await b.tags.activate("vip")
+    notes = await w.dialog_notifies(d, 2, timeout=3.0)
+    assert sub_state(notes[1])[0] == "terminated"
+
+
+async def test_failed_notify_seen_by_a_non_owner_keeps_the_subscription(cluster, make_client):
+    """OpenSIPS #2170: a 481 to a NOTIFY that a backup node sent (say a load
+    balancer could not route it) must not delete the shared subscription."""
+    a, b = await cluster({"vip": "active"}, {"vip": "backup"})
+    w = await make_client("alice", target=a)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    w.notify_answer = 481
+    pub = await make_client("bob", target=b)
+    await pub.publish(pidf(BOB))  # B notifies; the watcher answers 481
+    await w.dialog_notifies(d, 2)
+    await asyncio.sleep(0.3)
+    assert await a.storage.subscription(d.to_tag) is not None
+    # The owner seeing a 481 removes it (S26).
+    pa = await make_client("bob", target=a)
+    await pa.publish(pidf(BOB, "closed"))
+    await w.dialog_notifies(d, 3)
+    for _ in range(40):
+        if await a.storage.subscription(d.to_tag) is None:
+            break
+        await asyncio.sleep(0.05)
+    assert await a.storage.subscription(d.to_tag) is None
+
+
+async def test_simultaneous_activation_leaves_exactly_one_owner(cluster):
+    a, b = await cluster({"vip": "backup"}, {"vip": "backup"})
+    results = await asyncio.gather(a.tags.activate("vip"), b.tags.activate("vip"))
+    tags = {t.name: t for t in await a.tags.list()}
+    assert tags["vip"].owner in ("n1", "n2")
+    assert tags["vip"].epoch == 2 == max(r.epoch for r in results)
+    views_b = {t.name: t for t in await b.tags.list()}
+    assert [tags["vip"].state, views_b["vip"].state].count("active") == 1
+
+
+async def test_restart_with_active_config_does_not_take_a_live_owners_tag(cluster, make_node, pg_dsn):
+    a, b = await cluster({"vip": "active"}, {"vip": "backup"})
+    await b.tags.activate("vip")  # failover to n2, epoch 2
+    await a.stop()
+    again = await make_node(
+        node_id="n1", cluster_id="c1", sharing_tags={"vip": "active"}, storage_override=PostgresStorage(pg_dsn)
+    )
+    tags = {t.name: t for t in await again.tags.list()}
+    assert tags["vip"].owner == "n2" and tags["vip"].state == "backup" and tags["vip"].epoch == 2
