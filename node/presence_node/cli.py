@@ -27,7 +27,7 @@ from .admin.client import AdminClient, AdminError
 from .admin.contract import SECRET_ENV
 from .admin.secret import SecretError
 from .config import Config, ConfigError, load
-from .node import Node, StorageConfigError
+from .node import Node, StorageConfigError, tune_gc
 
 log = logging.getLogger("presence_node")
 
@@ -62,6 +62,7 @@ def make_config(argv: list[str] | None = None) -> Config:
 async def serve(config: Config) -> None:
     node = Node(config)
     await node.start()
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
