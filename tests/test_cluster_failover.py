@@ -81,6 +81,15 @@ def terminated(client: SipClient, d: Dialog) -> list[Any]:
     return [n for n in client.notifies_for(d) if sub_state(n)[0] == "terminated"]
 
 
+async def await_terminated(pairs: list[tuple[SipClient, Dialog]], timeout: float) -> None:
+    """Wait until every dialog has its terminated NOTIFY, then a little more,
+    so that a duplicate (the fault under test) would have arrived too."""
+    for w, d in pairs:
+        await w.wait_notifies(1, timeout, lambda m: m.headers.get("call-id") == d.call_id
+                              and sub_state(m)[0] == "terminated")
+    await asyncio.sleep(1.0)
+
+
 async def test_ha_failover_keeps_notifying_and_expires_once(cluster):
     await cluster.start("n1", {"vip": "active"})
     await cluster.start("n2", {"vip": "backup"})
@@ -100,7 +109,7 @@ async def test_ha_failover_keeps_notifying_and_expires_once(cluster):
         notes = await w.dialog_notifies(d, 2)
         assert b"after failover" in notes[1].body
         assert cseq_num(notes[1]) == cseq_num(notes[0]) + 1
-    await asyncio.sleep(4.5)  # the subscriptions expire, on n2
+    await await_terminated(watchers, 8.0)  # the subscriptions expire, on n2
     for w, d in watchers:
         assert len(terminated(w, d)) == 1
         assert len(w.notifies_for(d)) == 3
@@ -124,7 +133,7 @@ async def test_load_balancing_dead_node_taken_over_by_survivor(cluster):
     for pairs in per_node.values():
         for w, d in pairs:
             await w.dialog_notifies(d, 2)
-    await asyncio.sleep(5.0)
+    await await_terminated(per_node["n2"], 8.0)
     for w, d in per_node["n2"]:
         assert len(terminated(w, d)) == 1 and len(w.notifies_for(d)) == 3
     for n in ("n1", "n3"):
