@@ -111,3 +111,51 @@ async def eventually(check: Callable[[], bool] | Callable[[], Awaitable[bool]], 
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+def baresip_away(user: str) -> bytes:
+    """What baresip publishes when away: person first, the RPID activity that
+    baresip itself matches literally (S54)."""
+    return ('''<?xml version="1.0" encoding="UTF-8" standalone="no"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf"
+    xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+    xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid"
+    entity="sip:{user}@example.com">
+  <dm:person id="p4159">
+    <rpid:activities><rpid:away/></rpid:activities>
+  </dm:person>
+  <tuple id="t4109">
+    <status>
+      <basic>open</basic>
+    </status>
+    <contact>sip:{user}@192.0.2.10:5060</contact>
+  </tuple>
+</presence>
+''').replace("{user}", user).encode()
+
+
+def baresip_unknown(user: str) -> bytes:
+    """baresip 1.0.0 on start-up: a schema-invalid <basic> (S51, D8)."""
+    return baresip_away(user).replace(b"<basic>open</basic>", b"<basic>unknown</basic>")
+
+
+def linphone(user: str) -> bytes:
+    """linphone: a vendor element inside <status>, a person on the phone."""
+    return ('''<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" \
+xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" \
+xmlns:pidfonline="http://www.linphone.org/xsds/pidfonline.xsd" entity="sip:{user}@example.com">
+  <tuple id="qmtt3h">
+    <status>
+      <basic>open</basic>
+      <pidfonline:online/>
+    </status>
+    <contact>sip:{user}@198.51.100.7:5062</contact>
+    <timestamp>2024-05-01T10:00:00Z</timestamp>
+  </tuple>
+  <dm:person id="mdl7rn">
+    <rpid:activities><rpid:on-the-phone/></rpid:activities>
+    <dm:note>Café</dm:note>
+  </dm:person>
+</presence>
+''').replace("{user}", user).encode()

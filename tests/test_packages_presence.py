@@ -7,6 +7,7 @@ from lxml import etree
 
 from presence_node.packages.base import BadBody, UnsupportedBody
 from presence_node.packages.presence import PresencePackage
+from bodies import baresip_away, baresip_unknown, linphone
 
 PIDF = "urn:ietf:params:xml:ns:pidf"
 DM = "urn:ietf:params:xml:ns:pidf:data-model"
@@ -15,46 +16,9 @@ PIDFONLINE = "http://www.linphone.org/xsds/pidfonline.xsd"
 NS = {"p": PIDF, "dm": DM, "rpid": RPID, "lo": PIDFONLINE}
 ENTITY = "sip:alice@example.com"
 
-# baresip: person first, rpid activities, one tuple.
-BARESIP_AWAY = b"""<?xml version="1.0" encoding="UTF-8" standalone="no"?>
-<presence xmlns="urn:ietf:params:xml:ns:pidf"
-    xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
-    xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid"
-    entity="sip:alice@example.com">
-  <dm:person id="p4159">
-    <rpid:activities><rpid:away/></rpid:activities>
-  </dm:person>
-  <tuple id="t4109">
-    <status>
-      <basic>open</basic>
-    </status>
-    <contact>sip:alice@192.0.2.10:5060</contact>
-  </tuple>
-</presence>
-"""
-
-# baresip 1.0.0 on start-up (S51): schema-invalid <basic>.
-BARESIP_UNKNOWN = BARESIP_AWAY.replace(b"<basic>open</basic>", b"<basic>unknown</basic>")
-
-# linphone: vendor element inside <status>, person with on-the-phone.
-LINPHONE = """<?xml version="1.0" encoding="UTF-8"?>
-<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" \
-xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" \
-xmlns:pidfonline="http://www.linphone.org/xsds/pidfonline.xsd" entity="sip:alice@example.com">
-  <tuple id="qmtt3h">
-    <status>
-      <basic>open</basic>
-      <pidfonline:online/>
-    </status>
-    <contact>sip:alice@198.51.100.7:5062</contact>
-    <timestamp>2024-05-01T10:00:00Z</timestamp>
-  </tuple>
-  <dm:person id="mdl7rn">
-    <rpid:activities><rpid:on-the-phone/></rpid:activities>
-    <dm:note>Café</dm:note>
-  </dm:person>
-</presence>
-""".encode()
+BARESIP_AWAY = baresip_away("alice")
+BARESIP_UNKNOWN = baresip_unknown("alice")
+LINPHONE = linphone("alice")
 
 # pjsua: desk phone with a device element and a presence-level note.
 PJSUA = b"""<?xml version="1.0" encoding="UTF-8"?>

@@ -7,51 +7,14 @@ import asyncio
 import time
 import uuid
 
-from bodies import NS, PIDF_TYPE, basics, cseq_no, etag_of, pidf, publications, xml
+from bodies import NS, PIDF_TYPE, baresip_away, baresip_unknown, basics, cseq_no, etag_of, linphone, pidf, publications, xml
 from sipclient import new_tag
 
 BOB = "sip:bob@example.com"
 
-# baresip: person first, RPID activity matched literally by baresip (S54).
-BARESIP_AWAY = b"""<?xml version="1.0" encoding="UTF-8" standalone="no"?>
-<presence xmlns="urn:ietf:params:xml:ns:pidf"
-    xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
-    xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid"
-    entity="sip:bob@example.com">
-  <dm:person id="p4159">
-    <rpid:activities><rpid:away/></rpid:activities>
-  </dm:person>
-  <tuple id="t4109">
-    <status>
-      <basic>open</basic>
-    </status>
-    <contact>sip:bob@192.0.2.10:5060</contact>
-  </tuple>
-</presence>
-"""
-
-# baresip 1.0.0 on start-up: schema-invalid <basic> (S51, D8).
-BARESIP_UNKNOWN = BARESIP_AWAY.replace(b"<basic>open</basic>", b"<basic>unknown</basic>")
-
-# linphone: vendor element inside <status>, person on the phone.
-LINPHONE = """<?xml version="1.0" encoding="UTF-8"?>
-<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" \
-xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" \
-xmlns:pidfonline="http://www.linphone.org/xsds/pidfonline.xsd" entity="sip:bob@example.com">
-  <tuple id="qmtt3h">
-    <status>
-      <basic>open</basic>
-      <pidfonline:online/>
-    </status>
-    <contact>sip:bob@198.51.100.7:5062</contact>
-    <timestamp>2024-05-01T10:00:00Z</timestamp>
-  </tuple>
-  <dm:person id="mdl7rn">
-    <rpid:activities><rpid:on-the-phone/></rpid:activities>
-    <dm:note>Café</dm:note>
-  </dm:person>
-</presence>
-""".encode()
+BARESIP_AWAY = baresip_away("bob")
+BARESIP_UNKNOWN = baresip_unknown("bob")
+LINPHONE = linphone("bob")
 
 # pjsua: tuple with deviceID, presence-level note, person and device.
 PJSUA = b"""<?xml version="1.0" encoding="UTF-8"?>
