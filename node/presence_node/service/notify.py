@@ -56,6 +56,10 @@ class _Terminal:
     doc: Document | None
 
 
+#: CSeq and document version of a subscription's first NOTIFY (S09, S61, S67).
+FIRST_CSEQ = 1
+FIRST_VERSION = 0
+
 # Markers kept in Notifier._busy for a subscription with a NOTIFY in flight.
 _CLEAN = 0
 _DIRTY = 1
@@ -138,6 +142,15 @@ class Notifier:
                 if d is None:
                     d = docs[k] = await self.document(s, now)
             self._send(s, n[0], n[1], d, None, now)
+
+    async def first(self, sub: Subscription) -> None:
+        """The first NOTIFY of a new subscription (S18).  The record was
+        stored with this NOTIFY's CSeq and version already counted (see
+        ``subscribe._initial``), which spares a storage round
+        trip on every SUBSCRIBE."""
+        self._busy[sub.id] = _CLEAN
+        now = self.clock()
+        self._send(sub, FIRST_CSEQ, FIRST_VERSION, await self.document(sub, now), None, now)
 
     async def state_changed(self, presentity: str, event: str) -> None:
         """A publication of (presentity, event) changed: tell every watcher (S57)."""

@@ -17,7 +17,7 @@ from ..sip.message import Request
 from ..sip.status import Status
 from ..storage import Subscription
 from .context import Incoming, Service
-from .notify import WINFO
+from .notify import FIRST_CSEQ, FIRST_VERSION, WINFO
 from .reply import Reply
 
 #: Dialog-package event parameters that select dialogs (RFC 4235 §3.2, S65).
@@ -76,19 +76,23 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         accept=accept,
         expires_at=inc.now + expires,
         remote_cseq=cseq,
-        cseq=0,
-        version=0,
+        # Stored with the first NOTIFY already counted: Notifier.first sends
+        # CSeq FIRST_CSEQ, version FIRST_VERSION without asking storage.
+        cseq=FIRST_CSEQ,
+        version=FIRST_VERSION + 1,
         status="active",
         tag=svc.config.tag_for(event.key),
     )
     headers = [("Expires", str(expires)), ("Contact", f"<{svc.contact[inc.transport]}>")]
     if expires == 0:
-        # S24: a poll; nothing is stored, exactly one terminated NOTIFY.
+        # S24: a poll; nothing is stored, exactly one terminated NOTIFY,
+        # which is this dialog's first (terminated() counts it itself).
+        sub.cseq, sub.version = FIRST_CSEQ - 1, FIRST_VERSION
         return Reply(Status.OK, headers, to_tag=sub.id, then=lambda: svc.notifier.terminated(sub, "timeout"))
     await svc.storage.insert_subscription(sub)
 
     async def first_notify() -> None:
-        await svc.notifier.notify([sub])
+        await svc.notifier.first(sub)
         await svc.notifier.watcher_changed(sub, "active", "subscribe")
 
     return Reply(Status.OK, headers, to_tag=sub.id, then=first_notify)
