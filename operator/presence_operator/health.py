@@ -1,0 +1,63 @@
+"""The health detector: probe results over time in, a verdict per node out.
+
+A node is judged ``DOWN`` only after ``detection_seconds`` of consecutive
+failed probes, so one lost probe (a GC pause, a dropped packet) never
+triggers a failover; one success makes it ``UP`` again.  Between the first
+failure and the verdict the node is ``SUSPECT``: the planner neither moves
+its tags nor gives it new ones.  A node never heard from is ``UNKNOWN``
+(start-up must not look like a failure), and becomes ``DOWN`` after the
+same delay of failures.
+
+Pure: time is passed in, nothing is read from a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Health(enum.Enum):
+    UNKNOWN = "unknown"
+    UP = "up"
+    SUSPECT = "suspect"
+    DOWN = "down"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    health: Health
+    #: When the current verdict began (the change of state).
+    since: float
+    #: Time of the first failed probe of the current run of failures; for a
+    #: DOWN node it bounds the moment it died (within one probe period).
+    failing_since: float | None
+    last_ok: float | None
+
+
+class HealthDetector:
+    def __init__(self, detection_seconds: float) -> None:
+        if detection_seconds <= 0:
+            raise ValueError("detection_seconds must be positive")
+        self.detection = detection_seconds
+        self._v: dict[str, Verdict] = {}
+
+    def observe(self, node: str, ok: bool, t: float) -> Verdict:
+        """Feed one probe result taken at time ``t``; returns the verdict."""
+        old = self._v.get(node, Verdict(Health.UNKNOWN, t, None, None))
+        if ok:
+            new = Verdict(Health.UP, old.since if old.health is Health.UP else t, None, t)
+        else:
+            failing = old.failing_since if old.failing_since is not None else t
+            if t - failing >= self.detection:
+                health = Health.DOWN
+            elif old.health is Health.UP:
+                health = Health.SUSPECT
+            else:
+                health = old.health
+            new = Verdict(health, old.since if health is old.health else t, failing, old.last_ok)
+        self._v[node] = new
+        return new
+
+    def verdict(self, node: str) -> Verdict | None:
+        return self._v.get(node)

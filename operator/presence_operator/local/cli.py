@@ -1,0 +1,103 @@
+"""``presence-cluster``: up, status, supervise, down.
+
+    presence-cluster up examples/01-ha/cluster.yaml     # start, then supervise (Ctrl-C: nodes keep running)
+    presence-cluster status                              # the kubectl get -o wide table
+    presence-cluster supervise                           # supervise again after Ctrl-C
+    presence-cluster down                                # stop everything up started
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .. import spec as specs
+from . import launch
+from .state import DEFAULT_DIR, read_json, run_file, status_file, table, write_json
+from .supervisor import Supervisor
+
+
+def _log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {msg}", flush=True)
+
+
+def _load(path: Path) -> specs.Manifest:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise launch.LocalError(f"cannot read {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise launch.LocalError(f"{path} is not valid YAML: {e}") from e
+    return specs.load_manifest(doc)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _supervise(d: Path, interval: float) -> int:
+    run = read_json(run_file(d))
+    if run is None:
+        raise launch.LocalError(f"no cluster in {d}: run 'presence-cluster up FILE' first")
+    manifest = _load(Path(run["manifest"]))
+    run["supervisor"] = os.getpid()
+    write_json(run_file(d), run)
+    sup = Supervisor(manifest.spec, run, d, interval=interval, log=_log)
+    _log(f"supervising {run['name']} ({run['mode']}, {len(run['nodes'])} nodes, detection "
+         f"{manifest.spec.failover.detection_seconds} s, probes every {interval} s); Ctrl-C stops supervising only")
+    signal.signal(signal.SIGTERM, _interrupt)  # 'down' stops a background supervisor like Ctrl-C
+    try:
+        asyncio.run(sup.run_forever())
+    except KeyboardInterrupt:
+        _log("supervisor stopped; the nodes keep running ('presence-cluster down' stops them)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="presence-cluster", description="Run a PresenceCluster manifest locally.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("up", "status", "supervise", "down"):
+        sp = sub.add_parser(name)
+        sp.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default .presence-cluster)")
+        if name == "up":
+            sp.add_argument("file", type=Path, help="a PresenceCluster manifest (YAML)")
+            sp.add_argument("--host", default="127.0.0.1")
+            sp.add_argument("--sip-base", type=int, default=5060, help="SIP port of the first node (then +1 each)")
+            sp.add_argument("--admin-base", type=int, default=8081, help="admin port of the first node (then +1)")
+            sp.add_argument("--no-supervise", action="store_true", help="start and return")
+        if name in ("up", "supervise"):
+            sp.add_argument("--interval", type=float, default=0.2, help="probe period in seconds")
+    args = ap.parse_args(argv)
+    args.dir = args.dir.resolve()
+    try:
+        if args.cmd == "up":
+            manifest = _load(args.file)
+            launch.up(manifest, args.file, args.dir, host=args.host, sip_base=args.sip_base,
+                      admin_base=args.admin_base, log=_log)
+            _log(f"cluster {manifest.name} up; state in {args.dir}")
+            return 0 if args.no_supervise else _supervise(args.dir, args.interval)
+        if args.cmd == "supervise":
+            return _supervise(args.dir, args.interval)
+        if args.cmd == "status":
+            run = read_json(run_file(args.dir))
+            if run is None:
+                print(f"no cluster in {args.dir}", file=sys.stderr)
+                return 1
+            print(table(run, read_json(status_file(args.dir))))
+            return 0
+        launch.down(args.dir, log=_log)
+        return 0
+    except (launch.LocalError, specs.SpecError) as e:
+        print(f"presence-cluster: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

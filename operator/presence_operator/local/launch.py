@@ -1,0 +1,180 @@
+"""Bring a local cluster up (databases, node configurations, detached node
+processes) and down again, by the pids recorded in ``run.json``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import spec as specs
+from . import pg
+from .state import read_json, run_file, secret_file, status_file, write_json
+
+#: Modes local mode can run today; the federation modes need node-to-node
+#: broadcast and query (the federation issue).
+LOCAL_MODES = ("ha", "loadBalancing")
+
+
+class LocalError(Exception):
+    """A reason ``up`` or ``down`` cannot proceed; printed as is."""
+
+
+def node_exe() -> str:
+    exe = Path(sys.executable).parent / "presence-node"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("presence-node")
+    if found is None:
+        raise LocalError("presence-node not found: install the project (scripts/setup.sh)")
+    return found
+
+
+def _owned_by(pid: int, needle: str) -> bool:
+    """The pid is alive and still runs our program (pids get reused)."""
+    try:
+        return needle in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") and pg.alive(pid)
+    except OSError:
+        return False
+
+
+def running(d: Path) -> dict[str, Any] | None:
+    run = read_json(run_file(d))
+    if run and any(_owned_by(n["pid"], "presence-node") for n in run["nodes"].values()):
+        return run
+    return None
+
+
+def node_config(manifest: specs.Manifest, node: specs.NodeSpec, d: Path, sip: str, admin: str,
+                dsn_file: Path | None) -> dict[str, Any]:
+    tags = [t for t in specs.tags(manifest.spec) if t.location == node.location]
+    own = [t.name for t in tags if t.home == node.name]
+    return {
+        "node_id": node.name,
+        "sip": sip,
+        "admin": admin,
+        "cluster_id": manifest.name,
+        "sharing_tags": {t.name: "active" if t.home == node.name else "backup" for t in tags},
+        "default_tag": (own or [tags[0].name])[0],
+        "cluster_pres_events": list(manifest.spec.events),
+        "storage": {"backend": "postgres", "dsn_file": str(dsn_file)} if dsn_file else {"backend": "memory"},
+        "admin_secret_file": str(secret_file(d).resolve()),
+        "state_dir": str((d / "nodes" / node.name).resolve()),
+        "drain_timeout": 1.0,
+        "log_level": "info",
+    }
+
+
+def up(manifest: specs.Manifest, manifest_path: Path, d: Path, *, host: str, sip_base: int,
+       admin_base: int, log=print) -> dict[str, Any]:
+    """Start everything; returns the run record (also written to run.json)."""
+    spec = manifest.spec
+    if spec.mode not in LOCAL_MODES:
+        raise LocalError(f"mode {spec.mode} is not available in local mode yet: it needs node-to-node federation "
+                         f"(broadcast and query), a later issue. Local mode runs: {', '.join(LOCAL_MODES)}.")
+    if running(d):
+        raise LocalError(f"a cluster is already running from {d}: run 'presence-cluster down --dir {d}' first")
+    d.mkdir(parents=True, exist_ok=True)
+    status_file(d).unlink(missing_ok=True)
+    sf = secret_file(d)
+    if not sf.exists():
+        fd = os.open(sf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    run: dict[str, Any] = {"name": manifest.name, "mode": spec.mode, "manifest": str(manifest_path.resolve()),
+                           "created": time.time(), "postgres": {}, "nodes": {}, "supervisor": None}
+    write_json(run_file(d), run)
+    try:
+        dsn_files: dict[str, Path] = {}
+        if spec.mode in specs.SHARED_DB_MODES:
+            for loc in spec.locations:
+                log(f"starting PostgreSQL for location {loc.name} ...")
+                info = pg.start(d, loc.name)
+                run["postgres"][loc.name] = {k: v for k, v in info.items() if k != "dsn"}
+                write_json(run_file(d), run)
+                f = d / "db" / f"{loc.name}.dsn"
+                f.parent.mkdir(exist_ok=True)
+                fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(str(info["dsn"]))
+                dsn_files[loc.name] = f.resolve()
+        exe = node_exe()
+        for n in specs.nodes(spec):
+            sip, admin = f"{host}:{sip_base + n.ordinal}", f"{host}:{admin_base + n.ordinal}"
+            work = d / "nodes" / n.name
+            work.mkdir(parents=True, exist_ok=True)
+            cfg = work / "node.yaml"
+            cfg.write_text(yaml.safe_dump(node_config(manifest, n, d, sip, admin, dsn_files.get(n.location))))
+            env = {k: v for k, v in os.environ.items() if k not in ("PRESENCE_ADMIN_SECRET", "PRESENCE_DB_DSN")}
+            with (work / "stdout.log").open("ab") as out, (work / "stderr.log").open("ab") as err:
+                proc = subprocess.Popen([exe, "--config", str(cfg)], cwd=work, stdout=out, stderr=err,
+                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            run["nodes"][n.name] = {"pid": proc.pid, "location": n.location, "sip": sip, "admin": admin}
+            write_json(run_file(d), run)
+        for name, n in run["nodes"].items():
+            _wait_ready(name, n, d)
+            log(f"node {name} ready: SIP udp+tcp {n['sip']}, admin http://{n['admin']} (pid {n['pid']})")
+    except BaseException:
+        down(d, log=lambda *_: None)
+        raise
+    return run
+
+
+def _wait_ready(name: str, n: dict[str, Any], d: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pg.alive(n["pid"]):
+            err = (d / "nodes" / name / "stderr.log").read_text()[-2000:]
+            raise LocalError(f"node {name} exited during start-up:\n{err}")
+        try:
+            with urllib.request.urlopen(f"http://{n['admin']}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise LocalError(f"node {name} not ready after {timeout:.0f} s (see {d / 'nodes' / name / 'stderr.log'})")
+
+
+def down(d: Path, log=print) -> None:
+    """Stop the supervisor, the nodes (SIGTERM, then SIGKILL after a grace
+    period), then the databases; only pids recorded in run.json, and only
+    while they still run our programs."""
+    run = read_json(run_file(d))
+    if run is None:
+        raise LocalError(f"nothing to stop: no {run_file(d)}")
+    sup = run.get("supervisor")
+    if sup and _owned_by(sup, "presence-cluster"):
+        _signal(sup, signal.SIGTERM)
+    nodes = [n["pid"] for n in run["nodes"].values() if _owned_by(n["pid"], "presence-node")]
+    for pid in nodes:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5.0
+    while any(pg.alive(p) for p in nodes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in nodes:
+        if pg.alive(pid):
+            _signal(pid, signal.SIGKILL)
+    for name, p in run["nodes"].items():
+        log(f"node {name} (pid {p['pid']}) stopped")
+    for loc, info in run.get("postgres", {}).items():
+        pg.stop(info)
+        log(f"PostgreSQL of {loc} (pid {info['pid']}) stopped")
+    run_file(d).unlink(missing_ok=True)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,100 @@
+"""A private PostgreSQL server per location, from Debian's binaries.
+
+initdb refuses to run as root, so as root the server runs as the
+``postgres`` system user (``runuser``), and its directory is created
+under the system temporary directory: a state directory below a private
+home (or pytest's 0700 tree) may not be traversable by that user.  The
+server is started detached (``pg_ctl start``); ``stop`` signals the
+postmaster by the pid it wrote, so only the server started here is touched.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def bindir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    if initdb is None:
+        raise RuntimeError("PostgreSQL server binaries not found: run scripts/setup.sh (Debian package postgresql)")
+    return Path(initdb).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(*cmd: str) -> None:
+    argv = list(cmd)
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+
+
+def start(state_dir: Path, location: str) -> dict[str, object]:
+    """initdb + start; returns what ``stop`` needs (root, port, pid, dsn)."""
+    if os.geteuid() == 0:
+        root = Path(tempfile.mkdtemp(prefix=f"presence-cluster-pg-{location}-"))
+        shutil.chown(root, "postgres")
+    else:
+        root = state_dir / "pg" / location
+        root.mkdir(parents=True, exist_ok=True)
+    data, sock = root / "data", root / "sock"
+    sock.mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(sock, "postgres")
+    bins = bindir()
+    port = free_port()
+    _run(str(bins / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=100"
+    _run(str(bins / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    return {"root": str(root), "port": port, "pid": pid,
+            "dsn": f"host=127.0.0.1 port={port} user=postgres dbname=postgres"}
+
+
+def stop(info: dict[str, object], timeout: float = 15.0) -> None:
+    """Fast shutdown (SIGINT) of the postmaster we started, then remove its
+    directory."""
+    root = Path(str(info["root"]))
+    pid = int(str(info["pid"]))
+    pidfile = root / "data" / "postmaster.pid"
+    ours = pidfile.exists() and pidfile.read_text().split()[0] == str(pid)
+    if ours:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if alive(pid):
+            os.kill(pid, signal.SIGQUIT)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,143 @@
+"""Local mode end to end: ``presence-cluster up`` a real example (private
+PostgreSQL, real node processes), SIGKILL the owner of a tag, and check that
+the tag is active on a survivor within 3 s (asked of the survivor itself),
+that ``status`` shows the failover, and that ``down`` leaves no process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXE = str(Path(sys.executable).parent / "presence-cluster")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def free_base(n: int) -> int:
+    """A base port with n free consecutive UDP+TCP ports above it."""
+    for _ in range(200):
+        base = 20000 + int.from_bytes(os.urandom(2), "big") % 30000
+        try:
+            socks = []
+            for port in range(base, base + n):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+def tags_of(admin: str, secret: str) -> dict[str, dict]:
+    req = urllib.request.Request(f"http://{admin}/tags", headers={"Authorization": f"Bearer {secret}"})
+    with urllib.request.urlopen(req, timeout=1) as r:
+        return {t["tag"]: t for t in json.load(r)["items"]}
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            v = pred()
+        except (OSError, ValueError, KeyError, TypeError):
+            v = None
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def cli(d: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args, "--dir", str(d)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("example, tag, victim, survivors", [
+    ("01-ha", "vip", "l1-0", {"l1-1"}),
+    ("02-load-balancing", "l1-1", "l1-1", {"l1-0", "l1-2"}),
+])
+def test_sigkill_owner_moves_tag_and_down_cleans_up(tmp_path, example, tag, victim, survivors):
+    d = tmp_path / "state"
+    sip, admin = free_base(3), free_base(3)
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen([EXE, "up", str(ROOT / "examples" / example / "cluster.yaml"), "--dir", str(d),
+                           "--sip-base", str(sip), "--admin-base", str(admin)],
+                          stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    run: dict = {}
+    try:
+        status = lambda: json.loads((d / "status.json").read_text())  # noqa: E731
+        wait_for(lambda: status()["phase"] == "Ready", 60, "cluster Ready")
+        run = json.loads((d / "run.json").read_text())
+        secret = (d / "admin-secret").read_text().strip()
+        assert (d / "admin-secret").stat().st_mode & 0o777 == 0o600
+        assert tags_of(run["nodes"][victim]["admin"], secret)[tag]["state"] == "active"
+        before = tags_of(run["nodes"][victim]["admin"], secret)[tag]["epoch"]
+
+        killed = time.monotonic()
+        os.kill(run["nodes"][victim]["pid"], signal.SIGKILL)
+
+        def moved():
+            for n in survivors:
+                t = tags_of(run["nodes"][n]["admin"], secret)[tag]
+                if t["state"] == "active":
+                    return n, t["epoch"]
+            return None
+
+        owner, epoch = wait_for(moved, 3.0, f"{tag} active on one of {survivors}")
+        took = time.monotonic() - killed
+        print(f"\n{example}: SIGKILL {victim} -> {tag} active on {owner} in {took:.2f} s")
+        assert epoch > before
+        others = [n for n in survivors if n != owner]
+        assert all(tags_of(run["nodes"][n]["admin"], secret)[tag]["state"] == "backup" for n in others)
+
+        st = wait_for(lambda: (s := status())["lastFailover"] and s, 2, "lastFailover in status")
+        assert st["lastFailover"]["to"] == owner and tag in st["lastFailover"]["tags"]
+        assert st["failoverCount"] == 1 and st["tags"][tag]["owner"] == owner and st["readyNodes"] == len(survivors)
+        out = cli(d, "status").stdout
+        assert f"{victim}->{owner}" in out and f"{tag}={owner}" in out and f"{len(survivors)}/{len(survivors) + 1}" in out
+    finally:
+        res = cli(d, "down")
+        up.wait(timeout=10)
+        log.close()
+    assert res.returncode == 0, res.stderr
+    pids = [n["pid"] for n in run["nodes"].values()] + [p["pid"] for p in run["postgres"].values()] + [up.pid]
+    wait_for(lambda: not any(alive(p) for p in pids), 10, "every process gone")
+    assert not (d / "run.json").exists()
+    assert all(not Path(p["root"]).exists() for p in run["postgres"].values())
+
+
+def test_federation_modes_are_refused_with_a_reason(tmp_path):
+    f = tmp_path / "fed.yaml"
+    f.write_text("apiVersion: presence.example.org/v1alpha1\nkind: PresenceCluster\nmetadata: {name: f}\n"
+                 "spec: {mode: federation, locations: [{name: a, nodes: 1}, {name: b, nodes: 1}]}\n")
+    res = subprocess.run([EXE, "up", str(f), "--dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "federation" in res.stderr and "ha, loadBalancing" in res.stderr
+    assert not (tmp_path / "s" / "run.json").exists()
+
+
+def test_invalid_manifest_names_the_field(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("apiVersion: presence.example.org/v1alpha1\nkind: PresenceCluster\nmetadata: {name: x}\n"
+                 "spec: {mode: ha, locations: [{name: a, nodes: 2, database: {secretRef: {name: s}}}],"
+                 " failover: {detectionSeconds: 0}}\n")
+    res = subprocess.run([EXE, "up", str(f), "--dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "spec.failover.detectionSeconds" in res.stderr
