@@ -8,13 +8,13 @@ switched off (fsync, synchronous_commit): the data dies with the test run.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 from pathlib import Path
+
+from presence_operator.local.pg import bindir, free_port, run_as_postgres
 
 
 class PostgresServer:
@@ -22,14 +22,11 @@ class PostgresServer:
         self.root = root
         self.data = root / "data"
         self.sockets = root / "sock"
-        self.port = _free_port()
-        self.bindir = _bindir()
+        self.port = free_port()
+        self.bindir = bindir()
 
     def _run(self, *args: str) -> None:
-        cmd = [str(self.bindir / args[0]), *args[1:]]
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+        run_as_postgres(str(self.bindir / args[0]), *args[1:])
 
     def start(self) -> "PostgresServer":
         self.root.mkdir(parents=True, exist_ok=True)
@@ -63,19 +60,3 @@ class PostgresServer:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
-
-
-def _bindir() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    if initdb is None:
-        raise RuntimeError("PostgreSQL server binaries not found: run scripts/setup.sh (Debian package postgresql)")
-    return Path(initdb).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

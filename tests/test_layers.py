@@ -1,5 +1,7 @@
-"""The sans-I/O layers stay sans-I/O: the SIP core, the event packages and
-the XML guard import no event loop, socket, HTTP or database module."""
+"""The pure layers stay pure: the SIP core, the event packages and the XML
+guard import no event loop, socket, HTTP or database module, and the
+operator's decision core (spec, planner, health) not even the clock, the OS
+or the node it drives."""
 
 import ast
 from pathlib import Path
@@ -9,6 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "node" / "presence_node"
 PURE = [*sorted((ROOT / "sip").glob("*.py")), *sorted((ROOT / "packages").glob("*.py")), ROOT / "xmlsafe.py"]
 FORBIDDEN = {"asyncio", "socket", "selectors", "aiohttp", "psycopg", "psycopg_pool", "uvloop", "kopf", "kubernetes"}
+OPERATOR = ROOT.parents[1] / "operator" / "presence_operator"
+DECISIONS = [OPERATOR / f for f in ("spec.py", "planner.py", "health.py")]
+DECISIONS_FORBIDDEN = FORBIDDEN | {"subprocess", "os", "time", "presence_node"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -25,3 +30,10 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("path", PURE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_pure_module_does_no_io(path: Path):
     assert not imported_modules(path) & FORBIDDEN
+
+
+@pytest.mark.parametrize("path", DECISIONS, ids=lambda p: p.name)
+def test_operator_decision_module_does_no_io(path: Path):
+    names = imported_modules(path)
+    assert names, "the AST walk found no imports at all: the test would be vacuous"
+    assert not names & DECISIONS_FORBIDDEN

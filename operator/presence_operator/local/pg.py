@@ -37,7 +37,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run(*cmd: str) -> None:
+def run_as_postgres(*cmd: str) -> None:
+    """Run a server binary; as root, as the ``postgres`` user (initdb refuses root)."""
     argv = list(cmd)
     if os.geteuid() == 0:
         argv = ["runuser", "-u", "postgres", "--", *argv]
@@ -58,9 +59,9 @@ def start(state_dir: Path, location: str) -> dict[str, object]:
         shutil.chown(sock, "postgres")
     bins = bindir()
     port = free_port()
-    _run(str(bins / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    run_as_postgres(str(bins / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
     options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=100"
-    _run(str(bins / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+    run_as_postgres(str(bins / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
     pid = int((data / "postmaster.pid").read_text().split()[0])
     return {"root": str(root), "port": port, "pid": pid,
             "dsn": f"host=127.0.0.1 port={port} user=postgres dbname=postgres"}
