@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "node" / "presence_node"
 PURE = [*sorted((ROOT / "sip").glob("*.py")), *sorted((ROOT / "packages").glob("*.py")), ROOT / "xmlsafe.py"]
 FORBIDDEN = {"asyncio", "socket", "selectors", "aiohttp", "psycopg", "psycopg_pool", "uvloop", "kopf", "kubernetes"}
 OPERATOR = ROOT.parents[1] / "operator" / "presence_operator"
-DECISIONS = [OPERATOR / f for f in ("spec.py", "planner.py", "health.py")]
+DECISIONS = [*(OPERATOR / f for f in ("spec.py", "planner.py", "health.py")), *sorted((OPERATOR / "builders").glob("*.py"))]
 DECISIONS_FORBIDDEN = FORBIDDEN | {"subprocess", "os", "time", "presence_node"}
 
 

@@ -1,0 +1,420 @@
+"""The kopf driver of the planner: thin handlers, no decisions.
+
+- ``create``/``resume``/``update`` of a PresenceCluster: validate the spec
+  (an invalid one is a ``PermanentError``), make sure the cluster Secret
+  exists (generated when absent), wait for the database Secrets
+  (``TemporaryError``), and create or merge-patch every object the builders
+  render.
+- One daemon per PresenceCluster (:class:`ClusterDriver`): every ``period``
+  it lists the cluster's pods (IP and readiness, as the kubelet reports
+  them), probes each node's admin API (``/readyz`` and ``/tags``) in
+  parallel, feeds the health detector, calls :func:`planner.plan` and
+  carries out its actions: intent patched into status *before* any order,
+  activate/deactivate through the node's admin API, Kubernetes Events, the
+  status, and in ``ha`` mode the pod label the SIP Service selects.
+- ``presence-operator`` runs it with a liveness endpoint (``--liveness``).
+
+Test override (documented): ``PRESENCE_OPERATOR_ADMIN_PORT`` sets the port
+of the nodes' admin API on the pod IP (default 8081), so that node processes
+on 127.0.0.x stand in for pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import logging
+import os
+import secrets
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import kopf
+
+from presence_node.admin.client import AdminClient, AdminError
+
+from . import builders
+from . import planner as p
+from . import spec as specs
+from .builders import meta, secret as secret_builder
+from .health import HealthDetector
+from .kubeapi import Api, ApiError, load_config, path
+
+ADMIN_PORT_ENV = "PRESENCE_OPERATOR_ADMIN_PORT"
+PLURAL = "presenceclusters"
+#: Drivers running in this operator (for the liveness probe).
+DRIVERS: dict[tuple[str, str], "ClusterDriver"] = {}
+
+
+def parse_spec(body: Any) -> specs.PresenceClusterSpec:
+    try:
+        return specs.load_manifest({"apiVersion": specs.API_VERSION, "kind": specs.KIND,
+                                    "metadata": {"name": body["metadata"]["name"]},
+                                    "spec": dict(body.get("spec") or {})}).spec
+    except specs.SpecError as e:
+        raise kopf.PermanentError(str(e)) from e
+
+
+def owner_of(body: Any) -> builders.Owner:
+    md = body["metadata"]
+    return builders.Owner(md["name"], md["namespace"], md["uid"], parse_spec(body))
+
+
+# -- kopf wiring ------------------------------------------------------------
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 60
+    load_config()
+
+
+@kopf.on.probe(id="clusters")
+def clusters_probe(**_: Any) -> int:
+    return len(DRIVERS)
+
+
+@kopf.on.resume(specs.GROUP, specs.VERSION, PLURAL)
+@kopf.on.create(specs.GROUP, specs.VERSION, PLURAL)
+@kopf.on.update(specs.GROUP, specs.VERSION, PLURAL, field="spec")
+async def reconcile(body: kopf.Body, logger: kopf.Logger, **_: Any) -> dict[str, Any]:
+    owner = owner_of(body)
+    api = Api()
+    await ensure_secret(api, owner)
+    for loc in owner.spec.locations:
+        if loc.database is not None:
+            ref = loc.database.secret_ref
+            sec = await api.get(path("Secret", owner.namespace, ref.name))
+            if sec is None or ref.key not in (sec.get("data") or {}):
+                raise kopf.TemporaryError(f"waiting for Secret {ref.name} (key {ref.key}): the DSN of "
+                                          f"location {loc.name}", delay=5)
+    done = [f"{o['kind']}/{o['metadata']['name']} {await api.apply(o)}" for o in builders.render(owner)]
+    logger.info("applied: %s", ", ".join(done))
+    return {"applied": len(done)}
+
+
+@kopf.daemon(specs.GROUP, specs.VERSION, PLURAL, cancellation_timeout=1.0)
+async def failover_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
+    try:
+        owner = owner_of(body)
+    except kopf.PermanentError:
+        return  # the create handler reports it
+    api = Api()
+    admin = await read_admin_secret(api, owner, stopped)
+    if admin is None:
+        return
+    driver = ClusterDriver(api, owner, body, admin, logger)
+    DRIVERS[(owner.namespace, owner.name)] = driver
+    try:
+        await driver.load()
+        while not stopped:
+            started = time.monotonic()
+            try:
+                await driver.tick()
+            except (ApiError, OSError) as e:  # the API server is the retry loop's business: next tick
+                logger.warning("tick failed: %s", e)
+            await asyncio.sleep(max(0.0, driver.period - (time.monotonic() - started)))
+    finally:
+        DRIVERS.pop((owner.namespace, owner.name), None)
+        await driver.close()
+
+
+# -- the Secret ---------------------------------------------------------------
+
+
+async def ensure_secret(api: Api, owner: builders.Owner) -> None:
+    name = meta.secret_name(owner)
+    if await api.get(path("Secret", owner.namespace, name)) is None:
+        obj = secret_builder.build(owner, secrets.token_urlsafe(32), secrets.token_urlsafe(32))
+        try:
+            await api.create(path("Secret", owner.namespace), obj)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+
+
+async def read_admin_secret(api: Api, owner: builders.Owner, stopped: kopf.DaemonStopped) -> str | None:
+    while not stopped:
+        sec = await api.get(path("Secret", owner.namespace, meta.secret_name(owner)))
+        data = (sec or {}).get("data") or {}
+        if meta.ADMIN_SECRET_KEY in data:
+            return base64.b64decode(data[meta.ADMIN_SECRET_KEY]).decode().strip()
+        await asyncio.sleep(0.2)
+    return None
+
+
+# -- status <-> planner -------------------------------------------------------
+
+
+def iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def from_iso(s: str | None) -> float:
+    if not s:
+        return 0.0
+    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def intent_to_json(i: p.Intent) -> dict[str, Any]:
+    return {"reason": i.reason, "started": i.started, "detected": i.detected,
+            "moves": [{"tag": m.tag, "from": m.source, "to": m.target, "epoch": m.epoch, "deactivate": m.deactivate}
+                      for m in i.moves]}
+
+
+def intent_from_json(d: dict[str, Any] | None) -> p.Intent | None:
+    if not d:
+        return None
+    moves = tuple(p.Move(m["tag"], m.get("from"), m["to"], int(m["epoch"]), bool(m["deactivate"])) for m in d["moves"])
+    return p.Intent(moves, d["reason"], float(d["started"]), float(d["detected"]))
+
+
+def record_to_json(r: p.FailoverRecord) -> dict[str, Any]:
+    return {"from": r.source or "-", "to": r.target, "tags": list(r.tags), "reason": r.reason, "time": iso(r.time),
+            "seconds": r.seconds,
+            "summary": f"{','.join(r.tags)} {r.source or '-'}->{r.target} {r.seconds:.1f}s ({r.reason})"}
+
+
+def record_from_json(d: dict[str, Any] | None) -> p.FailoverRecord | None:
+    if not d:
+        return None
+    src = d.get("from")
+    return p.FailoverRecord(None if src in (None, "-") else src, d["to"], tuple(d["tags"]), d["reason"],
+                            from_iso(d.get("time")), float(d["seconds"]))
+
+
+def observed_from_status(st: dict[str, Any], now: float, nodes: dict[str, p.NodeState]) -> p.Observed:
+    return p.Observed(
+        now=now, nodes=nodes,
+        tags={t: p.TagRecord(r.get("owner"), int(r.get("epoch", 0)), from_iso(r.get("since")))
+              for t, r in (st.get("tags") or {}).items()},
+        intent=intent_from_json(st.get("intent")),
+        last_failover=record_from_json(st.get("lastFailover")),
+        failover_count=int(st.get("failoverCount") or 0),
+    )
+
+
+# -- the per-cluster driver ------------------------------------------------------
+
+
+class ClusterDriver:
+    """Probe, judge, plan, act, record: the Kubernetes twin of the local
+    supervisor (``local/supervisor.py``)."""
+
+    def __init__(self, api: Api, owner: builders.Owner, body: kopf.Body, admin_secret: str,
+                 logger: logging.Logger | Any) -> None:
+        self.api = api
+        self.owner = owner
+        self.body = body
+        self.secret = admin_secret
+        self.log = logger
+        self.admin_port = int(os.environ.get(ADMIN_PORT_ENV, meta.ADMIN_PORT))
+        self.period = max(0.05, min(0.2, owner.spec.failover.detection_seconds / 5))
+        self.detector = HealthDetector(owner.spec.failover.detection_seconds)
+        self.status: dict[str, Any] = {}
+        self.clients: dict[str, AdminClient] = {}
+        self.pods: dict[str, dict[str, Any]] = {}  # node -> pod
+        self._events: dict[str, float] = {}
+        self._cr_path = path(specs.KIND, owner.namespace, owner.name)
+
+    async def load(self) -> None:
+        """The status as stored: an intent left by a previous operator is rolled forward."""
+        cr = await self.api.get(self._cr_path)
+        self.status = dict((cr or {}).get("status") or {})
+
+    async def close(self) -> None:
+        for c in self.clients.values():
+            await c.__aexit__(None, None, None)
+        self.clients.clear()
+
+    async def _client(self, node: str, ip: str) -> AdminClient:
+        url = f"http://{ip}:{self.admin_port}"
+        c = self.clients.get(node)
+        if c is None or c.base != url:
+            if c is not None:
+                await c.__aexit__(None, None, None)
+            timeout = max(0.1, min(0.5, self.period * 2))
+            c = await AdminClient(url, self.secret, timeout=timeout).__aenter__()
+            self.clients[node] = c
+        return c
+
+    @staticmethod
+    async def _probe(client: AdminClient) -> tuple[bool, bool, dict[str, int]]:
+        ready_t = asyncio.ensure_future(client.ready())
+        try:
+            items = await client.tags()
+        except (AdminError, aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return await ready_t, False, {}
+        active = {t["tag"]: int(t["epoch"]) for t in items if t["state"] == "active" and not t["private"]}
+        return await ready_t, True, active
+
+    async def _unreachable(self) -> tuple[bool, bool, dict[str, int]]:
+        return False, False, {}
+
+    async def tick(self) -> None:
+        spec, owner = self.owner.spec, self.owner
+        pods = await self.api.list(path("Pod", owner.namespace), f"{meta.CLUSTER_LABEL}={owner.name}")
+        by_name = {pod["metadata"]["name"]: pod for pod in pods}
+        all_nodes = specs.nodes(spec)
+        probes, pod_ready = [], {}
+        self.pods = {}
+        for n in all_nodes:
+            pod = by_name.get(meta.pod_name(owner, n))
+            ip = ((pod or {}).get("status") or {}).get("podIP")
+            if pod is None or ip is None or pod["metadata"].get("deletionTimestamp"):
+                probes.append(self._unreachable())
+                pod_ready[n.name] = False
+                continue
+            self.pods[n.name] = pod
+            conds = (pod.get("status") or {}).get("conditions") or []
+            pod_ready[n.name] = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+            probes.append(self._probe(await self._client(n.name, ip)))
+        results = await asyncio.gather(*probes)
+        now = time.time()
+        nodes: dict[str, p.NodeState] = {}
+        for n, (ready, reachable, active) in zip(all_nodes, results):
+            v = self.detector.observe(n.name, ready and reachable and pod_ready[n.name], now)
+            nodes[n.name] = p.NodeState(n.name, n.location, v.health, reachable, v.since, v.failing_since, active)
+        for action in p.plan(spec, observed_from_status(self.status, now, nodes)):
+            await self._do(action)
+        if spec.mode == "ha":
+            await self._label_owners()
+
+    # -- actions --
+
+    async def _patch_status(self, changes: dict[str, Any]) -> None:
+        await self.api.patch(path(specs.KIND, self.owner.namespace, self.owner.name, "status"), {"status": changes})
+        for k, v in changes.items():
+            if v is None:
+                self.status.pop(k, None)
+            else:
+                self.status[k] = v
+
+    async def _do(self, a: p.Action) -> None:
+        if isinstance(a, p.RecordIntent):
+            await self._patch_status({"intent": intent_to_json(a.intent)})  # before any order
+        elif isinstance(a, p.ClearIntent):
+            changes: dict[str, Any] = {"intent": None}
+            if a.completed is not None:
+                changes["lastFailover"] = record_to_json(a.completed)
+            await self._patch_status(changes)
+        elif isinstance(a, p.ActivateTag):
+            await self._activate(a)
+        elif isinstance(a, p.DeactivateTag):
+            await self._deactivate(a)
+        elif isinstance(a, p.Event):
+            key = f"{a.reason}: {a.message}"
+            if time.monotonic() - self._events.get(key, -1e9) > 30:
+                self._events[key] = time.monotonic()
+                kopf.event(self.body, type=a.type, reason=a.reason, message=a.message)
+        elif isinstance(a, p.SetStatus):
+            await self._set_status(a)
+
+    async def _activate(self, a: p.ActivateTag) -> None:
+        client = self.clients.get(a.node)
+        if client is None:
+            return
+        if self.owner.spec.mode == "ha":  # no Service selects the old owner while the tag moves
+            for node in self.pods:
+                if node != a.node:
+                    await self._label(node, a.tag, False)
+        try:
+            await client.activate(a.tag, a.epoch)
+        except AdminError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            if not (e.status == 409 and body.get("owner") == a.node):  # 409 from itself: already landed
+                self.log.warning("activate %s on %s at epoch %s failed: %s", a.tag, a.node, a.epoch, e)
+                return
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            # Unreachable: the intent stays in status and the next tick re-sends the same order.
+            self.log.warning("activate %s on %s: unreachable (%r); retried next tick", a.tag, a.node, e)
+            return
+        self.log.info("tag %s active on %s at epoch %s", a.tag, a.node, a.epoch)
+        if self.owner.spec.mode == "ha":
+            await self._label(a.node, a.tag, True)
+
+    async def _deactivate(self, a: p.DeactivateTag) -> None:
+        if self.owner.spec.mode == "ha":
+            await self._label(a.node, a.tag, False)
+        client = self.clients.get(a.node)
+        if client is None:
+            return
+        try:
+            await client.deactivate(a.tag)
+        except (AdminError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+            # Best effort: the epoch of the following activation fences it.
+            self.log.warning("deactivate %s on %s failed: %r", a.tag, a.node, e)
+
+    async def _label(self, node: str, tag: str, on: bool) -> None:
+        pod = self.pods.get(node)
+        if pod is None:
+            return
+        key = meta.owner_label(tag)
+        labels = pod["metadata"].setdefault("labels", {})
+        if (labels.get(key) == "true") == on:
+            return
+        await self.api.patch(path("Pod", self.owner.namespace, pod["metadata"]["name"]),
+                             {"metadata": {"labels": {key: "true" if on else None}}})
+        if on:
+            labels[key] = "true"
+        else:
+            labels.pop(key, None)
+
+    async def _label_owners(self) -> None:
+        """The SIP Service follows the owner recorded in status (and nobody else)."""
+        for tag, rec in (self.status.get("tags") or {}).items():
+            for node in self.pods:
+                await self._label(node, tag, node == rec.get("owner"))
+
+    async def _set_status(self, a: p.SetStatus) -> None:
+        st = self.status
+        old_conds = {c["type"]: c for c in st.get("conditions") or []}
+        conds = []
+        for t, v in a.conditions.items():
+            s = "True" if v else "False"
+            prev = old_conds.get(t)
+            since = prev["lastTransitionTime"] if prev and prev.get("status") == s else iso(time.time())
+            conds.append({"type": t, "status": s, "reason": a.phase, "lastTransitionTime": since})
+        old_tags = st.get("tags") or {}
+        tags = {}
+        for t, r in a.tags.items():
+            prev = old_tags.get(t) or {}
+            same = (prev.get("owner"), prev.get("epoch")) == (r.owner, r.epoch)
+            tags[t] = {"owner": r.owner, "epoch": r.epoch,
+                       "since": prev["since"] if same and prev.get("since") else iso(r.since or time.time())}
+        new = {
+            "observedGeneration": int(self.body.get("metadata", {}).get("generation") or 0),
+            "phase": a.phase,
+            "conditions": conds,
+            "ready": f"{a.ready_nodes}/{a.total_nodes}",
+            "readyNodes": a.ready_nodes,
+            "totalNodes": a.total_nodes,
+            "tagOwners": ", ".join(f"{t}={r.owner or '-'}" for t, r in a.tags.items()),
+            "nodes": {n: {"pod": meta.pod_name(self.owner, _node_spec(self.owner.spec, n)), "ready": up,
+                          "tags": list(tg)} for n, (up, tg) in a.nodes.items()},
+            "tags": tags,
+            "failoverCount": a.failover_count,
+            "lastFailover": record_to_json(a.last_failover) if a.last_failover else None,
+        }
+        changes = {k: v for k, v in new.items() if st.get(k) != v}
+        if "lastFailover" in changes and changes["lastFailover"] is None:
+            del changes["lastFailover"]
+        if changes:
+            await self._patch_status(changes)
+
+
+def _node_spec(spec: specs.PresenceClusterSpec, name: str) -> specs.NodeSpec:
+    return next(n for n in specs.nodes(spec) if n.name == name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``presence-operator [kopf run options]``: this module's handlers, with a
+    liveness endpoint on :8080/healthz unless ``--liveness`` is given."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not any(a.startswith("--liveness") for a in args):
+        args.append("--liveness=http://0.0.0.0:8080/healthz")
+    kopf.cli.main(args=["run", "--module", __name__, *args], prog_name="presence-operator")

@@ -1,0 +1,404 @@
+"""Test support for the operator: KMock's Kubernetes emulator made close
+enough to an API server for kopf (see ../shared/k8s-testing.md, section 4:
+each fix below answers an observed failure), a thread runner for kopf, and
+small helpers.
+
+What this emulator does for k8s data requests (everything else, discovery
+included, is KMock's):
+- one write lock and a global resourceVersion counter; creates stamp uid,
+  creationTimestamp, generation, resourceVersion, namespace, generateName;
+  patches bump resourceVersion (and generation on spec changes);
+- merge patch (dicts, ``None`` deletes) and RFC 6902 JSON patch, a failed
+  ``test`` op answering 422 as an API server does;
+- the status subresource: status dropped from creates and main-endpoint
+  patches, only status kept from ``/status`` patches;
+- finalizers and deletionTimestamp;
+- list with ``kind: XList`` and a real resourceVersion; watch resumable from
+  ``?resourceVersion=N`` (event log), with the snapshot and the log mark
+  taken atomically, JSON content type;
+- equality label selectors and metadata.name/namespace field selectors;
+- ``register_crd()`` from a CRD document; namespaces at ``/api/v1/namespaces``.
+Not done (not needed here): Table rendering, SSA, strategic merge (applied
+as a plain merge), PUT, garbage collection, controllers, kubelet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import json
+import threading
+import uuid
+from typing import Any, Callable
+
+import aiohttp.web
+import jsonpatch
+import kmock
+from kmock._internal import enums, parsing, references
+
+# -- namespaces as a resource (stock: 500 on /api/v1/namespaces) --------------
+
+_parse_path = parsing.parse_path
+
+
+def _patched_parse_path(path: str) -> parsing.ParsedPath:
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 5 and (len(parts) < 5 or parts[4] == "status"):
+        name = parts[3] if len(parts) > 3 else None
+        sub = parts[4] if len(parts) > 4 else None
+        return parsing.ParsedPath("", "v1", "namespaces", None, name, sub)
+    return _parse_path(path)
+
+
+parsing.parse_path = _patched_parse_path
+
+_DATA_ACTIONS = {enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE, enums.action.LIST,
+                 enums.action.WATCH, enums.action.FETCH}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(base) if isinstance(base, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge(out.get(k), v)
+    return out
+
+
+def _label_match(selector: str, labels: dict[str, str]) -> bool:
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            if labels.get(k.strip()) == v.strip():
+                return False
+        elif "=" in term:
+            k, v = term.replace("==", "=").split("=", 1)
+            if labels.get(k.strip()) != v.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _field_match(selector: str, obj: dict[str, Any]) -> bool:
+    md = obj.get("metadata", {})
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        neg = "!=" in term
+        k, v = term.replace("!=", "=").replace("==", "=").split("=", 1)
+        cur = {"metadata.name": md.get("name"), "metadata.namespace": md.get("namespace")}.get(k.strip())
+        if (cur == v.strip()) == neg:
+            return False
+    return True
+
+
+class ApiEmulator(kmock.KubernetesEmulator):
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._rv = 0
+        self._wlock = asyncio.Lock()
+        self._log: list[tuple[int, references.resource, dict[str, Any]]] = []
+        self._changed = asyncio.Condition()
+        self._status_resources: set[references.resource] = set()
+        self._namespaced: dict[references.resource, bool] = {}
+
+    # -- setup --
+
+    def register_crd(self, crd: dict[str, Any]) -> None:
+        spec = crd["spec"]
+        names = spec["names"]
+        for v in spec["versions"]:
+            if not v.get("served", True):
+                continue
+            res = references.resource(spec["group"], v["name"], names["plural"])
+            subs = set((v.get("subresources") or {}).keys())
+            self.resources[res] = references.ResourceInfo(
+                kind=names["kind"], singular=names.get("singular"), shortnames=set(names.get("shortNames", [])),
+                categories=set(names.get("categories", [])),
+                verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced", subresources=subs)
+            if "status" in subs:
+                self._status_resources.add(res)
+
+    def live(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        res = references.resource(resource)
+        for (r, ns, n), obj in self.objects.items():
+            if r == res and ns == namespace and n == name:
+                return None if obj.deleted else copy.deepcopy(obj.raw)
+        return None
+
+    def put(self, resource: str, namespace: str | None, body: dict[str, Any]) -> None:
+        """Pre-populate (no watch event)."""
+        self._rv += 1
+        md = body.setdefault("metadata", {})
+        md.setdefault("uid", str(uuid.uuid4()))
+        md["resourceVersion"] = str(self._rv)
+        md.setdefault("creationTimestamp", _now())
+        if namespace is not None:
+            md["namespace"] = namespace
+        self.objects[resource, namespace, md["name"]] = body
+
+    # -- discovery fix: the core group is "v1", not "/v1" --
+
+    async def _serve_version(self, request):  # type: ignore[override]
+        out = await super()._serve_version(request)
+        if request.resource is not None and request.resource.group == "":
+            out["groupVersion"] = request.resource.version
+        for r in out.get("resources", []):
+            if "/" in r["name"]:
+                r["shortNames"] = []
+            info = None
+            res = references.resource(request.resource.group, request.resource.version, r["name"].split("/")[0])
+            if res in self.resources:
+                info = self.resources[res]
+            if info is not None and info.namespaced is not None:
+                r["namespaced"] = info.namespaced
+        return out
+
+    # -- data requests --
+
+    async def _handle(self, request):  # type: ignore[override]
+        res = request.resource
+        if res is None or res.plural is None or request.action not in _DATA_ACTIONS:
+            return await super()._handle(request)
+        known = [r for r in self._get_resources() if r == res]
+        if not known:
+            raise kmock.KubernetesError(status=404, reason="NotFound", message=f"unknown resource {res}")
+        if request.action is enums.action.WATCH:
+            return await self._watch(request)
+        if request.action is enums.action.LIST:
+            return aiohttp.web.json_response(self._list(request))
+        async with self._wlock:
+            if request.action is enums.action.FETCH:
+                obj = self._get(res, request.namespace, request.name)
+                if obj is None:
+                    raise kmock.KubernetesError(status=404, reason="NotFound", message=f"{request.name} not found")
+                return aiohttp.web.json_response(obj)
+            if request.action is enums.action.CREATE:
+                return aiohttp.web.json_response(await self._create(request), status=201)
+            if request.action is enums.action.UPDATE:
+                return aiohttp.web.json_response(await self._patch(request))
+            return aiohttp.web.json_response(await self._delete(request))
+
+    def _key(self, res, namespace, name):
+        for key, obj in self.objects.items():
+            if key[0] == res and key[1] == namespace and key[2] == name:
+                return key, obj
+        return None, None
+
+    def _get(self, res, namespace, name) -> dict[str, Any] | None:
+        _, obj = self._key(res, namespace, name)
+        return None if obj is None or obj.deleted else copy.deepcopy(obj.raw)
+
+    async def _emit(self, res, kind: str, obj: dict[str, Any]) -> None:
+        self._log.append((int(obj["metadata"]["resourceVersion"]), res, {"type": kind, "object": copy.deepcopy(obj)}))
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _bump(self, obj: dict[str, Any]) -> None:
+        self._rv += 1
+        obj.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
+
+    def _is_namespaced(self, res) -> bool:
+        try:
+            ns = self.resources[res].namespaced
+        except KeyError:
+            ns = None
+        return ns is not False
+
+    async def _create(self, request) -> dict[str, Any]:
+        res = request.resource
+        body = copy.deepcopy(request.data or {})
+        md = body.setdefault("metadata", {})
+        if not md.get("name") and md.get("generateName"):
+            md["name"] = md["generateName"] + uuid.uuid4().hex[:5]
+        ns = (request.namespace or md.get("namespace")) if self._is_namespaced(res) else None
+        if ns is not None:
+            md["namespace"] = ns
+        if self._get(res, ns, md["name"]) is not None:
+            raise kmock.KubernetesError(status=409, reason="AlreadyExists", message=f"{md['name']} already exists")
+        if res in self._status_resources:
+            body.pop("status", None)
+        md.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
+        self._bump(body)
+        key, obj = self._key(res, ns, md["name"])
+        if obj is None:
+            self.objects[res, ns, md["name"]] = body
+        else:
+            obj.create(body)
+        if res.group == "apiextensions.k8s.io" and res.plural == "customresourcedefinitions":
+            self.register_crd(body)
+        await self._emit(res, "ADDED", body)
+        return body
+
+    async def _patch(self, request) -> dict[str, Any]:
+        res, ns = request.resource, request.namespace if self._is_namespaced(request.resource) else None
+        key, obj = self._key(res, ns, request.name)
+        if obj is None or obj.deleted:
+            raise kmock.KubernetesError(status=404, reason="NotFound", message=f"{request.name} not found")
+        old = copy.deepcopy(obj.raw)
+        patch = request.data
+        if isinstance(patch, list):
+            try:
+                new = jsonpatch.apply_patch(old, patch)
+            except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as e:
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=str(e))
+        else:
+            new = _merge(old, patch or {})
+        if res in self._status_resources:
+            if request.subresource == "status":
+                new = {**old, "status": new.get("status"), "metadata": new.get("metadata", old["metadata"])}
+                if new["status"] is None:
+                    new.pop("status")
+            elif "status" in old:
+                new["status"] = old["status"]
+            else:
+                new.pop("status", None)
+        for fixed in ("uid", "creationTimestamp", "namespace", "name"):
+            if fixed in old["metadata"]:
+                new["metadata"][fixed] = old["metadata"][fixed]
+        if new.get("spec") != old.get("spec"):
+            new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
+        self._bump(new)
+        md = new["metadata"]
+        if md.get("deletionTimestamp") and not md.get("finalizers"):
+            obj.create(new)
+            obj.delete()
+            await self._emit(res, "DELETED", new)
+        else:
+            obj.create(new)
+            await self._emit(res, "MODIFIED", new)
+        return new
+
+    async def _delete(self, request) -> dict[str, Any]:
+        res, ns = request.resource, request.namespace if self._is_namespaced(request.resource) else None
+        key, obj = self._key(res, ns, request.name)
+        if obj is None or obj.deleted:
+            raise kmock.KubernetesError(status=404, reason="NotFound", message=f"{request.name} not found")
+        cur = copy.deepcopy(obj.raw)
+        md = cur["metadata"]
+        if md.get("finalizers"):
+            if not md.get("deletionTimestamp"):
+                md["deletionTimestamp"] = _now()
+                self._bump(cur)
+                obj.create(cur)
+                await self._emit(res, "MODIFIED", cur)
+            return cur
+        self._bump(cur)
+        obj.delete()
+        await self._emit(res, "DELETED", cur)
+        return cur
+
+    def _selected(self, request, obj: dict[str, Any]) -> bool:
+        md = obj.get("metadata", {})
+        if request.namespace is not None and md.get("namespace") != request.namespace:
+            return False
+        if request.name is not None and md.get("name") != request.name:
+            return False
+        ls, fs = request.params.get("labelSelector"), request.params.get("fieldSelector")
+        if ls and not _label_match(ls, md.get("labels") or {}):
+            return False
+        return not (fs and not _field_match(fs, obj))
+
+    def _snapshot(self, request) -> list[dict[str, Any]]:
+        return [copy.deepcopy(obj.raw) for (r, _, _), obj in self.objects.items()
+                if r == request.resource and not obj.deleted and self._selected(request, obj.raw)]
+
+    def _list(self, request) -> dict[str, Any]:
+        kind = None
+        try:
+            kind = self.resources[request.resource].kind
+        except KeyError:
+            pass
+        res = request.resource
+        return {"apiVersion": f"{res.group}/{res.version}" if res.group else res.version,
+                "kind": f"{kind or 'Object'}List", "metadata": {"resourceVersion": str(self._rv)},
+                "items": self._snapshot(request)}
+
+    async def _watch(self, request) -> aiohttp.web.StreamResponse:
+        since = request.params.get("resourceVersion", "")
+        if since.isdigit() and int(since) > 0:
+            mark, initial = int(since), []
+        else:
+            mark, initial = self._rv, [{"type": "ADDED", "object": o} for o in self._snapshot(request)]
+            if since.isdigit():  # "0": snapshot, then the log from now
+                pass
+        mark_pos = len(self._log) if not (since.isdigit() and int(since) > 0) else 0
+        resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request._raw_request)
+        for ev in initial:
+            await resp.write(json.dumps(ev).encode() + b"\n")
+        if request.params.get("sendInitialEvents") == "true":
+            bm = {"type": "BOOKMARK", "object": {"kind": "Bookmark", "metadata": {
+                "resourceVersion": str(self._rv), "annotations": {"k8s.io/initial-events-end": "true"}}}}
+            await resp.write(json.dumps(bm).encode() + b"\n")
+        pos = mark_pos
+        try:
+            while True:
+                while pos < len(self._log):
+                    rv, res, ev = self._log[pos]
+                    pos += 1
+                    if rv > mark and res == request.resource and self._selected(request, ev["object"]):
+                        await resp.write(json.dumps(ev).encode() + b"\n")
+                async with self._changed:
+                    if pos >= len(self._log):
+                        await self._changed.wait()
+        except ConnectionResetError:
+            pass
+        return resp
+
+
+# -- kopf in a thread ------------------------------------------------------------
+
+
+class OperatorThread:
+    """``kopf.operator()`` in its own thread and loop (kopf cancels every task
+    of the loop it runs in, pytest's included); joined off the test's loop."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="kopf")
+
+    def _run(self) -> None:
+        import kopf
+
+        try:
+            asyncio.run(kopf.operator(ready_flag=self.ready, stop_flag=self.stop, **self.kwargs))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+            self.error = e
+
+    async def __aenter__(self) -> "OperatorThread":
+        self.thread.start()
+        assert await asyncio.to_thread(self.ready.wait, 15), "kopf did not start"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        await asyncio.to_thread(self.thread.join, 20)
+        assert not self.thread.is_alive(), "kopf did not stop"
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        v = check()
+        if v:
+            return v
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)

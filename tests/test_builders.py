@@ -1,0 +1,199 @@
+"""Manifest builders, table-driven: each mode renders the expected objects,
+selectors match the pods they must select, everything carries the owner
+reference, node configurations are valid ``presence-node`` configurations,
+and no secret value appears anywhere (only Secret names and keys)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from presence_node.config import Config
+from presence_operator import builders, spec as specs
+from presence_operator.builders import meta, rbac, secret
+
+DB = {"secretRef": {"name": "db", "key": "dsn"}}
+
+
+def owner(mode: str, locations: list[dict[str, Any]], **extra: Any) -> builders.Owner:
+    s = specs.PresenceClusterSpec.model_validate({"mode": mode, "locations": locations, **extra})
+    return builders.Owner("pres", "ns1", "uid-123", s)
+
+
+CASES = {
+    "ha-one-location": (
+        owner("ha", [{"name": "l1", "nodes": 2, "database": DB}]),
+        {("StatefulSet", "pres-l1"), ("ConfigMap", "pres-l1-config"), ("Service", "pres-l1-nodes"),
+         ("Service", "pres-sip-vip"), ("ServiceAccount", "pres-node")},
+    ),
+    "ha-two-locations": (
+        owner("ha", [{"name": "a", "nodes": 2, "database": DB}, {"name": "b", "nodes": 3, "database": DB}]),
+        {("StatefulSet", "pres-a"), ("StatefulSet", "pres-b"), ("ConfigMap", "pres-a-config"),
+         ("ConfigMap", "pres-b-config"), ("Service", "pres-a-nodes"), ("Service", "pres-b-nodes"),
+         ("Service", "pres-sip-vip-a"), ("Service", "pres-sip-vip-b"), ("ServiceAccount", "pres-node")},
+    ),
+    "load-balancing": (
+        owner("loadBalancing", [{"name": "l1", "nodes": 3, "database": DB}]),
+        {("StatefulSet", "pres-l1"), ("ConfigMap", "pres-l1-config"), ("Service", "pres-l1-nodes"),
+         ("Service", "pres-sip-l1"), ("ServiceAccount", "pres-node")},
+    ),
+    "federation": (
+        owner("federation", [{"name": "east", "nodes": 1}, {"name": "west", "nodes": 2}]),
+        {("StatefulSet", "pres-east"), ("StatefulSet", "pres-west"), ("ConfigMap", "pres-east-config"),
+         ("ConfigMap", "pres-west-config"), ("Service", "pres-east-nodes"), ("Service", "pres-west-nodes"),
+         ("Service", "pres-sip-east"), ("Service", "pres-sip-west"), ("ServiceAccount", "pres-node")},
+    ),
+    "federation-redundancy": (
+        owner("federationRedundancy", [{"name": "east", "nodes": 2, "database": DB},
+                                       {"name": "west", "nodes": 2, "database": DB}],
+              secretRef={"name": "mine"}, sip={"port": 5070, "serviceType": "LoadBalancer"}),
+        {("StatefulSet", "pres-east"), ("StatefulSet", "pres-west"), ("ConfigMap", "pres-east-config"),
+         ("ConfigMap", "pres-west-config"), ("Service", "pres-east-nodes"), ("Service", "pres-west-nodes"),
+         ("Service", "pres-sip-east"), ("Service", "pres-sip-west"), ("ServiceAccount", "pres-node")},
+    ),
+}
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def pod_labels(o: builders.Owner, node: specs.NodeSpec, objs: list[dict[str, Any]]) -> dict[str, str]:
+    sts = next(s for s in by_kind(objs, "StatefulSet") if s["metadata"]["name"] == meta.statefulset_name(o, node.location))
+    return dict(sts["spec"]["template"]["metadata"]["labels"])
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_mode_renders_the_expected_objects(case):
+    o, expected = CASES[case]
+    objs = builders.render(o)
+    assert {(x["kind"], x["metadata"]["name"]) for x in objs} == expected
+    assert len(objs) == len(expected)
+    for x in objs:
+        md = x["metadata"]
+        assert md["namespace"] == "ns1"
+        assert md["ownerReferences"] == [{"apiVersion": specs.API_VERSION, "kind": "PresenceCluster", "name": "pres",
+                                          "uid": "uid-123", "controller": True, "blockOwnerDeletion": True}]
+        assert md["labels"][meta.CLUSTER_LABEL] == "pres"
+        assert len(md["name"]) <= 63
+    json.dumps(objs)  # plain data only
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_statefulsets_and_selectors_match_the_pods(case):
+    o, _ = CASES[case]
+    objs = builders.render(o)
+    for loc in o.spec.locations:
+        sts = next(s for s in by_kind(objs, "StatefulSet") if s["metadata"]["name"] == f"pres-{loc.name}")
+        assert sts["spec"]["replicas"] == loc.nodes
+        assert sts["spec"]["serviceName"] == f"pres-{loc.name}-nodes"
+        tmpl = sts["spec"]["template"]["metadata"]["labels"]
+        assert selects(sts["spec"]["selector"]["matchLabels"], tmpl)
+        # Another location's pods are not selected.
+        for other in o.spec.locations:
+            if other.name != loc.name:
+                assert not selects(sts["spec"]["selector"]["matchLabels"],
+                                   {**tmpl, meta.LOCATION_LABEL: other.name})
+    nodes = specs.nodes(o.spec)
+    headless = {s["metadata"]["name"]: s for s in by_kind(objs, "Service") if s["spec"].get("clusterIP") == "None"}
+    for n in nodes:
+        selected = [name for name, s in headless.items() if selects(s["spec"]["selector"], pod_labels(o, n, objs))]
+        assert selected == [f"pres-{n.location}-nodes"]
+    sip = [s for s in by_kind(objs, "Service") if s["spec"].get("clusterIP") != "None"]
+    for s in sip:
+        assert s["spec"]["type"] == o.spec.sip.service_type
+        assert {p["port"] for p in s["spec"]["ports"]} == {o.spec.sip.port}
+        assert {p["protocol"] for p in s["spec"]["ports"]} == {"UDP", "TCP"}
+    if o.spec.mode == "ha":
+        # A SIP Service selects no pod until the operator labels the tag's owner, then exactly that one.
+        for t in specs.tags(o.spec):
+            svc = next(s for s in sip if s["metadata"]["name"] == meta.sip_service_name(o, t.name))
+            assert not any(selects(svc["spec"]["selector"], pod_labels(o, n, objs)) for n in nodes)
+            labelled = {n.name: {**pod_labels(o, n, objs), **({meta.owner_label(t.name): "true"} if n.name == t.home else {})}
+                        for n in nodes}
+            assert [n for n, lab in labelled.items() if selects(svc["spec"]["selector"], lab)] == [t.home]
+    else:
+        for n in nodes:
+            hit = [s["metadata"]["name"] for s in sip if selects(s["spec"]["selector"], pod_labels(o, n, objs))]
+            assert hit == [meta.sip_service_name(o, n.location)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_configmaps_hold_valid_node_configurations(case, tmp_path):
+    o, _ = CASES[case]
+    objs = builders.render(o)
+    all_tags = specs.tags(o.spec)
+    for n in specs.nodes(o.spec):
+        cm = next(c for c in by_kind(objs, "ConfigMap") if c["metadata"]["name"] == f"pres-{n.location}-config")
+        data = yaml.safe_load(cm["data"][f"node-{n.index}.yaml"])
+        cfg = Config.model_validate(data)
+        assert cfg.node_id == n.name and cfg.cluster_id == "pres"
+        mine = {t.name for t in all_tags if t.location == n.location}
+        assert cfg.sharing_tags == {t: "backup" for t in mine}  # the operator activates
+        assert cfg.default_tag in mine
+        assert str(cfg.admin_secret_file) == "/etc/presence/admin/admin"
+        if o.spec.location(n.location).database is not None:
+            assert cfg.storage.backend == "postgres" and str(cfg.storage.dsn_file) == "/etc/presence/db/dsn"
+        else:
+            assert cfg.storage.backend == "memory"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_secrets_are_mounted_by_reference(case):
+    o, _ = CASES[case]
+    for sts in by_kind(builders.render(o), "StatefulSet"):
+        loc = o.spec.location(sts["metadata"]["labels"][meta.LOCATION_LABEL])
+        pod = sts["spec"]["template"]["spec"]
+        vols = {v["name"]: v for v in pod["volumes"]}
+        assert vols["admin-secret"]["secret"] == {"secretName": meta.secret_name(o), "defaultMode": 0o400,
+                                                  "items": [{"key": "admin", "path": "admin"}]}
+        if loc.database is None:
+            assert "db" not in vols
+        else:
+            assert vols["db"]["secret"]["secretName"] == loc.database.secret_ref.name
+            assert vols["db"]["secret"]["items"] == [{"key": loc.database.secret_ref.key, "path": "dsn"}]
+        assert pod["automountServiceAccountToken"] is False
+        env = [e for c in pod["containers"] for e in c.get("env", [])]
+        assert not env  # nothing passed by value
+
+
+def test_no_secret_value_appears_in_any_rendered_object():
+    sentinels = ["ADMIN-s3cr3t-value", "CLUSTER-s3cr3t-value", "postgresql://u:pw@db/x"]
+    for o, _ in CASES.values():
+        rendered = builders.render(o)
+        assert not by_kind(rendered, "Secret")
+        text = json.dumps(rendered)
+        for s in sentinels:
+            assert s not in text and base64.b64encode(s.encode()).decode() not in text
+        sec = secret.build(o, sentinels[0], sentinels[1])
+        assert set(sec["data"]) == {"admin", "cluster"}
+        assert sec["metadata"]["name"] == meta.secret_name(o)
+        assert sentinels[0] not in json.dumps(sec)  # base64 in data, as the API wants
+
+
+def test_config_change_rolls_the_pods():
+    a = owner("ha", [{"name": "l1", "nodes": 2, "database": DB}])
+    b = owner("ha", [{"name": "l1", "nodes": 2, "database": DB}], events=["presence"])
+    ann = [by_kind(builders.render(x), "StatefulSet")[0]["spec"]["template"]["metadata"]["annotations"] for x in (a, b)]
+    assert ann[0] != ann[1]
+    assert ann[0] == by_kind(builders.render(a), "StatefulSet")[0]["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_operator_rbac_grants_least_verbs():
+    sa, role, binding = rbac.operator_rbac("ns1")
+    assert (sa["kind"], role["kind"], binding["kind"]) == ("ServiceAccount", "Role", "RoleBinding")
+    verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert all("delete" not in v and "*" not in v and "update" not in v for v in verbs.values())
+    assert verbs[("", "secrets")] == {"get", "create"}  # never list/watch secrets
+    assert verbs[("", "events")] == {"create"}
+    assert verbs[("", "pods")] == {"get", "list", "watch", "patch"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "presence-operator", "namespace": "ns1"}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
