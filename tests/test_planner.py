@@ -172,6 +172,18 @@ def test_ha_failover_completes_and_records_time_taken():
     assert s.failover_count == 1 and s.last_failover == clear.completed and s.phase == "Degraded"
 
 
+def test_first_placement_of_an_unowned_tag_is_not_counted_as_a_failover():
+    """A new cluster: every tag starts unowned and is placed on its home
+    node; status must not report that as a failover."""
+    a = plan(HA, obs(node("l0-0"), node("l0-1")))
+    placed = intent_of(a)
+    assert placed.reason == "unowned" and ActivateTag("vip", "l0-0", 1) in orders(a)
+    done = plan(HA, obs(node("l0-0", vip=1), node("l0-1"), now=100.2, intent=placed))
+    s = status(done)
+    assert any(isinstance(x, ClearIntent) for x in orders(done))
+    assert s.failover_count == 0 and s.last_failover is None
+
+
 def test_node_back_failback_never_leaves_tag():
     a = plan(HA, obs(node("l0-0", since=10.0), node("l0-1", vip=4)))
     assert orders(a) == [] and status(a).phase == "Ready"

@@ -184,7 +184,8 @@ def plan(spec: specs.PresenceClusterSpec, observed: Observed) -> list[Action]:
         if status == "pending":
             _set_status(ctx, failing_over=True, last=last, count=count)
             return ctx.actions
-        if record is not None:
+        if record is not None and record.reason != "unowned":
+            # Placing a tag nobody owned (a new cluster) is not a failover.
             last, count = record, count + 1
     moves, reason, detected = _decide(ctx)
     if moves:
