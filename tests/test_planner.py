@@ -515,4 +515,6 @@ def test_examples_are_valid_manifests(example):
     import yaml
 
     m = specs.load_manifest(yaml.safe_load(example.read_text()))
-    assert m.spec.mode in ("ha", "loadBalancing")
+    expected = {"01-ha": "ha", "02-load-balancing": "loadBalancing", "03-federation": "federation",
+                "04-federation-redundancy": "federationRedundancy"}
+    assert m.spec.mode == expected[example.parent.name]

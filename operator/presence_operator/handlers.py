@@ -12,6 +12,14 @@
   carries out its actions: intent patched into status *before* any order,
   activate/deactivate through the node's admin API, Kubernetes Events, the
   status, and in ``ha`` mode the pod label the SIP Service selects.
+- Manual operations are annotations on the PresenceCluster, read at every
+  tick and given to the planner as its ``fenced``/``switchovers`` inputs:
+  ``presence.example.org/fence: "l1-0[,l1-1]"`` (those nodes own nothing:
+  their tags move away, nothing is placed on them) and
+  ``presence.example.org/switchover: "vip=l1-1[,tag=node]"`` (move the tag
+  there and pin it there while the annotation stays).  Remove the annotation
+  to lift it.  A malformed value is a ``BadAnnotation`` Warning Event and is
+  ignored as a whole.
 - ``presence-operator`` runs it with a liveness endpoint (``--liveness``).
 
 Test override (documented): ``PRESENCE_OPERATOR_ADMIN_PORT`` sets the port
@@ -44,6 +52,8 @@ from .health import HealthDetector
 from .kubeapi import Api, ApiError, load_config, path
 
 ADMIN_PORT_ENV = "PRESENCE_OPERATOR_ADMIN_PORT"
+FENCE_ANNOTATION = f"{specs.GROUP}/fence"
+SWITCHOVER_ANNOTATION = f"{specs.GROUP}/switchover"
 PLURAL = "presenceclusters"
 #: Drivers running in this operator (for the liveness probe).
 DRIVERS: dict[tuple[str, str], "ClusterDriver"] = {}
@@ -187,9 +197,37 @@ def record_from_json(d: dict[str, Any] | None) -> p.FailoverRecord | None:
                             from_iso(d.get("time")), float(d["seconds"]))
 
 
-def observed_from_status(st: dict[str, Any], now: float, nodes: dict[str, p.NodeState]) -> p.Observed:
+def manual_operations(annotations: Any) -> tuple[frozenset[str], dict[str, str], list[str]]:
+    """The fence and switchover annotations → (fenced nodes, tag -> node,
+    problems).  A malformed annotation is ignored whole (a half-read
+    operation is worse than none) and reported as a problem."""
+    annotations = annotations or {}
+    problems: list[str] = []
+    fenced: frozenset[str] = frozenset()
+    raw = annotations.get(FENCE_ANNOTATION)
+    if raw is not None:
+        names = [x.strip() for x in str(raw).split(",") if x.strip()]
+        if all(n.replace("-", "").isalnum() for n in names):
+            fenced = frozenset(names)
+        else:
+            problems.append(f"{FENCE_ANNOTATION}: {raw!r} is not a comma-separated list of node names; ignored")
+    switchovers: dict[str, str] = {}
+    raw = annotations.get(SWITCHOVER_ANNOTATION)
+    if raw is not None:
+        pairs = [x.strip() for x in str(raw).split(",") if x.strip()]
+        parsed = [tuple(x.strip() for x in pair.split("=", 1)) for pair in pairs]
+        tags = [t[0] for t in parsed]
+        if all(len(t) == 2 and all(t) for t in parsed) and len(set(tags)) == len(tags):
+            switchovers = dict(parsed)  # type: ignore[arg-type]
+        else:
+            problems.append(f"{SWITCHOVER_ANNOTATION}: {raw!r} is not TAG=NODE[,TAG=NODE] (each tag once); ignored")
+    return fenced, switchovers, problems
+
+
+def observed_from_status(st: dict[str, Any], now: float, nodes: dict[str, p.NodeState], *,
+                         fenced: frozenset[str] = frozenset(), switchovers: dict[str, str] | None = None) -> p.Observed:
     return p.Observed(
-        now=now, nodes=nodes,
+        now=now, nodes=nodes, fenced=fenced, switchovers=dict(switchovers or {}),
         tags={t: p.TagRecord(r.get("owner"), int(r.get("epoch", 0)), from_iso(r.get("since")))
               for t, r in (st.get("tags") or {}).items()},
         intent=intent_from_json(st.get("intent")),
@@ -279,7 +317,14 @@ class ClusterDriver:
         for n, (ready, reachable, active) in zip(all_nodes, results):
             v = self.detector.observe(n.name, ready and reachable and pod_ready[n.name], now)
             nodes[n.name] = p.NodeState(n.name, n.location, v.health, reachable, v.since, v.failing_since, active)
-        for action in p.plan(spec, observed_from_status(self.status, now, nodes)):
+        fenced, switchovers, problems = manual_operations((self.body.get("metadata") or {}).get("annotations"))
+        unknown = sorted(fenced - {n.name for n in all_nodes})
+        if unknown:
+            problems.append(f"{FENCE_ANNOTATION}: no node named {', '.join(unknown)} in this cluster")
+        for msg in problems:
+            await self._do(p.Event("Warning", "BadAnnotation", msg))
+        observed = observed_from_status(self.status, now, nodes, fenced=fenced, switchovers=switchovers)
+        for action in p.plan(spec, observed):
             await self._do(action)
         if spec.mode == "ha":
             await self._label_owners()
@@ -417,4 +462,6 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a.startswith("--liveness") for a in args):
         args.append("--liveness=http://0.0.0.0:8080/healthz")
+    import kopf.cli  # not imported by ``import kopf``: without it the console script fails
+
     kopf.cli.main(args=["run", "--module", __name__, *args], prog_name="presence-operator")

@@ -4,7 +4,9 @@
   (a node never talks to the Kubernetes API).
 - Once per namespace the operator watches: its ServiceAccount, a Role with
   exactly the verbs the handlers use (see ``OPERATOR_RULES``) and the
-  RoleBinding.  ``delete`` is not granted: owner references let the garbage
+  RoleBinding; cluster-wide only what kopf itself observes
+  (``OPERATOR_CLUSTER_RULES``).  The Helm chart (charts/sip-presence-operator)
+  and deploy/base grant exactly these; tests/test_chart.py compares.  ``delete`` is not granted: owner references let the garbage
   collector remove what a PresenceCluster owned.
 """
 
@@ -29,6 +31,14 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
     # Failover, deferral and switchover events.
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+]
+
+#: What kopf itself needs cluster-wide (a ClusterRole): it observes namespaces
+#: (it lists them even for an exact ``--namespace``) and CRDs at runtime.
+#: Peering is off (``--standalone``; one replica, ``strategy: Recreate``).
+OPERATOR_CLUSTER_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
 ]
 
 
