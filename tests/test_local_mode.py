@@ -141,3 +141,61 @@ def test_invalid_manifest_names_the_field(tmp_path):
                  " failover: {detectionSeconds: 0}}\n")
     res = subprocess.run([EXE, "up", str(f), "--dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "spec.failover.detectionSeconds" in res.stderr
+
+
+def test_switchover_fence_and_restart_from_the_command_line(tmp_path):
+    """Manual operations in local mode: ``switchover`` moves and pins a tag,
+    ``fence`` vacates a node and keeps tags off it, ``--clear`` lifts them,
+    ``restart`` brings a killed node back (as a backup: ownership is in the
+    shared database)."""
+    d = tmp_path / "state"
+    sip, admin = free_base(2), free_base(2)
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen([EXE, "up", str(ROOT / "examples" / "01-ha" / "cluster.yaml"), "--dir", str(d),
+                           "--sip-base", str(sip), "--admin-base", str(admin)],
+                          stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        status = lambda: json.loads((d / "status.json").read_text())  # noqa: E731
+        wait_for(lambda: status()["phase"] == "Ready", 60, "cluster Ready")
+        run = json.loads((d / "run.json").read_text())
+        secret = (d / "admin-secret").read_text().strip()
+        vip = lambda n: tags_of(run["nodes"][n]["admin"], secret)["vip"]  # noqa: E731
+        assert vip("l1-0")["state"] == "active"
+        e0 = vip("l1-0")["epoch"]
+
+        res = cli(d, "switchover", "vip", "l1-1")
+        assert res.returncode == 0, res.stderr
+        wait_for(lambda: vip("l1-1")["state"] == "active", 3, "vip switched over to l1-1")
+        assert vip("l1-1")["epoch"] == e0 + 2  # deactivation of l1-0, then activation above it
+        st = wait_for(lambda: (s := status())["lastFailover"]["reason"] == "switchover" and s, 3, "switchover recorded")
+        assert st["lastFailover"]["from"] == "l1-0" and st["switchovers"] == {"vip": "l1-1"}
+        assert "switchover: vip -> l1-1" in cli(d, "status").stdout
+
+        assert cli(d, "fence", "l1-1").returncode == 0
+        wait_for(lambda: vip("l1-0")["state"] == "active", 3, "vip vacated from fenced l1-1")
+        st = wait_for(lambda: (s := status())["lastFailover"]["reason"] == "fenced" and s, 3, "fencing recorded")
+        assert st["fenced"] == ["l1-1"] and "fenced: l1-1" in cli(d, "status").stdout
+        assert cli(d, "switchover", "vip", "--clear").returncode == 0
+        assert cli(d, "fence", "--clear").returncode == 0
+        wait_for(lambda: not status()["fenced"] and not status()["switchovers"], 3, "operations lifted")
+        time.sleep(0.5)
+        assert vip("l1-0")["state"] == "active"  # failback: never, and no pin left: it stays
+
+        bad = cli(d, "switchover", "vip", "l9-9")
+        assert bad.returncode == 2 and "no node 'l9-9'" in bad.stderr
+        assert cli(d, "fence", "nobody").returncode == 2
+
+        old = run["nodes"]["l1-0"]["pid"]
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: vip("l1-1")["state"] == "active", 3, "vip on l1-1 after the kill")
+        res = cli(d, "restart", "l1-0")
+        assert res.returncode == 0, res.stderr
+        run = json.loads((d / "run.json").read_text())
+        assert run["nodes"]["l1-0"]["pid"] != old and alive(run["nodes"]["l1-0"]["pid"])
+        assert vip("l1-0")["state"] == "backup" and vip("l1-1")["state"] == "active"
+        wait_for(lambda: status()["readyNodes"] == 2 and status()["phase"] == "Ready", 5, "both nodes ready again")
+    finally:
+        res = cli(d, "down")
+        up.wait(timeout=10)
+        log.close()
+    assert res.returncode == 0, res.stderr

@@ -4,6 +4,13 @@ test creates the pods a StatefulSet controller would and sets their IP and
 readiness as a kubelet would; the nodes read the operator's own ConfigMap
 (file paths rewritten to the test's directory) and a real PostgreSQL.
 
+Manual operations (switchover and fence annotations) with their Events, and
+the safety proofs: a partitioned owner (alive, unreachable from the
+operator) loses its tag at a higher epoch while the nodes' own views never
+show two owners, then failback per policy; an operator stopped between the
+recorded intent and the activation is rolled forward by the next one,
+exactly once.
+
 Also: invalid PresenceClusters are rejected by the CRD's own schema
 (jsonschema) and, for the CEL rules, by the spec model that repeats them."""
 
@@ -98,6 +105,26 @@ def test_cel_rules_hold_in_the_spec_model(rule, doc, why):
         specs.load_manifest(doc)
 
 
+# -- manual operations: the annotations ----------------------------------------------------
+
+
+@pytest.mark.parametrize("annotations, fenced, switchovers, problem", [
+    ({}, set(), {}, None),
+    ({"presence.example.org/fence": "l1-0", "presence.example.org/switchover": "vip=l1-1"}, {"l1-0"}, {"vip": "l1-1"}, None),
+    ({"presence.example.org/fence": " l1-0, l1-1 ", "presence.example.org/switchover": "a=l1-0, b = l1-1"},
+     {"l1-0", "l1-1"}, {"a": "l1-0", "b": "l1-1"}, None),
+    ({"presence.example.org/switchover": "vip"}, set(), {}, "TAG=NODE"),
+    ({"presence.example.org/switchover": "vip=l1-0,vip=l1-1"}, set(), {}, "each tag once"),
+    ({"presence.example.org/fence": "l1-0;rm -rf"}, set(), {}, "node names"),
+])
+def test_manual_operation_annotations_parsed_or_ignored_whole(annotations, fenced, switchovers, problem):
+    from presence_operator.handlers import manual_operations
+
+    f, s, problems = manual_operations(annotations)
+    assert (f, s) == (fenced, switchovers)
+    assert (problem in problems[0]) if problem else not problems
+
+
 # -- the operator end to end ---------------------------------------------------------------
 
 
@@ -164,34 +191,99 @@ def pod(name: str, location: str) -> dict[str, Any]:
             "spec": {"containers": [{"name": "node", "image": "presence-node:latest"}]}}
 
 
-async def test_ha_cluster_rendered_then_failover_moves_tag_status_events_and_service(
-        cluster, operator, tmp_path, pg_dsn, monkeypatch):
+def events(cluster, reason: str | None = None) -> list[dict]:
+    return [o.raw for (r, ns, _), o in cluster.objects.items()
+            if r == resource("v1/events") and ns == NS and not o.deleted and reason in (None, o.raw.get("reason"))]
+
+
+class Ha:
+    """The HA example running under the operator: two real nodes on
+    127.0.0.2/.3 (pods demo-ha-l1-0/1), a real PostgreSQL."""
+
+    def __init__(self, cluster, hosts: list[str], port: int) -> None:
+        self.cluster, self.hosts, self.port = cluster, hosts, port
+        self.secret = ""
+        self.procs: dict[str, Any] = {}
+
+    def status(self) -> dict[str, Any]:
+        return (self.cluster.live(CR, NS, "demo-ha") or {}).get("status") or {}
+
+    async def vip(self, i: int) -> dict[str, Any] | None:
+        """The tag ``vip`` as node i reports it (None when it does not answer)."""
+        try:
+            return (await tags_on(self.port, self.hosts[i], self.secret))["vip"]
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return None
+
+    async def active_on(self, i: int) -> bool:
+        return ((await self.vip(i)) or {}).get("state") == "active"
+
+    async def wait_active(self, i: int, timeout: float = 6) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await self.active_on(i):
+            assert asyncio.get_running_loop().time() < deadline, f"vip never active on {self.hosts[i]}"
+            await asyncio.sleep(0.05)
+        return await self.vip(i)
+
+    def owner_pods(self) -> list[str]:
+        return [n for n in ("demo-ha-l1-0", "demo-ha-l1-1")
+                if (self.cluster.live("v1/pods", NS, n)["metadata"].get("labels") or {}).get(
+                    meta.owner_label("vip")) == "true"]
+
+    async def annotate(self, **annotations: str | None) -> None:
+        """``presence.example.org/<key>`` annotations (None removes), as kubectl annotate does."""
+        await self.cluster.patch(f"/apis/presence.example.org/v1alpha1/namespaces/{NS}/presenceclusters/demo-ha",
+                                 json={"metadata": {"annotations": {f"presence.example.org/{k}": v
+                                                                    for k, v in annotations.items()}}})
+
+    async def set_pod_ip(self, i: int, ip: str) -> None:
+        await self.cluster.patch(f"/api/v1/namespaces/{NS}/pods/demo-ha-l1-{i}/status",
+                                 json={"status": {"podIP": ip}})
+
+    async def timed_vip(self, i: int) -> tuple[float, float, dict[str, Any] | None]:
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        v = await self.vip(i)
+        return sent, loop.time(), v
+
+    async def monitor(self, violations: list[str], stop: asyncio.Event) -> None:
+        """Both nodes' own view of vip every 50 ms, asked at the same moment:
+        ``active`` on both at once must never happen.  Two answers of one
+        round may straddle a move (the old owner read before it, the new one
+        after: different epochs, the lower one asked first); that is not two
+        owners.  Two owners is the same epoch on both, or a node claiming a
+        lower epoch although it was asked only after the other's higher
+        claim had been answered."""
+        while not stop.is_set():
+            (s0, r0, a), (s1, r1, b) = await asyncio.gather(self.timed_vip(0), self.timed_vip(1))
+            if a and b and a["state"] == b["state"] == "active":
+                (_, _, lo), (hs, hr, hi) = sorted([(s0, r0, a), (s1, r1, b)], key=lambda x: x[2]["epoch"])
+                lo_sent = s0 if lo is a else s1
+                if lo["epoch"] == hi["epoch"] or lo_sent > hr:
+                    violations.append(f"two owners: {a} {b}")
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def ha_cluster(cluster, tmp_path, pg_dsn, monkeypatch, **spec_changes: Any):
+    """Create the HA example (spec fields overridden by ``spec_changes``) with
+    the operator running, play kubelet for its two pods, wait until Ready."""
     hosts = ["127.0.0.2", "127.0.0.3"]
-    port = free_port(hosts)
-    monkeypatch.setenv("PRESENCE_OPERATOR_ADMIN_PORT", str(port))  # read by the daemon at start
+    ha = Ha(cluster, hosts, free_port(hosts))
+    monkeypatch.setenv("PRESENCE_OPERATOR_ADMIN_PORT", str(ha.port))  # read by the daemon at start
     dsn = base64.b64encode(pg_dsn.encode()).decode()
     await cluster.post(f"/api/v1/namespaces/{NS}/secrets",
                        json={"metadata": {"name": "demo-ha-db", "namespace": NS}, "data": {"dsn": dsn}})
     await cluster.post(f"/apis/presence.example.org/v1alpha1/namespaces/{NS}/presenceclusters",
-                       json={**HA, "metadata": {**HA["metadata"], "namespace": NS}})
-
-    # Rendered: StatefulSet, Services (headless + SIP following the owner label), ConfigMap, Secret.
-    sts = await eventually(lambda: cluster.live("apps/v1/statefulsets", NS, "demo-ha-l1"), 15, "the StatefulSet")
-    cr = cluster.live(CR, NS, "demo-ha")
-    assert sts["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
-    assert sts["spec"]["replicas"] == 2
-    svc = await eventually(lambda: cluster.live("v1/services", NS, "demo-ha-sip-vip"), 5, "the SIP Service")
-    assert svc["spec"]["selector"][meta.owner_label("vip")] == "true"
-    assert cluster.live("v1/services", NS, "demo-ha-l1-nodes")["spec"]["clusterIP"] == "None"
-    cm = await eventually(lambda: cluster.live("v1/configmaps", NS, "demo-ha-l1-config"), 5, "the ConfigMap")
+                       json={**HA, "metadata": {**HA["metadata"], "namespace": NS},
+                             "spec": {**HA["spec"], **spec_changes}})
+    cm = await eventually(lambda: cluster.live("v1/configmaps", NS, "demo-ha-l1-config"), 15, "the ConfigMap")
     sec = await eventually(lambda: cluster.live("v1/secrets", NS, "demo-ha-secrets"), 5, "the generated Secret")
-    admin_secret = base64.b64decode(sec["data"]["admin"]).decode()
-    assert admin_secret not in str(cm) and pg_dsn not in str(cm)
+    ha.secret = base64.b64decode(sec["data"]["admin"]).decode()
 
     # Kubelet's part: run the nodes from the operator's ConfigMap, then publish pod IP and readiness.
-    (tmp_path / "admin").write_text(admin_secret)
+    (tmp_path / "admin").write_text(ha.secret)
     (tmp_path / "dsn").write_text(pg_dsn)
-    procs = {}
     async with contextlib.AsyncExitStack() as stack:
         for i, host in enumerate(hosts):
             cfg = yaml.safe_load(cm["data"][f"node-{i}.yaml"])
@@ -199,56 +291,188 @@ async def test_ha_cluster_rendered_then_failover_moves_tag_status_events_and_ser
                        log_level="warning", storage={**cfg["storage"], "dsn_file": str(tmp_path / "dsn")})
             cfg.pop("sip"), cfg.pop("admin")
             (tmp_path / f"node{i}.yaml").write_text(yaml.safe_dump(cfg))
-            procs[cfg["node_id"]] = await stack.enter_async_context(spawn(
+            ha.procs[cfg["node_id"]] = await stack.enter_async_context(spawn(
                 tmp_path / f"n{i}", "--config", str(tmp_path / f"node{i}.yaml"), env=clean_env(),
-                sip=f"{host}:0", admin=f"{host}:{port}"))
+                sip=f"{host}:0", admin=f"{host}:{ha.port}"))
             name = f"demo-ha-l1-{i}"
             await cluster.post(f"/api/v1/namespaces/{NS}/pods", json=pod(name, "l1"))
             await cluster.patch(f"/api/v1/namespaces/{NS}/pods/{name}/status", json={"status": {
                 "podIP": host, "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+        await eventually(lambda: ha.status().get("phase") == "Ready" and ha.status()["tags"]["vip"]["owner"],
+                         15, "phase Ready")
+        await eventually(lambda: ha.owner_pods() == ["demo-ha-l1-0"], 5, "the owner label on l1-0")
+        yield ha
+
+
+async def test_ha_cluster_rendered_then_failover_moves_tag_status_events_and_service(
+        cluster, operator, tmp_path, pg_dsn, monkeypatch):
+    async with ha_cluster(cluster, tmp_path, pg_dsn, monkeypatch) as ha:
+        # Rendered: StatefulSet, Services (headless + SIP following the owner label), ConfigMap, Secret.
+        sts = cluster.live("apps/v1/statefulsets", NS, "demo-ha-l1")
+        cr = cluster.live(CR, NS, "demo-ha")
+        assert sts["metadata"]["ownerReferences"][0]["uid"] == cr["metadata"]["uid"]
+        assert sts["spec"]["replicas"] == 2
+        svc = cluster.live("v1/services", NS, "demo-ha-sip-vip")
+        assert svc["spec"]["selector"][meta.owner_label("vip")] == "true"
+        assert cluster.live("v1/services", NS, "demo-ha-l1-nodes")["spec"]["clusterIP"] == "None"
+        cm = cluster.live("v1/configmaps", NS, "demo-ha-l1-config")
+        assert ha.secret not in str(cm) and pg_dsn not in str(cm)
 
         # The tag is placed on its home (every node starts as backup), and the Service follows.
-        await eventually(lambda: (cluster.live(CR, NS, "demo-ha").get("status") or {}).get("phase") == "Ready",
-                         15, "phase Ready")
-        st = cluster.live(CR, NS, "demo-ha")["status"]
+        st = ha.status()
         assert st["tags"]["vip"]["owner"] == "l1-0" and st["ready"] == "2/2"
-        assert (await tags_on(port, hosts[0], admin_secret))["vip"]["state"] == "active"
+        assert await ha.active_on(0)
         # The first placement is itself recorded by the planner (reason "unowned").
         assert st["lastFailover"]["reason"] == "unowned" and st["lastFailover"]["to"] == "l1-0"
         count = st["failoverCount"]
-        owner_pods = lambda: [n for n in ("demo-ha-l1-0", "demo-ha-l1-1")  # noqa: E731
-                              if (cluster.live("v1/pods", NS, n)["metadata"].get("labels") or {}).get(
-                                  meta.owner_label("vip")) == "true"]
-        await eventually(lambda: owner_pods() == ["demo-ha-l1-0"], 5, "the owner label on l1-0")
 
         # Kill the owner: the tag moves to the survivor, visible there, in status, in Events, in labels.
-        await procs["l1-0"].kill()
+        await ha.procs["l1-0"].kill()
         killed = asyncio.get_running_loop().time()
-
-        async def moved() -> bool:
-            try:
-                return (await tags_on(port, hosts[1], admin_secret))["vip"]["state"] == "active"
-            except aiohttp.ClientError:
-                return False
-
-        while not await moved():
-            assert asyncio.get_running_loop().time() - killed < 10, "vip never moved"
-            await asyncio.sleep(0.05)
+        await ha.wait_active(1, 10)
         took = asyncio.get_running_loop().time() - killed
         assert took < 4, took
-        st = (await eventually(lambda: (s := cluster.live(CR, NS, "demo-ha")["status"]).get("lastFailover")
+        st = (await eventually(lambda: (s := ha.status()).get("lastFailover")
                                and s.get("intent") is None and s, 5, "lastFailover"))
         assert st["tags"]["vip"]["owner"] == "l1-1"
         assert st["lastFailover"]["from"] == "l1-0" and st["lastFailover"]["to"] == "l1-1"
         assert st["lastFailover"]["tags"] == ["vip"] and st["failoverCount"] == count + 1
         assert st["lastFailover"]["reason"] == "node-down" and 0 < st["lastFailover"]["seconds"] < 4
         assert st["tagOwners"] == "vip=l1-1"
-        await eventually(lambda: owner_pods() == ["demo-ha-l1-1"], 5, "the owner label moved to l1-1")
+        await eventually(lambda: ha.owner_pods() == ["demo-ha-l1-1"], 5, "the owner label moved to l1-1")
 
-        def events() -> list[dict]:
-            return [o.raw for (r, ns, _), o in cluster.objects.items()
-                    if r == resource("v1/events") and ns == NS and not o.deleted]
-        evs = await eventually(lambda: [e for e in events() if e.get("reason") == "Failover"], 5, "a Failover Event")
+        evs = await eventually(lambda: events(cluster, "Failover"), 5, "a Failover Event")
         assert "l1-0 -> l1-1" in evs[0]["message"]
         assert evs[0]["involvedObject"]["name"] == "demo-ha"
 
+
+async def test_switchover_and_fence_annotations_move_the_tag_with_events(
+        cluster, operator, tmp_path, pg_dsn, monkeypatch):
+    async with ha_cluster(cluster, tmp_path, pg_dsn, monkeypatch) as ha:
+        e0 = (await ha.vip(0))["epoch"]
+        count = ha.status()["failoverCount"]
+
+        # kubectl annotate presencecluster demo-ha presence.example.org/switchover=vip=l1-1
+        await ha.annotate(switchover="vip=l1-1")
+        assert (await ha.wait_active(1, 4))["epoch"] == e0 + 2  # l1-0 deactivated first, then l1-1 above it
+        assert not await ha.active_on(0)
+        st = await eventually(lambda: (s := ha.status())["lastFailover"]["reason"] == "switchover"
+                              and s.get("intent") is None and s, 5, "the switchover recorded")
+        assert st["tags"]["vip"]["owner"] == "l1-1" and st["failoverCount"] == count + 1
+        await eventually(lambda: ha.owner_pods() == ["demo-ha-l1-1"], 5, "the Service follows the switchover")
+        ev = await eventually(lambda: events(cluster, "Switchover"), 5, "a Switchover Event")
+        assert "l1-0 -> l1-1" in ev[0]["message"]
+
+        # Fencing the owner vacates it, even against the switchover pin (which is then rejected).
+        await ha.annotate(fence="l1-1")
+        await ha.wait_active(0, 4)
+        await eventually(lambda: ha.status()["lastFailover"]["reason"] == "fenced", 5, "the fencing recorded")
+        await eventually(lambda: events(cluster, "FencedNodeVacated"), 5, "a FencedNodeVacated Event")
+        await eventually(lambda: events(cluster, "SwitchoverRejected"), 5, "the pin to a fenced node rejected")
+
+        # Both fenced: nowhere to go, nothing moves, a deferral Event and Degraded.
+        await ha.annotate(fence="l1-0,l1-1", switchover=None)
+        ev = await eventually(lambda: [e for e in events(cluster, "FailoverDeferred") if "(fenced)" in e["message"]],
+                              5, "a FailoverDeferred Event")
+        assert "owner l1-0 is fenced" in ev[0]["message"] and "l1-0 (fenced), l1-1 (fenced)" in ev[0]["message"]
+        await eventually(lambda: ha.status()["phase"] == "Degraded", 5, "phase Degraded")
+        assert await ha.active_on(0) and ha.status()["tags"]["vip"]["owner"] == "l1-0"
+
+        # A malformed annotation is ignored whole and reported; lifting the fences → Ready again.
+        await ha.annotate(fence=None, switchover="vip")
+        await eventually(lambda: events(cluster, "BadAnnotation"), 5, "a BadAnnotation Event")
+        await eventually(lambda: ha.status()["phase"] == "Ready", 5, "phase Ready")
+        assert await ha.active_on(0) and not await ha.active_on(1)
+
+
+@pytest.mark.parametrize("failback", ["never", "automatic"])
+async def test_partitioned_owner_loses_the_tag_at_a_higher_epoch_then_failback_per_policy(
+        cluster, operator, tmp_path, pg_dsn, monkeypatch, failback):
+    """The owner stays alive and believes nothing happened, but the operator
+    cannot reach it (its pod IP now points at a dead address): the tag moves
+    with a higher epoch, and the nodes' own views never show two owners."""
+    async with ha_cluster(cluster, tmp_path, pg_dsn, monkeypatch,
+                          failover={"policy": "automatic", "detectionSeconds": 1, "failback": failback}) as ha:
+        violations: list[str] = []
+        stop = asyncio.Event()
+        mon = asyncio.create_task(ha.monitor(violations, stop))
+        try:
+            e0 = (await ha.vip(0))["epoch"]
+            count = ha.status()["failoverCount"]
+            await ha.set_pod_ip(0, "127.0.0.4")  # nothing listens there: the operator's probes fail
+            v1 = await ha.wait_active(1, 6)
+            assert v1["epoch"] == e0 + 1  # l1-0 unreachable: no deactivation, one epoch above
+            assert ha.procs["l1-0"].proc.returncode is None  # still running ...
+            v0 = await ha.vip(0)  # ... and asked directly, it now says backup (ownership is in the database)
+            assert v0["state"] == "backup" and v0["owner"] == "l1-1" and v0["epoch"] == e0 + 1
+            st = await eventually(lambda: (s := ha.status())["failoverCount"] == count + 1 and s, 5, "the failover")
+            assert st["lastFailover"]["reason"] == "node-down" and st["tags"]["vip"] == {
+                **st["tags"]["vip"], "owner": "l1-1", "epoch": e0 + 1}
+            await eventually(lambda: ha.owner_pods() == ["demo-ha-l1-1"], 5, "the Service follows")
+
+            await ha.set_pod_ip(0, ha.hosts[0])  # the partition heals
+            if failback == "never":
+                await eventually(lambda: ha.status()["readyNodes"] == 2, 5, "l1-0 ready again")
+                await asyncio.sleep(2.5)  # well past detectionSeconds
+                assert await ha.active_on(1) and not await ha.active_on(0)
+                assert ha.status()["failoverCount"] == count + 1
+            else:
+                v0 = await ha.wait_active(0, 8)
+                assert v0["epoch"] == e0 + 3  # l1-1 reachable: deactivated first, then l1-0 above it
+                await eventually(lambda: ha.status()["lastFailover"]["reason"] == "failback", 5, "failback recorded")
+                await eventually(lambda: events(cluster, "Failback"), 5, "a Failback Event")
+                await eventually(lambda: ha.owner_pods() == ["demo-ha-l1-0"], 5, "the Service follows back")
+        finally:
+            stop.set()
+            await mon
+        assert not violations, violations[:3]
+
+
+async def test_operator_restarted_mid_failover_rolls_forward_exactly_once(
+        cluster, kubeconfig, tmp_path, pg_dsn, monkeypatch):
+    """The operator stops after recording the intent and before the
+    activation lands; a new one finishes it with the recorded epoch, once."""
+    import presence_operator.handlers as handlers
+
+    original = handlers.ClusterDriver._activate
+    armed, hit = {"on": False}, asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def stalls_once(self, a):  # the first operator "dies" inside its activate call
+        if armed["on"] and a.node == "l1-1":
+            armed["on"] = False
+            loop.call_soon_threadsafe(hit.set)
+            await asyncio.sleep(3600)  # cancelled when that operator stops
+        return await original(self, a)
+
+    monkeypatch.setattr(handlers.ClusterDriver, "_activate", stalls_once)
+    first = OperatorThread(namespaces=[NS], standalone=True)
+    await first.__aenter__()
+    stopped = False
+    try:
+        async with ha_cluster(cluster, tmp_path, pg_dsn, monkeypatch) as ha:
+            e0 = (await ha.vip(0))["epoch"]
+            count = ha.status()["failoverCount"]
+            armed["on"] = True
+            await ha.procs["l1-0"].kill()
+            await asyncio.wait_for(hit.wait(), 6)
+            intent = ha.status()["intent"]
+            assert intent["reason"] == "node-down" and intent["moves"] == [
+                {"tag": "vip", "from": "l1-0", "to": "l1-1", "epoch": e0 + 1, "deactivate": False}]
+            await first.__aexit__(None, None, None)
+            stopped = True
+            assert not await ha.active_on(1) and ha.status()["intent"] == intent  # stopped half-way
+
+            async with OperatorThread(namespaces=[NS], standalone=True):
+                v1 = await ha.wait_active(1, 8)
+                st = await eventually(lambda: (s := ha.status()).get("intent") is None
+                                      and s["failoverCount"] == count + 1 and s, 5, "the intent rolled forward")
+                assert v1["epoch"] == e0 + 1 and st["tags"]["vip"]["epoch"] == e0 + 1
+                assert st["lastFailover"]["reason"] == "node-down" and st["lastFailover"]["to"] == "l1-1"
+                await asyncio.sleep(1.0)  # and nothing more happens
+                assert (await ha.vip(1))["epoch"] == e0 + 1 and ha.status()["failoverCount"] == count + 1
+                done = [e for e in events(cluster, "FailoverComplete") if "node-down" in e["message"]]
+                assert len(done) == 1, done
+    finally:
+        if not stopped:
+            await first.__aexit__(None, None, None)

@@ -372,8 +372,9 @@ def _defer(ctx: _Ctx, t: specs.Tag, why: str) -> None:
     if not t.movable:
         msg = f"tag {t.name}: {why}; mode {ctx.spec.mode} keeps a node's data on that node, no failover target"
     else:
-        down = [n.name for n in ctx.obs.nodes.values() if n.location == t.location and n.health is not Health.UP]
-        msg = f"tag {t.name}: {why}; no healthy node in location {t.location} (not up: {', '.join(sorted(down))})"
+        out = sorted(n.name + (" (fenced)" if n.name in ctx.obs.fenced else "")
+                     for n in ctx.obs.nodes.values() if n.location == t.location and not _eligible(ctx, n.name))
+        msg = f"tag {t.name}: {why}; no healthy node in location {t.location} (not up or fenced: {', '.join(out)})"
     ctx.actions.append(Event("Warning", "FailoverDeferred", msg))
     ctx.degraded.append(t.name)
 

@@ -1,9 +1,18 @@
-"""``presence-cluster``: up, status, supervise, down.
+"""``presence-cluster``: up, status, supervise, switchover, fence, restart, down.
 
     presence-cluster up examples/01-ha/cluster.yaml     # start, then supervise (Ctrl-C: nodes keep running)
     presence-cluster status                              # the kubectl get -o wide table
     presence-cluster supervise                           # supervise again after Ctrl-C
+    presence-cluster switchover vip l1-1                 # move vip to l1-1 and pin it there
+    presence-cluster switchover vip --clear              # unpin (failback policy applies again)
+    presence-cluster fence l1-0                          # l1-0 owns nothing until 'fence --clear'
+    presence-cluster fence --clear [l1-0]                # lift one fence, or all
+    presence-cluster restart l1-0                        # restart one node with its configuration
     presence-cluster down                                # stop everything up started
+
+``switchover`` and ``fence`` write ``operations.json`` in the state
+directory (the local form of the CR's annotations); the supervisor carries
+them out at its next probe, and ``status`` lists them.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import yaml
 
 from .. import spec as specs
 from . import launch
-from .state import DEFAULT_DIR, read_json, run_file, status_file, table, write_json
+from .state import DEFAULT_DIR, ops_file, read_json, run_file, status_file, table, write_json
 from .supervisor import Supervisor
 
 
@@ -60,10 +69,54 @@ def _supervise(d: Path, interval: float) -> int:
     return 0
 
 
+def _operations(d: Path) -> tuple[dict, specs.Manifest]:
+    run = read_json(run_file(d))
+    if run is None:
+        raise launch.LocalError(f"no cluster in {d}: run 'presence-cluster up FILE' first")
+    ops = read_json(ops_file(d)) or {}
+    return {"fenced": list(ops.get("fenced") or []), "switchovers": dict(ops.get("switchovers") or {}),
+            "nodes": list(run["nodes"])}, _load(Path(run["manifest"]))
+
+
+def _switchover(d: Path, tag: str, node: str | None, clear: bool) -> None:
+    ops, manifest = _operations(d)
+    tags = {t.name: t for t in specs.tags(manifest.spec)}
+    if tag not in tags:
+        raise launch.LocalError(f"no tag {tag!r}; tags: {', '.join(tags)}")
+    if clear:
+        ops["switchovers"].pop(tag, None)
+        _log(f"switchover request for {tag} cleared")
+    else:
+        if node is None:
+            raise launch.LocalError("switchover TAG NODE (or TAG --clear)")
+        if node not in ops["nodes"]:
+            raise launch.LocalError(f"no node {node!r}; nodes: {', '.join(ops['nodes'])}")
+        if not tags[tag].movable:
+            raise launch.LocalError(f"tag {tag} cannot move in mode {manifest.spec.mode}")
+        ops["switchovers"][tag] = node
+        _log(f"switchover requested: {tag} -> {node} (pinned there until 'switchover {tag} --clear')")
+    write_json(ops_file(d), {"fenced": ops["fenced"], "switchovers": ops["switchovers"]})
+
+
+def _fence(d: Path, node: str | None, clear: bool) -> None:
+    ops, _ = _operations(d)
+    if node is not None and node not in ops["nodes"]:
+        raise launch.LocalError(f"no node {node!r}; nodes: {', '.join(ops['nodes'])}")
+    if clear:
+        ops["fenced"] = [n for n in ops["fenced"] if node is not None and n != node]
+        _log(f"fence lifted from {node or 'every node'}")
+    elif node is None:
+        raise launch.LocalError("fence NODE (or --clear [NODE])")
+    else:
+        ops["fenced"] = sorted({*ops["fenced"], node})
+        _log(f"{node} fenced: its tags move to other nodes and it gets none ('fence --clear {node}' lifts it)")
+    write_json(ops_file(d), {"fenced": ops["fenced"], "switchovers": ops["switchovers"]})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="presence-cluster", description="Run a PresenceCluster manifest locally.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("up", "status", "supervise", "down"):
+    for name in ("up", "status", "supervise", "switchover", "fence", "restart", "down"):
         sp = sub.add_parser(name)
         sp.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default .presence-cluster)")
         if name == "up":
@@ -72,6 +125,15 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--sip-base", type=int, default=5060, help="SIP port of the first node (then +1 each)")
             sp.add_argument("--admin-base", type=int, default=8081, help="admin port of the first node (then +1)")
             sp.add_argument("--no-supervise", action="store_true", help="start and return")
+        if name == "switchover":
+            sp.add_argument("tag")
+            sp.add_argument("node", nargs="?")
+            sp.add_argument("--clear", action="store_true", help="drop the request for TAG")
+        if name == "fence":
+            sp.add_argument("node", nargs="?")
+            sp.add_argument("--clear", action="store_true", help="lift the fence of NODE, or of every node")
+        if name == "restart":
+            sp.add_argument("node")
         if name in ("up", "supervise"):
             sp.add_argument("--interval", type=float, default=0.2, help="probe period in seconds")
     args = ap.parse_args(argv)
@@ -85,6 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if args.no_supervise else _supervise(args.dir, args.interval)
         if args.cmd == "supervise":
             return _supervise(args.dir, args.interval)
+        if args.cmd == "switchover":
+            _switchover(args.dir, args.tag, args.node, args.clear)
+            return 0
+        if args.cmd == "fence":
+            _fence(args.dir, args.node, args.clear)
+            return 0
+        if args.cmd == "restart":
+            launch.restart(args.dir, args.node, log=_log)
+            return 0
         if args.cmd == "status":
             run = read_json(run_file(args.dir))
             if run is None:

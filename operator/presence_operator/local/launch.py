@@ -19,7 +19,7 @@ import yaml
 
 from .. import spec as specs
 from . import pg
-from .state import read_json, run_file, secret_file, status_file, write_json
+from .state import ops_file, read_json, run_file, secret_file, status_file, write_json
 
 #: Modes local mode can run today; the federation modes need node-to-node
 #: broadcast and query (the federation issue).
@@ -86,6 +86,7 @@ def up(manifest: specs.Manifest, manifest_path: Path, d: Path, *, host: str, sip
         raise LocalError(f"a cluster is already running from {d}: run 'presence-cluster down --dir {d}' first")
     d.mkdir(parents=True, exist_ok=True)
     status_file(d).unlink(missing_ok=True)
+    ops_file(d).unlink(missing_ok=True)  # a new cluster inherits no fence nor switchover
     sf = secret_file(d)
     if not sf.exists():
         fd = os.open(sf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -115,11 +116,8 @@ def up(manifest: specs.Manifest, manifest_path: Path, d: Path, *, host: str, sip
             work.mkdir(parents=True, exist_ok=True)
             cfg = work / "node.yaml"
             cfg.write_text(yaml.safe_dump(node_config(manifest, n, d, sip, admin, dsn_files.get(n.location))))
-            env = {k: v for k, v in os.environ.items() if k not in ("PRESENCE_ADMIN_SECRET", "PRESENCE_DB_DSN")}
-            with (work / "stdout.log").open("ab") as out, (work / "stderr.log").open("ab") as err:
-                proc = subprocess.Popen([exe, "--config", str(cfg)], cwd=work, stdout=out, stderr=err,
-                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-            run["nodes"][n.name] = {"pid": proc.pid, "location": n.location, "sip": sip, "admin": admin}
+            pid = _spawn(exe, d, n.name)
+            run["nodes"][n.name] = {"pid": pid, "location": n.location, "sip": sip, "admin": admin}
             write_json(run_file(d), run)
         for name, n in run["nodes"].items():
             _wait_ready(name, n, d)
@@ -128,6 +126,44 @@ def up(manifest: specs.Manifest, manifest_path: Path, d: Path, *, host: str, sip
         down(d, log=lambda *_: None)
         raise
     return run
+
+
+def _spawn(exe: str, d: Path, name: str) -> int:
+    """Start one node, detached, from its configuration in the state dir."""
+    work = d / "nodes" / name
+    env = {k: v for k, v in os.environ.items() if k not in ("PRESENCE_ADMIN_SECRET", "PRESENCE_DB_DSN")}
+    with (work / "stdout.log").open("ab") as out, (work / "stderr.log").open("ab") as err:
+        proc = subprocess.Popen([exe, "--config", str(work / "node.yaml")], cwd=work, stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    return proc.pid
+
+
+def restart(d: Path, name: str, log=print) -> int:
+    """Stop one node if it still runs (SIGTERM, SIGKILL after 5 s), start it
+    again with the same configuration and ports, wait until it is ready;
+    returns the new pid (also written to run.json).  The node comes back as
+    a backup of the tags it owned: ownership is in the shared database."""
+    run = read_json(run_file(d))
+    if run is None:
+        raise LocalError(f"no cluster in {d}: run 'presence-cluster up FILE' first")
+    n = run["nodes"].get(name)
+    if n is None:
+        raise LocalError(f"no node {name!r}; nodes: {', '.join(run['nodes'])}")
+    if _owned_by(n["pid"], "presence-node"):
+        _signal(n["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while pg.alive(n["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pg.alive(n["pid"]):
+            _signal(n["pid"], signal.SIGKILL)
+        log(f"node {name} (pid {n['pid']}) stopped")
+    n["pid"] = _spawn(node_exe(), d, name)
+    run = read_json(run_file(d)) or run  # re-read: keep what others wrote meanwhile (the supervisor pid)
+    run["nodes"][name]["pid"] = n["pid"]
+    write_json(run_file(d), run)
+    _wait_ready(name, run["nodes"][name], d)
+    log(f"node {name} ready again: SIP udp+tcp {n['sip']}, admin http://{n['admin']} (pid {n['pid']})")
+    return n["pid"]
 
 
 def _wait_ready(name: str, n: dict[str, Any], d: Path, timeout: float = 30.0) -> None:

@@ -25,6 +25,13 @@ def status_file(d: Path) -> Path:
     return d / "status.json"
 
 
+def ops_file(d: Path) -> Path:
+    """Manual operations (``presence-cluster fence``/``switchover``), the
+    local form of the CR's annotations: ``{"fenced": [node, ...],
+    "switchovers": {tag: node}}``, read by the supervisor at every probe."""
+    return d / "operations.json"
+
+
 def secret_file(d: Path) -> Path:
     return d / "admin-secret"
 
@@ -76,7 +83,10 @@ def table(run: dict[str, Any], status: dict[str, Any] | None, now: float | None 
         ns = st.get("nodes", {}).get(name, {})
         nodes.append([name, n["location"], "true" if ns.get("ready") else "false", str(n["pid"]), n["sip"],
                       n["admin"], ",".join(ns.get("tags", [])) or "-"])
-    return out + "\n\n" + _columns(nodes)
+    out += "\n\n" + _columns(nodes)
+    manual = [f"fenced: {', '.join(st['fenced'])}"] if st.get("fenced") else []
+    manual += [f"switchover: {t} -> {n}" for t, n in sorted((st.get("switchovers") or {}).items())]
+    return out + ("\n\n" + "\n".join(manual) if manual else "")
 
 
 def _columns(rows: list[list[str]]) -> str:

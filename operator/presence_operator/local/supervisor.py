@@ -5,7 +5,9 @@ in parallel (a probe that fails or times out counts as a failure), the
 results feed the health detector, and :func:`planner.plan` decides.  Its
 actions are carried out in order; ``RecordIntent`` is written to
 ``status.json`` before any order goes out, so a supervisor stopped mid-way
-and started again rolls the same failover forward.
+and started again rolls the same failover forward.  Manual operations
+(fencing, switchover) are read from ``operations.json`` at every tick, as
+the kopf driver reads the CR's annotations.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from presence_node.admin.client import AdminClient, AdminError
 from .. import planner as p
 from .. import spec as specs
 from ..health import HealthDetector
-from .state import read_json, secret_file, status_file, write_json
+from .state import ops_file, read_json, secret_file, status_file, write_json
 
 
 def _intent_to_json(i: p.Intent) -> dict[str, Any]:
@@ -61,6 +63,7 @@ class Supervisor:
         self.status: dict[str, Any] = read_json(status_file(d)) or {}
         self._events: dict[str, float] = {}
         self._secret = secret_file(d).read_text().strip()
+        self._ops: tuple[frozenset[str], dict[str, str]] = (frozenset(), {})
 
     async def run_forever(self) -> None:
         timeout = max(0.1, min(0.5, self.interval * 2))
@@ -87,6 +90,16 @@ class Supervisor:
         active = {t["tag"]: int(t["epoch"]) for t in items if t["state"] == "active" and not t["private"]}
         return await ready_t, True, active
 
+    def operations(self) -> tuple[frozenset[str], dict[str, str]]:
+        """Fenced nodes and switchover requests from ``operations.json``
+        (none when absent; a torn or malformed file counts as unchanged)."""
+        try:
+            ops = read_json(ops_file(self.dir)) or {}
+            self._ops = (frozenset(ops.get("fenced") or ()), dict(ops.get("switchovers") or {}))
+        except (ValueError, TypeError, AttributeError, OSError) as e:
+            self.log(f"ignoring {ops_file(self.dir)}: {e}")
+        return self._ops
+
     async def tick(self, clients: dict[str, AdminClient]) -> None:
         names = list(clients)
         results = await asyncio.gather(*(self._probe(clients[n]) for n in names))
@@ -100,16 +113,19 @@ class Supervisor:
             if old != v.health.value:
                 self.log(f"node {name}: {old or 'new'} -> {v.health.value}")
         st = self.status
+        fenced, switchovers = self.operations()
         observed = p.Observed(
-            now=now, nodes=nodes,
+            now=now, nodes=nodes, fenced=fenced, switchovers=switchovers,
             tags={t: p.TagRecord(r["owner"], r["epoch"], r["since"]) for t, r in st.get("tags", {}).items()},
             intent=_intent_from_json(st.get("intent")),
             last_failover=_record_from_json(st.get("lastFailover")), failover_count=st.get("failoverCount", 0),
         )
         for action in p.plan(self.spec, observed):
-            await self._do(action, clients, nodes)
+            await self._do(action, clients, nodes, (fenced, switchovers))
 
-    async def _do(self, a: p.Action, clients: dict[str, AdminClient], nodes: dict[str, p.NodeState]) -> None:
+    async def _do(self, a: p.Action, clients: dict[str, AdminClient], nodes: dict[str, p.NodeState],
+                  ops: tuple[frozenset[str], dict[str, str]] = (frozenset(), {})) -> None:
+        fenced, switchovers = ops
         st = self.status
         if isinstance(a, p.RecordIntent):
             st["intent"] = _intent_to_json(a.intent)
@@ -157,6 +173,8 @@ class Supervisor:
                           for n, (up, tags) in a.nodes.items()},
                 "readyNodes": a.ready_nodes, "totalNodes": a.total_nodes,
                 "failoverCount": a.failover_count,
+                "fenced": sorted(fenced),
+                "switchovers": dict(switchovers),
                 "lastFailover": _record_to_json(a.last_failover) if a.last_failover else None,
             })
             if new != st:
