@@ -170,17 +170,6 @@ def from_iso(s: str | None) -> float:
     return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
-def intent_to_json(i: p.Intent) -> dict[str, Any]:
-    return {"reason": i.reason, "started": i.started, "detected": i.detected,
-            "moves": [{"tag": m.tag, "from": m.source, "to": m.target, "epoch": m.epoch, "deactivate": m.deactivate}
-                      for m in i.moves]}
-
-
-def intent_from_json(d: dict[str, Any] | None) -> p.Intent | None:
-    if not d:
-        return None
-    moves = tuple(p.Move(m["tag"], m.get("from"), m["to"], int(m["epoch"]), bool(m["deactivate"])) for m in d["moves"])
-    return p.Intent(moves, d["reason"], float(d["started"]), float(d["detected"]))
 
 
 def record_to_json(r: p.FailoverRecord) -> dict[str, Any]:
@@ -230,7 +219,7 @@ def observed_from_status(st: dict[str, Any], now: float, nodes: dict[str, p.Node
         now=now, nodes=nodes, fenced=fenced, switchovers=dict(switchovers or {}),
         tags={t: p.TagRecord(r.get("owner"), int(r.get("epoch", 0)), from_iso(r.get("since")))
               for t, r in (st.get("tags") or {}).items()},
-        intent=intent_from_json(st.get("intent")),
+        intent=p.intent_from_json(st.get("intent")),
         last_failover=record_from_json(st.get("lastFailover")),
         failover_count=int(st.get("failoverCount") or 0),
     )
@@ -341,7 +330,7 @@ class ClusterDriver:
 
     async def _do(self, a: p.Action) -> None:
         if isinstance(a, p.RecordIntent):
-            await self._patch_status({"intent": intent_to_json(a.intent)})  # before any order
+            await self._patch_status({"intent": p.intent_to_json(a.intent)})  # before any order
         elif isinstance(a, p.ClearIntent):
             changes: dict[str, Any] = {"intent": None}
             if a.completed is not None:

@@ -30,7 +30,7 @@ Pure: no I/O, no clock; time comes in ``Observed.now``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Union
+from typing import Any, Mapping, Union
 
 from . import spec as specs
 from .health import Health
@@ -419,3 +419,19 @@ def _set_status(ctx: _Ctx, *, failing_over: bool, last: FailoverRecord | None, c
         tags={t.name: ctx.owner[t.name] for t in ctx.tags},
         nodes=nodes, ready_nodes=ready, total_nodes=total, last_failover=last, failover_count=count,
     ))
+
+
+# -- intents as JSON (status in Kubernetes, a file in local mode) ------------------
+
+
+def intent_to_json(i: Intent) -> dict[str, Any]:
+    return {"reason": i.reason, "started": i.started, "detected": i.detected,
+            "moves": [{"tag": m.tag, "from": m.source, "to": m.target, "epoch": m.epoch, "deactivate": m.deactivate}
+                      for m in i.moves]}
+
+
+def intent_from_json(d: dict[str, Any] | None) -> Intent | None:
+    if not d:
+        return None
+    moves = tuple(Move(m["tag"], m.get("from"), m["to"], int(m["epoch"]), bool(m["deactivate"])) for m in d["moves"])
+    return Intent(moves, d["reason"], float(d["started"]), float(d["detected"]))

@@ -27,17 +27,6 @@ from ..health import HealthDetector
 from .state import ops_file, read_json, secret_file, status_file, write_json
 
 
-def _intent_to_json(i: p.Intent) -> dict[str, Any]:
-    return {"reason": i.reason, "started": i.started, "detected": i.detected,
-            "moves": [{"tag": m.tag, "from": m.source, "to": m.target, "epoch": m.epoch, "deactivate": m.deactivate}
-                      for m in i.moves]}
-
-
-def _intent_from_json(d: dict[str, Any] | None) -> p.Intent | None:
-    if not d:
-        return None
-    moves = tuple(p.Move(m["tag"], m["from"], m["to"], m["epoch"], m["deactivate"]) for m in d["moves"])
-    return p.Intent(moves, d["reason"], d["started"], d["detected"])
 
 
 def _record_to_json(r: p.FailoverRecord) -> dict[str, Any]:
@@ -117,7 +106,7 @@ class Supervisor:
         observed = p.Observed(
             now=now, nodes=nodes, fenced=fenced, switchovers=switchovers,
             tags={t: p.TagRecord(r["owner"], r["epoch"], r["since"]) for t, r in st.get("tags", {}).items()},
-            intent=_intent_from_json(st.get("intent")),
+            intent=p.intent_from_json(st.get("intent")),
             last_failover=_record_from_json(st.get("lastFailover")), failover_count=st.get("failoverCount", 0),
         )
         for action in p.plan(self.spec, observed):
@@ -128,7 +117,7 @@ class Supervisor:
         fenced, switchovers = ops
         st = self.status
         if isinstance(a, p.RecordIntent):
-            st["intent"] = _intent_to_json(a.intent)
+            st["intent"] = p.intent_to_json(a.intent)
             write_json(status_file(self.dir), st)  # before any order: a restart rolls forward
         elif isinstance(a, p.ClearIntent):
             st["intent"] = None
@@ -148,7 +137,7 @@ class Supervisor:
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 self.log(f"activate {a.tag} on {a.node} at epoch {a.epoch}: unreachable ({e!r})")
                 return
-            intent = _intent_from_json(st.get("intent"))
+            intent = p.intent_from_json(st.get("intent"))
             took = f" {time.time() - intent.detected:.2f} s after the first failed probe" if intent else ""
             self.log(f"tag {a.tag} active on {a.node} at epoch {a.epoch}{took}")
         elif isinstance(a, p.DeactivateTag):
