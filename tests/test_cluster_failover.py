@@ -15,19 +15,14 @@ import psycopg
 import pytest
 
 from bodies import pidf
+from conftest import FAST as CONFTEST_FAST
 from conftest import SECRET
 from procs import Proc, clean_env, spawn, wait_ready, write_config
 from sipclient import Dialog, SipClient
 from wire import cseq_num, sub_state
 
 BOB = "sip:bob@example.com"
-FAST = {
-    "subscription_expiry": {"min": 1, "default": 3600, "max": 3600},
-    "publication_expiry": {"min": 1, "default": 3600, "max": 3600},
-    "expiry_interval": 0.2,
-    "notify": {"t1": 0.1, "t2": 0.4},
-    "log_level": "warning",
-}
+FAST = {**CONFTEST_FAST, "log_level": "warning"}
 
 
 class Cluster:

@@ -269,15 +269,6 @@ class ClusterDriver:
             self.clients[node] = c
         return c
 
-    @staticmethod
-    async def _probe(client: AdminClient) -> tuple[bool, bool, dict[str, int]]:
-        ready_t = asyncio.ensure_future(client.ready())
-        try:
-            items = await client.tags()
-        except (AdminError, aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return await ready_t, False, {}
-        active = {t["tag"]: int(t["epoch"]) for t in items if t["state"] == "active" and not t["private"]}
-        return await ready_t, True, active
 
     async def _unreachable(self) -> tuple[bool, bool, dict[str, int]]:
         return False, False, {}
@@ -299,7 +290,7 @@ class ClusterDriver:
             self.pods[n.name] = pod
             conds = (pod.get("status") or {}).get("conditions") or []
             pod_ready[n.name] = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
-            probes.append(self._probe(await self._client(n.name, ip)))
+            probes.append((await self._client(n.name, ip)).probe())
         results = await asyncio.gather(*probes)
         now = time.time()
         nodes: dict[str, p.NodeState] = {}

@@ -3,6 +3,7 @@ and so can an orchestrator (the operator, the local-mode supervisor)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -51,6 +52,18 @@ class AdminClient:
 
     async def deactivate(self, tag: str) -> dict[str, Any]:
         return await self._call("POST", contract.TAG_DEACTIVATE.format(tag=tag))
+
+    async def probe(self) -> tuple[bool, bool, dict[str, int]]:
+        """What an orchestrator's health check needs, in one go: (ready,
+        reachable, {tag: epoch} of the shareable tags active on this node).
+        Never raises for a node that is down or answers garbage."""
+        ready_t = asyncio.ensure_future(self.ready())
+        try:
+            items = await self.tags()
+        except (AdminError, aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return await ready_t, False, {}
+        active = {t["tag"]: int(t["epoch"]) for t in items if t["state"] == "active" and not t["private"]}
+        return await ready_t, True, active
 
     async def ready(self) -> bool:
         assert self._session is not None

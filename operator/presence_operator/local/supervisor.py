@@ -69,15 +69,6 @@ class Supervisor:
             for c in clients.values():
                 await c.__aexit__(None, None, None)
 
-    async def _probe(self, client: AdminClient) -> tuple[bool, bool, dict[str, int]]:
-        """(ready, reachable, active tags with epochs)."""
-        ready_t = asyncio.ensure_future(client.ready())
-        try:
-            items = await client.tags()
-        except (AdminError, aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return await ready_t, False, {}
-        active = {t["tag"]: int(t["epoch"]) for t in items if t["state"] == "active" and not t["private"]}
-        return await ready_t, True, active
 
     def operations(self) -> tuple[frozenset[str], dict[str, str]]:
         """Fenced nodes and switchover requests from ``operations.json``
@@ -91,7 +82,7 @@ class Supervisor:
 
     async def tick(self, clients: dict[str, AdminClient]) -> None:
         names = list(clients)
-        results = await asyncio.gather(*(self._probe(clients[n]) for n in names))
+        results = await asyncio.gather(*(clients[n].probe() for n in names))
         now = time.time()
         nodes: dict[str, p.NodeState] = {}
         for name, (ready, reachable, active) in zip(names, results):
