@@ -13,7 +13,7 @@ Everything here is pure: bytes and values in, bytes out, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
 from ..sip.errors import RemoteSipError
@@ -54,7 +54,6 @@ class Document:
     content_type: str
     # Byte offset where the decimal version is spliced in, or -1 if none.
     version_at: int = -1
-    extra: dict[str, object] = field(default_factory=dict)
 
     def render(self, version: int) -> bytes:
         if self.version_at < 0:

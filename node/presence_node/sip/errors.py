@@ -1,8 +1,9 @@
-"""One error tree for the SIP core, after h11's Local/Remote split.
+"""One error tree for the SIP core.
 
 A :class:`RemoteSipError` is the peer's fault: the shell answers it with
-``status_hint`` (and any ``headers``) without logic of its own.  A
-:class:`LocalSipError` is ours (an API misuse) and is a bug.
+``status_hint`` (and any ``headers``) without logic of its own.  Our own
+mistakes are ordinary Python exceptions: the dispatcher answers them 500
+and logs them.
 """
 
 from __future__ import annotations
@@ -23,10 +24,6 @@ class SipError(Exception):
         if status is not None:
             self.status_hint = status
         self.headers: list[tuple[str, str]] = headers or []
-
-
-class LocalSipError(SipError):
-    """We misused the core (a programming error)."""
 
 
 class RemoteSipError(SipError):

@@ -140,9 +140,6 @@ class ClientTransactions:
         del self._table[branch]
         return txn
 
-    def cancel(self, branch: str) -> ClientTransaction | None:
-        return self._table.pop(branch, None)
-
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap:
