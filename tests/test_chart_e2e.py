@@ -30,7 +30,6 @@ import base64
 import contextlib
 import os
 import shutil
-import socket
 import sys
 import warnings
 from pathlib import Path
@@ -41,7 +40,7 @@ import pytest
 import yaml
 
 from k8stools import k8s_tools  # noqa: F401 - the session fixture (pytest finds it by this name)
-from kube import ApiEmulator, eventually
+from kube import ApiEmulator, eventually, free_port
 from procs import clean_env, spawn
 
 from presence_operator.builders import meta
@@ -53,20 +52,6 @@ CR = "presence.example.org/v1alpha1/presenceclusters"
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def free_port(hosts: list[str]) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        try:
-            for h in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((h, port))
-            return port
-        except OSError:
-            continue
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import asyncio
 import base64
 import contextlib
 import copy
-import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import yaml
 
 import kubernetes
 from kmock._internal.references import resource
-from kube import ApiEmulator, OperatorThread, eventually
+from kube import ApiEmulator, OperatorThread, eventually, free_port
 from procs import clean_env, spawn
 
 from presence_operator import spec as specs
@@ -154,20 +153,6 @@ def kubeconfig(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(p))
     monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(p))
     return p
-
-
-def free_port(hosts: list[str]) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        try:
-            for h in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((h, port))
-            return port
-        except OSError:
-            continue
 
 
 @pytest.fixture
