@@ -1,7 +1,8 @@
 """Manifest builders, table-driven: each mode renders the expected objects,
 selectors match the pods they must select, everything carries the owner
-reference, node configurations are valid ``presence-node`` configurations,
-and no secret value appears anywhere (only Secret names and keys)."""
+reference, node configurations are valid ``presence-node`` configurations
+(with, in the federation modes, every other node as a peer at its pod's DNS
+name), and no secret value appears anywhere (only Secret names and keys)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ CASES = {
     "federation-redundancy": (
         owner("federationRedundancy", [{"name": "east", "nodes": 2, "database": DB},
                                        {"name": "west", "nodes": 2, "database": DB}],
-              secretRef={"name": "mine"}, sip={"port": 5070, "serviceType": "LoadBalancer"}),
+              secretRef={"name": "mine"}, sip={"port": 5070, "serviceType": "LoadBalancer"},
+              federationMode="fullSharing"),
         {("StatefulSet", "pres-east"), ("StatefulSet", "pres-west"), ("ConfigMap", "pres-east-config"),
          ("ConfigMap", "pres-west-config"), ("Service", "pres-east-nodes"), ("Service", "pres-west-nodes"),
          ("Service", "pres-sip-east"), ("Service", "pres-sip-west"), ("ServiceAccount", "pres-node")},
@@ -136,7 +138,10 @@ def test_configmaps_hold_valid_node_configurations(case, tmp_path):
         data = yaml.safe_load(cm["data"][f"node-{n.index}.yaml"])
         cfg = Config.model_validate(data)
         assert cfg.node_id == n.name and cfg.cluster_id == "pres"
-        mine = {t.name for t in all_tags if t.location == n.location}
+        if o.spec.mode == "federation":
+            mine = {n.name}  # its own tag only: nothing is shared with the location's other nodes
+        else:
+            mine = {t.name for t in all_tags if t.location == n.location}
         assert cfg.sharing_tags == {t: "backup" for t in mine}  # the operator activates
         assert cfg.default_tag in mine
         assert str(cfg.admin_secret_file) == "/etc/presence/admin/admin"
@@ -144,6 +149,58 @@ def test_configmaps_hold_valid_node_configurations(case, tmp_path):
             assert cfg.storage.backend == "postgres" and str(cfg.storage.dsn_file) == "/etc/presence/db/dsn"
         else:
             assert cfg.storage.backend == "memory"
+        check_federation(o, n, cfg)
+
+
+def check_federation(o: builders.Owner, n: specs.NodeSpec, cfg: Config) -> None:
+    fed = cfg.federation
+    if o.spec.mode not in ("federation", "federationRedundancy"):
+        assert not fed.enabled and "federation" not in builders.configmap.node_config(o, n)
+        return
+    assert fed.mode == {None: "on-demand-sharing", "onDemandSharing": "on-demand-sharing",
+                        "fullSharing": "full-sharing"}[o.spec.federation_mode]
+    assert fed.listen == "0.0.0.0:7060"
+    assert str(fed.secret_file) == "/etc/presence/cluster/cluster"
+    # federation: every node its own location; federationRedundancy: the spec location.
+    own_location = (lambda x: x.name) if o.spec.mode == "federation" else (lambda x: x.location)
+    assert cfg.location == own_location(n)
+    others = [x for x in specs.nodes(o.spec) if x.name != n.name]
+    assert [(p.id, p.address, p.location) for p in fed.peers] == [
+        (x.name, f"pres-{x.location}-{x.index}.pres-{x.location}-nodes.ns1.svc:7060", own_location(x)) for x in others]
+    # Each peer's host is its pod, under the headless Service of its location.
+    for p, x in zip(fed.peers, others):
+        assert p.address.split(".")[:2] == [meta.pod_name(o, x), meta.headless_name(o, x.location)]
+
+
+@pytest.mark.parametrize("example", ["03-federation", "04-federation-redundancy"])
+def test_federation_examples_render_valid_federated_configurations(example):
+    from pathlib import Path
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / example / "cluster.yaml").read_text())
+    m = specs.load_manifest(doc)
+    o = builders.Owner(m.name, "ns1", "uid-1", m.spec)
+    cms = by_kind(builders.render(o), "ConfigMap")
+    for n in specs.nodes(m.spec):
+        cm = next(c for c in cms if c["metadata"]["name"] == meta.configmap_name(o, n.location))
+        cfg = Config.model_validate(yaml.safe_load(cm["data"][f"node-{n.index}.yaml"]))
+        assert cfg.federation.enabled and len(cfg.federation.peers) == len(specs.nodes(m.spec)) - 1
+        assert set(cfg.sharing_tags) == {t.name for t in specs.node_tags(m.spec, n)}
+
+
+def test_federation_modes_open_the_cluster_port():
+    for o, _ in CASES.values():
+        objs = builders.render(o)
+        federated = o.spec.mode in ("federation", "federationRedundancy")
+        for sts in by_kind(objs, "StatefulSet"):
+            ports = sts["spec"]["template"]["spec"]["containers"][0]["ports"]
+            cluster = [p for p in ports if p["name"] == "cluster"]
+            assert cluster == ([{"name": "cluster", "containerPort": 7060, "protocol": "TCP"}] if federated else [])
+        for svc in by_kind(objs, "Service"):
+            cluster = [p for p in svc["spec"]["ports"] if p["name"] == "cluster"]
+            if svc["spec"].get("clusterIP") == "None" and federated:
+                assert cluster == [{"name": "cluster", "port": 7060, "targetPort": "cluster", "protocol": "TCP"}]
+            else:
+                assert cluster == []  # never on the SIP Services
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -155,6 +212,14 @@ def test_secrets_are_mounted_by_reference(case):
         vols = {v["name"]: v for v in pod["volumes"]}
         assert vols["admin-secret"]["secret"] == {"secretName": meta.secret_name(o), "defaultMode": 0o400,
                                                   "items": [{"key": "admin", "path": "admin"}]}
+        if o.spec.mode in ("federation", "federationRedundancy"):
+            assert vols["cluster-secret"]["secret"] == {"secretName": meta.secret_name(o), "defaultMode": 0o400,
+                                                        "items": [{"key": "cluster", "path": "cluster"}]}
+            mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+            assert mounts["cluster-secret"] == {"name": "cluster-secret", "mountPath": "/etc/presence/cluster",
+                                                "readOnly": True}
+        else:
+            assert "cluster-secret" not in vols
         if loc.database is None:
             assert "db" not in vols
         else:

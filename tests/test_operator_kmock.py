@@ -71,6 +71,7 @@ def test_examples_pass_the_crd_schema(doc):
     (with_spec(failover={"detectionSeconds": 0.01}), "less than the minimum"),
     (with_spec(sip={"port": 70000}), "greater than the maximum"),
     (with_spec(events=["presence", "bogus"]), "is not one of"),
+    (with_spec(federationMode="everything"), "is not one of"),
     ({k: v for k, v in HA.items() if k != "spec"}, "'spec' is a required property"),
 ])
 def test_invalid_crs_are_rejected_by_the_crd_schema(doc, why):
@@ -92,6 +93,8 @@ CEL = [
     ("federation-no-tags", "self.mode != 'federation'",
      with_spec(mode="federation", locations=[{"name": "a", "nodes": 1}], tags=[{"name": "x", "location": "a"}]),
      "generates its tags"),
+    ("federation-mode-only-federation", "self.mode in ['federation', 'federationRedundancy']",
+     with_spec(federationMode="fullSharing"), "only valid in modes federation"),
 ]
 
 
@@ -461,3 +464,42 @@ async def test_operator_restarted_mid_failover_rolls_forward_exactly_once(
     finally:
         if not stopped:
             await first.__aexit__(None, None, None)
+
+
+# -- the cluster Secret -----------------------------------------------------------------------
+
+
+class _SecretApi:
+    def __init__(self, existing: dict[str, Any] | None) -> None:
+        self.existing, self.created = existing, []
+
+    async def get(self, p: str) -> dict[str, Any] | None:
+        return self.existing
+
+    async def create(self, p: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.created.append(body)
+        return body
+
+
+@pytest.mark.parametrize("mode", ["ha", "federation"])
+def test_ensure_secret_generates_admin_and_cluster_keys(mode):
+    import kopf
+
+    from presence_operator import builders
+    from presence_operator.handlers import ensure_secret
+
+    doc = yaml.safe_load((ROOT / "examples" / ("01-ha" if mode == "ha" else "03-federation") / "cluster.yaml").read_text())
+    owner = builders.Owner(doc["metadata"]["name"], NS, "uid", specs.load_manifest(doc).spec)
+    api = _SecretApi(None)
+    asyncio.run(ensure_secret(api, owner))
+    (sec,) = api.created
+    assert set(sec["data"]) == {meta.ADMIN_SECRET_KEY, meta.CLUSTER_SECRET_KEY}
+    assert sec["metadata"]["name"] == meta.secret_name(owner)
+    # An existing Secret is never changed; without the cluster key, the federation modes wait for it.
+    api = _SecretApi({"data": {meta.ADMIN_SECRET_KEY: "eA=="}})
+    if mode == "ha":
+        asyncio.run(ensure_secret(api, owner))
+    else:
+        with pytest.raises(kopf.TemporaryError, match="waiting for key 'cluster'"):
+            asyncio.run(ensure_secret(api, owner))
+    assert not api.created

@@ -80,6 +80,23 @@ def test_generated_tags_per_mode():
     assert [(t.name, t.home, t.movable) for t in fr] == [("l0", "l0-0", True), ("l1", "l1-0", True)]
 
 
+def test_federation_mode_defaults_to_on_demand_sharing_in_the_federation_modes():
+    fed = make_spec("federation", 1, 1)
+    assert fed.federation_mode is None  # the node's on-demand-sharing (spec.federation)
+    n0, n1 = specs.nodes(fed)
+    section = specs.federation(fed, n0, listen="h:1", address=lambda n: f"{n.name}:2", secret_file="/s")
+    assert section == {"mode": "on-demand-sharing", "listen": "h:1", "location": n0.name,
+                       "peers": [{"id": n1.name, "address": f"{n1.name}:2", "location": n1.name}], "secret_file": "/s"}
+    fr = specs.PresenceClusterSpec.model_validate(
+        {"mode": "federationRedundancy", "federationMode": "fullSharing",
+         "locations": [{"name": "a", "nodes": 2, **DB}, {"name": "b", "nodes": 2, **DB}]})
+    a0 = specs.nodes(fr)[0]
+    section = specs.federation(fr, a0, listen="h:1", address=lambda n: n.name, secret_file="/s")
+    assert section["mode"] == "full-sharing" and section["location"] == "a"
+    assert [(p["id"], p["location"]) for p in section["peers"]] == [("a-1", "a"), ("b-0", "b"), ("b-1", "b")]
+    assert specs.federation(HA, specs.nodes(HA)[0], listen="h:1", address=str, secret_file="/s") is None
+
+
 def test_explicit_tags_default_home_round_robin():
     s = make_spec("loadBalancing", 2, tags=[{"name": "a", "location": "l0"}, {"name": "b", "location": "l0"},
                                            {"name": "c", "location": "l0", "node": "l0-0"}])
@@ -98,6 +115,10 @@ def test_explicit_tags_default_home_round_robin():
       "tags": [{"name": "t", "location": "b"}]}, "unknown location"),
     ({"mode": "ha", "locations": [{"name": "a", "nodes": 2, **DB}], "failover": {"policy": "sometimes"}}, "policy"),
     ({"mode": "ha", "locations": [{"name": "a", "nodes": 2, "database": {"dsn": "postgres://u:pw@h/db"}}]}, "dsn"),
+    ({"mode": "ha", "locations": [{"name": "a", "nodes": 2, **DB}], "federationMode": "fullSharing"},
+     "federationMode is only valid in modes federation and federationRedundancy"),
+    ({"mode": "federation", "locations": [{"name": "a", "nodes": 1}], "federationMode": "everything"},
+     "federationMode"),
 ])
 def test_invalid_specs_are_refused_naming_the_field(bad, words):
     with pytest.raises(specs.SpecError) as e:

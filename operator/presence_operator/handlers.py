@@ -137,14 +137,23 @@ async def failover_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, logger: 
 
 
 async def ensure_secret(api: Api, owner: builders.Owner) -> None:
+    """Create the cluster's Secret (admin and cluster secrets, generated)
+    when absent.  An existing one (``spec.secretRef``) is never changed: in
+    the federation modes, whose pods mount its cluster key, a Secret without
+    that key is waited for (``TemporaryError``)."""
     name = meta.secret_name(owner)
-    if await api.get(path("Secret", owner.namespace, name)) is None:
+    sec = await api.get(path("Secret", owner.namespace, name))
+    if sec is None:
         obj = secret_builder.build(owner, secrets.token_urlsafe(32), secrets.token_urlsafe(32))
         try:
             await api.create(path("Secret", owner.namespace), obj)
         except ApiError as e:
             if e.status != 409:
                 raise
+    elif owner.spec.mode in specs.FEDERATION_MODES and meta.CLUSTER_SECRET_KEY not in (sec.get("data") or {}):
+        raise kopf.TemporaryError(f"waiting for key {meta.CLUSTER_SECRET_KEY!r} in Secret {name}: the cluster "
+                                  f"secret of mode {owner.spec.mode} (the operator generates it only with the "
+                                  f"Secret itself)", delay=5)
 
 
 async def read_admin_secret(api: Api, owner: builders.Owner, stopped: kopf.DaemonStopped) -> str | None:

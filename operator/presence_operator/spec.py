@@ -1,5 +1,5 @@
-"""The PresenceCluster spec as a validated model, and the sharing tags each
-mode implies.
+"""The PresenceCluster spec as a validated model, and the sharing tags and
+the federation each mode implies.
 
 The CRD's schema (``crds/presenceclusters.yaml``) rejects bad objects at the
 API server; this model repeats those rules so that local mode, which has no
@@ -12,7 +12,7 @@ Pure: no I/O (``load_manifest`` takes an already parsed mapping).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -25,6 +25,11 @@ KIND = "PresenceCluster"
 Mode = Literal["ha", "loadBalancing", "federation", "federationRedundancy"]
 #: Modes whose nodes of one location share a PostgreSQL database.
 SHARED_DB_MODES = frozenset({"ha", "loadBalancing", "federationRedundancy"})
+#: Modes whose nodes federate over the cluster channel.
+FEDERATION_MODES = frozenset({"federation", "federationRedundancy"})
+FederationMode = Literal["onDemandSharing", "fullSharing"]
+#: ``spec.federationMode`` -> the node's ``federation.mode``.
+NODE_FEDERATION_MODES = {"onDemandSharing": "on-demand-sharing", "fullSharing": "full-sharing"}
 KNOWN_EVENTS = ("presence", "presence.winfo", "dialog", "dialog;sla")
 
 #: A location name is a DNS label short enough that ``<location>-<index>``
@@ -97,6 +102,9 @@ class PresenceClusterSpec(_Model):
     sip: Sip = Sip()
     failover: Failover = Failover()
     secret_ref: SecretRef | None = None
+    #: How federated nodes share presentities (federation modes only;
+    #: default onDemandSharing there).
+    federation_mode: FederationMode | None = None
 
     @field_validator("events")
     @classmethod
@@ -109,6 +117,9 @@ class PresenceClusterSpec(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> "PresenceClusterSpec":
         names = [loc.name for loc in self.locations]
+        if self.federation_mode is not None and self.mode not in FEDERATION_MODES:
+            raise ValueError(f"federationMode is only valid in modes federation and federationRedundancy "
+                             f"(mode is {self.mode})")
         if len(set(names)) != len(names):
             raise ValueError("location names must be unique")
         for loc in self.locations:
@@ -187,6 +198,40 @@ def tags(spec: PresenceClusterSpec) -> list[Tag]:
         return [Tag(loc.name, loc.name, node_names(loc)[0]) for loc in spec.locations]
     movable = spec.mode == "loadBalancing"
     return [Tag(n.name, n.location, n.name, movable) for n in nodes(spec)]
+
+
+def node_tags(spec: PresenceClusterSpec, node: NodeSpec) -> list[Tag]:
+    """The sharing tags a node's configuration lists: its location's (the
+    nodes of a location share a database, so any of them can take a tag);
+    in ``federation``, where nothing is shared, only the node's own tag."""
+    if spec.mode == "federation":
+        return [t for t in tags(spec) if t.home == node.name]
+    return [t for t in tags(spec) if t.location == node.location]
+
+
+def federation_location(spec: PresenceClusterSpec, node: NodeSpec) -> str:
+    """A node's federation location: in ``federation`` every node is its own
+    location (its node id); otherwise the spec location (whose nodes share a
+    database and the location's tag)."""
+    return node.name if spec.mode == "federation" else node.location
+
+
+def federation(spec: PresenceClusterSpec, node: NodeSpec, *, listen: str, address: Callable[[NodeSpec], str],
+               secret_file: str) -> dict[str, Any] | None:
+    """The ``federation`` section of a node's configuration (None outside
+    the federation modes): its channel's ``listen`` address, its location,
+    and every other node of the cluster as a peer, reached at
+    ``address(peer)``; the cluster secret is read from ``secret_file``."""
+    if spec.mode not in FEDERATION_MODES:
+        return None
+    return {
+        "mode": NODE_FEDERATION_MODES[spec.federation_mode or "onDemandSharing"],
+        "listen": listen,
+        "location": federation_location(spec, node),
+        "peers": [{"id": p.name, "address": address(p), "location": federation_location(spec, p)}
+                  for p in nodes(spec) if p.name != node.name],
+        "secret_file": secret_file,
+    }
 
 
 @dataclass(frozen=True, slots=True)

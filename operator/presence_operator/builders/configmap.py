@@ -1,6 +1,6 @@
 """ConfigMap per location: one ``<node>.yaml`` key per node (``presence-node
---config``).  Paths to secrets only: the DSN and the admin secret are files
-mounted from Secrets, never values here."""
+--config``).  Paths to secrets only: the DSN, the admin secret and the
+cluster secret are files mounted from Secrets, never values here."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from . import meta
 
 def node_config(owner: meta.Owner, node: specs.NodeSpec) -> dict[str, Any]:
     spec = owner.spec
-    tags = [t for t in specs.tags(spec) if t.location == node.location]
+    tags = specs.node_tags(spec, node)
     own = [t.name for t in tags if t.home == node.name]
     storage: dict[str, Any] = {"backend": "memory"}
     if spec.location(node.location).database is not None:
         storage = {"backend": "postgres", "dsn_file": f"{meta.DB_DIR}/dsn"}
-    return {
+    cfg = {
         "node_id": node.name,
         "cluster_id": owner.name,
         "sip": f"0.0.0.0:{spec.sip.port}",
@@ -35,6 +35,14 @@ def node_config(owner: meta.Owner, node: specs.NodeSpec) -> dict[str, Any]:
         "state_dir": meta.STATE_DIR,
         "log_format": "json",
     }
+    # Federation modes: every other node is a peer, reached at its pod's
+    # stable DNS name; the cluster secret is a file from the cluster's Secret.
+    fed = specs.federation(spec, node, listen=f"0.0.0.0:{meta.CLUSTER_PORT}",
+                           address=lambda p: f"{meta.pod_host(owner, p)}:{meta.CLUSTER_PORT}",
+                           secret_file=f"{meta.CLUSTER_SECRET_DIR}/{meta.CLUSTER_SECRET_KEY}")
+    if fed is not None:
+        cfg["federation"] = fed
+    return cfg
 
 
 def config_key(node: specs.NodeSpec) -> str:

@@ -1,4 +1,5 @@
-"""Services: a headless one per location (stable pod DNS, ready or not) and
+"""Services: a headless one per location (stable pod DNS, ready or not; the
+federation modes' peers reach each other's ``cluster`` port through it) and
 the SIP Services clients use.
 
 In ``ha`` mode there is one SIP Service per tag, selecting the pod labelled
@@ -33,7 +34,10 @@ def headless(owner: meta.Owner, location: specs.Location) -> dict[str, Any]:
             "publishNotReadyAddresses": True,
             "selector": meta.selector(owner, **{meta.LOCATION_LABEL: location.name}),
             "ports": [*_sip_ports(owner.spec.sip.port),
-                      {"name": "admin", "port": meta.ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"}],
+                      {"name": "admin", "port": meta.ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"},
+                      *([{"name": meta.CLUSTER_PORT_NAME, "port": meta.CLUSTER_PORT,
+                          "targetPort": meta.CLUSTER_PORT_NAME, "protocol": "TCP"}]
+                        if owner.spec.mode in specs.FEDERATION_MODES else [])],
         },
     }
 

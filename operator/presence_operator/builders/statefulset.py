@@ -1,7 +1,7 @@
 """One StatefulSet per location: stable pod names (``<cluster>-<location>-<i>``
 is node ``<location>-<i>``), each pod reading ``node-<i>.yaml`` from the
-location's ConfigMap.  The DSN and the admin secret are files mounted from
-Secrets (only the needed key of each)."""
+location's ConfigMap.  The DSN, the admin secret and (federation modes) the
+cluster secret are files mounted from Secrets (only the needed key of each)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ def build(owner: meta.Owner, location: specs.Location) -> dict[str, Any]:
         {"name": "admin-secret", "mountPath": meta.ADMIN_SECRET_DIR, "readOnly": True},
         {"name": "state", "mountPath": meta.STATE_DIR},
     ]
+    federated = spec.mode in specs.FEDERATION_MODES
+    if federated:
+        volumes.append({"name": "cluster-secret", "secret": {
+            "secretName": meta.secret_name(owner), "defaultMode": 0o400,
+            "items": [{"key": meta.CLUSTER_SECRET_KEY, "path": meta.CLUSTER_SECRET_KEY}]}})
+        mounts.append({"name": "cluster-secret", "mountPath": meta.CLUSTER_SECRET_DIR, "readOnly": True})
     if location.database is not None:
         ref = location.database.secret_ref
         volumes.append({"name": "db", "secret": {"secretName": ref.name, "defaultMode": 0o400,
@@ -52,6 +58,8 @@ def build(owner: meta.Owner, location: specs.Location) -> dict[str, Any]:
             {"name": "sip-udp", "containerPort": port, "protocol": "UDP"},
             {"name": "sip-tcp", "containerPort": port, "protocol": "TCP"},
             {"name": "admin", "containerPort": meta.ADMIN_PORT, "protocol": "TCP"},
+            *([{"name": meta.CLUSTER_PORT_NAME, "containerPort": meta.CLUSTER_PORT, "protocol": "TCP"}]
+              if federated else []),
         ],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 2,
                            "failureThreshold": 2},
