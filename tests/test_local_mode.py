@@ -1,7 +1,9 @@
 """Local mode end to end: ``presence-cluster up`` a real example (private
 PostgreSQL, real node processes), SIGKILL the owner of a tag, and check that
 the tag is active on a survivor within 3 s (asked of the survivor itself),
-that ``status`` shows the failover, and that ``down`` leaves no process."""
+that ``status`` shows the failover, and that ``down`` leaves no process;
+the federation modes' node configurations (nodes of the federation example
+started and answering ``/tags``)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).parent / "presence-cluster")
@@ -125,13 +128,77 @@ def test_sigkill_owner_moves_tag_and_down_cleans_up(tmp_path, example, tag, vict
     assert all(not Path(p["root"]).exists() for p in run["postgres"].values())
 
 
-def test_federation_modes_are_refused_with_a_reason(tmp_path):
-    f = tmp_path / "fed.yaml"
-    f.write_text("apiVersion: presence.example.org/v1alpha1\nkind: PresenceCluster\nmetadata: {name: f}\n"
-                 "spec: {mode: federation, locations: [{name: a, nodes: 1}, {name: b, nodes: 1}]}\n")
-    res = subprocess.run([EXE, "up", str(f), "--dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=30)
-    assert res.returncode == 2 and "federation" in res.stderr and "ha, loadBalancing" in res.stderr
-    assert not (tmp_path / "s" / "run.json").exists()
+def test_federation_example_starts_federated_nodes(tmp_path):
+    """``up`` of the federation example: one node per location, memory
+    storage, its own tag active, every other node as a peer on its cluster
+    channel port, a 0600 cluster secret (federation itself is the node's
+    tests' business)."""
+    from presence_node.config import Config
+
+    d = tmp_path / "state"
+    sip, admin, channel = free_base(3), free_base(3), free_base(3)
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen([EXE, "up", str(ROOT / "examples" / "03-federation" / "cluster.yaml"), "--dir", str(d),
+                           "--sip-base", str(sip), "--admin-base", str(admin), "--cluster-base", str(channel)],
+                          stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    run: dict = {}
+    try:
+        status = lambda: json.loads((d / "status.json").read_text())  # noqa: E731
+        wait_for(lambda: status()["phase"] == "Ready", 60, "cluster Ready")
+        run = json.loads((d / "run.json").read_text())
+        assert run["mode"] == "federation" and not run["postgres"]
+        secret = (d / "admin-secret").read_text().strip()
+        assert (d / "cluster-secret").stat().st_mode & 0o777 == 0o600
+        assert len((d / "cluster-secret").read_text().strip()) >= 32
+        names = ["paris-0", "berlin-0", "madrid-0"]
+        assert sorted(run["nodes"]) == sorted(names)
+        for i, name in enumerate(names):
+            n = run["nodes"][name]
+            assert n["cluster"] == f"127.0.0.1:{channel + i}"
+            shared = {t: v["state"] for t, v in tags_of(n["admin"], secret).items() if not t.startswith("~")}
+            assert shared == {name: "active"}  # its own tag only (plus its private ~tag)
+            cfg = Config.model_validate(yaml.safe_load((d / "nodes" / name / "node.yaml").read_text()))
+            assert cfg.storage.backend == "memory" and cfg.default_tag == name
+            fed = cfg.federation
+            assert fed.mode == "on-demand-sharing" and fed.listen == n["cluster"] and cfg.location == name
+            assert Path(fed.secret_file) == (d / "cluster-secret").resolve()
+            assert [(p.id, p.address, p.location) for p in fed.peers] == [
+                (other, f"127.0.0.1:{channel + j}", other) for j, other in enumerate(names) if other != name]
+        assert "paris-0=paris-0" in cli(d, "status").stdout
+    finally:
+        res = cli(d, "down")
+        up.wait(timeout=10)
+        log.close()
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: not any(alive(n["pid"]) for n in run["nodes"].values()), 10, "every node gone")
+
+
+def test_federation_redundancy_configurations(tmp_path):
+    """The node configurations ``up`` writes for federationRedundancy (no
+    process started): the location's database, its tag active on node 0,
+    the spec location as federation location, every other node a peer."""
+    from presence_node.config import Config
+    from presence_operator import spec as specs
+    from presence_operator.local import launch
+
+    m = specs.load_manifest(yaml.safe_load((ROOT / "examples" / "04-federation-redundancy" / "cluster.yaml").read_text()))
+    nodes = specs.nodes(m.spec)
+    channel = {n.name: f"127.0.0.1:{7060 + n.ordinal}" for n in nodes}
+    for n in nodes:
+        dsn = tmp_path / "db" / f"{n.location}.dsn"
+        cfg = Config.model_validate(launch.node_config(m, n, tmp_path, f"127.0.0.1:{5060 + n.ordinal}",
+                                                       f"127.0.0.1:{8081 + n.ordinal}", dsn, channel))
+        assert cfg.storage.backend == "postgres" and cfg.storage.dsn_file == dsn
+        assert cfg.sharing_tags == {n.location: "active" if n.index == 0 else "backup"}
+        assert cfg.default_tag == n.location and cfg.location == n.location
+        assert cfg.federation.mode == "on-demand-sharing" and cfg.federation.listen == channel[n.name]
+        assert [(p.id, p.address, p.location) for p in cfg.federation.peers] == [
+            (x.name, channel[x.name], x.location) for x in nodes if x.name != n.name]
+    # The other modes get no federation section.
+    ha = specs.load_manifest(yaml.safe_load((ROOT / "examples" / "01-ha" / "cluster.yaml").read_text()))
+    n0 = specs.nodes(ha.spec)[0]
+    assert "federation" not in launch.node_config(ha, n0, tmp_path, "127.0.0.1:5060", "127.0.0.1:8081", None,
+                                                  {n0.name: "127.0.0.1:7060"})
 
 
 def test_invalid_manifest_names_the_field(tmp_path):

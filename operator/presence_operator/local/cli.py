@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--host", default="127.0.0.1")
             sp.add_argument("--sip-base", type=int, default=5060, help="SIP port of the first node (then +1 each)")
             sp.add_argument("--admin-base", type=int, default=8081, help="admin port of the first node (then +1)")
+            sp.add_argument("--cluster-base", type=int, default=7060,
+                            help="cluster channel port of the first node, federation modes (then +1)")
             sp.add_argument("--no-supervise", action="store_true", help="start and return")
         if name == "switchover":
             sp.add_argument("tag")
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "up":
             manifest = _load(args.file)
             launch.up(manifest, args.file, args.dir, host=args.host, sip_base=args.sip_base,
-                      admin_base=args.admin_base, log=_log)
+                      admin_base=args.admin_base, cluster_base=args.cluster_base, log=_log)
             _log(f"cluster {manifest.name} up; state in {args.dir}")
             return 0 if args.no_supervise else _supervise(args.dir, args.interval)
         if args.cmd == "supervise":

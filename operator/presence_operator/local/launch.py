@@ -19,11 +19,7 @@ import yaml
 
 from .. import spec as specs
 from . import pg
-from .state import ops_file, read_json, run_file, secret_file, status_file, write_json
-
-#: Modes local mode can run today; the federation modes need node-to-node
-#: broadcast and query (the federation issue).
-LOCAL_MODES = ("ha", "loadBalancing")
+from .state import cluster_secret_file, ops_file, read_json, run_file, secret_file, status_file, write_json
 
 
 class LocalError(Exception):
@@ -56,10 +52,12 @@ def running(d: Path) -> dict[str, Any] | None:
 
 
 def node_config(manifest: specs.Manifest, node: specs.NodeSpec, d: Path, sip: str, admin: str,
-                dsn_file: Path | None) -> dict[str, Any]:
-    tags = [t for t in specs.tags(manifest.spec) if t.location == node.location]
+                dsn_file: Path | None, cluster: dict[str, str] | None = None) -> dict[str, Any]:
+    """One node's configuration; ``cluster`` maps every node to its cluster
+    channel address (federation modes)."""
+    tags = specs.node_tags(manifest.spec, node)
     own = [t.name for t in tags if t.home == node.name]
-    return {
+    cfg = {
         "node_id": node.name,
         "sip": sip,
         "admin": admin,
@@ -73,25 +71,39 @@ def node_config(manifest: specs.Manifest, node: specs.NodeSpec, d: Path, sip: st
         "drain_timeout": 1.0,
         "log_level": "info",
     }
+    if cluster is not None:
+        fed = specs.federation(manifest.spec, node, listen=cluster[node.name], address=lambda p: cluster[p.name],
+                               secret_file=str(cluster_secret_file(d).resolve()))
+        if fed is not None:
+            cfg["federation"] = fed
+    return cfg
+
+
+def _secret(path: Path) -> None:
+    """A random secret in a new 0600 file; an existing one is kept."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
 
 
 def up(manifest: specs.Manifest, manifest_path: Path, d: Path, *, host: str, sip_base: int,
-       admin_base: int, log=print) -> dict[str, Any]:
-    """Start everything; returns the run record (also written to run.json)."""
+       admin_base: int, cluster_base: int = 7060, log=print) -> dict[str, Any]:
+    """Start everything; returns the run record (also written to run.json).
+    In the federation modes every node also gets a cluster channel on
+    ``cluster_base`` + its ordinal, every other node as a peer, and the
+    cluster secret generated in the state directory."""
     spec = manifest.spec
-    if spec.mode not in LOCAL_MODES:
-        raise LocalError(f"mode {spec.mode} is not available in local mode yet: it needs node-to-node federation "
-                         f"(broadcast and query), a later issue. Local mode runs: {', '.join(LOCAL_MODES)}.")
     if running(d):
         raise LocalError(f"a cluster is already running from {d}: run 'presence-cluster down --dir {d}' first")
     d.mkdir(parents=True, exist_ok=True)
     status_file(d).unlink(missing_ok=True)
     ops_file(d).unlink(missing_ok=True)  # a new cluster inherits no fence nor switchover
-    sf = secret_file(d)
-    if not sf.exists():
-        fd = os.open(sf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
+    _secret(secret_file(d))
+    cluster: dict[str, str] | None = None
+    if spec.mode in specs.FEDERATION_MODES:
+        _secret(cluster_secret_file(d))
+        cluster = {n.name: f"{host}:{cluster_base + n.ordinal}" for n in specs.nodes(spec)}
     run: dict[str, Any] = {"name": manifest.name, "mode": spec.mode, "manifest": str(manifest_path.resolve()),
                            "created": time.time(), "postgres": {}, "nodes": {}, "supervisor": None}
     write_json(run_file(d), run)
@@ -115,13 +127,17 @@ def up(manifest: specs.Manifest, manifest_path: Path, d: Path, *, host: str, sip
             work = d / "nodes" / n.name
             work.mkdir(parents=True, exist_ok=True)
             cfg = work / "node.yaml"
-            cfg.write_text(yaml.safe_dump(node_config(manifest, n, d, sip, admin, dsn_files.get(n.location))))
+            cfg.write_text(yaml.safe_dump(node_config(manifest, n, d, sip, admin, dsn_files.get(n.location),
+                                                      cluster)))
             pid = _spawn(exe, d, n.name)
             run["nodes"][n.name] = {"pid": pid, "location": n.location, "sip": sip, "admin": admin}
+            if cluster is not None:
+                run["nodes"][n.name]["cluster"] = cluster[n.name]
             write_json(run_file(d), run)
         for name, n in run["nodes"].items():
             _wait_ready(name, n, d)
-            log(f"node {name} ready: SIP udp+tcp {n['sip']}, admin http://{n['admin']} (pid {n['pid']})")
+            channel = f", cluster channel {n['cluster']}" if "cluster" in n else ""
+            log(f"node {name} ready: SIP udp+tcp {n['sip']}, admin http://{n['admin']}{channel} (pid {n['pid']})")
     except BaseException:
         down(d, log=lambda *_: None)
         raise
@@ -131,7 +147,8 @@ def up(manifest: specs.Manifest, manifest_path: Path, d: Path, *, host: str, sip
 def _spawn(exe: str, d: Path, name: str) -> int:
     """Start one node, detached, from its configuration in the state dir."""
     work = d / "nodes" / name
-    env = {k: v for k, v in os.environ.items() if k not in ("PRESENCE_ADMIN_SECRET", "PRESENCE_DB_DSN")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PRESENCE_ADMIN_SECRET", "PRESENCE_DB_DSN", "PRESENCE_CLUSTER_SECRET")}
     with (work / "stdout.log").open("ab") as out, (work / "stderr.log").open("ab") as err:
         proc = subprocess.Popen([exe, "--config", str(work / "node.yaml")], cwd=work, stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -141,8 +158,9 @@ def _spawn(exe: str, d: Path, name: str) -> int:
 def restart(d: Path, name: str, log=print) -> int:
     """Stop one node if it still runs (SIGTERM, SIGKILL after 5 s), start it
     again with the same configuration and ports, wait until it is ready;
-    returns the new pid (also written to run.json).  The node comes back as
-    a backup of the tags it owned: ownership is in the shared database."""
+    returns the new pid (also written to run.json).  With a shared database
+    the node comes back as a backup of the tags it owned (ownership is in
+    the database); in ``federation`` (memory) it takes its own tag again."""
     run = read_json(run_file(d))
     if run is None:
         raise LocalError(f"no cluster in {d}: run 'presence-cluster up FILE' first")

@@ -36,6 +36,11 @@ def secret_file(d: Path) -> Path:
     return d / "admin-secret"
 
 
+def cluster_secret_file(d: Path) -> Path:
+    """The federation modes' cluster secret (HMAC key of the cluster channel)."""
+    return d / "cluster-secret"
+
+
 def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
