@@ -100,6 +100,66 @@ class Storage(_Strict):
         return self
 
 
+class Peer(_Strict):
+    """Another node of the federated cluster."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,31}$")
+    #: HOST:PORT of its cluster channel.
+    address: str
+    #: Its location (nodes of one location share a database and a tag);
+    #: default: its id (a location of one node).
+    location: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        split_hostport(v)
+        return v
+
+
+class Federation(_Strict):
+    """Federation (the seed's third and fourth scenarios): nodes without a
+    common database exchange presentities over an authenticated channel."""
+
+    mode: Literal["disabled", "on-demand-sharing", "full-sharing"] = "disabled"
+    #: HOST:PORT this node's cluster channel listens on.
+    listen: str = "127.0.0.1:7060"
+    #: This node's location; default: its node id.
+    location: str | None = None
+    peers: tuple[Peer, ...] = ()
+    #: File holding the cluster secret (HMAC key); else the
+    #: PRESENCE_CLUSTER_SECRET environment variable.  Never a plain setting.
+    secret_file: Path | None = None
+    #: Seconds the first NOTIFY of a new subscriber waits for a query answer.
+    query_wait: float = Field(0.2, ge=0, le=5)
+    #: Seconds after which an unanswered query may be sent again.
+    query_ttl: float = Field(5.0, gt=0, le=3600)
+    #: Seconds between full resyncs with every peer (interest, tags, state).
+    resync_interval: float = Field(30.0, gt=0, le=3600)
+    #: Seconds between heartbeats; a peer silent for ``peer_timeout`` is down.
+    heartbeat: float = Field(1.0, gt=0, le=60)
+    peer_timeout: float = Field(3.0, gt=0, le=600)
+    #: Seconds a message's timestamp may differ from our clock (replay window).
+    max_skew: float = Field(30.0, gt=0, le=3600)
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        split_hostport(v)
+        return v
+
+    @model_validator(mode="after")
+    def _peers(self) -> "Federation":
+        ids = [p.id for p in self.peers]
+        if len(ids) != len(set(ids)):
+            raise ValueError("peer ids must be unique")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "disabled"
+
+
 class Config(_Strict):
     """The whole node configuration (see README, "Configuration")."""
 
@@ -138,6 +198,7 @@ class Config(_Strict):
     #: Packages whose records are clustered (stamped with ``default_tag``);
     #: the others stay this node's own duty (its private tag).
     cluster_pres_events: tuple[str, ...] = ("presence", "dialog;sla")
+    federation: Federation = Federation()
 
     @field_validator("sip", "admin")
     @classmethod
@@ -184,6 +245,11 @@ class Config(_Strict):
             raise ValueError(f"default_tag {self.default_tag!r} is not one of sharing_tags")
         if self.default_tag is None and len(self.sharing_tags) > 1:
             raise ValueError("default_tag is required when several sharing_tags are configured")
+        if self.federation.enabled:
+            if not self.cluster_id:
+                raise ValueError("federation needs cluster_id")
+            if any(p.id == self.node_id for p in self.federation.peers):
+                raise ValueError("federation.peers must not list this node")
         return self
 
     @property
@@ -203,6 +269,10 @@ class Config(_Strict):
 
     def tag_for(self, event: str) -> str:
         return self.clustered_tag if event in self.cluster_pres_events else self.private_tag
+
+    @property
+    def location(self) -> str:
+        return self.federation.location or self.node_id
 
     @property
     def sip_address(self) -> tuple[str, int]:

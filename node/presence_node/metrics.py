@@ -26,6 +26,13 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sip_notify_failed": ("NOTIFYs answered with an error or timed out", ("event", "code")),
     "presence_publication_changes": ("Accepted PUBLISHes by kind", ("event", "kind")),
     "presence_expired": ("Records expired by this node", ("kind",)),
+    "cluster_messages_sent": ("Cluster channel messages sent, by kind", ("kind",)),
+    "cluster_messages_received": ("Authentic cluster messages received, by kind", ("kind",)),
+    "cluster_messages_rejected": ("Cluster messages refused and not applied, by reason", ("reason",)),
+    "cluster_messages_lost": ("Cluster messages found missing by sequence number, by sender", ("peer",)),
+    "cluster_messages_ignored": ("Cluster messages received but not acted upon, by reason", ("reason",)),
+    "federation_queries": ("Presentity queries this node started", ("event",)),
+    "federation_resyncs": ("Resyncs this node asked a peer for, by cause", ("cause",)),
 }
 
 
@@ -48,6 +55,7 @@ class Metrics:
         #: Gauges set just before a scrape.
         self.subscriptions = 0
         self.presentities = 0
+        self.peers_up = 0
         self.registry.register(self)  # type: ignore[arg-type]
         v = self._values
         self._requests = v["sip_requests"]
@@ -90,6 +98,10 @@ class Metrics:
         if n:
             self._expired[(kind,)] += n
 
+    def count(self, name: str, label: str, n: int = 1) -> None:
+        """The cluster counters above (off the SIP hot path)."""
+        self._values[name][(label,)] += n
+
     # -- scrape -------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
@@ -115,6 +127,7 @@ class Metrics:
         yield GaugeMetricFamily(
             "presence_presentities", "Presentities with live publications", value=self.presentities
         )
+        yield GaugeMetricFamily("cluster_peers_up", "Federation peers heard from recently", value=self.peers_up)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

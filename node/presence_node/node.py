@@ -1,7 +1,8 @@
 """The node: builds the parts from a :class:`Config`, starts and stops them.
 
 Start order: storage, sharing tags, SIP sockets (UDP and TCP on one port),
-the expiry timer, then the admin API, and only then ready.  Stop order
+the cluster channel (federation), the expiry timer, then the admin API, and
+only then ready.  Stop order
 (SIGTERM): not ready, new SIP requests answered 503 (the sockets stay open,
 since the responses to NOTIFYs in flight arrive on them), handlers and
 NOTIFYs in flight finish (bounded by ``drain_timeout``), then admin,
@@ -19,7 +20,7 @@ import time
 from aiohttp import web
 
 from .admin.app import make_app
-from .admin.secret import load_secret
+from .admin.secret import cluster_secret, load_secret
 from .config import Config
 from .metrics import Metrics
 from .packages.registry import PackageRegistry
@@ -30,6 +31,7 @@ from .service.ids import Ids
 from .service.notify import Notifier
 from .net.transport import Transports
 from .service.tags import SharingTags
+from .federation import Federation
 from .storage import MemoryStorage, Storage
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,18 @@ class Node:
         )
         self.expirer = Expirer(self.storage, self.notifier, config.node_id, self.metrics.expired, time.time)
         self.tags = SharingTags(config, self.storage)
+        self.federation: Federation | None = None
+        if config.federation.enabled:
+            self.federation = Federation(
+                config,
+                self.storage,
+                self.notifier.state_changed,
+                self.metrics,
+                cluster_secret(config.federation.secret_file).encode(),
+            )
+            self.service.federation = self.federation
+            self.expirer.listener = self.federation
+            self.tags.on_change = self.federation.tags_changed
         self._secret = secret
         self._runner: web.AppRunner | None = None
         self._expiry_task: asyncio.Task[None] | None = None
@@ -90,6 +104,8 @@ class Node:
         self.sip_port = await self.transports.start(host, port)
         self.service.sip_port = self.sip_port
         self.service.contact = {t: self.transports.contact(t) for t in ("udp", "tcp")}
+        if self.federation is not None:
+            await self.federation.start()
         self._expiry_task = asyncio.ensure_future(self._expiry_loop())
         secret = self._secret or load_secret(cfg.admin_secret_file, cfg.state_dir)
         self._runner = web.AppRunner(make_app(self, secret), access_log=None, handle_signals=False)
@@ -118,6 +134,8 @@ class Node:
         subs, pres = await self.storage.counts()
         self.metrics.subscriptions = subs
         self.metrics.presentities = pres
+        if self.federation is not None:
+            self.metrics.peers_up = self.federation.peers_up
         return self.metrics.render()
 
     async def stop(self) -> None:
@@ -136,6 +154,8 @@ class Node:
         await self.notifier.drain(max(0.0, deadline - (time.monotonic() - t0)))
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.federation is not None:
+            await self.federation.close()
         await self.transports.close()
         await self.storage.close()
         log.info("node stopped", extra={"node": self.config.node_id})

@@ -157,6 +157,14 @@ def make_app(node: "Node", secret: str) -> web.Application:
     async def tags(_: web.Request) -> web.Response:
         return web.json_response({"node": node.config.node_id, "items": [t.as_json() for t in await node.tags.list()]})
 
+    async def cluster(_: web.Request) -> web.Response:
+        """Federation peers and every tag of the cluster with its owner."""
+        own = [dict(t.as_json(), node=node.config.node_id) for t in await node.tags.list()]
+        if node.federation is None:
+            return web.json_response({"node": node.config.node_id, "mode": "disabled", "peers": [], "tags": own})
+        view = node.federation.view()
+        return web.json_response(dict(view, node=node.config.node_id, tags=own + view["tags"]))
+
     async def activate(request: web.Request) -> web.Response:
         epoch: int | None = None
         if request.can_read_body:
@@ -180,6 +188,7 @@ def make_app(node: "Node", secret: str) -> web.Application:
     app.router.add_get(contract.SUBSCRIPTIONS, subscriptions)
     app.router.add_get(contract.METRICS, metrics)
     app.router.add_get(contract.TAGS, tags)
+    app.router.add_get(contract.CLUSTER, cluster)
     app.router.add_post(contract.TAG_ACTIVATE, activate)
     app.router.add_post(contract.TAG_DEACTIVATE, deactivate)
     return app

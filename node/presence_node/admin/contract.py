@@ -8,6 +8,7 @@ METRICS = "/metrics"
 TAGS = "/tags"
 TAG_ACTIVATE = "/tags/{tag}/activate"
 TAG_DEACTIVATE = "/tags/{tag}/deactivate"
+CLUSTER = "/cluster"
 
 #: Paths answered without the bearer secret.
 OPEN_PATHS = frozenset({HEALTHZ, READYZ})

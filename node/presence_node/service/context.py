@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Iterable, Protocol
 
 from ..config import Config, Expiry
 from ..packages.registry import PackageRegistry
@@ -11,7 +11,7 @@ from ..sip.errors import ParseError, RemoteSipError
 from ..sip.headers import Event, NameAddr, parse_event, parse_expires, parse_uri
 from ..sip.message import Request
 from ..sip.status import Status
-from ..storage import Storage
+from ..storage import Publication, Storage, Subscription
 from .ids import Ids
 from .notify import Notifier
 
@@ -38,6 +38,16 @@ class ServiceMetrics(Protocol):
     def notify_failed(self, event: str, code: int) -> None: ...
 
 
+class Federating(Protocol):
+    """The federation as the SIP handlers see it (None when disabled)."""
+
+    def published(self, presentity: str, event: str, old_etag: str | None, pub: Publication | None) -> None: ...
+
+    async def subscribed(self, sub: Subscription) -> None: ...
+
+    async def unwatched(self, keys: Iterable[tuple[str, str]]) -> None: ...
+
+
 class Service:
     """The node's presence logic with its collaborators."""
 
@@ -60,6 +70,7 @@ class Service:
         #: Our Contact URI per transport and SIP port; set once sockets are bound.
         self.contact: dict[str, str] = {}
         self.sip_port = config.sip_address[1]
+        self.federation: Federating | None = None
 
     def resource(self, req: Request) -> str:
         """The canonical AOR named by the Request-URI (D2, S49); 404 for a

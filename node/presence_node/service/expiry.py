@@ -9,12 +9,20 @@ database, and a backup node does nothing.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Iterable, Protocol
 
 from .notify import Notifier
-from ..storage import Storage
+from ..storage import Publication, Storage
 
 log = logging.getLogger(__name__)
+
+
+class ExpiryListener(Protocol):
+    """Told what expired (the federation: withdraw interest, tell peers)."""
+
+    async def unwatched(self, keys: Iterable[tuple[str, str]]) -> None: ...
+
+    def expired(self, pubs: Iterable[Publication]) -> None: ...
 
 
 class Expirer:
@@ -31,6 +39,7 @@ class Expirer:
         self.node = node
         self.on_expired = on_expired
         self.clock = clock
+        self.listener: ExpiryListener | None = None
 
     async def sweep(self) -> None:
         now = self.clock()
@@ -41,5 +50,8 @@ class Expirer:
             await self.notifier.watcher_changed(sub, "terminated", "timeout")
         pubs = await self.storage.expire_publications(now, self.node)
         self.on_expired("publication", len(pubs))
+        if self.listener is not None:
+            self.listener.expired(pubs)
+            await self.listener.unwatched((s.presentity, s.event) for s in subs)
         for presentity, event in dict.fromkeys((p.presentity, p.event) for p in pubs):
             await self.notifier.state_changed(presentity, event)

@@ -5,7 +5,9 @@ The steps follow §6 in order, so each refusal is the one the RFC names:
 for several etags (S40), 423 for a too-brief Expires (S35), 415/400 for a
 body the package refuses (S44, D8), 400 for no body and no etag (S43), and
 412 for an etag that names no live publication (S39).  Each accepted PUBLISH
-is one atomic storage step, then the NOTIFYs (S37, S38).
+is one atomic storage step, then the NOTIFYs (S37, S38) and, in a
+federation, the message to the locations that watch it; a refused one is
+never sent.
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
         if expires == 0:
             return Reply(Status.OK, ok)  # nothing to keep
         new = svc.ids.etag()
-        await svc.storage.insert_publication(
-            Publication(presentity, key, new, stored, ctype, now + expires, now, svc.config.tag_for(key))
-        )
+        pub = Publication(presentity, key, new, stored, ctype, now + expires, now, svc.config.tag_for(key))
+        await svc.storage.insert_publication(pub)
         svc.metrics.publication_change(key, "new")
+        if svc.federation is not None:
+            svc.federation.published(presentity, key, None, pub)
         return Reply(Status.OK, [("SIP-ETag", new), *ok], then=lambda: svc.notifier.state_changed(presentity, key))
 
     if expires == 0:
@@ -65,6 +68,8 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
         if removed is None:
             raise _unknown_etag()
         svc.metrics.publication_change(key, "remove")
+        if svc.federation is not None:
+            svc.federation.published(presentity, key, etag, None)
         return Reply(Status.OK, ok, then=lambda: svc.notifier.state_changed(presentity, key))
 
     new = svc.ids.etag()
@@ -73,6 +78,8 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
     )
     if updated is None:
         raise _unknown_etag()
+    if svc.federation is not None:
+        svc.federation.published(presentity, key, etag, updated)
     headers = [("SIP-ETag", new), *ok]
     if stored is None:  # refresh: state unchanged, nobody to tell (S36)
         svc.metrics.publication_change(key, "refresh")

@@ -92,6 +92,8 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
     await svc.storage.insert_subscription(sub)
 
     async def first_notify() -> None:
+        if svc.federation is not None:
+            await svc.federation.subscribed(sub)
         await svc.notifier.first(sub)
         await svc.notifier.watcher_changed(sub, "active", "subscribe")
 
@@ -125,6 +127,8 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
         async def last_notify() -> None:
             await svc.notifier.terminated(removed, "timeout")
             await svc.notifier.watcher_changed(removed, "terminated", "timeout")
+            if svc.federation is not None:
+                await svc.federation.unwatched([(removed.presentity, removed.event)])
 
         return Reply(Status.OK, headers, then=last_notify)
     refreshed = await svc.storage.refresh_subscription(

@@ -47,6 +47,9 @@ class SharingTags:
         self.storage = storage
         self.node = config.node_id
         self.clock = clock
+        #: Called after this node activated or gave up a tag (the
+        #: federation tells its peers).
+        self.on_change: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
         """Create the configured tags and this node's private tag.  Start-up
@@ -63,11 +66,15 @@ class SharingTags:
 
     async def activate(self, name: str, epoch: int | None = None) -> TagView:
         self._movable(name)
-        return self._view(await self.storage.activate_tag(name, self.node, self.clock(), epoch))
+        view = self._view(await self.storage.activate_tag(name, self.node, self.clock(), epoch))
+        self.on_change()
+        return view
 
     async def deactivate(self, name: str) -> TagView:
         self._movable(name)
-        return self._view(await self.storage.deactivate_tag(name, self.node, self.clock()))
+        view = self._view(await self.storage.deactivate_tag(name, self.node, self.clock()))
+        self.on_change()
+        return view
 
     @staticmethod
     def _movable(name: str) -> None:

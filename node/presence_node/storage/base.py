@@ -78,6 +78,31 @@ class Storage(Protocol):
         """Delete and return publications expired at ``now`` whose tag
         ``node`` owns.  Each record is returned to one caller only."""
 
+    # -- federation (replicated publications) -------------------------------
+
+    async def apply_remote(self, presentity: str, event: str, old_etag: str | None, new: Publication | None) -> bool:
+        """A publication changed at another location: drop ``old_etag``
+        (whatever its origin: a refresh through that location supersedes our
+        copy or our own record) and store ``new`` (keyed by its etag, which
+        is unique cluster-wide).  True if anything changed."""
+
+    async def replace_replicas(
+        self, origin: str, keys: Collection[tuple[str, str]] | None, pubs: list[Publication], now: float
+    ) -> set[tuple[str, str]]:
+        """Make our copies from ``origin`` for ``keys`` (all keys: None)
+        exactly ``pubs`` (a resync); returns the keys whose state changed."""
+
+    async def held_publications(self, keys: Collection[tuple[str, str]] | None, now: float) -> list[Publication]:
+        """Live publications received here by SIP (``origin`` ""), for
+        ``keys`` or all: what this location answers queries and syncs with."""
+
+    async def forget_replicas(self, presentity: str, event: str) -> None:
+        """Drop the copies of (presentity, event) from other locations (its
+        last local watcher left: nobody here will keep them current)."""
+
+    async def watched_keys(self, events: Collection[str], now: float) -> set[tuple[str, str]]:
+        """(presentity, event) pairs of ``events`` with a live subscription."""
+
     # -- subscriptions -----------------------------------------------------
 
     async def insert_subscription(self, sub: Subscription) -> None: ...

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Collection, Mapping
 
 from .base import StaleEpoch, UnknownTag
-from .records import Publication, Registration, Subscription, TagState
+from .records import Publication, Registration, Subscription, TagState, differing_keys
 
 Key = tuple[str, str]  # (presentity, event)
 
@@ -75,7 +75,8 @@ class MemoryStorage:
             return None
         pubs = self._pubs[(presentity, event)]
         del pubs[etag]
-        new = replace(old, etag=new_etag, expires_at=expires_at)
+        # Refreshed or modified here by SIP: this location holds it now.
+        new = replace(old, etag=new_etag, expires_at=expires_at, origin="")
         if body is not None:
             new.body = body
             new.content_type = content_type or old.content_type
@@ -106,6 +107,45 @@ class MemoryStorage:
         live = [p for p in pubs.values() if p.expires_at > now]
         live.sort(key=lambda p: p.received_at)
         return live
+
+    async def apply_remote(self, presentity: str, event: str, old_etag: str | None, new: Publication | None) -> bool:
+        changed = False
+        pubs = self._pubs.get((presentity, event))
+        if old_etag and pubs and old_etag in pubs:
+            self._drop_pub(pubs[old_etag])
+            changed = True
+        if new is not None:
+            await self.insert_publication(new)
+            changed = True
+        return changed
+
+    async def replace_replicas(
+        self, origin: str, keys: Collection[Key] | None, pubs: list[Publication], now: float
+    ) -> set[Key]:
+        scope = list(self._pubs) if keys is None else keys
+        have = [p for k in scope for p in self._pubs.get(k, {}).values() if p.origin == origin]
+        changed = differing_keys(have, pubs)
+        for p in have:
+            if (p.presentity, p.event) in changed:
+                self._drop_pub(p)
+        for p in pubs:
+            if (p.presentity, p.event) in changed:
+                await self.insert_publication(p)
+        return changed
+
+    async def held_publications(self, keys: Collection[Key] | None, now: float) -> list[Publication]:
+        scope = self._pubs.keys() if keys is None else keys
+        out = [p for k in scope for p in self._pubs.get(k, {}).values() if not p.origin and p.expires_at > now]
+        out.sort(key=lambda p: (p.presentity, p.event, p.received_at))
+        return out
+
+    async def forget_replicas(self, presentity: str, event: str) -> None:
+        for p in list(self._pubs.get((presentity, event), {}).values()):
+            if p.origin:
+                self._drop_pub(p)
+
+    async def watched_keys(self, events: Collection[str], now: float) -> set[Key]:
+        return {(s.presentity, s.event) for s in self._subs.values() if s.event in events and s.expires_at > now}
 
     def _owned(self, node: str) -> set[str]:
         return {t.name for t in self._tags.values() if t.owner == node}

@@ -30,7 +30,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .base import StaleEpoch, StorageUnavailable, UnknownTag
-from .records import Publication, Registration, Subscription, TagState
+from .records import Publication, Registration, Subscription, TagState, differing_keys
 from .schema import MIGRATIONS, MIGRATION_LOCK
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ _SUB_COLUMNS = (
     "local_uri, contact, routes, transport, source, accept, expires_at, remote_cseq, cseq, version, "
     "status, tag"
 )
-_PUB_COLUMNS = "presentity, event, etag, body, content_type, expires_at, received_at, tag"
+_PUB_COLUMNS = "presentity, event, etag, body, content_type, expires_at, received_at, tag, origin"
 #: Rows one expiry sweep takes at most; the next sweep takes the rest.
 EXPIRY_BATCH = 2000
 
@@ -53,6 +53,10 @@ def _pub(row: tuple[Any, ...]) -> Publication:
     p = Publication(*row)
     p.body = bytes(p.body)
     return p
+
+
+def _pub_params(p: Publication) -> tuple[Any, ...]:
+    return (p.presentity, p.event, p.etag, p.body, p.content_type, p.expires_at, p.received_at, p.tag, p.origin)
 
 
 def _tag(row: tuple[Any, ...]) -> TagState:
@@ -99,8 +103,8 @@ class PostgresStorage:
 
     async def insert_publication(self, pub: Publication) -> None:
         await self._rows(
-            f"INSERT INTO publications ({_PUB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (pub.presentity, pub.event, pub.etag, pub.body, pub.content_type, pub.expires_at, pub.received_at, pub.tag),
+            f"INSERT INTO publications ({_PUB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            _pub_params(pub),
         )
 
     async def replace_publication(
@@ -117,13 +121,13 @@ class PostgresStorage:
     ) -> Publication | None:
         if body is None:
             row = await self._one(
-                f"UPDATE publications SET etag = %s, expires_at = %s"
+                f"UPDATE publications SET etag = %s, expires_at = %s, origin = ''"
                 f" WHERE presentity = %s AND event = %s AND etag = %s AND expires_at > %s RETURNING {_PUB_COLUMNS}",
                 (new_etag, expires_at, presentity, event, etag, now),
             )
         else:
             row = await self._one(
-                f"UPDATE publications SET etag = %s, expires_at = %s, body = %s, content_type = COALESCE(%s, content_type), received_at = %s"
+                f"UPDATE publications SET etag = %s, expires_at = %s, body = %s, content_type = COALESCE(%s, content_type), received_at = %s, origin = ''"
                 f" WHERE presentity = %s AND event = %s AND etag = %s AND expires_at > %s RETURNING {_PUB_COLUMNS}",
                 (new_etag, expires_at, body, content_type, now, presentity, event, etag, now),
             )
@@ -144,6 +148,79 @@ class PostgresStorage:
             (presentity, event, now),
         )
         return [_pub(r) for r in rows]
+
+    async def apply_remote(self, presentity: str, event: str, old_etag: str | None, new: Publication | None) -> bool:
+        async with self.pool.connection() as conn, conn.transaction():
+            changed = False
+            if old_etag:
+                cur = await conn.execute(
+                    "DELETE FROM publications WHERE presentity = %s AND event = %s AND etag = %s",
+                    (presentity, event, old_etag),
+                )
+                changed = cur.rowcount > 0
+            if new is not None:
+                await conn.execute(
+                    f"INSERT INTO publications ({_PUB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (etag) DO UPDATE SET body = excluded.body, content_type = excluded.content_type,"
+                    " expires_at = excluded.expires_at, received_at = excluded.received_at, origin = excluded.origin",
+                    _pub_params(new),
+                )
+                changed = True
+            return changed
+
+    async def replace_replicas(
+        self, origin: str, keys: Collection[tuple[str, str]] | None, pubs: list[Publication], now: float
+    ) -> set[tuple[str, str]]:
+        async with self.pool.connection() as conn, conn.transaction():
+            if keys is None:
+                cur = await conn.execute(f"SELECT {_PUB_COLUMNS} FROM publications WHERE origin = %s", (origin,))
+            else:
+                cur = await conn.execute(
+                    f"SELECT {_PUB_COLUMNS} FROM publications WHERE origin = %s"
+                    " AND (presentity, event) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                    (origin, [k[0] for k in keys], [k[1] for k in keys]),
+                )
+            have = [_pub(r) for r in await cur.fetchall()]
+            changed = differing_keys(have, pubs)
+            gone = [p.etag for p in have if (p.presentity, p.event) in changed]
+            if gone:
+                await conn.execute("DELETE FROM publications WHERE etag = ANY(%s)", (gone,))
+            for p in pubs:
+                if (p.presentity, p.event) in changed:
+                    await conn.execute(
+                        f"INSERT INTO publications ({_PUB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                        " ON CONFLICT (etag) DO NOTHING",
+                        _pub_params(p),
+                    )
+            return changed
+
+    async def held_publications(self, keys: Collection[tuple[str, str]] | None, now: float) -> list[Publication]:
+        if keys is None:
+            rows = await self._rows(
+                f"SELECT {_PUB_COLUMNS} FROM publications WHERE origin = '' AND expires_at > %s"
+                " ORDER BY presentity, event, received_at",
+                (now,),
+            )
+        else:
+            rows = await self._rows(
+                f"SELECT {_PUB_COLUMNS} FROM publications WHERE origin = '' AND expires_at > %s"
+                " AND (presentity, event) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+                " ORDER BY presentity, event, received_at",
+                (now, [k[0] for k in keys], [k[1] for k in keys]),
+            )
+        return [_pub(r) for r in rows]
+
+    async def forget_replicas(self, presentity: str, event: str) -> None:
+        await self._rows(
+            "DELETE FROM publications WHERE presentity = %s AND event = %s AND origin <> ''", (presentity, event)
+        )
+
+    async def watched_keys(self, events: Collection[str], now: float) -> set[tuple[str, str]]:
+        rows = await self._rows(
+            "SELECT DISTINCT presentity, event FROM subscriptions WHERE event = ANY(%s) AND expires_at > %s",
+            (list(events), now),
+        )
+        return {(r[0], r[1]) for r in rows}
 
     async def expire_publications(self, now: float, node: str) -> list[Publication]:
         rows = await self._rows(

@@ -22,6 +22,9 @@ class Publication:
     expires_at: float  # wall-clock epoch seconds
     received_at: float  # orders composition: oldest first
     tag: str  # sharing tag of the owner (duties)
+    #: "" when received here by SIP (this node or its location's database
+    #: holds it); else the federation location it was replicated from.
+    origin: str = ""
 
 
 @dataclass(slots=True)
@@ -79,3 +82,17 @@ class TagState:
     owner: str | None
     epoch: int
     since: float
+
+
+def differing_keys(have: list[Publication], want: list[Publication]) -> set[tuple[str, str]]:
+    """The (presentity, event) keys whose publications differ between two
+    lists (by etag, body and expiry): what a federation resync changes."""
+
+    def index(pubs: list[Publication]) -> dict[tuple[str, str], set[tuple[str, bytes, float]]]:
+        out: dict[tuple[str, str], set[tuple[str, bytes, float]]] = {}
+        for p in pubs:
+            out.setdefault((p.presentity, p.event), set()).add((p.etag, bytes(p.body), p.expires_at))
+        return out
+
+    a, b = index(have), index(want)
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}

@@ -64,4 +64,11 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (aor, contact)
         )""",
     ],
+    [
+        # Federation: a replicated publication remembers the location it
+        # came from ("" = received here by SIP); answers and syncs send only
+        # the latter, and a sync replaces one location's copies at once.
+        "ALTER TABLE publications ADD COLUMN origin text NOT NULL DEFAULT ''",
+        "CREATE INDEX publications_origin ON publications (origin, presentity, event)",
+    ],
 ]

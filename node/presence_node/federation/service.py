@@ -1,0 +1,422 @@
+"""Federation: presentities shared by broadcast and query between locations
+that have no database in common (the seed's third and fourth scenarios).
+
+A *location* is one storage: a node on its own (memory), or the nodes
+sharing one PostgreSQL database.  Messages go only to nodes of *other*
+locations, since nodes of one location already see the same data.
+
+On-demand sharing (the seed, minus the reference's faults):
+
+- every node announces its *interest*: the (presentity, package) pairs its
+  storage has watchers for.  An accepted PUBLISH (new, refresh, modify,
+  remove, and expiry) is sent to the nodes of the locations interested in
+  it, plus the location whose node issued the etag it replaces, so the
+  cost per PUBLISH follows the locations that have watchers, not the size
+  of the cluster.  A PUBLISH answered with an error is never sent.
+- a new watcher of a presentity this location holds nothing of sends one
+  query; only locations holding it by SIP answer, with *every* live
+  publication.  The first NOTIFY waits up to ``query_wait`` for an answer.
+  A query unanswered after ``query_ttl`` may be sent again.  When the last
+  local watcher leaves, the interest is withdrawn and the copies dropped.
+
+Full sharing keeps every presentity everywhere; a node that connects to a
+peer pulls what that peer holds by SIP, so a restarted node serves
+presentities it never received itself.
+
+Only the node where this location's tag is active acts on broadcasts and
+resyncs (OpenSIPS #2960), so each watcher gets each NOTIFY once; a node
+applies the answers to its own queries.  Lost messages are found by
+sequence number (:mod:`.wire`) and repaired by a resync: the peer sends its
+full interest, tags and held publications for what we watch.  The same
+happens on every (re)connection and every ``resync_interval``, so the
+cluster converges without waiting for the next PUBLISH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable
+
+from ..config import Config
+from ..storage import Publication, Storage, Subscription
+from .channel import Channel, ChannelMetrics
+from .wire import Envelope
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (presentity, event)
+
+
+@dataclass(slots=True)
+class _Query:
+    sent: float
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class BadBody(ValueError):
+    """A cluster message whose body does not have the expected shape."""
+
+
+class Federation:
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        state_changed: Callable[[str, str], Awaitable[None]],
+        metrics: ChannelMetrics,
+        secret: bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        fed = config.federation
+        self.config = config
+        self.storage = storage
+        self.state_changed = state_changed
+        self.metrics = metrics
+        self.clock = clock
+        self.full = fed.mode == "full-sharing"
+        self.node = config.node_id
+        self.location = config.location
+        self.peer_location = {p.id: p.location or p.id for p in fed.peers}
+        #: Peers in other locations: the only ones we exchange state with.
+        self.others = [p for p, loc in self.peer_location.items() if loc != self.location]
+        self.events = frozenset(e for e in config.cluster_pres_events if e in config.packages and e != "presence.winfo")
+        self.interest: dict[str, set[Key]] = {p: set() for p in self.others}
+        self.announced: set[Key] = set()
+        self.pending: dict[Key, _Query] = {}
+        self.remote_tags: dict[str, list[dict[str, Any]]] = {}
+        self.channel = Channel(config, secret, self._on_message, self._on_connected, metrics, clock)
+        self._handlers: dict[str, Callable[[Envelope], Awaitable[None]]] = {
+            "heartbeat": self._noop,
+            "state": self._state,
+            "interest": self._interest,
+            "publish": self._publish,
+            "query": self._query,
+            "sync_request": self._sync_request,
+            "pubs": self._pubs,
+        }
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.channel.start()
+        self._timer = asyncio.ensure_future(self._periodic())
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        for task in list(self._tasks):
+            task.cancel()
+        await self.channel.close()
+
+    # -- called by the SIP side ----------------------------------------------
+
+    def published(self, presentity: str, event: str, old_etag: str | None, pub: Publication | None) -> None:
+        """An accepted PUBLISH (or an expiry) changed what this location
+        holds: tell the locations that need it."""
+        if event not in self.events:
+            return
+        key = (presentity, event)
+        body = {"key": [presentity, event], "old": old_etag, "pub": _wire(pub) if pub is not None else None}
+        for peer in self._targets(key, old_etag):
+            self.channel.send(peer, "publish", body)
+
+    def _targets(self, key: Key, old_etag: str | None) -> list[str]:
+        if self.full:
+            return self.others
+        locations = {self.peer_location[p] for p, keys in self.interest.items() if key in keys}
+        if old_etag:
+            # The location that issued the etag holds the record we replaced.
+            issuer = self.peer_location.get(old_etag.split(".", 1)[0])
+            if issuer is not None:
+                locations.add(issuer)
+        return [p for p in self.others if self.peer_location[p] in locations]
+
+    async def subscribed(self, sub: Subscription) -> None:
+        """A new watcher: announce the interest, and query the cluster if
+        this location holds nothing for it (waiting up to ``query_wait``
+        so the first NOTIFY carries the remote state)."""
+        key = (sub.presentity, sub.event)
+        if sub.event not in self.events:
+            return
+        if key not in self.announced:
+            self.announced.add(key)
+            self._broadcast("interest", {"add": [list(key)], "remove": []})
+        if self.full or await self.storage.publications(sub.presentity, sub.event, self.clock()):
+            return
+        now = self.clock()
+        query = self.pending.get(key)
+        if query is None or (not query.answered.is_set() and now - query.sent > self.config.federation.query_ttl):
+            query = self.pending[key] = _Query(now)
+            self.metrics.count("federation_queries", sub.event)
+            self._broadcast("query", {"keys": [list(key)]})
+        if not query.answered.is_set() and self.config.federation.query_wait > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(query.answered.wait(), self.config.federation.query_wait)
+
+    async def unwatched(self, keys: Iterable[Key]) -> None:
+        """Watchers left: for each key no longer watched here, withdraw the
+        interest and (on demand) drop the copies nobody will keep current."""
+        now = self.clock()
+        for presentity, event in dict.fromkeys(keys):
+            if event not in self.events or await self.storage.watchers(presentity, event, now):
+                continue
+            key = (presentity, event)
+            if key in self.announced:
+                self.announced.discard(key)
+                self._broadcast("interest", {"add": [], "remove": [list(key)]})
+            if not self.full:
+                self.pending.pop(key, None)
+                await self.storage.forget_replicas(presentity, event)
+
+    def expired(self, pubs: Iterable[Publication]) -> None:
+        for p in pubs:
+            if not p.origin:
+                self.published(p.presentity, p.event, p.etag, None)
+
+    def tags_changed(self) -> None:
+        self._spawn(self._send_state(self.others))
+
+    # -- periodic and connection-driven resync --------------------------------
+
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.federation.resync_interval)
+            try:
+                await self._send_state(self.others)
+                for peer in self.others:
+                    if self.channel.up(peer):
+                        await self._resync(peer, "periodic")
+            except Exception:
+                log.exception("federation resync failed")
+
+    def _on_connected(self, peer: str) -> None:
+        if peer in self.interest:
+            self._spawn(self._connected(peer))
+
+    async def _connected(self, peer: str) -> None:
+        await self._send_state([peer])
+        await self._resync(peer, "connect")
+
+    async def _send_state(self, peers: list[str]) -> None:
+        if not peers:
+            return
+        keys = await self.storage.watched_keys(self.events, self.clock())
+        tags = [
+            {"tag": t.name, "owner": t.owner, "epoch": t.epoch, "since": t.since} for t in await self.storage.tags()
+        ]
+        body = {"location": self.location, "interest": [list(k) for k in sorted(keys)], "tags": tags}
+        for peer in peers:
+            self.channel.send(peer, "state", body)
+
+    async def _resync(self, peer: str, cause: str) -> None:
+        """Ask ``peer`` for what its location holds of what we need."""
+        if not await self._acting():
+            return
+        self.metrics.count("federation_resyncs", cause)
+        keys = None if self.full else [list(k) for k in sorted(await self.storage.watched_keys(self.events, self.clock()))]
+        self.channel.send(peer, "sync_request", {"keys": keys})
+
+    async def _acting(self, event: str | None = None) -> bool:
+        """Whether this node is where its location's tag for ``event`` is
+        active (by default: the clustered tag)."""
+        tag = self.config.tag_for(event) if event is not None else self.config.clustered_tag
+        return any(t.name == tag and t.owner == self.node for t in await self.storage.tags())
+
+    # -- incoming -----------------------------------------------------------------
+
+    async def _on_message(self, env: Envelope, skipped: int) -> None:
+        handler = self._handlers.get(env.kind)
+        if handler is None:
+            self.metrics.count("cluster_messages_ignored", "unknown-kind")
+            return
+        try:
+            await handler(env)
+        except BadBody as e:
+            self.metrics.count("cluster_messages_ignored", "malformed")
+            log.warning("cluster message ignored", extra={"kind": env.kind, "reason": str(e)})
+        if skipped and env.sender in self.interest:
+            await self._resync(env.sender, "gap")
+
+    async def _noop(self, env: Envelope) -> None:
+        return None
+
+    async def _state(self, env: Envelope) -> None:
+        keys = self._keys(env.body.get("interest"))
+        tags = env.body.get("tags")
+        if not isinstance(tags, list) or not all(isinstance(t, dict) for t in tags):
+            raise BadBody("tags")
+        if env.sender in self.interest:
+            self.interest[env.sender] = set(keys)
+        self.remote_tags[env.sender] = tags
+
+    async def _interest(self, env: Envelope) -> None:
+        add, remove = self._keys(env.body.get("add")), self._keys(env.body.get("remove"))
+        keys = self.interest.get(env.sender)
+        if keys is not None:
+            keys.difference_update(remove)
+            keys.update(add)
+
+    async def _publish(self, env: Envelope) -> None:
+        (key,) = self._keys([env.body.get("key")])
+        old = env.body.get("old")
+        if old is not None and not isinstance(old, str):
+            raise BadBody("old")
+        raw = env.body.get("pub")
+        pub = self._publication(raw, env.sender) if raw is not None else None
+        if pub is not None and (pub.presentity, pub.event) != key:
+            raise BadBody("key")
+        if not await self._acting(key[1]):
+            self.metrics.count("cluster_messages_ignored", "backup")
+            return
+        presentity, event = key
+        if self.full or await self.storage.watchers(presentity, event, self.clock()):
+            query = self.pending.pop(key, None)
+            if query is not None:
+                query.answered.set()
+            if await self.storage.apply_remote(presentity, event, old, pub):
+                await self.state_changed(presentity, event)
+            return
+        # Nobody here watches it: keep nothing, but drop what it replaces.
+        self.metrics.count("cluster_messages_ignored", "no-watchers")
+        await self.storage.apply_remote(presentity, event, old, None)
+        await self.storage.forget_replicas(presentity, event)
+
+    async def _query(self, env: Envelope) -> None:
+        keys = self._keys(env.body.get("keys"))
+        if not await self._acting():
+            self.metrics.count("cluster_messages_ignored", "backup")
+            return
+        held = await self.storage.held_publications(keys, self.clock())
+        if held:  # only holders answer
+            answered = sorted({(p.presentity, p.event) for p in held})
+            self.channel.send(
+                env.sender, "pubs", {"reason": "answer", "keys": [list(k) for k in answered], "pubs": [_wire(p) for p in held]}
+            )
+
+    async def _sync_request(self, env: Envelope) -> None:
+        raw = env.body.get("keys")
+        keys = None if raw is None else self._keys(raw)
+        held = await self.storage.held_publications(keys, self.clock())
+        await self._send_state([env.sender])
+        self.channel.send(
+            env.sender,
+            "pubs",
+            {"reason": "sync", "keys": raw if keys is None else [list(k) for k in keys], "pubs": [_wire(p) for p in held]},
+        )
+
+    async def _pubs(self, env: Envelope) -> None:
+        raw = env.body.get("keys")
+        keys = None if raw is None else self._keys(raw)
+        pubs = [self._publication(p, env.sender) for p in _list(env.body.get("pubs"))]
+        reason = env.body.get("reason")
+        if reason == "answer":
+            # Our own question: applied by whoever asked, if still waiting.
+            asked = [k for k in keys or () if k in self.pending and not self.pending[k].answered.is_set()]
+            if not asked:
+                self.metrics.count("cluster_messages_ignored", "unasked")
+                return
+            keys = asked
+        elif reason != "sync":
+            raise BadBody("reason")
+        elif not await self._acting():
+            self.metrics.count("cluster_messages_ignored", "backup")
+            return
+        if keys is not None:
+            wanted = set(keys)
+            pubs = [p for p in pubs if (p.presentity, p.event) in wanted]
+        origin = self.peer_location[env.sender]
+        changed = await self.storage.replace_replicas(origin, keys, pubs, self.clock())
+        for key in keys or ():
+            query = self.pending.get(key)
+            if query is not None:
+                query.answered.set()
+        for presentity, event in sorted(changed):
+            await self.state_changed(presentity, event)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _broadcast(self, kind: str, body: dict[str, Any]) -> None:
+        for peer in self.others:
+            self.channel.send(peer, kind, body)
+
+    def _keys(self, raw: Any) -> list[Key]:
+        out = []
+        for item in _list(raw):
+            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                raise BadBody("keys")
+            if item[1] not in self.events:
+                raise BadBody(f"event {item[1]!r} is not federated here")
+            out.append((item[0], item[1]))
+        return out
+
+    def _publication(self, raw: Any, sender: str) -> Publication:
+        if not isinstance(raw, dict):
+            raise BadBody("pub")
+        try:
+            presentity, event, etag, ctype = (raw[k] for k in ("p", "e", "etag", "ct"))
+            body = base64.b64decode(raw["body"], validate=True)
+            expires_at, received_at = float(raw["exp"]), float(raw["rcv"])
+        except (KeyError, TypeError, ValueError, binascii.Error) as e:
+            raise BadBody(f"pub: {e}") from e
+        if not all(isinstance(x, str) for x in (presentity, event, etag, ctype)) or event not in self.events:
+            raise BadBody("pub fields")
+        if len(body) > self.config.limits.max_body_size:
+            raise BadBody("pub body too large")
+        return Publication(
+            presentity, event, etag, body, ctype, expires_at, received_at, self.config.tag_for(event),
+            self.peer_location[sender],
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def peers_up(self) -> int:
+        return sum(self.channel.up(p) for p in self.peer_location)
+
+    # -- admin view --------------------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "mode": self.config.federation.mode,
+            "location": self.location,
+            "peers": [
+                {
+                    "node": p,
+                    "location": loc,
+                    "up": self.channel.up(p),
+                    "connected": self.channel.connected(p),
+                    "interest": len(self.interest.get(p, ())),
+                }
+                for p, loc in sorted(self.peer_location.items())
+            ],
+            "tags": [dict(t, node=p) for p, tags in sorted(self.remote_tags.items()) for t in tags],
+        }
+
+
+def _list(raw: Any) -> list[Any]:
+    if not isinstance(raw, list):
+        raise BadBody("expected a list")
+    return raw
+
+
+def _wire(p: Publication) -> dict[str, Any]:
+    return {
+        "p": p.presentity,
+        "e": p.event,
+        "etag": p.etag,
+        "body": base64.b64encode(p.body).decode(),
+        "ct": p.content_type,
+        "exp": p.expires_at,
+        "rcv": p.received_at,
+    }
