@@ -93,3 +93,344 @@ async def test_publish_on_one_node_reaches_watchers_on_two_others(federation, ma
     [_, a] = await w2.dialog_notifies(d2, 2)
     [_, c] = await w3.dialog_notifies(d3, 2)
     assert b"via n1" in a.body and a.body == c.body
+
+
+def sent(m, kind: str) -> float:
+    return metric(m, "cluster_messages_sent_total", kind=kind)
+
+
+async def test_subscribe_queries_once_and_first_notify_carries_remote_state(federation, make_client):
+    """A SUBSCRIBE on n3 for a presentity published earlier on n1: one
+    query, answered by the holder only, in time for the first NOTIFY; a
+    second SUBSCRIBE there sends no query."""
+    n1, n2, n3 = await federation(3)
+    pub = await make_client("bob", target=n1)
+    assert (await pub.publish(pidf(BOB, "open", note="held by n1"))).code == 200
+    w = await make_client("alice", target=n3)
+    _, d = await w.subscribe(BOB)
+    [first] = await w.dialog_notifies(d, 1)
+    assert b"held by n1" in first.body
+    m3 = await counters(n3)
+    assert metric(m3, "federation_queries_total", event="presence") == 1
+    assert sent(await counters(n2), "answer") == 0  # n2 holds nothing: no answer
+    assert sent(await counters(n1), "answer") == 1
+    w2 = await make_client("carol", target=n3)
+    _, d2 = await w2.subscribe(BOB)
+    [first2] = await w2.dialog_notifies(d2, 1)
+    assert b"held by n1" in first2.body
+    assert metric(await counters(n3), "federation_queries_total", event="presence") == 1
+
+
+async def test_query_answer_carries_every_live_publication(federation, make_client):
+    """The reference answers with the oldest publication only; we send all
+    of them, so the composed document has both devices' tuples."""
+    n1, n2 = await federation(2)
+    phone = await make_client("bob", target=n1)
+    laptop = await make_client("bob", target=n1)
+    assert (await phone.publish(pidf(BOB, "open", tuple_id="phone", note="phone"))).code == 200
+    assert (await laptop.publish(pidf(BOB, "closed", tuple_id="laptop", note="laptop"))).code == 200
+    w = await make_client("alice", target=n2)
+    _, d = await w.subscribe(BOB)
+    [first] = await w.dialog_notifies(d, 1)
+    assert b'id="phone"' in first.body and b'id="laptop"' in first.body
+
+
+async def test_late_answer_gives_offline_first_then_the_real_state(federation, make_client):
+    """With no time to wait (query_wait 0), the first NOTIFY has no remote
+    state and a second one brings it when the answer arrives."""
+    n1, n2 = await federation(2, query_wait=0)
+    pub = await make_client("bob", target=n1)
+    assert (await pub.publish(pidf(BOB, "open", note="late"))).code == 200
+    w = await make_client("alice", target=n2)
+    _, d = await w.subscribe(BOB)
+    first, second = await w.dialog_notifies(d, 2)
+    assert b"late" not in first.body and b"late" in second.body
+
+
+async def test_unanswered_query_is_not_repeated_until_its_ttl(federation, make_client):
+    """Nobody holds the presentity: the query stays pending (no second
+    query) until query_ttl, then a later subscriber may query again."""
+    n1, n2 = await federation(2, query_wait=0.05, query_ttl=0.6)
+    w = await make_client("alice", target=n2)
+    for _ in range(2):
+        _, d = await w.subscribe(BOB)
+        await w.dialog_notifies(d, 1)
+    assert metric(await counters(n2), "federation_queries_total", event="presence") == 1
+    await asyncio.sleep(0.7)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    assert metric(await counters(n2), "federation_queries_total", event="presence") == 2
+
+
+async def test_refused_publish_is_never_sent(federation, make_client):
+    """A PUBLISH answered 412 (the reference broadcasts it anyway) sends
+    no cluster message; an accepted one sends one to the watching node."""
+    n1, n2 = await federation(2)
+    w = await make_client("alice", target=n2)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    await until(lambda: (BOB[4:], "presence") in n1.federation.interest["n2"])
+    pub = await make_client("bob", target=n1)
+    before = sent(await counters(n1), "publish")
+    assert (await pub.publish(pidf(BOB), etag="no-such-etag")).code == 412
+    assert sent(await counters(n1), "publish") == before
+    assert (await pub.publish(pidf(BOB))).code == 200
+    assert sent(await counters(n1), "publish") == before + 1
+
+
+async def test_removal_and_expiry_reach_remote_watchers(federation, make_client):
+    n1, n2 = await federation(2)
+    w = await make_client("alice", target=n2)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    await until(lambda: (BOB[4:], "presence") in n1.federation.interest["n2"])
+    pub = await make_client("bob", target=n1)
+    r = await pub.publish(pidf(BOB, "open", note="short"), expires=1)
+    assert r.code == 200
+    _, got, gone = await w.dialog_notifies(d, 3, timeout=4.0)
+    assert b"short" in got.body and b"short" not in gone.body  # expired on n1, told to n2
+    r = await pub.publish(pidf(BOB, "open", note="again"))
+    etag = r.headers.get("sip-etag")
+    await w.dialog_notifies(d, 4)
+    assert (await pub.publish(None, etag=etag, expires=0)).code == 200
+    notes = await w.dialog_notifies(d, 5)
+    assert b"again" not in notes[-1].body
+
+
+async def test_messages_per_publish_follow_interest_not_cluster_size(federation, make_client):
+    """Four nodes, one watcher on n2: each PUBLISH on n1 costs one message;
+    once the watcher leaves, none."""
+    n1, n2, n3, n4 = await federation(4)
+    w = await make_client("alice", target=n2)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    await until(lambda: (BOB[4:], "presence") in n1.federation.interest["n2"])
+    pub = await make_client("bob", target=n1)
+    before = sent(await counters(n1), "publish")
+    for i in range(5):
+        assert (await pub.publish(pidf(BOB, note=f"p{i}"))).code == 200
+    assert sent(await counters(n1), "publish") - before == 5
+    assert (await w.resubscribe(d, 0)).code == 200
+    await until(lambda: (BOB[4:], "presence") not in n1.federation.interest["n2"])
+    before = sent(await counters(n1), "publish")
+    assert (await pub.publish(pidf(BOB, note="unwatched"))).code == 200
+    assert sent(await counters(n1), "publish") == before
+
+
+async def test_packages_not_in_cluster_pres_events_stay_local(federation, make_client):
+    """dialog (BLF) is not federated by default: a watcher on n2 never sees
+    a dialog PUBLISH made on n1, and nothing is sent for it."""
+    from bodies import dialog, dialog_info
+
+    n1, n2 = await federation(2)
+    w = await make_client("alice", target=n2)
+    _, d = await w.subscribe(BOB, event="dialog")
+    await w.dialog_notifies(d, 1)
+    pub = await make_client("bob", target=n1)
+    before = await counters(n1)
+    assert (await pub.publish(dialog_info(BOB, dialog("d1")), event="dialog", ctype="application/dialog-info+xml")).code == 200
+    await asyncio.sleep(0.3)
+    assert len(w.notifies_for(d)) == 1
+    after = await counters(n1)
+    assert sent(after, "publish") == sent(before, "publish") and sent(after, "query") == sent(before, "query")
+
+
+async def test_full_sharing_restarted_node_serves_what_it_never_received(federation, make_client):
+    """full-sharing: n2, restarted, pulls n1's presentities on connect and
+    serves them to a new watcher with no query."""
+    ports = [free_port(["127.0.0.1"]) for _ in range(2)]
+    n1, n2 = await federation(2, "full-sharing", ports=ports)
+    pub = await make_client("bob", target=n1)
+    assert (await pub.publish(pidf(BOB, "open", note="shared"))).code == 200
+    await n2.stop()
+    [n2b] = await federation(2, "full-sharing", ports=ports, only=[1])
+    await until(lambda: n2b.federation.channel.up("n1"))
+    w = await make_client("alice", target=n2b)
+    for _ in range(50):
+        _, d = await w.subscribe(BOB, expires=0)  # polls until the sync landed
+        [n] = await w.dialog_notifies(d, 1)
+        if b"shared" in n.body:
+            break
+        await asyncio.sleep(0.05)
+    assert b"shared" in n.body
+    assert metric(await counters(n2b), "federation_queries_total", event="presence") == 0
+
+
+class Cut:
+    """A TCP proxy standing between two nodes' cluster channel, which the
+    test can cut (connections closed, new ones refused) and heal."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.port = free_port(["127.0.0.1"])
+        self.open = True
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> "Cut":
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_w}
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    def cut(self) -> None:
+        self.open = False
+        for w in self._writers:
+            w.close()
+        self._writers.clear()
+
+    def heal(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_messages_lost_in_a_partition_are_repaired_after_healing(make_node, cluster_secret_file, make_client):
+    """n1's messages to n2 pass through a proxy; it is cut while n1 takes
+    PUBLISHes (those messages are lost), then healed: n2 sees the gap in
+    the sequence numbers, asks for a resync, and its watcher gets the
+    latest state without another PUBLISH."""
+    p1, p2 = free_port(["127.0.0.1"]), free_port(["127.0.0.1"])
+    proxy = await Cut(p2).start()
+    fed = {"secret_file": str(cluster_secret_file), "heartbeat": 0.2, "peer_timeout": 1.0}
+    n1 = await make_node(node_id="n1", cluster_id="fed", federation={
+        "mode": "on-demand-sharing", "listen": f"127.0.0.1:{p1}", **fed,
+        "peers": [{"id": "n2", "address": f"127.0.0.1:{proxy.port}"}]})
+    n2 = await make_node(node_id="n2", cluster_id="fed", federation={
+        "mode": "on-demand-sharing", "listen": f"127.0.0.1:{p2}", **fed,
+        "peers": [{"id": "n1", "address": f"127.0.0.1:{p1}"}]})
+    try:
+        await until(lambda: n1.federation.channel.connected("n2") and n2.federation.channel.up("n1"))
+        w = await make_client("alice", target=n2)
+        _, d = await w.subscribe(BOB)
+        await w.dialog_notifies(d, 1)
+        await until(lambda: (BOB[4:], "presence") in n1.federation.interest["n2"])
+        pub = await make_client("bob", target=n1)
+        assert (await pub.publish(pidf(BOB, "open", note="before"))).code == 200
+        await w.dialog_notifies(d, 2)
+        proxy.cut()
+        await until(lambda: not n1.federation.channel.connected("n2"))
+        r = await pub.publish(pidf(BOB, "open", note="during-1"))
+        await pub.publish(pidf(BOB, "closed", note="during-2"), etag=r.headers.get("sip-etag"))
+        await asyncio.sleep(0.3)
+        assert not any(b"during" in n.body for n in w.notifies_for(d))  # really lost
+        proxy.heal()
+        notes = await w.wait_notifies(3, 5.0, lambda m: m.headers.get("call-id") == d.call_id)
+        assert b"during-2" in notes[-1].body and b"during-1" not in notes[-1].body
+        m2 = await counters(n2)
+        assert metric(m2, "cluster_messages_lost_total", peer="n1") >= 2
+        assert metric(m2, "federation_resyncs_total", cause="gap") >= 1
+    finally:
+        proxy.close()
+
+
+async def test_forged_replayed_stale_wrong_cluster_and_malformed_messages_are_refused(federation, make_client):
+    """The test plays n2 (configured, never started) towards n1's channel:
+    only the authentic, fresh, in-order message is applied; each refusal is
+    counted by reason and changes nothing (the watcher on n1 sees no
+    NOTIFY)."""
+    import base64
+    import time
+
+    from presence_node.federation.wire import Envelope, seal
+
+    [n1] = await federation(2, only=[0])
+    w = await make_client("alice", target=n1)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    doc = pidf(BOB, "open", note="injected")
+    body = {"key": ["bob@example.com", "presence"], "old": None, "pub": {
+        "p": "bob@example.com", "e": "presence", "etag": "n2.x.1", "body": base64.b64encode(doc).decode(),
+        "ct": "application/pidf+xml", "exp": time.time() + 60, "rcv": time.time()}}
+    boot = int(time.time() * 1000)
+
+    def env(seq: int, *, cluster: str = "fed", ts: float | None = None, receiver: str = "n1", sender: str = "n2") -> Envelope:
+        return Envelope(cluster, sender, receiver, boot, seq, ts if ts is not None else time.time(), "publish", body)
+
+    good = CLUSTER_SECRET.encode()
+    bad = [
+        (seal(b"not-the-cluster-secret-at-all", env(1)), "forged"),
+        (seal(good, env(1))[:-5] + b"XXXXX", "forged"),  # altered after sealing
+        (seal(good, env(1, cluster="other")), "wrong-cluster"),
+        (seal(good, env(1, receiver="n3")), "misdirected"),
+        (seal(good, env(1, sender="n9")), "unknown-peer"),
+        (seal(good, env(1, ts=time.time() - 3600)), "stale"),
+        (b"\x00" * 10, "malformed"),
+    ]
+    before = await counters(n1)
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"http://127.0.0.1:{n1.federation.channel.port}/cluster") as ws:
+            for data, _ in bad:
+                await ws.send_bytes(data)
+            await asyncio.sleep(0.3)
+            assert len(w.notifies_for(d)) == 1  # nothing applied
+            replayable = seal(good, env(1))
+            await ws.send_bytes(replayable)  # authentic: applied once
+            await w.dialog_notifies(d, 2)
+            await ws.send_bytes(replayable)  # the same bytes again
+            await asyncio.sleep(0.3)
+    after = await counters(n1)
+    for reason in {r for _, r in bad} | {"replayed"}:
+        want = sum(1 for _, r in bad if r == reason) + (reason == "replayed")
+        got = metric(after, "cluster_messages_rejected_total", reason=reason) - metric(
+            before, "cluster_messages_rejected_total", reason=reason)
+        assert got == want, reason
+    assert len(w.notifies_for(d)) == 2 and b"injected" in w.notifies_for(d)[1].body
+
+
+async def test_cluster_view_lists_every_tag_and_peer(federation):
+    """Tags are visible cluster-wide: each node's /cluster lists the tags of
+    every node, with owners, and which peers are up."""
+    nodes = await federation(3)
+    async with aiohttp.ClientSession() as s:
+        for node in nodes:
+            async def view():
+                async with s.get(f"http://127.0.0.1:{node.admin_port}/cluster", headers=AUTH) as r:
+                    assert r.status == 200
+                    return await r.json()
+
+            for _ in range(100):
+                v = await view()
+                owners = {t["tag"]: t["owner"] for t in v["tags"]}
+                if all(owners.get(f"n{i}") == f"n{i}" for i in (1, 2, 3)):
+                    break
+                await asyncio.sleep(0.05)
+            assert all(owners.get(f"n{i}") == f"n{i}" for i in (1, 2, 3)), owners
+            assert all(p["up"] for p in v["peers"]) and len(v["peers"]) == 2
+            async with s.get(f"http://127.0.0.1:{node.admin_port}/cluster") as r:
+                assert r.status == 401  # behind the secret like the rest
+
+
+async def test_federation_without_a_cluster_secret_does_not_start(monkeypatch, tmp_path):
+    from presence_node.admin.secret import SecretError
+    from presence_node.config import Config
+    from presence_node.node import Node
+
+    monkeypatch.delenv("PRESENCE_CLUSTER_SECRET", raising=False)
+    cfg = Config.model_validate({"cluster_id": "fed", "federation": {"mode": "full-sharing"}, "state_dir": str(tmp_path)})
+    with pytest.raises(SecretError, match="cluster secret"):
+        Node(cfg)

@@ -98,7 +98,8 @@ class Federation:
             "publish": self._publish,
             "query": self._query,
             "sync_request": self._sync_request,
-            "pubs": self._pubs,
+            "answer": self._pubs,
+            "sync": self._pubs,
         }
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
@@ -297,35 +298,28 @@ class Federation:
         held = await self.storage.held_publications(keys, self.clock())
         if held:  # only holders answer
             answered = sorted({(p.presentity, p.event) for p in held})
-            self.channel.send(
-                env.sender, "pubs", {"reason": "answer", "keys": [list(k) for k in answered], "pubs": [_wire(p) for p in held]}
-            )
+            self.channel.send(env.sender, "answer", {"keys": [list(k) for k in answered], "pubs": [_wire(p) for p in held]})
 
     async def _sync_request(self, env: Envelope) -> None:
         raw = env.body.get("keys")
         keys = None if raw is None else self._keys(raw)
         held = await self.storage.held_publications(keys, self.clock())
         await self._send_state([env.sender])
-        self.channel.send(
-            env.sender,
-            "pubs",
-            {"reason": "sync", "keys": raw if keys is None else [list(k) for k in keys], "pubs": [_wire(p) for p in held]},
-        )
+        self.channel.send(env.sender, "sync", {"keys": raw, "pubs": [_wire(p) for p in held]})
 
     async def _pubs(self, env: Envelope) -> None:
+        """An ``answer`` to our query or a ``sync`` we asked for: the
+        sender's location holds exactly ``pubs`` for ``keys`` (all: None)."""
         raw = env.body.get("keys")
         keys = None if raw is None else self._keys(raw)
         pubs = [self._publication(p, env.sender) for p in _list(env.body.get("pubs"))]
-        reason = env.body.get("reason")
-        if reason == "answer":
+        if env.kind == "answer":
             # Our own question: applied by whoever asked, if still waiting.
             asked = [k for k in keys or () if k in self.pending and not self.pending[k].answered.is_set()]
             if not asked:
                 self.metrics.count("cluster_messages_ignored", "unasked")
                 return
             keys = asked
-        elif reason != "sync":
-            raise BadBody("reason")
         elif not await self._acting():
             self.metrics.count("cluster_messages_ignored", "backup")
             return
