@@ -434,3 +434,70 @@ async def test_federation_without_a_cluster_secret_does_not_start(monkeypatch, t
     cfg = Config.model_validate({"cluster_id": "fed", "federation": {"mode": "full-sharing"}, "state_dir": str(tmp_path)})
     with pytest.raises(SecretError, match="cluster secret"):
         Node(cfg)
+
+
+@pytest.fixture
+async def redundancy(make_node, cluster_secret_file, pg_server):
+    """Federation with redundancy: locations A and B of two nodes each, one
+    PostgreSQL database per location, the location's tag active on its
+    first node (a1, b1)."""
+    from presence_node.storage.postgres import PostgresStorage
+
+    names = ["a1", "a2", "b1", "b2"]
+    ports = {n: free_port(["127.0.0.1"]) for n in names}
+    dsns = {"A": pg_server.create_database(), "B": pg_server.create_database()}
+    nodes = {}
+    for name in names:
+        loc = name[0].upper()
+        nodes[name] = await make_node(
+            node_id=name, cluster_id="fed", sharing_tags={loc: "active" if name.endswith("1") else "backup"},
+            storage_override=PostgresStorage(dsns[loc]),
+            federation={
+                "mode": "on-demand-sharing", "listen": f"127.0.0.1:{ports[name]}", "location": loc,
+                "secret_file": str(cluster_secret_file), "heartbeat": 0.2, "peer_timeout": 1.0,
+                "peers": [{"id": p, "address": f"127.0.0.1:{ports[p]}", "location": p[0].upper()} for p in names if p != name],
+            },
+        )
+    await until(lambda: all(n.federation.peers_up == 3 for n in nodes.values()))
+    return nodes
+
+
+async def test_redundancy_each_notify_once_and_a_partner_covers_a_death(redundancy, make_client):
+    """A watcher in location B (through its backup node b2) and a PUBLISH in
+    location A (through its backup a2): only b1, where tag B is active, acts
+    on the broadcast, so the watcher gets each NOTIFY once.  When b1 dies
+    and B is activated on b2, b2 takes over without A noticing beyond the
+    tag state."""
+    a1, a2, b1, b2 = (redundancy[n] for n in ("a1", "a2", "b1", "b2"))
+    w = await make_client("alice", target=b2)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    await until(lambda: (BOB[4:], "presence") in a2.federation.interest["b2"])
+    pub = await make_client("bob", target=a2)
+    assert (await pub.publish(pidf(BOB, "open", note="one"))).code == 200
+    await w.dialog_notifies(d, 2)
+    await asyncio.sleep(0.4)
+    assert len(w.notifies_for(d)) == 2  # not twice
+    assert metric(await counters(b2), "cluster_messages_ignored_total", reason="backup") >= 1
+
+    # A second watcher in B, through b1, for a presentity held in A: one
+    # query, answered by a1 only (a2 is backup for A).
+    carol = BOB.replace("bob", "carol")
+    assert (await (await make_client("carol", target=a1)).publish(pidf(carol, "open", note="carol"))).code == 200
+    w2 = await make_client("dave", target=b1)
+    _, d2 = await w2.subscribe(carol)
+    [first] = await w2.dialog_notifies(d2, 1)
+    assert b"carol" in first.body
+    assert sent(await counters(a1), "answer") == 1 and sent(await counters(a2), "answer") == 0
+
+    await b1.stop()
+    await b2.tags.activate("B")
+    n_before = len(w.notifies_for(d))
+    assert (await pub.publish(pidf(BOB, "closed", note="two"))).code == 200
+    notes = await w.wait_notifies(n_before + 1, 3.0, lambda m: m.headers.get("call-id") == d.call_id)
+    assert b"two" in notes[-1].body
+    await asyncio.sleep(0.4)
+    assert len(w.notifies_for(d)) == n_before + 1  # once, from b2
+    # A heard of it only as tag state: every node of A lists b2 as B's owner.
+    for node in (a1, a2):
+        await until(lambda: any(t["tag"] == "B" and t["owner"] == "b2" for t in node.federation.view()["tags"]))
