@@ -163,7 +163,9 @@ def make_app(node: "Node", secret: str) -> web.Application:
         if node.federation is None:
             return web.json_response({"node": node.config.node_id, "mode": "disabled", "peers": [], "tags": own})
         view = node.federation.view()
-        return web.json_response(dict(view, node=node.config.node_id, tags=own + view["tags"]))
+        mine = {t["tag"] for t in own}
+        tags = own + [t for t in view["tags"] if t["tag"] not in mine]  # our database is authoritative
+        return web.json_response(dict(view, node=node.config.node_id, tags=tags))
 
     async def activate(request: web.Request) -> web.Response:
         epoch: int | None = None

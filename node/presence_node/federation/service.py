@@ -251,9 +251,7 @@ class Federation:
 
     async def _state(self, env: Envelope) -> None:
         keys = self._keys(env.body.get("interest"))
-        tags = env.body.get("tags")
-        if not isinstance(tags, list) or not all(isinstance(t, dict) for t in tags):
-            raise BadBody("tags")
+        tags = [_tag(t) for t in _list(env.body.get("tags"))]
         if env.sender in self.interest:
             self.interest[env.sender] = set(keys)
         self.remote_tags[env.sender] = tags
@@ -394,8 +392,32 @@ class Federation:
                 }
                 for p, loc in sorted(self.peer_location.items())
             ],
-            "tags": [dict(t, node=p) for p, tags in sorted(self.remote_tags.items()) for t in tags],
+            "tags": self._cluster_tags(),
         }
+
+    def _cluster_tags(self) -> list[dict[str, Any]]:
+        """Every tag peers reported; when two nodes of a location report one
+        tag differently (one of them is stale, or dead), the higher epoch
+        wins, as it does in their database."""
+        best: dict[str, dict[str, Any]] = {}
+        for peer, tags in sorted(self.remote_tags.items()):
+            for t in tags:
+                name = t["tag"]
+                if name not in best or t["epoch"] > best[name]["epoch"]:
+                    best[name] = dict(t, node=peer)
+        return [best[n] for n in sorted(best)]
+
+
+def _tag(raw: Any) -> dict[str, Any]:
+    if not (
+        isinstance(raw, dict)
+        and isinstance(raw.get("tag"), str)
+        and (raw.get("owner") is None or isinstance(raw.get("owner"), str))
+        and isinstance(raw.get("epoch"), int)
+        and isinstance(raw.get("since"), (int, float))
+    ):
+        raise BadBody("tags")
+    return {"tag": raw["tag"], "owner": raw["owner"], "epoch": raw["epoch"], "since": raw["since"]}
 
 
 def _list(raw: Any) -> list[Any]:
