@@ -77,7 +77,7 @@ def metric(m, name: str, **labels: str) -> float:
     return m.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def test_publish_on_one_node_reaches_watchers_on_two_others(federation, make_client):
+async def test_s77_publish_on_one_node_reaches_watchers_on_two_others(federation, make_client):
     """S77 across locations: a PUBLISH through n1 reaches watchers whose
     SUBSCRIBEs went through n2 and n3."""
     n1, n2, n3 = await federation(3)
