@@ -121,6 +121,24 @@ async def test_subscribe_queries_once_and_first_notify_carries_remote_state(fede
     assert metric(await counters(n3), "federation_queries_total", event="presence") == 1
 
 
+async def test_s09_answer_arriving_during_the_wait_sends_nothing_before_cseq_1(federation, make_client):
+    """Regression: the query answer notified the new subscription (CSeq 2)
+    before its first NOTIFY (CSeq 1) went out.  Now the first NOTIFY comes
+    first, with the remote state, and CSeqs rise in arrival order."""
+    from wire import cseq_num
+
+    n1, n2 = await federation(2)
+    pub = await make_client("bob", target=n1)
+    assert (await pub.publish(pidf(BOB, "open", note="remote"))).code == 200
+    w = await make_client("alice", target=n2)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    await asyncio.sleep(0.4)
+    got = w.notifies_for(d)
+    assert cseq_num(got[0]) == 1 and b"remote" in got[0].body
+    assert [cseq_num(n) for n in got] == list(range(1, len(got) + 1))
+
+
 async def test_query_answer_carries_every_live_publication(federation, make_client):
     """The reference answers with the oldest publication only; we send all
     of them, so the composed document has both devices' tuples."""

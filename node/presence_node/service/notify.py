@@ -143,6 +143,14 @@ class Notifier:
                     d = docs[k] = await self.document(s, now)
             self._send(s, n[0], n[1], d, None, now)
 
+    def hold(self, sub: Subscription) -> None:
+        """Keep other NOTIFYs of a new subscription back until :meth:`first`
+        sends its first one (a federation query may be answered, and
+        notify, while the first NOTIFY waits for it): they would go out with
+        a higher CSeq before CSeq 1.  The first document is composed after
+        the wait, so it carries what they would have."""
+        self._busy.setdefault(sub.id, _CLEAN)
+
     async def first(self, sub: Subscription) -> None:
         """The first NOTIFY of a new subscription (S18).  The record was
         stored with this NOTIFY's CSeq and version already counted (see

@@ -92,9 +92,12 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
     await svc.storage.insert_subscription(sub)
 
     async def first_notify() -> None:
-        if svc.federation is not None:
-            await svc.federation.subscribed(sub)
-        await svc.notifier.first(sub)
+        try:
+            if svc.federation is not None:
+                svc.notifier.hold(sub)
+                await svc.federation.subscribed(sub)  # may wait for a query answer
+        finally:
+            await svc.notifier.first(sub)
         await svc.notifier.watcher_changed(sub, "active", "subscribe")
 
     return Reply(Status.OK, headers, to_tag=sub.id, then=first_notify)
