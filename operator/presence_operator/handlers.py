@@ -255,6 +255,8 @@ class ClusterDriver:
         self.clients: dict[str, AdminClient] = {}
         self.pods: dict[str, dict[str, Any]] = {}  # node -> pod
         self._events: dict[str, float] = {}
+        #: A completed or abandoned intent's clearing, held for the next status write of the tick.
+        self._cleared: dict[str, Any] = {}
         self._cr_path = path(specs.KIND, owner.namespace, owner.name)
 
     async def load(self) -> None:
@@ -284,6 +286,7 @@ class ClusterDriver:
 
     async def tick(self) -> None:
         spec, owner = self.owner.spec, self.owner
+        self._cleared = {}  # one left by a failed tick: the intent is still in status and is judged again
         pods = await self.api.list(path("Pod", owner.namespace), f"{meta.CLUSTER_LABEL}={owner.name}")
         by_name = {pod["metadata"]["name"]: pod for pod in pods}
         all_nodes = specs.nodes(spec)
@@ -330,12 +333,16 @@ class ClusterDriver:
 
     async def _do(self, a: p.Action) -> None:
         if isinstance(a, p.RecordIntent):
-            await self._patch_status({"intent": p.intent_to_json(a.intent)})  # before any order
+            cleared, self._cleared = self._cleared, {}
+            await self._patch_status({**cleared, "intent": p.intent_to_json(a.intent)})  # before any order
         elif isinstance(a, p.ClearIntent):
-            changes: dict[str, Any] = {"intent": None}
+            # Not written alone: the plan's SetStatus (or a new RecordIntent) that follows carries it,
+            # so the status never shows the intent gone with the old owner and failover count; and a
+            # driver stopped in between leaves the intent, which the next one finds done and clears
+            # with the count.
+            self._cleared = {"intent": None}
             if a.completed is not None:
-                changes["lastFailover"] = record_to_json(a.completed)
-            await self._patch_status(changes)
+                self._cleared["lastFailover"] = record_to_json(a.completed)
         elif isinstance(a, p.ActivateTag):
             await self._activate(a)
         elif isinstance(a, p.DeactivateTag):
@@ -437,6 +444,8 @@ class ClusterDriver:
         changes = {k: v for k, v in new.items() if st.get(k) != v}
         if "lastFailover" in changes and changes["lastFailover"] is None:
             del changes["lastFailover"]
+        cleared, self._cleared = self._cleared, {}
+        changes = {**cleared, **changes}
         if changes:
             await self._patch_status(changes)
 

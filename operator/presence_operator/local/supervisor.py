@@ -53,6 +53,8 @@ class Supervisor:
         self._events: dict[str, float] = {}
         self._secret = secret_file(d).read_text().strip()
         self._ops: tuple[frozenset[str], dict[str, str]] = (frozenset(), {})
+        #: A completed or abandoned intent's clearing, held for the next status write of the tick.
+        self._cleared: dict[str, Any] = {}
 
     async def run_forever(self) -> None:
         timeout = max(0.1, min(0.5, self.interval * 2))
@@ -81,6 +83,7 @@ class Supervisor:
         return self._ops
 
     async def tick(self, clients: dict[str, AdminClient]) -> None:
+        self._cleared = {}
         names = list(clients)
         results = await asyncio.gather(*(clients[n].probe() for n in names))
         now = time.time()
@@ -108,15 +111,17 @@ class Supervisor:
         fenced, switchovers = ops
         st = self.status
         if isinstance(a, p.RecordIntent):
+            st.update(self._cleared)
+            self._cleared = {}
             st["intent"] = p.intent_to_json(a.intent)
             write_json(status_file(self.dir), st)  # before any order: a restart rolls forward
         elif isinstance(a, p.ClearIntent):
-            st["intent"] = None
+            # Not written alone: the plan's SetStatus (or a new RecordIntent) that follows carries it,
+            # so status.json never shows the intent gone with the old owner and failover count.
+            self._cleared = {"intent": None}
             if a.completed is not None:
                 rec = _record_to_json(a.completed)
-                st["lastFailover"] = rec
-                st.setdefault("history", []).append(rec)
-            write_json(status_file(self.dir), st)
+                self._cleared.update(lastFailover=rec, history=[*st.get("history", []), rec])
         elif isinstance(a, p.ActivateTag):
             try:
                 await clients[a.node].activate(a.tag, a.epoch)
@@ -144,7 +149,8 @@ class Supervisor:
                 self._events[key] = time.monotonic()
                 self.log(f"event {a.type} {key}")
         elif isinstance(a, p.SetStatus):
-            new = dict(st)
+            new = {**st, **self._cleared}
+            self._cleared = {}
             new.update({
                 "phase": a.phase,
                 "conditions": dict(a.conditions),
