@@ -3,7 +3,10 @@ PostgreSQL, real node processes), SIGKILL the owner of a tag, and check that
 the tag is active on a survivor within 3 s (asked of the survivor itself),
 that ``status`` shows the failover, and that ``down`` leaves no process;
 the federation modes' node configurations (nodes of the federation example
-started and answering ``/tags``)."""
+started and answering ``/tags``); and both federation examples failed over:
+federation with redundancy moves a killed node's location tag to its
+partner (a watcher still gets a PUBLISH made in another location), plain
+federation (memory) moves nothing, shows the node down and keeps serving."""
 
 from __future__ import annotations
 
@@ -266,3 +269,177 @@ def test_switchover_fence_and_restart_from_the_command_line(tmp_path):
         up.wait(timeout=10)
         log.close()
     assert res.returncode == 0, res.stderr
+
+
+class Upped:
+    """``presence-cluster up`` of an example in the background (supervised),
+    waited for Ready; ``close`` runs ``down`` and checks every node is gone."""
+
+    def __init__(self, tmp_path: Path, example: str, n: int) -> None:
+        self.d = tmp_path / "state"
+        sip, admin, channel = free_base(n), free_base(n), free_base(n)
+        self._log = (tmp_path / "up.log").open("w")
+        self.up = subprocess.Popen([EXE, "up", str(ROOT / "examples" / example / "cluster.yaml"), "--dir", str(self.d),
+                                    "--sip-base", str(sip), "--admin-base", str(admin), "--cluster-base", str(channel)],
+                                   stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        self.run: dict = {}
+        try:
+            wait_for(lambda: self.status()["phase"] == "Ready", 60, "cluster Ready")
+            self.run = json.loads((self.d / "run.json").read_text())
+            self.secret = (self.d / "admin-secret").read_text().strip()
+        except BaseException:
+            self.close()
+            raise
+
+    def status(self) -> dict:
+        return json.loads((self.d / "status.json").read_text())
+
+    def tags(self, node: str) -> dict[str, dict]:
+        return tags_of(self.run["nodes"][node]["admin"], self.secret)
+
+    def admin_get(self, node: str, path: str) -> dict:
+        req = urllib.request.Request(f"http://{self.run['nodes'][node]['admin']}{path}",
+                                     headers={"Authorization": f"Bearer {self.secret}"})
+        with urllib.request.urlopen(req, timeout=1) as r:
+            return json.load(r)
+
+    def sip(self, node: str) -> tuple[str, int]:
+        host, port = self.run["nodes"][node]["sip"].rsplit(":", 1)
+        return host, int(port)
+
+    def close(self) -> None:
+        res = cli(self.d, "down")
+        self.up.wait(timeout=10)
+        self._log.close()
+        assert res.returncode == 0, res.stderr
+        pids = [n["pid"] for n in self.run.get("nodes", {}).values()]
+        pids += [p["pid"] for p in self.run.get("postgres", {}).values()]
+        wait_for(lambda: not any(alive(p) for p in pids), 10, "every process gone")
+
+
+async def test_federation_redundancy_sigkill_moves_a_location_tag_to_its_partner(tmp_path):
+    """``up`` of the federation-with-redundancy example (three locations of
+    two nodes, three PostgreSQL): SIGKILL paris-0, where tag ``paris`` is
+    active: within 3 s paris-1 (same location, same database) reports it
+    active at a higher epoch, status and ``presence-cluster status`` show
+    the move, the other locations' tags stay put, another location's node
+    sees the new owner, and a watcher that subscribed through paris-0 before
+    the kill gets a PUBLISH made through berlin-0 afterwards."""
+    import asyncio
+
+    from bodies import pidf
+    from sipclient import SipClient
+
+    BOB = "sip:bob@example.com"
+    c = await asyncio.to_thread(Upped, tmp_path, "04-federation-redundancy", 6)
+    w = None
+    try:
+        homes = {loc: f"{loc}-0" for loc in ("paris", "berlin", "madrid")}
+        for loc, home in homes.items():
+            assert c.tags(home)[loc]["state"] == "active"
+            assert c.tags(f"{loc}-1")[loc]["state"] == "backup"
+        before = c.tags("paris-0")["paris"]["epoch"]
+
+        w = await SipClient(c.sip("paris-0"), "udp", "alice").open()
+        resp, dlg = await w.subscribe(BOB)
+        assert resp.code in (200, 202)
+        await w.dialog_notifies(dlg, 1)
+        pub = await SipClient(c.sip("berlin-0"), "udp", "bob").open()
+
+        killed = time.monotonic()
+        os.kill(c.run["nodes"]["paris-0"]["pid"], signal.SIGKILL)
+        await asyncio.to_thread(wait_for, lambda: c.tags("paris-1")["paris"]["state"] == "active", 3.0,
+                                "paris active on paris-1")
+        took = time.monotonic() - killed
+        print(f"\n04-federation-redundancy: SIGKILL paris-0 -> paris active on paris-1 in {took:.2f} s")
+        assert c.tags("paris-1")["paris"]["epoch"] > before
+        for loc, home in homes.items():
+            if loc != "paris":
+                assert c.tags(home)[loc]["state"] == "active" and c.tags(f"{loc}-1")[loc]["state"] == "backup"
+
+        st = await asyncio.to_thread(wait_for, lambda: (s := c.status())["lastFailover"] and s, 2, "lastFailover")
+        assert st["lastFailover"]["from"] == "paris-0" and st["lastFailover"]["to"] == "paris-1"
+        assert st["lastFailover"]["tags"] == ["paris"] and st["failoverCount"] == 1
+        assert {t: r["owner"] for t, r in st["tags"].items()} == {"paris": "paris-1", "berlin": "berlin-0",
+                                                                    "madrid": "madrid-0"}
+        assert st["readyNodes"] == 5 and st["phase"] == "Degraded"
+        out = cli(c.d, "status").stdout
+        assert "paris-0->paris-1 paris" in out and "paris=paris-1" in out and "5/6" in out
+
+        # Another location learns the new owner over the cluster channel.
+        def seen() -> bool:
+            return {t["tag"]: t["owner"] for t in c.admin_get("berlin-0", "/cluster")["tags"]}.get("paris") == "paris-1"
+        await asyncio.to_thread(wait_for, seen, 3.0, "berlin-0 sees paris owned by paris-1")
+
+        # The watcher's subscription (paris's database) is now served by paris-1.
+        assert (await pub.publish(pidf(BOB, "open", note="after-failover"))).code == 200
+        notes = await w.wait_notifies(1, 5.0, lambda m: m.headers.get("call-id") == dlg.call_id
+                                      and b"after-failover" in m.body)
+        assert notes
+        pub.close()
+    finally:
+        if w is not None:
+            w.close()
+        await asyncio.to_thread(c.close)
+
+
+async def test_federation_sigkill_leaves_the_tag_with_its_dead_node_and_others_serve(tmp_path):
+    """``up`` of the federation example (three single-node locations, memory
+    storage), SIGKILL berlin-0: its tag cannot move (nobody else holds its
+    data), so the supervisor judges the node down and defers (event in its
+    log), status shows 2/3 ready, Degraded, tag ``berlin`` still owned by
+    berlin-0 and no failover; paris-0 and madrid-0 keep their tags and keep
+    serving (a PUBLISH through paris-0 reaches a watcher through madrid-0).
+    ``restart berlin-0`` brings the tag back with its node: Ready again."""
+    import asyncio
+
+    from bodies import pidf
+    from sipclient import SipClient
+
+    c = await asyncio.to_thread(Upped, tmp_path, "03-federation", 3)
+    clients: list[SipClient] = []
+    try:
+        names = ("paris-0", "berlin-0", "madrid-0")
+        epochs = {n: c.tags(n)[n]["epoch"] for n in names}
+        assert all(c.tags(n)[n]["state"] == "active" for n in names)
+
+        os.kill(c.run["nodes"]["berlin-0"]["pid"], signal.SIGKILL)
+        st = await asyncio.to_thread(wait_for, lambda: (s := c.status())["nodes"]["berlin-0"]["health"] == "down" and s,
+                                     4.0, "berlin-0 judged down")
+        await asyncio.sleep(1.0)  # several more ticks: nothing may move meanwhile
+        st = c.status()
+        assert st["phase"] == "Degraded" and st["readyNodes"] == 2 and not st["nodes"]["berlin-0"]["ready"]
+        assert st["conditions"]["Degraded"] and not st["conditions"]["Ready"] and not st["conditions"]["FailingOver"]
+        assert {t: (r["owner"], r["epoch"]) for t, r in st["tags"].items()} == {n: (n, epochs[n]) for n in names}
+        assert st["failoverCount"] == 0 and st["lastFailover"] is None and not st.get("intent")
+        for n in ("paris-0", "madrid-0"):
+            tags = {t: (v["state"], v["epoch"]) for t, v in c.tags(n).items() if not t.startswith("~")}
+            assert tags == {n: ("active", epochs[n])}  # its own tag only: berlin landed nowhere
+        log = (tmp_path / "up.log").read_text()
+        assert "FailoverDeferred: tag berlin-0: owner berlin-0 is down" in log
+        assert "active on" not in log  # no tag was activated anywhere
+        out = cli(c.d, "status").stdout
+        assert "2/3" in out and "berlin-0=berlin-0" in out and "Degraded" in out
+        assert [ln.split()[2] for ln in out.splitlines() if ln.startswith("berlin-0 ")] == ["false"]
+
+        watcher = await SipClient(c.sip("madrid-0"), "udp", "alice").open()
+        pub = await SipClient(c.sip("paris-0"), "udp", "bob").open()
+        clients += [watcher, pub]
+        assert (await pub.publish(pidf("sip:bob@example.com", "open", note="paris-alive"))).code == 200
+        resp, dlg = await watcher.subscribe("sip:bob@example.com")
+        assert resp.code in (200, 202)
+        notes = await watcher.wait_notifies(1, 3.0, lambda m: m.headers.get("call-id") == dlg.call_id
+                                            and b"paris-alive" in m.body)
+        assert notes
+
+        res = await asyncio.to_thread(cli, c.d, "restart", "berlin-0")
+        assert res.returncode == 0, res.stderr
+        c.run = json.loads((c.d / "run.json").read_text())
+        await asyncio.to_thread(wait_for, lambda: c.status()["phase"] == "Ready", 5.0, "Ready again")
+        st = c.status()
+        assert st["readyNodes"] == 3 and st["tags"]["berlin-0"]["owner"] == "berlin-0" and st["failoverCount"] == 0
+        assert c.tags("berlin-0")["berlin-0"]["state"] == "active"
+    finally:
+        for cl in clients:
+            cl.close()
+        await asyncio.to_thread(c.close)
