@@ -189,7 +189,7 @@ async def test_redundancy_two_locations_two_databases_node_killed(tmp_path, pg_s
         assert b"second" in notes[-1].body
         await asyncio.sleep(0.5)
         bodies = [n.body for n in w.notifies_for(d)]
-        assert len(bodies) == 3, "a NOTIFY was lost or sent twice"
+        assert len(bodies) == 3, ("a NOTIFY was lost or sent twice", [n.headers.get("cseq") for n in w.notifies_for(d)], bodies)
         tags = {t["tag"]: t["owner"] for t in (await f.get("a1", "/cluster"))["tags"]}
         for _ in range(60):
             if tags.get("B") == "b2":

@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (presentity, event)
 
+#: Keys per ``sync`` message: a full sync of 100k presentities is many
+#: messages of ~100 KiB, not one too large for the channel.
+SYNC_BATCH = 256
+
 
 @dataclass(slots=True)
 class _Query:
@@ -299,21 +303,36 @@ class Federation:
             self.channel.send(env.sender, "answer", {"keys": [list(k) for k in answered], "pubs": [_wire(p) for p in held]})
 
     async def _sync_request(self, env: Envelope) -> None:
+        """Send what this location holds of ``keys`` (all: None) in batches
+        of :data:`SYNC_BATCH` keys, each saying "exactly these for these
+        keys"; a full sync ends with the list of every key held, so the
+        peer drops its copies of the others."""
         raw = env.body.get("keys")
         keys = None if raw is None else self._keys(raw)
         held = await self.storage.held_publications(keys, self.clock())
         await self._send_state([env.sender])
-        self.channel.send(env.sender, "sync", {"keys": raw, "pubs": [_wire(p) for p in held]})
+        by_key: dict[Key, list[Publication]] = {k: [] for k in keys or ()}
+        for p in held:
+            by_key.setdefault((p.presentity, p.event), []).append(p)
+        batch = sorted(by_key)
+        for i in range(0, len(batch), SYNC_BATCH):
+            part = batch[i : i + SYNC_BATCH]
+            self.channel.send(
+                env.sender, "sync", {"keys": [list(k) for k in part], "pubs": [_wire(p) for k in part for p in by_key[k]]}
+            )
+        if keys is None:
+            self.channel.send(env.sender, "sync", {"keys": [], "pubs": [], "complete": [list(k) for k in batch]})
 
     async def _pubs(self, env: Envelope) -> None:
         """An ``answer`` to our query or a ``sync`` we asked for: the
-        sender's location holds exactly ``pubs`` for ``keys`` (all: None)."""
-        raw = env.body.get("keys")
-        keys = None if raw is None else self._keys(raw)
+        sender's location holds exactly ``pubs`` for ``keys``; a full sync's
+        last message names every key it holds (``complete``)."""
+        keys = self._keys(env.body.get("keys"))
         pubs = [self._publication(p, env.sender) for p in _list(env.body.get("pubs"))]
+        complete = env.body.get("complete")
         if env.kind == "answer":
             # Our own question: applied by whoever asked, if still waiting.
-            asked = [k for k in keys or () if k in self.pending and not self.pending[k].answered.is_set()]
+            asked = [k for k in keys if k in self.pending and not self.pending[k].answered.is_set()]
             if not asked:
                 self.metrics.count("cluster_messages_ignored", "unasked")
                 return
@@ -321,12 +340,13 @@ class Federation:
         elif not await self._acting():
             self.metrics.count("cluster_messages_ignored", "backup")
             return
-        if keys is not None:
-            wanted = set(keys)
-            pubs = [p for p in pubs if (p.presentity, p.event) in wanted]
         origin = self.peer_location[env.sender]
+        if complete is not None:
+            keys = sorted(await self.storage.replica_keys(origin) - set(self._keys(complete)))
+        wanted = set(keys)
+        pubs = [p for p in pubs if (p.presentity, p.event) in wanted]
         changed = await self.storage.replace_replicas(origin, keys, pubs, self.clock())
-        for key in keys or ():
+        for key in keys:
             query = self.pending.get(key)
             if query is not None:
                 query.answered.set()

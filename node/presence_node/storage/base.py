@@ -87,10 +87,13 @@ class Storage(Protocol):
         is unique cluster-wide).  True if anything changed."""
 
     async def replace_replicas(
-        self, origin: str, keys: Collection[tuple[str, str]] | None, pubs: list[Publication], now: float
+        self, origin: str, keys: Collection[tuple[str, str]], pubs: list[Publication], now: float
     ) -> set[tuple[str, str]]:
-        """Make our copies from ``origin`` for ``keys`` (all keys: None)
-        exactly ``pubs`` (a resync); returns the keys whose state changed."""
+        """Make our copies from ``origin`` for ``keys`` exactly ``pubs`` (a
+        resync); returns the keys whose state changed."""
+
+    async def replica_keys(self, origin: str) -> set[tuple[str, str]]:
+        """The keys we hold copies of from ``origin``."""
 
     async def held_publications(self, keys: Collection[tuple[str, str]] | None, now: float) -> list[Publication]:
         """Live publications received here by SIP (``origin`` ""), for

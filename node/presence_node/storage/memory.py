@@ -120,10 +120,9 @@ class MemoryStorage:
         return changed
 
     async def replace_replicas(
-        self, origin: str, keys: Collection[Key] | None, pubs: list[Publication], now: float
+        self, origin: str, keys: Collection[Key], pubs: list[Publication], now: float
     ) -> set[Key]:
-        scope = list(self._pubs) if keys is None else keys
-        have = [p for k in scope for p in self._pubs.get(k, {}).values() if p.origin == origin]
+        have = [p for k in keys for p in self._pubs.get(k, {}).values() if p.origin == origin]
         changed = differing_keys(have, pubs)
         for p in have:
             if (p.presentity, p.event) in changed:
@@ -132,6 +131,9 @@ class MemoryStorage:
             if (p.presentity, p.event) in changed:
                 await self.insert_publication(p)
         return changed
+
+    async def replica_keys(self, origin: str) -> set[Key]:
+        return {k for k, pubs in self._pubs.items() if any(p.origin == origin for p in pubs.values())}
 
     async def held_publications(self, keys: Collection[Key] | None, now: float) -> list[Publication]:
         scope = self._pubs.keys() if keys is None else keys

@@ -169,17 +169,14 @@ class PostgresStorage:
             return changed
 
     async def replace_replicas(
-        self, origin: str, keys: Collection[tuple[str, str]] | None, pubs: list[Publication], now: float
+        self, origin: str, keys: Collection[tuple[str, str]], pubs: list[Publication], now: float
     ) -> set[tuple[str, str]]:
         async with self.pool.connection() as conn, conn.transaction():
-            if keys is None:
-                cur = await conn.execute(f"SELECT {_PUB_COLUMNS} FROM publications WHERE origin = %s", (origin,))
-            else:
-                cur = await conn.execute(
-                    f"SELECT {_PUB_COLUMNS} FROM publications WHERE origin = %s"
-                    " AND (presentity, event) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                    (origin, [k[0] for k in keys], [k[1] for k in keys]),
-                )
+            cur = await conn.execute(
+                f"SELECT {_PUB_COLUMNS} FROM publications WHERE origin = %s"
+                " AND (presentity, event) IN (SELECT * FROM unnest(%s::text[], %s::text[])) FOR UPDATE",
+                (origin, [k[0] for k in keys], [k[1] for k in keys]),
+            )
             have = [_pub(r) for r in await cur.fetchall()]
             changed = differing_keys(have, pubs)
             gone = [p.etag for p in have if (p.presentity, p.event) in changed]
@@ -193,6 +190,10 @@ class PostgresStorage:
                         _pub_params(p),
                     )
             return changed
+
+    async def replica_keys(self, origin: str) -> set[tuple[str, str]]:
+        rows = await self._rows("SELECT DISTINCT presentity, event FROM publications WHERE origin = %s", (origin,))
+        return {(r[0], r[1]) for r in rows}
 
     async def held_publications(self, keys: Collection[tuple[str, str]] | None, now: float) -> list[Publication]:
         if keys is None:
