@@ -519,3 +519,49 @@ async def test_redundancy_each_notify_once_and_a_partner_covers_a_death(redundan
     # A heard of it only as tag state: every node of A lists b2 as B's owner.
     for node in (a1, a2):
         await until(lambda: any(t["tag"] == "B" and t["owner"] == "b2" for t in node.federation.view()["tags"]))
+
+
+async def test_full_sync_in_batches_drops_what_the_peer_no_longer_holds(make_node, cluster_secret_file, make_client):
+    """full-sharing, 300 presentities (more than one sync batch): n2 gets
+    them all; then, while n1's link to n2 is cut, n1 removes one; after
+    healing, the full resync (batches, then the list of every key n1
+    holds) removes n2's copy of it."""
+    p1, p2 = free_port(["127.0.0.1"]), free_port(["127.0.0.1"])
+    proxy = await Cut(p2).start()
+    fed = {"mode": "full-sharing", "secret_file": str(cluster_secret_file), "heartbeat": 0.2, "peer_timeout": 1.0}
+    n1 = await make_node(node_id="n1", cluster_id="fed", federation={
+        "listen": f"127.0.0.1:{p1}", **fed, "peers": [{"id": "n2", "address": f"127.0.0.1:{proxy.port}"}]})
+    pub = await make_client("bob", target=n1)
+    etags = {}
+    for i in range(300):
+        uri = f"sip:u{i}@example.com"
+        r = await pub.publish(pidf(uri, "open", note=f"u{i}"), uri=uri)
+        etags[uri] = r.headers.get("sip-etag")
+    n2 = await make_node(node_id="n2", cluster_id="fed", federation={
+        "listen": f"127.0.0.1:{p2}", **fed, "peers": [{"id": "n1", "address": f"127.0.0.1:{p1}"}]})
+    try:
+        async def held_by_n2() -> set[str]:
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"http://127.0.0.1:{n2.admin_port}/presentities?limit=1000", headers=AUTH) as r:
+                    return {i["presentity"] for i in (await r.json())["items"]}
+
+        for _ in range(100):
+            if len(await held_by_n2()) == 300:
+                break
+            await asyncio.sleep(0.05)
+        assert len(await held_by_n2()) == 300
+        assert metric(await counters(n1), "cluster_messages_sent_total", kind="sync") >= 3  # 2 batches + the end
+
+        proxy.cut()
+        await until(lambda: not n1.federation.channel.connected("n2"))
+        assert (await pub.publish(None, uri="sip:u7@example.com", etag=etags["sip:u7@example.com"], expires=0)).code == 200
+        await asyncio.sleep(0.2)
+        assert "u7@example.com" in await held_by_n2()  # the removal was lost
+        proxy.heal()
+        for _ in range(100):
+            if "u7@example.com" not in await held_by_n2():
+                break
+            await asyncio.sleep(0.05)
+        assert await held_by_n2() == {f"u{i}@example.com" for i in range(300)} - {"u7@example.com"}
+    finally:
+        proxy.close()

@@ -156,6 +156,13 @@ async def test_three_nodes_broadcast_query_and_survive_a_killed_node(tmp_path):
         assert await f.metric("n3", "federation_queries_total", event="presence") == queries + 1
 
         await f.nodes["n1"].kill()
+        for _ in range(60):  # peer_timeout 1 s: n2 and n3 see n1 down
+            views = [await f.get(n, "/cluster") for n in ("n2", "n3")]
+            up = {(v["node"], p["node"]): p["up"] for v in views for p in v["peers"]}
+            if not up[("n2", "n1")] and not up[("n3", "n1")]:
+                break
+            await asyncio.sleep(0.1)
+        assert up == {("n2", "n1"): False, ("n2", "n3"): True, ("n3", "n1"): False, ("n3", "n2"): True}
         own = await f.client("n2", "frank")
         assert (await own.publish(pidf("sip:frank@example.com", "open", note="frank"), uri="sip:frank@example.com")).code == 200
         _, df = await w3.subscribe("sip:frank@example.com")
