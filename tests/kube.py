@@ -17,9 +17,18 @@ included, is KMock's):
   ``?resourceVersion=N`` (event log), with the snapshot and the log mark
   taken atomically, JSON content type;
 - equality label selectors and metadata.name/namespace field selectors;
-- ``register_crd()`` from a CRD document; namespaces at ``/api/v1/namespaces``.
-Not done (not needed here): Table rendering, SSA, strategic merge (applied
-as a plain merge), PUT, garbage collection, controllers, kubelet.
+- ``register_crd()`` from a CRD document; namespaces at ``/api/v1/namespaces``;
+- ``meta.k8s.io/v1 Table`` answers (what ``kubectl get`` asks for with
+  ``Accept: application/json;as=Table;v=v1;g=meta.k8s.io``) for list, get
+  and watch of custom resources, built as the API server's CRD table
+  convertor does from the CRD's ``additionalPrinterColumns``: a Name
+  column, then each column's ``jsonPath`` evaluated by the small evaluator
+  below (``.a.b``, ``['a']``, ``[n]``, ``[*]``, ``[?(@.a.b=="v")]``: what
+  our CRD uses and a bit more; any other path is refused at registration),
+  ``date`` cells as kubectl's relative age.  Built-in resources get no
+  Table (kubectl then prints NAME and AGE only).
+Not done (not needed here): SSA, strategic merge (applied as a plain merge),
+PUT, garbage collection, controllers, kubelet.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import asyncio
 import copy
 import datetime
 import json
+import re
 import threading
 import uuid
 from typing import Any, Callable
@@ -103,6 +113,139 @@ def _field_match(selector: str, obj: dict[str, Any]) -> bool:
     return True
 
 
+# -- Tables (kubectl get): the CRD's printer columns ----------------------------
+
+_STEP = re.compile(r"""\.([A-Za-z0-9_-]+)|\[(-?\d+)\]|\['([^']*)'\]|\[(\*)\]"""
+                   r"""|\[\?\(@((?:\.[A-Za-z0-9_-]+)+)\s*==\s*(?:"([^"]*)"|'([^']*)')\)\]""")
+
+
+def compile_jsonpath(path: str) -> list[tuple[str, Any]]:
+    """A column's ``jsonPath`` as steps: ``field``, ``index``, ``all``,
+    ``filter``.  Anything this evaluator cannot read raises ValueError."""
+    p = path.strip()
+    if p.startswith("{") and p.endswith("}"):
+        p = p[1:-1]
+    if p.startswith("$"):
+        p = p[1:]
+    steps: list[tuple[str, Any]] = []
+    pos = 0
+    while pos < len(p):
+        m = _STEP.match(p, pos)
+        if m is None:
+            raise ValueError(f"jsonPath {path!r}: cannot read {p[pos:]!r}")
+        field, index, quoted, star, fpath, v1, v2 = m.groups()
+        if field is not None or quoted is not None:
+            steps.append(("field", field if field is not None else quoted))
+        elif index is not None:
+            steps.append(("index", int(index)))
+        elif star is not None:
+            steps.append(("all", None))
+        else:
+            steps.append(("filter", (fpath.lstrip(".").split("."), v1 if v1 is not None else v2)))
+        pos = m.end()
+    if not steps:
+        raise ValueError(f"jsonPath {path!r} selects nothing")
+    return steps
+
+
+def eval_jsonpath(steps: list[tuple[str, Any]], obj: Any) -> list[Any]:
+    """Every value the path reaches in ``obj`` (missing fields reach nothing)."""
+    cur = [obj]
+    for kind, arg in steps:
+        nxt: list[Any] = []
+        for v in cur:
+            if kind == "field" and isinstance(v, dict) and arg in v:
+                nxt.append(v[arg])
+            elif kind == "index" and isinstance(v, list) and -len(v) <= arg < len(v):
+                nxt.append(v[arg])
+            elif kind == "all" and isinstance(v, (list, dict)):
+                nxt.extend(v if isinstance(v, list) else v.values())
+            elif kind == "filter" and isinstance(v, list):
+                keys, want = arg
+                for item in v:
+                    got = item
+                    for k in keys:
+                        got = got.get(k) if isinstance(got, dict) else None
+                    if isinstance(got, (str, int, float, bool)) and _text(got) == want:
+                        nxt.append(item)
+        cur = nxt
+    return cur
+
+
+def _text(v: Any) -> str:
+    """A value as kubectl's jsonpath prints it (scalars; JSON for the rest)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return json.dumps(v, separators=(",", ":"))
+
+
+def human_duration(seconds: float) -> str:
+    """k8s.io/apimachinery/pkg/util/duration.HumanDuration (kubectl's AGE)."""
+    s = int(seconds)
+    if s < -1:
+        return "<invalid>"
+    if s < 0:
+        return "0s"
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        return f"{minutes}m{s % 60}s" if s % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = s // 3600
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return f"{hours // 24}d{hours % 24}h" if hours % 24 else f"{hours // 24}d"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        days = hours // 24
+        return f"{days // 365}y{days % 365}d" if days % 365 else f"{days // 365}y"
+    return f"{hours // 24 // 365}y"
+
+
+def _cell(col_type: str, values: list[Any]) -> Any:
+    """One cell as the API server's CRD table convertor makes it: the first
+    value; strings printed, integer/number/boolean typed, date as an age;
+    nothing found (or a value of the wrong type) is null (kubectl: <none>)."""
+    if not values or values[0] is None:
+        return None
+    v = values[0]
+    if col_type == "string":
+        return _text(v)
+    if col_type == "integer" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return int(v)
+    if col_type == "number" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if col_type == "boolean" and isinstance(v, bool):
+        return v
+    if col_type == "date" and isinstance(v, str):
+        try:
+            t = datetime.datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+        except ValueError:
+            return "<invalid>"
+        return human_duration((datetime.datetime.now(datetime.UTC) - t).total_seconds())
+    return None
+
+
+def wants_table(headers: Any) -> str | None:
+    """The Table version asked for in Accept (``v1`` or ``v1beta1``), if any."""
+    accept = next((v for k, v in dict(headers).items() if k.lower() == "accept"), "") or ""
+    for media in accept.split(","):
+        params = dict(p.strip().split("=", 1) for p in media.split(";")[1:] if "=" in p)
+        if params.get("as") == "Table" and params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+            return params["v"]
+    return None
+
+
 class ApiEmulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -112,6 +255,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
         self._changed = asyncio.Condition()
         self._status_resources: set[references.resource] = set()
         self._namespaced: dict[references.resource, bool] = {}
+        #: Per custom resource: the Table's column definitions and their compiled jsonPaths.
+        self._columns: dict[references.resource, list[tuple[dict[str, Any], list[tuple[str, Any]]]]] = {}
 
     # -- setup --
 
@@ -130,6 +275,41 @@ class ApiEmulator(kmock.KubernetesEmulator):
                 namespaced=spec.get("scope", "Namespaced") == "Namespaced", subresources=subs)
             if "status" in subs:
                 self._status_resources.add(res)
+            cols = v.get("additionalPrinterColumns") or spec.get("additionalPrinterColumns") or [
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
+            self._columns[res] = [
+                ({"name": "Name", "type": "string", "format": "name", "priority": 0,
+                  "description": "Name must be unique within a namespace."}, [("field", "metadata"), ("field", "name")]),
+                *(({"name": c["name"], "type": c["type"], "format": c.get("format", ""),
+                    "description": c.get("description", ""), "priority": int(c.get("priority", 0))},
+                   compile_jsonpath(c["jsonPath"])) for c in cols)]
+
+    def table(self, res, objs: list[dict[str, Any]], version: str = "v1", include: str = "Metadata",
+              headers: bool = True) -> dict[str, Any]:
+        """A ``meta.k8s.io`` Table of ``objs`` with the resource's printer columns."""
+        cols = self._columns[res]
+        rows = []
+        for o in objs:
+            if include == "Object":
+                embedded: dict[str, Any] | None = o
+            elif include == "None":
+                embedded = None
+            else:
+                embedded = {"kind": "PartialObjectMetadata", "apiVersion": f"meta.k8s.io/{version}",
+                            "metadata": o.get("metadata", {})}
+            rows.append({"cells": [_cell(d["type"], eval_jsonpath(steps, o)) for d, steps in cols],
+                         "object": embedded})
+        return {"kind": "Table", "apiVersion": f"meta.k8s.io/{version}",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "columnDefinitions": [d for d, _ in cols] if headers else [], "rows": rows}
+
+    def _table_of(self, request) -> str | None:
+        """The Table version to answer ``request`` with, or None (not asked,
+        or not a custom resource)."""
+        if request.resource not in self._columns:
+            return None
+        raw = request._raw_request
+        return wants_table(raw.headers if raw is not None else request.headers)
 
     def live(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         res = references.resource(resource)
@@ -177,13 +357,20 @@ class ApiEmulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(status=404, reason="NotFound", message=f"unknown resource {res}")
         if request.action is enums.action.WATCH:
             return await self._watch(request)
+        as_table = self._table_of(request)
+        include = request.params.get("includeObject", "Metadata")
         if request.action is enums.action.LIST:
-            return aiohttp.web.json_response(self._list(request))
+            listed = self._list(request)
+            if as_table:
+                return aiohttp.web.json_response(self.table(res, listed["items"], as_table, include))
+            return aiohttp.web.json_response(listed)
         async with self._wlock:
             if request.action is enums.action.FETCH:
                 obj = self._get(res, request.namespace, request.name)
                 if obj is None:
                     raise kmock.KubernetesError(status=404, reason="NotFound", message=f"{request.name} not found")
+                if as_table:
+                    return aiohttp.web.json_response(self.table(res, [obj], as_table, include))
                 return aiohttp.web.json_response(obj)
             if request.action is enums.action.CREATE:
                 return aiohttp.web.json_response(await self._create(request), status=201)
@@ -337,8 +524,20 @@ class ApiEmulator(kmock.KubernetesEmulator):
         mark_pos = len(self._log) if not (since.isdigit() and int(since) > 0) else 0
         resp = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request._raw_request)
+        as_table, include = self._table_of(request), request.params.get("includeObject", "Metadata")
+        sent = 0
+
+        def encode(ev: dict[str, Any]) -> bytes:
+            # As a table watch: each event's object a one-row Table, the
+            # column definitions in the first one only.
+            nonlocal sent
+            if as_table and ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                ev = {**ev, "object": self.table(request.resource, [ev["object"]], as_table, include, sent == 0)}
+                sent += 1
+            return json.dumps(ev).encode() + b"\n"
+
         for ev in initial:
-            await resp.write(json.dumps(ev).encode() + b"\n")
+            await resp.write(encode(ev))
         if request.params.get("sendInitialEvents") == "true":
             bm = {"type": "BOOKMARK", "object": {"kind": "Bookmark", "metadata": {
                 "resourceVersion": str(self._rv), "annotations": {"k8s.io/initial-events-end": "true"}}}}
@@ -350,7 +549,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
                     rv, res, ev = self._log[pos]
                     pos += 1
                     if rv > mark and res == request.resource and self._selected(request, ev["object"]):
-                        await resp.write(json.dumps(ev).encode() + b"\n")
+                        await resp.write(encode(ev))
                 async with self._changed:
                     if pos >= len(self._log):
                         await self._changed.wait()
