@@ -8,10 +8,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bodies import DIALOG_TYPE, dialog, dialog_info, etag_of, pidf
 from conftest import SECRET
+from wire import Samples, parse_metrics
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 
@@ -33,15 +33,10 @@ async def get_json(http, node, path: str, status: int = 200, headers: dict[str, 
         return await r.json()
 
 
-async def metrics(http, node) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def metrics(http, node) -> Samples:
     async with http.get(url(node, "/metrics"), headers=AUTH) as r:
         assert r.status == 200
-        text = await r.text()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+        return parse_metrics(await r.text())
 
 
 async def test_healthz_and_readyz_are_open(http, node):

@@ -11,11 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bodies import pidf
 from conftest import SECRET
 from kube import free_port
+from wire import Samples, parse_metrics
 
 BOB = "sip:bob@example.com"
 CLUSTER_SECRET = "cluster-secret-0123456789abcdef"
@@ -62,15 +62,20 @@ async def until(cond, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def counters(node) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def counters(node) -> Samples:
     async with aiohttp.ClientSession() as s:
         async with s.get(f"http://127.0.0.1:{node.admin_port}/metrics", headers=AUTH) as r:
-            text = await r.text()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for sample in fam.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
+            return parse_metrics(await r.text())
+
+
+async def watch_bob(make_client, via, told):
+    """A watcher of BOB through node ``via`` (its first NOTIFY received),
+    once node ``told`` has heard of the interest."""
+    w = await make_client("alice", target=via)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    await until(lambda: (BOB[4:], "presence") in told.federation.interest[via.config.node_id])
+    return w, d
 
 
 def metric(m, name: str, **labels: str) -> float:
@@ -184,10 +189,7 @@ async def test_refused_publish_is_never_sent(federation, make_client):
     """A PUBLISH answered 412 (the reference broadcasts it anyway) sends
     no cluster message; an accepted one sends one to the watching node."""
     n1, n2 = await federation(2)
-    w = await make_client("alice", target=n2)
-    _, d = await w.subscribe(BOB)
-    await w.dialog_notifies(d, 1)
-    await until(lambda: (BOB[4:], "presence") in n1.federation.interest["n2"])
+    w, d = await watch_bob(make_client, n2, n1)
     pub = await make_client("bob", target=n1)
     before = sent(await counters(n1), "publish")
     assert (await pub.publish(pidf(BOB), etag="no-such-etag")).code == 412
@@ -198,10 +200,7 @@ async def test_refused_publish_is_never_sent(federation, make_client):
 
 async def test_removal_and_expiry_reach_remote_watchers(federation, make_client):
     n1, n2 = await federation(2)
-    w = await make_client("alice", target=n2)
-    _, d = await w.subscribe(BOB)
-    await w.dialog_notifies(d, 1)
-    await until(lambda: (BOB[4:], "presence") in n1.federation.interest["n2"])
+    w, d = await watch_bob(make_client, n2, n1)
     pub = await make_client("bob", target=n1)
     r = await pub.publish(pidf(BOB, "open", note="short"), expires=1)
     assert r.code == 200
@@ -219,10 +218,7 @@ async def test_messages_per_publish_follow_interest_not_cluster_size(federation,
     """Four nodes, one watcher on n2: each PUBLISH on n1 costs one message;
     once the watcher leaves, none."""
     n1, n2, n3, n4 = await federation(4)
-    w = await make_client("alice", target=n2)
-    _, d = await w.subscribe(BOB)
-    await w.dialog_notifies(d, 1)
-    await until(lambda: (BOB[4:], "presence") in n1.federation.interest["n2"])
+    w, d = await watch_bob(make_client, n2, n1)
     pub = await make_client("bob", target=n1)
     before = sent(await counters(n1), "publish")
     for i in range(5):
@@ -327,43 +323,53 @@ class Cut:
             self._server.close()
 
 
-async def test_messages_lost_in_a_partition_are_repaired_after_healing(make_node, cluster_secret_file, make_client):
+@pytest.fixture
+async def proxied_pair(make_node, cluster_secret_file):
+    """Start n1 and n2 of ``mode``; n1's link to n2 passes through a
+    :class:`Cut` proxy; ``before_n2`` runs once n1 is up."""
+    proxies: list[Cut] = []
+
+    async def start(mode: str, before_n2=None):
+        p1, p2 = free_port(["127.0.0.1"]), free_port(["127.0.0.1"])
+        proxy = await Cut(p2).start()
+        proxies.append(proxy)
+        fed = {"mode": mode, "secret_file": str(cluster_secret_file), "heartbeat": 0.2, "peer_timeout": 1.0}
+        n1 = await make_node(node_id="n1", cluster_id="fed", federation={
+            "listen": f"127.0.0.1:{p1}", **fed, "peers": [{"id": "n2", "address": f"127.0.0.1:{proxy.port}"}]})
+        if before_n2 is not None:
+            await before_n2(n1)
+        n2 = await make_node(node_id="n2", cluster_id="fed", federation={
+            "listen": f"127.0.0.1:{p2}", **fed, "peers": [{"id": "n1", "address": f"127.0.0.1:{p1}"}]})
+        return n1, n2, proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
+
+
+async def test_messages_lost_in_a_partition_are_repaired_after_healing(proxied_pair, make_client):
     """n1's messages to n2 pass through a proxy; it is cut while n1 takes
     PUBLISHes (those messages are lost), then healed: n2 sees the gap in
     the sequence numbers, asks for a resync, and its watcher gets the
     latest state without another PUBLISH."""
-    p1, p2 = free_port(["127.0.0.1"]), free_port(["127.0.0.1"])
-    proxy = await Cut(p2).start()
-    fed = {"secret_file": str(cluster_secret_file), "heartbeat": 0.2, "peer_timeout": 1.0}
-    n1 = await make_node(node_id="n1", cluster_id="fed", federation={
-        "mode": "on-demand-sharing", "listen": f"127.0.0.1:{p1}", **fed,
-        "peers": [{"id": "n2", "address": f"127.0.0.1:{proxy.port}"}]})
-    n2 = await make_node(node_id="n2", cluster_id="fed", federation={
-        "mode": "on-demand-sharing", "listen": f"127.0.0.1:{p2}", **fed,
-        "peers": [{"id": "n1", "address": f"127.0.0.1:{p1}"}]})
-    try:
-        await until(lambda: n1.federation.channel.connected("n2") and n2.federation.channel.up("n1"))
-        w = await make_client("alice", target=n2)
-        _, d = await w.subscribe(BOB)
-        await w.dialog_notifies(d, 1)
-        await until(lambda: (BOB[4:], "presence") in n1.federation.interest["n2"])
-        pub = await make_client("bob", target=n1)
-        assert (await pub.publish(pidf(BOB, "open", note="before"))).code == 200
-        await w.dialog_notifies(d, 2)
-        proxy.cut()
-        await until(lambda: not n1.federation.channel.connected("n2"))
-        r = await pub.publish(pidf(BOB, "open", note="during-1"))
-        await pub.publish(pidf(BOB, "closed", note="during-2"), etag=r.headers.get("sip-etag"))
-        await asyncio.sleep(0.3)
-        assert not any(b"during" in n.body for n in w.notifies_for(d))  # really lost
-        proxy.heal()
-        notes = await w.wait_notifies(3, 5.0, lambda m: m.headers.get("call-id") == d.call_id)
-        assert b"during-2" in notes[-1].body and b"during-1" not in notes[-1].body
-        m2 = await counters(n2)
-        assert metric(m2, "cluster_messages_lost_total", peer="n1") >= 2
-        assert metric(m2, "federation_resyncs_total", cause="gap") >= 1
-    finally:
-        proxy.close()
+    n1, n2, proxy = await proxied_pair("on-demand-sharing")
+    await until(lambda: n1.federation.channel.connected("n2") and n2.federation.channel.up("n1"))
+    w, d = await watch_bob(make_client, n2, n1)
+    pub = await make_client("bob", target=n1)
+    assert (await pub.publish(pidf(BOB, "open", note="before"))).code == 200
+    await w.dialog_notifies(d, 2)
+    proxy.cut()
+    await until(lambda: not n1.federation.channel.connected("n2"))
+    r = await pub.publish(pidf(BOB, "open", note="during-1"))
+    await pub.publish(pidf(BOB, "closed", note="during-2"), etag=r.headers.get("sip-etag"))
+    await asyncio.sleep(0.3)
+    assert not any(b"during" in n.body for n in w.notifies_for(d))  # really lost
+    proxy.heal()
+    notes = await w.wait_notifies(3, 5.0, lambda m: m.headers.get("call-id") == d.call_id)
+    assert b"during-2" in notes[-1].body and b"during-1" not in notes[-1].body
+    m2 = await counters(n2)
+    assert metric(m2, "cluster_messages_lost_total", peer="n1") >= 2
+    assert metric(m2, "federation_resyncs_total", cause="gap") >= 1
 
 
 async def test_forged_replayed_stale_wrong_cluster_and_malformed_messages_are_refused(federation, make_client):
@@ -487,10 +493,7 @@ async def test_redundancy_each_notify_once_and_a_partner_covers_a_death(redundan
     and B is activated on b2, b2 takes over without A noticing beyond the
     tag state."""
     a1, a2, b1, b2 = (redundancy[n] for n in ("a1", "a2", "b1", "b2"))
-    w = await make_client("alice", target=b2)
-    _, d = await w.subscribe(BOB)
-    await w.dialog_notifies(d, 1)
-    await until(lambda: (BOB[4:], "presence") in a2.federation.interest["b2"])
+    w, d = await watch_bob(make_client, b2, a2)
     pub = await make_client("bob", target=a2)
     assert (await pub.publish(pidf(BOB, "open", note="one"))).code == 200
     await w.dialog_notifies(d, 2)
@@ -521,47 +524,43 @@ async def test_redundancy_each_notify_once_and_a_partner_covers_a_death(redundan
         await until(lambda: any(t["tag"] == "B" and t["owner"] == "b2" for t in node.federation.view()["tags"]))
 
 
-async def test_full_sync_in_batches_drops_what_the_peer_no_longer_holds(make_node, cluster_secret_file, make_client):
+async def test_full_sync_in_batches_drops_what_the_peer_no_longer_holds(proxied_pair, make_client):
     """full-sharing, 300 presentities (more than one sync batch): n2 gets
     them all; then, while n1's link to n2 is cut, n1 removes one; after
     healing, the full resync (batches, then the list of every key n1
     holds) removes n2's copy of it."""
-    p1, p2 = free_port(["127.0.0.1"]), free_port(["127.0.0.1"])
-    proxy = await Cut(p2).start()
-    fed = {"mode": "full-sharing", "secret_file": str(cluster_secret_file), "heartbeat": 0.2, "peer_timeout": 1.0}
-    n1 = await make_node(node_id="n1", cluster_id="fed", federation={
-        "listen": f"127.0.0.1:{p1}", **fed, "peers": [{"id": "n2", "address": f"127.0.0.1:{proxy.port}"}]})
-    pub = await make_client("bob", target=n1)
     etags = {}
-    for i in range(300):
-        uri = f"sip:u{i}@example.com"
-        r = await pub.publish(pidf(uri, "open", note=f"u{i}"), uri=uri)
-        etags[uri] = r.headers.get("sip-etag")
-    n2 = await make_node(node_id="n2", cluster_id="fed", federation={
-        "listen": f"127.0.0.1:{p2}", **fed, "peers": [{"id": "n1", "address": f"127.0.0.1:{p1}"}]})
-    try:
-        async def held_by_n2() -> set[str]:
-            async with aiohttp.ClientSession() as s:
-                async with s.get(f"http://127.0.0.1:{n2.admin_port}/presentities?limit=1000", headers=AUTH) as r:
-                    return {i["presentity"] for i in (await r.json())["items"]}
 
-        for _ in range(100):
-            if len(await held_by_n2()) == 300:
-                break
-            await asyncio.sleep(0.05)
-        assert len(await held_by_n2()) == 300
-        assert metric(await counters(n1), "cluster_messages_sent_total", kind="sync") >= 3  # 2 batches + the end
+    async def publish_300(n1) -> None:
+        pub = await make_client("bob", target=n1)
+        for i in range(300):
+            uri = f"sip:u{i}@example.com"
+            r = await pub.publish(pidf(uri, "open", note=f"u{i}"), uri=uri)
+            etags[uri] = (pub, r.headers.get("sip-etag"))
 
-        proxy.cut()
-        await until(lambda: not n1.federation.channel.connected("n2"))
-        assert (await pub.publish(None, uri="sip:u7@example.com", etag=etags["sip:u7@example.com"], expires=0)).code == 200
-        await asyncio.sleep(0.2)
-        assert "u7@example.com" in await held_by_n2()  # the removal was lost
-        proxy.heal()
-        for _ in range(100):
-            if "u7@example.com" not in await held_by_n2():
-                break
-            await asyncio.sleep(0.05)
-        assert await held_by_n2() == {f"u{i}@example.com" for i in range(300)} - {"u7@example.com"}
-    finally:
-        proxy.close()
+    n1, n2, proxy = await proxied_pair("full-sharing", publish_300)
+
+    async def held_by_n2() -> set[str]:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{n2.admin_port}/presentities?limit=1000", headers=AUTH) as r:
+                return {i["presentity"] for i in (await r.json())["items"]}
+
+    for _ in range(100):
+        if len(await held_by_n2()) == 300:
+            break
+        await asyncio.sleep(0.05)
+    assert len(await held_by_n2()) == 300
+    assert metric(await counters(n1), "cluster_messages_sent_total", kind="sync") >= 3  # 2 batches + the end
+
+    proxy.cut()
+    await until(lambda: not n1.federation.channel.connected("n2"))
+    pub, etag = etags["sip:u7@example.com"]
+    assert (await pub.publish(None, uri="sip:u7@example.com", etag=etag, expires=0)).code == 200
+    await asyncio.sleep(0.2)
+    assert "u7@example.com" in await held_by_n2()  # the removal was lost
+    proxy.heal()
+    for _ in range(100):
+        if "u7@example.com" not in await held_by_n2():
+            break
+        await asyncio.sleep(0.05)
+    assert await held_by_n2() == {f"u{i}@example.com" for i in range(300)} - {"u7@example.com"}

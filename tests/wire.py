@@ -9,6 +9,8 @@ import time
 import uuid
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from presence_node.sip.headers import parse_name_addr, parse_params
 from presence_node.sip.message import Request, Response
 
@@ -111,3 +113,15 @@ def raw_request(
     if content_length:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Prometheus text → {(sample name, sorted labels): value}."""
+    out: Samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
