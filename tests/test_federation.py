@@ -564,3 +564,42 @@ async def test_full_sync_in_batches_drops_what_the_peer_no_longer_holds(proxied_
             break
         await asyncio.sleep(0.05)
     assert await held_by_n2() == {f"u{i}@example.com" for i in range(300)} - {"u7@example.com"}
+
+
+async def test_authentic_messages_with_bad_bodies_change_nothing(federation, make_client):
+    """Sealed with the right secret but malformed inside (wrong types, a
+    package not federated, bad base64, an unknown kind): ignored and
+    counted, no NOTIFY, nothing stored; the link stays usable."""
+    import time
+
+    from presence_node.federation.wire import Envelope, seal
+
+    [n1] = await federation(2, only=[0])
+    w = await make_client("alice", target=n1)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    good = {"p": "bob@example.com", "e": "presence", "etag": "n2.x.1", "body": "PHA+", "ct": "application/pidf+xml",
+            "exp": time.time() + 60, "rcv": time.time()}
+    bodies = [
+        ("publish", {"key": "bob@example.com", "old": None, "pub": good}),
+        ("publish", {"key": ["bob@example.com", "dialog"], "old": None, "pub": dict(good, e="dialog")}),
+        ("publish", {"key": ["bob@example.com", "presence"], "old": None, "pub": dict(good, body="not base64!")}),
+        ("publish", {"key": ["bob@example.com", "presence"], "old": 7, "pub": good}),
+        ("state", {"location": "n2", "interest": [], "tags": [{"tag": "x", "epoch": "1"}]}),
+        ("interest", {"add": [["a@b", "presence", "extra"]], "remove": []}),
+        ("teleport", {}),
+    ]
+    boot = int(time.time() * 1000)
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"http://127.0.0.1:{n1.federation.channel.port}/cluster") as ws:
+            for seq, (kind, body) in enumerate(bodies, start=1):
+                await ws.send_bytes(seal(CLUSTER_SECRET.encode(), Envelope("fed", "n2", "n1", boot, seq, time.time(), kind, body)))
+            await asyncio.sleep(0.3)
+    m = await counters(n1)
+    assert metric(m, "cluster_messages_ignored_total", reason="malformed") == 6
+    assert metric(m, "cluster_messages_ignored_total", reason="unknown-kind") == 1
+    assert len(w.notifies_for(d)) == 1
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://127.0.0.1:{n1.admin_port}/presentities", headers=AUTH) as r:
+            assert (await r.json())["items"] == []
+    assert n1.federation.interest["n2"] == set() and "n2" not in n1.federation.remote_tags
