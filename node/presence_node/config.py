@@ -135,7 +135,10 @@ class Federation(_Strict):
     #: Seconds after which an unanswered query may be sent again.
     query_ttl: float = Field(5.0, gt=0, le=3600)
     #: Seconds between full resyncs with every peer (interest, tags, state).
-    resync_interval: float = Field(30.0, gt=0, le=3600)
+    #: A safety net only: lost messages are found within a heartbeat by
+    #: their sequence numbers, and each resync costs a message listing every
+    #: watched presentity, so it is not frequent by default.
+    resync_interval: float = Field(300.0, gt=0, le=86400)
     #: Seconds between heartbeats; a peer silent for ``peer_timeout`` is down.
     heartbeat: float = Field(1.0, gt=0, le=60)
     peer_timeout: float = Field(3.0, gt=0, le=600)
