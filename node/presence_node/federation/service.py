@@ -238,17 +238,19 @@ class Federation:
     # -- incoming -----------------------------------------------------------------
 
     async def _on_message(self, env: Envelope, skipped: int) -> None:
-        handler = self._handlers.get(env.kind)
-        if handler is None:
-            self.metrics.count("cluster_messages_ignored", "unknown-kind")
-            return
         try:
-            await handler(env)
+            handler = self._handlers.get(env.kind)
+            if handler is None:
+                self.metrics.count("cluster_messages_ignored", "unknown-kind")
+            else:
+                await handler(env)
         except BadBody as e:
             self.metrics.count("cluster_messages_ignored", "malformed")
             log.warning("cluster message ignored", extra={"kind": env.kind, "reason": str(e)})
-        if skipped and env.sender in self.interest:
-            await self._resync(env.sender, "gap")
+        finally:
+            # Whatever this message was, the ones before it were lost.
+            if skipped and env.sender in self.interest:
+                await self._resync(env.sender, "gap")
 
     async def _noop(self, env: Envelope) -> None:
         return None
