@@ -128,11 +128,13 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--example", type=Path, default=ROOT / "examples" / "01-ha" / "cluster.yaml")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds before a failover counts as failed")
-    ap.add_argument("--emulator", action="store_true", help="not available yet (see bench/README.md)")
+    ap.add_argument("--emulator", action="store_true",
+                    help="under the kopf operator against KMock's emulator instead (bench/failover_emulator.py)")
     args = ap.parse_args()
     if args.emulator:
-        print("--emulator is not implemented: see bench/README.md (failover.py)", file=sys.stderr)
-        return 2
+        import failover_emulator
+
+        return failover_emulator.main(["--kills", str(args.kills), "--timeout", str(args.timeout)])
 
     tmp = Path(tempfile.mkdtemp(prefix="failover-bench-"))
     d = tmp / "state"
