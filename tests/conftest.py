@@ -51,7 +51,17 @@ def pg_dsn(pg_server) -> str:
 
 
 @pytest.fixture
-async def make_node(tmp_path) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
+async def open_clients() -> AsyncIterator[list[SipClient]]:
+    """Clients of a test, closed only after its nodes have stopped, so they
+    still answer the NOTIFYs a stopping node sends (S30)."""
+    clients: list[SipClient] = []
+    yield clients
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture
+async def make_node(tmp_path, open_clients) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
     nodes: list[Node] = []
 
     async def factory(**overrides: Any) -> Node:
@@ -81,15 +91,11 @@ async def node(make_node) -> Node:
 
 
 @pytest.fixture
-async def make_client(node: Node) -> AsyncIterator[Callable[..., Awaitable[SipClient]]]:
-    clients: list[SipClient] = []
-
+def make_client(node: Node, open_clients: list[SipClient]) -> Callable[..., Awaitable[SipClient]]:
     async def factory(user: str = "alice", transport: str = "udp", target: Node | None = None, **kw: Any) -> SipClient:
         n = target or node
         c = await SipClient(("127.0.0.1", n.sip_port), transport, user, **kw).open()
-        clients.append(c)
+        open_clients.append(c)
         return c
 
-    yield factory
-    for c in clients:
-        c.close()
+    return factory

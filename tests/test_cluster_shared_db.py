@@ -186,3 +186,19 @@ async def test_restart_with_active_config_does_not_take_a_live_owners_tag(cluste
     )
     tags = {t.name: t for t in await again.tags.list()}
     assert tags["vip"].owner == "n2" and tags["vip"].state == "backup" and tags["vip"].epoch == 2
+
+
+async def test_s80_a_stopping_node_on_the_shared_database_hands_nothing_off(cluster, make_client):
+    """S80, the served-on branch: with a shared database the other nodes
+    serve a stopped node's subscriptions, so it sends no deactivated
+    NOTIFY and the watcher keeps getting changes through the survivor."""
+    a, b = await cluster({"vip": "active"}, {"vip": "backup"})
+    watcher = await make_client("alice", target=a)
+    _, d = await watcher.subscribe(BOB)
+    await watcher.dialog_notifies(d, 1)
+    await a.stop()
+    assert len(watcher.notifies_for(d)) == 1
+    pub = await make_client("bob", target=b)
+    assert (await pub.publish(pidf(BOB, "open", note="via b"))).code == 200
+    [_, n] = await watcher.dialog_notifies(d, 2)
+    assert sub_state(n)[0] == "active" and b"via b" in n.body

@@ -603,3 +603,23 @@ async def test_two_watchers_each_get_their_own_dialog(node, make_client):
     assert tag(n1.headers.get("from")) == d1.to_tag and tag(n2.headers.get("from")) == d2.to_tag
     assert tag(n1.headers.get("to")) == d1.from_tag and tag(n2.headers.get("to")) == d2.from_tag
     assert {s.watcher for s in await subscriptions(node)} == {"alice@example.com", "carol@example.com"}
+
+
+async def test_s30_s80_a_stopping_memory_node_ends_each_subscription_with_deactivated(make_node, make_client):
+    """S30, S80: a node whose subscriptions die with it (memory storage)
+    ends each with NOTIFY terminated;reason=deactivated on stop, so the
+    subscribers re-subscribe at once instead of waiting for Expires."""
+    from wire import sub_state
+
+    node = await make_node()
+    watchers = [await make_client(u, target=node) for u in ("alice", "carol")]
+    dialogs = []
+    for w in watchers:
+        _, d = await w.subscribe("sip:bob@example.com")
+        await w.dialog_notifies(d, 1)
+        dialogs.append(d)
+    await node.stop()
+    for w, d in zip(watchers, dialogs):
+        last = w.notifies_for(d)[-1]
+        assert sub_state(last) == ("terminated", {"reason": "deactivated"})
+        assert len(w.notifies_for(d)) == 2

@@ -4,9 +4,10 @@ Start order: storage, sharing tags, SIP sockets (UDP and TCP on one port),
 the cluster channel (federation), the expiry timer, then the admin API, and
 only then ready.  Stop order
 (SIGTERM): not ready, new SIP requests answered 503 (the sockets stay open,
-since the responses to NOTIFYs in flight arrive on them), handlers and
-NOTIFYs in flight finish (bounded by ``drain_timeout``), then admin,
-sockets and storage.
+since the responses to NOTIFYs in flight arrive on them), handlers in
+flight finish, subscriptions that die with the node are ended with
+``deactivated`` (S30), NOTIFYs in flight finish (all bounded by
+``drain_timeout``), then admin, sockets and storage.
 """
 
 from __future__ import annotations
@@ -130,6 +131,24 @@ class Node:
             except Exception:
                 log.exception("expiry sweep failed")
 
+    async def _deactivate(self) -> None:
+        """S30, S80: this node's subscriptions die with it (memory storage),
+        so end each with ``terminated;reason=deactivated``: the subscriber
+        re-subscribes at once (through its proxy or load balancer, to a live
+        node) instead of staying silent until its Expires.  With a shared
+        database the other nodes serve them on, and nothing is sent."""
+        now = time.time()
+        count, _ = await self.storage.counts()
+        subs = await self.storage.list_subscriptions(
+            now, presentity=None, watcher=None, event=None, offset=0, limit=max(count, 1)
+        )
+        for sub in subs:
+            removed = await self.storage.delete_subscription(sub.id)
+            if removed is not None:
+                await self.notifier.terminated(removed, "deactivated")
+        if subs:
+            log.info("subscriptions deactivated", extra={"node": self.config.node_id, "count": len(subs)})
+
     async def metrics_text(self) -> bytes:
         subs, pres = await self.storage.counts()
         self.metrics.subscriptions = subs
@@ -151,6 +170,8 @@ class Node:
         deadline = self.config.drain_timeout
         t0 = time.monotonic()
         await self.dispatcher.drain(deadline)
+        if not self.storage.shared and self.sip_port:
+            await self._deactivate()
         await self.notifier.drain(max(0.0, deadline - (time.monotonic() - t0)))
         if self._runner is not None:
             await self._runner.cleanup()

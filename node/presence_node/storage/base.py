@@ -38,6 +38,10 @@ class StaleEpoch(ValueError):
 
 
 class Storage(Protocol):
+    #: Whether other nodes serve these records when this node stops (a
+    #: shared database), or they die with it (memory).
+    shared: bool
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...

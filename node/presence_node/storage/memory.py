@@ -19,6 +19,8 @@ Key = tuple[str, str]  # (presentity, event)
 
 
 class MemoryStorage:
+    shared = False
+
     def __init__(self) -> None:
         self._pubs: dict[Key, dict[str, Publication]] = {}
         self._pub_heap: list[tuple[float, str, str, str]] = []

@@ -64,6 +64,8 @@ def _tag(row: tuple[Any, ...]) -> TagState:
 
 
 class PostgresStorage:
+    shared = True
+
     def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 8, open_timeout: float = 10.0) -> None:
         self.dsn = dsn
         self.open_timeout = open_timeout
