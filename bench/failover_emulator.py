@@ -8,7 +8,7 @@ KMock's Kubernetes emulator.
 Needs the test extra installed (``pip install -e '.[test]'``: kmock) and
 PostgreSQL's server binaries (``scripts/setup.sh``); no root, no cluster.
 
-Starts the emulator (``bench/emulator.py``, a copy of the tests' one) on a
+Starts the emulator (``presence_operator.testing.emulator``, the tests' one) on a
 free port with the project's CRD, a private PostgreSQL (local mode's
 ``pg.start``), and the operator as a process (``presence-operator
 --standalone --namespace=presence-bench``, as the chart's Deployment runs
@@ -116,7 +116,7 @@ class Node:
 async def run(args: argparse.Namespace) -> int:
     import kmock
 
-    from emulator import ApiEmulator
+    from presence_operator.testing.emulator import ApiEmulator
     from presence_operator.builders import meta
     from presence_operator.local import pg
 

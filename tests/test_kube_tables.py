@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kube import _cell, compile_jsonpath, eval_jsonpath, human_duration, wants_table
+from presence_operator.testing.emulator import _cell, compile_jsonpath, eval_jsonpath, human_duration, wants_table
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJ = {

@@ -1,10 +1,34 @@
-"""KMock's Kubernetes emulator made close enough to an API server for kopf,
-for ``bench/failover_emulator.py``.
+"""KMock's Kubernetes emulator made close enough to an API server for kopf
+and kubectl, for the project's tests and benchmarks (it needs the ``test``
+extra: ``kmock``, ``jsonpatch``).  Each fix below answers a failure observed
+with the stock emulator.
 
-A copy of the emulator part of ``tests/kube.py`` (the ``ApiEmulator``
-subclass and its helpers; commit 49c03f9), because bench/ does not import
-tests/: see that file and ../shared/k8s-testing.md for why each fix exists.
-Needs the test extra (``kmock``, ``jsonpatch``).  Keep the two in step.
+What this emulator does for k8s data requests (everything else, discovery
+included, is KMock's):
+- one write lock and a global resourceVersion counter; creates stamp uid,
+  creationTimestamp, generation, resourceVersion, namespace, generateName;
+  patches bump resourceVersion (and generation on spec changes);
+- merge patch (dicts, ``None`` deletes) and RFC 6902 JSON patch, a failed
+  ``test`` op answering 422 as an API server does;
+- the status subresource: status dropped from creates and main-endpoint
+  patches, only status kept from ``/status`` patches;
+- finalizers and deletionTimestamp;
+- list with ``kind: XList`` and a real resourceVersion; watch resumable from
+  ``?resourceVersion=N`` (event log), with the snapshot and the log mark
+  taken atomically, JSON content type;
+- equality label selectors and metadata.name/namespace field selectors;
+- ``register_crd()`` from a CRD document; namespaces at ``/api/v1/namespaces``;
+- ``meta.k8s.io/v1 Table`` answers (what ``kubectl get`` asks for with
+  ``Accept: application/json;as=Table;v=v1;g=meta.k8s.io``) for list, get
+  and watch of custom resources, built as the API server's CRD table
+  convertor does from the CRD's ``additionalPrinterColumns``: a Name
+  column, then each column's ``jsonPath`` evaluated by the small evaluator
+  below (``.a.b``, ``['a']``, ``[n]``, ``[*]``, ``[?(@.a.b=="v")]``: what
+  our CRD uses and a bit more; any other path is refused at registration),
+  ``date`` cells as kubectl's relative age.  Built-in resources get no
+  Table (kubectl then prints NAME and AGE only).
+Not done (not needed here): SSA, strategic merge (applied as a plain merge),
+PUT, garbage collection, controllers, kubelet.
 """
 
 from __future__ import annotations
@@ -21,8 +45,6 @@ import aiohttp.web
 import jsonpatch
 import kmock
 from kmock._internal import enums, parsing, references
-
-# -- namespaces as a resource (stock: 500 on /api/v1/namespaces) --------------
 
 _parse_path = parsing.parse_path
 

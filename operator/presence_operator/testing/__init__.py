@@ -1,0 +1,1 @@
+"""Support for testing and benchmarking the operator without a cluster."""
