@@ -214,12 +214,10 @@ async def test_helm_chart_to_failover_through_kubectl(cluster, kubectl, k8s_tool
         await kubectl("wait", "presenceclusters/demo-ha", "--for=jsonpath={.status.phase}=Ready", "--timeout=20s")
         cols = "{.status.ready} {.status.tagOwners}"
         assert (await kubectl("get", "presenceclusters", "demo-ha", "-o", f"jsonpath={cols}")) == "2/2 vip=l1-0"
-        # The operator records the tag's first placement as lastFailover (reason unowned, not counted).
-        placed = re.compile(r"vip -->l1-0 \d+\.\ds \(unowned\)")
+        # The tag's first placement is no failover: no LAST FAILOVER yet.
         row = await columns(kubectl)
         assert row == {"NAME": "demo-ha", "MODE": "ha", "READY": "2/2", "TAGS": "vip=l1-0",
-                       "LAST FAILOVER": row["LAST FAILOVER"], "AGE": "<age>"}, row
-        assert placed.fullmatch(row["LAST FAILOVER"]), row
+                       "LAST FAILOVER": "", "AGE": "<age>"}, row
         assert await columns(kubectl, "-o", "wide") == {**row, "PHASE": "Ready", "FAILOVERS": "0"}
         assert (await tags_on(admin_port, hosts[0], admin_secret))["vip"]["state"] == "active"
 

@@ -237,13 +237,13 @@ def test_switchover_fence_and_restart_from_the_command_line(tmp_path):
         assert res.returncode == 0, res.stderr
         wait_for(lambda: vip("l1-1")["state"] == "active", 3, "vip switched over to l1-1")
         assert vip("l1-1")["epoch"] == e0 + 2  # deactivation of l1-0, then activation above it
-        st = wait_for(lambda: (s := status())["lastFailover"]["reason"] == "switchover" and s, 3, "switchover recorded")
+        st = wait_for(lambda: ((s := status()).get("lastFailover") or {}).get("reason") == "switchover" and s, 3, "switchover recorded")
         assert st["lastFailover"]["from"] == "l1-0" and st["switchovers"] == {"vip": "l1-1"}
         assert "switchover: vip -> l1-1" in cli(d, "status").stdout
 
         assert cli(d, "fence", "l1-1").returncode == 0
         wait_for(lambda: vip("l1-0")["state"] == "active", 3, "vip vacated from fenced l1-1")
-        st = wait_for(lambda: (s := status())["lastFailover"]["reason"] == "fenced" and s, 3, "fencing recorded")
+        st = wait_for(lambda: ((s := status()).get("lastFailover") or {}).get("reason") == "fenced" and s, 3, "fencing recorded")
         assert st["fenced"] == ["l1-1"] and "fenced: l1-1" in cli(d, "status").stdout
         assert cli(d, "switchover", "vip", "--clear").returncode == 0
         assert cli(d, "fence", "--clear").returncode == 0

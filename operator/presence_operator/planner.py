@@ -185,7 +185,6 @@ def plan(spec: specs.PresenceClusterSpec, observed: Observed) -> list[Action]:
             _set_status(ctx, failing_over=True, last=last, count=count)
             return ctx.actions
         if record is not None and record.reason != "unowned":
-            # Placing a tag nobody owned (a new cluster) is not a failover.
             last, count = record, count + 1
     moves, reason, detected = _decide(ctx)
     if moves:
@@ -273,7 +272,9 @@ def _roll_forward(ctx: _Ctx, intent: Intent) -> tuple[str, FailoverRecord | None
             tags=tuple(m.tag for m in intent.moves), reason=intent.reason, time=obs.now,
             seconds=round(obs.now - intent.detected, 3),
         )
-        ctx.actions.append(ClearIntent(record))
+        # Placing a tag nobody owned (a new cluster) is not a failover: it
+        # is neither counted nor shown as the last one.
+        ctx.actions.append(ClearIntent(record if intent.reason != "unowned" else None))
         ctx.actions.append(Event("Normal", "FailoverComplete",
                                  f"tags {', '.join(record.tags)} active on {record.target} ({intent.reason}, "
                                  f"{record.seconds:.2f} s)"))
