@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -62,21 +61,6 @@ BIN = Path(sys.executable).parent
 NS = "presence-bench"
 CR = "presence.example.org/v1alpha1/presenceclusters"
 HOSTS = ["127.0.0.2", "127.0.0.3"]
-
-
-def free_port(hosts: list[str]) -> int:
-    """A TCP port free on every one of ``hosts``."""
-    while True:
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        try:
-            for h in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((h, port))
-            return port
-        except OSError:
-            continue
 
 
 async def until(check: Callable[[], Any], timeout: float, what: str, period: float = 0.02) -> Any:
@@ -140,8 +124,8 @@ async def run(args: argparse.Namespace) -> int:
             "clusters": [{"name": "b", "cluster": {"server": str(k.url).rstrip("/")}}],
             "users": [{"name": "b", "user": {"token": "b"}}],
             "contexts": [{"name": "b", "context": {"cluster": "b", "user": "b", "namespace": NS}}]}))
-        admin_port = free_port(HOSTS)
-        live_port = free_port(["127.0.0.1"])
+        admin_port = pg.free_port(HOSTS)
+        live_port = pg.free_port()
         try:
             print("starting PostgreSQL ...", flush=True)
             db = await asyncio.to_thread(pg.start, tmp, "bench")

@@ -5,10 +5,10 @@ small helpers."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from typing import Any, Callable
 
+from presence_operator.local.pg import free_port  # noqa: F401 - re-exported for the tests
 from presence_operator.testing.emulator import ApiEmulator  # noqa: F401 - re-exported for the tests
 
 
@@ -56,19 +56,3 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-def free_port(hosts: list[str]) -> int:
-    """A port free on every one of ``hosts`` (nodes standing in for pods
-    listen on the same port at different loopback addresses)."""
-    while True:
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        try:
-            for h in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((h, port))
-            return port
-        except OSError:
-            continue

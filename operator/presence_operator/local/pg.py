@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 
 def bindir() -> Path:
@@ -31,10 +32,20 @@ def bindir() -> Path:
     return Path(initdb).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(hosts: Sequence[str] = ("127.0.0.1",)) -> int:
+    """A TCP port free on every one of ``hosts`` (nodes standing in for
+    pods listen on the same port at different loopback addresses)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = int(s.getsockname()[1])
+        try:
+            for h in hosts[1:]:
+                with socket.socket() as s:
+                    s.bind((h, port))
+            return port
+        except OSError:
+            continue
 
 
 def run_as_postgres(*cmd: str) -> None:
