@@ -77,200 +77,6 @@ def cli(d: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([EXE, *args, "--dir", str(d)], capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("example, tag, victim, survivors", [
-    ("01-ha", "vip", "l1-0", {"l1-1"}),
-    ("02-load-balancing", "l1-1", "l1-1", {"l1-0", "l1-2"}),
-])
-def test_sigkill_owner_moves_tag_and_down_cleans_up(tmp_path, example, tag, victim, survivors):
-    d = tmp_path / "state"
-    sip, admin = free_base(3), free_base(3)
-    log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen([EXE, "up", str(ROOT / "examples" / example / "cluster.yaml"), "--dir", str(d),
-                           "--sip-base", str(sip), "--admin-base", str(admin)],
-                          stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    run: dict = {}
-    try:
-        status = lambda: json.loads((d / "status.json").read_text())  # noqa: E731
-        wait_for(lambda: status()["phase"] == "Ready", 60, "cluster Ready")
-        run = json.loads((d / "run.json").read_text())
-        secret = (d / "admin-secret").read_text().strip()
-        assert (d / "admin-secret").stat().st_mode & 0o777 == 0o600
-        assert tags_of(run["nodes"][victim]["admin"], secret)[tag]["state"] == "active"
-        before = tags_of(run["nodes"][victim]["admin"], secret)[tag]["epoch"]
-
-        killed = time.monotonic()
-        os.kill(run["nodes"][victim]["pid"], signal.SIGKILL)
-
-        def moved():
-            for n in survivors:
-                t = tags_of(run["nodes"][n]["admin"], secret)[tag]
-                if t["state"] == "active":
-                    return n, t["epoch"]
-            return None
-
-        owner, epoch = wait_for(moved, 3.0, f"{tag} active on one of {survivors}")
-        took = time.monotonic() - killed
-        print(f"\n{example}: SIGKILL {victim} -> {tag} active on {owner} in {took:.2f} s")
-        assert epoch > before
-        others = [n for n in survivors if n != owner]
-        assert all(tags_of(run["nodes"][n]["admin"], secret)[tag]["state"] == "backup" for n in others)
-
-        st = wait_for(lambda: (s := status())["lastFailover"] and s, 2, "lastFailover in status")
-        assert st["lastFailover"]["to"] == owner and tag in st["lastFailover"]["tags"]
-        assert st["failoverCount"] == 1 and st["tags"][tag]["owner"] == owner and st["readyNodes"] == len(survivors)
-        out = cli(d, "status").stdout
-        assert f"{victim}->{owner}" in out and f"{tag}={owner}" in out and f"{len(survivors)}/{len(survivors) + 1}" in out
-    finally:
-        res = cli(d, "down")
-        up.wait(timeout=10)
-        log.close()
-    assert res.returncode == 0, res.stderr
-    pids = [n["pid"] for n in run["nodes"].values()] + [p["pid"] for p in run["postgres"].values()] + [up.pid]
-    wait_for(lambda: not any(alive(p) for p in pids), 10, "every process gone")
-    assert not (d / "run.json").exists()
-    assert all(not Path(p["root"]).exists() for p in run["postgres"].values())
-
-
-def test_federation_example_starts_federated_nodes(tmp_path):
-    """``up`` of the federation example: one node per location, memory
-    storage, its own tag active, every other node as a peer on its cluster
-    channel port, a 0600 cluster secret (federation itself is the node's
-    tests' business)."""
-    from presence_node.config import Config
-
-    d = tmp_path / "state"
-    sip, admin, channel = free_base(3), free_base(3), free_base(3)
-    log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen([EXE, "up", str(ROOT / "examples" / "03-federation" / "cluster.yaml"), "--dir", str(d),
-                           "--sip-base", str(sip), "--admin-base", str(admin), "--cluster-base", str(channel)],
-                          stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    run: dict = {}
-    try:
-        status = lambda: json.loads((d / "status.json").read_text())  # noqa: E731
-        wait_for(lambda: status()["phase"] == "Ready", 60, "cluster Ready")
-        run = json.loads((d / "run.json").read_text())
-        assert run["mode"] == "federation" and not run["postgres"]
-        secret = (d / "admin-secret").read_text().strip()
-        assert (d / "cluster-secret").stat().st_mode & 0o777 == 0o600
-        assert len((d / "cluster-secret").read_text().strip()) >= 32
-        names = ["paris-0", "berlin-0", "madrid-0"]
-        assert sorted(run["nodes"]) == sorted(names)
-        for i, name in enumerate(names):
-            n = run["nodes"][name]
-            assert n["cluster"] == f"127.0.0.1:{channel + i}"
-            shared = {t: v["state"] for t, v in tags_of(n["admin"], secret).items() if not t.startswith("~")}
-            assert shared == {name: "active"}  # its own tag only (plus its private ~tag)
-            cfg = Config.model_validate(yaml.safe_load((d / "nodes" / name / "node.yaml").read_text()))
-            assert cfg.storage.backend == "memory" and cfg.default_tag == name
-            fed = cfg.federation
-            assert fed.mode == "on-demand-sharing" and fed.listen == n["cluster"] and cfg.location == name
-            assert Path(fed.secret_file) == (d / "cluster-secret").resolve()
-            assert [(p.id, p.address, p.location) for p in fed.peers] == [
-                (other, f"127.0.0.1:{channel + j}", other) for j, other in enumerate(names) if other != name]
-        assert "paris-0=paris-0" in cli(d, "status").stdout
-    finally:
-        res = cli(d, "down")
-        up.wait(timeout=10)
-        log.close()
-    assert res.returncode == 0, res.stderr
-    wait_for(lambda: not any(alive(n["pid"]) for n in run["nodes"].values()), 10, "every node gone")
-
-
-def test_federation_redundancy_configurations(tmp_path):
-    """The node configurations ``up`` writes for federationRedundancy (no
-    process started): the location's database, its tag active on node 0,
-    the spec location as federation location, every other node a peer."""
-    from presence_node.config import Config
-    from presence_operator import spec as specs
-    from presence_operator.local import launch
-
-    m = specs.load_manifest(yaml.safe_load((ROOT / "examples" / "04-federation-redundancy" / "cluster.yaml").read_text()))
-    nodes = specs.nodes(m.spec)
-    channel = {n.name: f"127.0.0.1:{7060 + n.ordinal}" for n in nodes}
-    for n in nodes:
-        dsn = tmp_path / "db" / f"{n.location}.dsn"
-        cfg = Config.model_validate(launch.node_config(m, n, tmp_path, f"127.0.0.1:{5060 + n.ordinal}",
-                                                       f"127.0.0.1:{8081 + n.ordinal}", dsn, channel))
-        assert cfg.storage.backend == "postgres" and cfg.storage.dsn_file == dsn
-        assert cfg.sharing_tags == {n.location: "active" if n.index == 0 else "backup"}
-        assert cfg.default_tag == n.location and cfg.location == n.location
-        assert cfg.federation.mode == "on-demand-sharing" and cfg.federation.listen == channel[n.name]
-        assert [(p.id, p.address, p.location) for p in cfg.federation.peers] == [
-            (x.name, channel[x.name], x.location) for x in nodes if x.name != n.name]
-    # The other modes get no federation section.
-    ha = specs.load_manifest(yaml.safe_load((ROOT / "examples" / "01-ha" / "cluster.yaml").read_text()))
-    n0 = specs.nodes(ha.spec)[0]
-    assert "federation" not in launch.node_config(ha, n0, tmp_path, "127.0.0.1:5060", "127.0.0.1:8081", None,
-                                                  {n0.name: "127.0.0.1:7060"})
-
-
-def test_invalid_manifest_names_the_field(tmp_path):
-    f = tmp_path / "bad.yaml"
-    f.write_text("apiVersion: presence.example.org/v1alpha1\nkind: PresenceCluster\nmetadata: {name: x}\n"
-                 "spec: {mode: ha, locations: [{name: a, nodes: 2, database: {secretRef: {name: s}}}],"
-                 " failover: {detectionSeconds: 0}}\n")
-    res = subprocess.run([EXE, "up", str(f), "--dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=30)
-    assert res.returncode == 2 and "spec.failover.detectionSeconds" in res.stderr
-
-
-def test_switchover_fence_and_restart_from_the_command_line(tmp_path):
-    """Manual operations in local mode: ``switchover`` moves and pins a tag,
-    ``fence`` vacates a node and keeps tags off it, ``--clear`` lifts them,
-    ``restart`` brings a killed node back (as a backup: ownership is in the
-    shared database)."""
-    d = tmp_path / "state"
-    sip, admin = free_base(2), free_base(2)
-    log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen([EXE, "up", str(ROOT / "examples" / "01-ha" / "cluster.yaml"), "--dir", str(d),
-                           "--sip-base", str(sip), "--admin-base", str(admin)],
-                          stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        status = lambda: json.loads((d / "status.json").read_text())  # noqa: E731
-        wait_for(lambda: status()["phase"] == "Ready", 60, "cluster Ready")
-        run = json.loads((d / "run.json").read_text())
-        secret = (d / "admin-secret").read_text().strip()
-        vip = lambda n: tags_of(run["nodes"][n]["admin"], secret)["vip"]  # noqa: E731
-        assert vip("l1-0")["state"] == "active"
-        e0 = vip("l1-0")["epoch"]
-
-        res = cli(d, "switchover", "vip", "l1-1")
-        assert res.returncode == 0, res.stderr
-        wait_for(lambda: vip("l1-1")["state"] == "active", 3, "vip switched over to l1-1")
-        assert vip("l1-1")["epoch"] == e0 + 2  # deactivation of l1-0, then activation above it
-        st = wait_for(lambda: ((s := status()).get("lastFailover") or {}).get("reason") == "switchover" and s, 3, "switchover recorded")
-        assert st["lastFailover"]["from"] == "l1-0" and st["switchovers"] == {"vip": "l1-1"}
-        assert "switchover: vip -> l1-1" in cli(d, "status").stdout
-
-        assert cli(d, "fence", "l1-1").returncode == 0
-        wait_for(lambda: vip("l1-0")["state"] == "active", 3, "vip vacated from fenced l1-1")
-        st = wait_for(lambda: ((s := status()).get("lastFailover") or {}).get("reason") == "fenced" and s, 3, "fencing recorded")
-        assert st["fenced"] == ["l1-1"] and "fenced: l1-1" in cli(d, "status").stdout
-        assert cli(d, "switchover", "vip", "--clear").returncode == 0
-        assert cli(d, "fence", "--clear").returncode == 0
-        wait_for(lambda: not status()["fenced"] and not status()["switchovers"], 3, "operations lifted")
-        time.sleep(0.5)
-        assert vip("l1-0")["state"] == "active"  # failback: never, and no pin left: it stays
-
-        bad = cli(d, "switchover", "vip", "l9-9")
-        assert bad.returncode == 2 and "no node 'l9-9'" in bad.stderr
-        assert cli(d, "fence", "nobody").returncode == 2
-
-        old = run["nodes"]["l1-0"]["pid"]
-        os.kill(old, signal.SIGKILL)
-        wait_for(lambda: vip("l1-1")["state"] == "active", 3, "vip on l1-1 after the kill")
-        res = cli(d, "restart", "l1-0")
-        assert res.returncode == 0, res.stderr
-        run = json.loads((d / "run.json").read_text())
-        assert run["nodes"]["l1-0"]["pid"] != old and alive(run["nodes"]["l1-0"]["pid"])
-        assert vip("l1-0")["state"] == "backup" and vip("l1-1")["state"] == "active"
-        wait_for(lambda: status()["readyNodes"] == 2 and status()["phase"] == "Ready", 5, "both nodes ready again")
-    finally:
-        res = cli(d, "down")
-        up.wait(timeout=10)
-        log.close()
-    assert res.returncode == 0, res.stderr
-
-
 class Upped:
     """``presence-cluster up`` of an example in the background (supervised),
     waited for Ready; ``close`` runs ``down`` and checks every node is gone."""
@@ -315,6 +121,164 @@ class Upped:
         pids = [n["pid"] for n in self.run.get("nodes", {}).values()]
         pids += [p["pid"] for p in self.run.get("postgres", {}).values()]
         wait_for(lambda: not any(alive(p) for p in pids), 10, "every process gone")
+
+
+@pytest.mark.parametrize("example, tag, victim, survivors", [
+    ("01-ha", "vip", "l1-0", {"l1-1"}),
+    ("02-load-balancing", "l1-1", "l1-1", {"l1-0", "l1-2"}),
+])
+def test_sigkill_owner_moves_tag_and_down_cleans_up(tmp_path, example, tag, victim, survivors):
+    c = Upped(tmp_path, example, 3)
+    d, run = c.d, c.run
+    try:
+        assert (d / "admin-secret").stat().st_mode & 0o777 == 0o600
+        assert c.tags(victim)[tag]["state"] == "active"
+        before = c.tags(victim)[tag]["epoch"]
+
+        killed = time.monotonic()
+        os.kill(run["nodes"][victim]["pid"], signal.SIGKILL)
+
+        def moved():
+            for n in survivors:
+                t = c.tags(n)[tag]
+                if t["state"] == "active":
+                    return n, t["epoch"]
+            return None
+
+        owner, epoch = wait_for(moved, 3.0, f"{tag} active on one of {survivors}")
+        took = time.monotonic() - killed
+        print(f"\n{example}: SIGKILL {victim} -> {tag} active on {owner} in {took:.2f} s")
+        assert epoch > before
+        others = [n for n in survivors if n != owner]
+        assert all(c.tags(n)[tag]["state"] == "backup" for n in others)
+
+        st = wait_for(lambda: (s := c.status()).get("lastFailover") and s, 2, "lastFailover in status")
+        assert st["lastFailover"]["to"] == owner and tag in st["lastFailover"]["tags"]
+        assert st["failoverCount"] == 1 and st["tags"][tag]["owner"] == owner and st["readyNodes"] == len(survivors)
+        out = cli(d, "status").stdout
+        assert f"{victim}->{owner}" in out and f"{tag}={owner}" in out and f"{len(survivors)}/{len(survivors) + 1}" in out
+    finally:
+        c.close()
+    assert not (d / "run.json").exists()
+    assert all(not Path(p["root"]).exists() for p in run["postgres"].values())
+
+
+def test_federation_example_starts_federated_nodes(tmp_path):
+    """``up`` of the federation example: one node per location, memory
+    storage, its own tag active, every other node as a peer on its cluster
+    channel port, a 0600 cluster secret (federation itself is the node's
+    tests' business)."""
+    from presence_node.config import Config
+
+    c = Upped(tmp_path, "03-federation", 3)
+    d, run = c.d, c.run
+    try:
+        assert run["mode"] == "federation" and not run["postgres"]
+        assert (d / "cluster-secret").stat().st_mode & 0o777 == 0o600
+        assert len((d / "cluster-secret").read_text().strip()) >= 32
+        names = ["paris-0", "berlin-0", "madrid-0"]
+        assert sorted(run["nodes"]) == sorted(names)
+        channel = int(run["nodes"]["paris-0"]["cluster"].rsplit(":", 1)[1])
+        for i, name in enumerate(names):
+            n = run["nodes"][name]
+            assert n["cluster"] == f"127.0.0.1:{channel + i}"
+            shared = {t: v["state"] for t, v in c.tags(name).items() if not t.startswith("~")}
+            assert shared == {name: "active"}  # its own tag only (plus its private ~tag)
+            cfg = Config.model_validate(yaml.safe_load((d / "nodes" / name / "node.yaml").read_text()))
+            assert cfg.storage.backend == "memory" and cfg.default_tag == name
+            fed = cfg.federation
+            assert fed.mode == "on-demand-sharing" and fed.listen == n["cluster"] and cfg.location == name
+            assert Path(fed.secret_file) == (d / "cluster-secret").resolve()
+            assert [(p.id, p.address, p.location) for p in fed.peers] == [
+                (other, f"127.0.0.1:{channel + j}", other) for j, other in enumerate(names) if other != name]
+        assert "paris-0=paris-0" in cli(d, "status").stdout
+    finally:
+        c.close()
+
+
+def test_federation_redundancy_configurations(tmp_path):
+    """The node configurations ``up`` writes for federationRedundancy (no
+    process started): the location's database, its tag active on node 0,
+    the spec location as federation location, every other node a peer."""
+    from presence_node.config import Config
+    from presence_operator import spec as specs
+    from presence_operator.local import launch
+
+    m = specs.load_manifest(yaml.safe_load((ROOT / "examples" / "04-federation-redundancy" / "cluster.yaml").read_text()))
+    nodes = specs.nodes(m.spec)
+    channel = {n.name: f"127.0.0.1:{7060 + n.ordinal}" for n in nodes}
+    for n in nodes:
+        dsn = tmp_path / "db" / f"{n.location}.dsn"
+        cfg = Config.model_validate(launch.node_config(m, n, tmp_path, f"127.0.0.1:{5060 + n.ordinal}",
+                                                       f"127.0.0.1:{8081 + n.ordinal}", dsn, channel))
+        assert cfg.storage.backend == "postgres" and cfg.storage.dsn_file == dsn
+        assert cfg.sharing_tags == {n.location: "active" if n.index == 0 else "backup"}
+        assert cfg.default_tag == n.location and cfg.location == n.location
+        assert cfg.federation.mode == "on-demand-sharing" and cfg.federation.listen == channel[n.name]
+        assert [(p.id, p.address, p.location) for p in cfg.federation.peers] == [
+            (x.name, channel[x.name], x.location) for x in nodes if x.name != n.name]
+    # The other modes get no federation section.
+    ha = specs.load_manifest(yaml.safe_load((ROOT / "examples" / "01-ha" / "cluster.yaml").read_text()))
+    n0 = specs.nodes(ha.spec)[0]
+    assert "federation" not in launch.node_config(ha, n0, tmp_path, "127.0.0.1:5060", "127.0.0.1:8081", None,
+                                                  {n0.name: "127.0.0.1:7060"})
+
+
+def test_invalid_manifest_names_the_field(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("apiVersion: presence.example.org/v1alpha1\nkind: PresenceCluster\nmetadata: {name: x}\n"
+                 "spec: {mode: ha, locations: [{name: a, nodes: 2, database: {secretRef: {name: s}}}],"
+                 " failover: {detectionSeconds: 0}}\n")
+    res = subprocess.run([EXE, "up", str(f), "--dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "spec.failover.detectionSeconds" in res.stderr
+
+
+def test_switchover_fence_and_restart_from_the_command_line(tmp_path):
+    """Manual operations in local mode: ``switchover`` moves and pins a tag,
+    ``fence`` vacates a node and keeps tags off it, ``--clear`` lifts them,
+    ``restart`` brings a killed node back (as a backup: ownership is in the
+    shared database)."""
+    c = Upped(tmp_path, "01-ha", 2)
+    d = c.d
+    try:
+        status, run = c.status, c.run
+        vip = lambda n: c.tags(n)["vip"]  # noqa: E731
+        assert vip("l1-0")["state"] == "active"
+        e0 = vip("l1-0")["epoch"]
+
+        res = cli(d, "switchover", "vip", "l1-1")
+        assert res.returncode == 0, res.stderr
+        wait_for(lambda: vip("l1-1")["state"] == "active", 3, "vip switched over to l1-1")
+        assert vip("l1-1")["epoch"] == e0 + 2  # deactivation of l1-0, then activation above it
+        st = wait_for(lambda: ((s := status()).get("lastFailover") or {}).get("reason") == "switchover" and s, 3, "switchover recorded")
+        assert st["lastFailover"]["from"] == "l1-0" and st["switchovers"] == {"vip": "l1-1"}
+        assert "switchover: vip -> l1-1" in cli(d, "status").stdout
+
+        assert cli(d, "fence", "l1-1").returncode == 0
+        wait_for(lambda: vip("l1-0")["state"] == "active", 3, "vip vacated from fenced l1-1")
+        st = wait_for(lambda: ((s := status()).get("lastFailover") or {}).get("reason") == "fenced" and s, 3, "fencing recorded")
+        assert st["fenced"] == ["l1-1"] and "fenced: l1-1" in cli(d, "status").stdout
+        assert cli(d, "switchover", "vip", "--clear").returncode == 0
+        assert cli(d, "fence", "--clear").returncode == 0
+        wait_for(lambda: not status()["fenced"] and not status()["switchovers"], 3, "operations lifted")
+        time.sleep(0.5)
+        assert vip("l1-0")["state"] == "active"  # failback: never, and no pin left: it stays
+
+        bad = cli(d, "switchover", "vip", "l9-9")
+        assert bad.returncode == 2 and "no node 'l9-9'" in bad.stderr
+        assert cli(d, "fence", "nobody").returncode == 2
+
+        old = run["nodes"]["l1-0"]["pid"]
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: vip("l1-1")["state"] == "active", 3, "vip on l1-1 after the kill")
+        res = cli(d, "restart", "l1-0")
+        assert res.returncode == 0, res.stderr
+        run = c.run = json.loads((d / "run.json").read_text())
+        assert run["nodes"]["l1-0"]["pid"] != old and alive(run["nodes"]["l1-0"]["pid"])
+        assert vip("l1-0")["state"] == "backup" and vip("l1-1")["state"] == "active"
+        wait_for(lambda: status()["readyNodes"] == 2 and status()["phase"] == "Ready", 5, "both nodes ready again")
+    finally:
+        c.close()
 
 
 async def test_federation_redundancy_sigkill_moves_a_location_tag_to_its_partner(tmp_path):
