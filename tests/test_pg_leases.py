@@ -1,0 +1,123 @@
+"""PostgresStorage's connection leases (storage/postgres.py ``Leases``):
+statements reuse connections kept out of the pool, and the pool's
+robustness is kept (a broken connection is replaced, a failed statement
+does not cost the connection, waiting beyond max_size is bounded)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from presence_node.storage.postgres import PostgresStorage
+
+
+async def backends(dsn: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+        cur = await c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_concurrent_statements_share_at_most_max_size_connections(pg_dsn):
+    s = PostgresStorage(pg_dsn, min_size=1, max_size=3)
+    await s.start()
+    try:
+        await asyncio.gather(*[s._rows("SELECT pg_sleep(0.05)") for _ in range(12)])
+        assert await backends(pg_dsn) <= 3
+        assert s.pool._leased <= 3 and not s.pool._waiters
+        # Sequential statements reuse one kept connection.
+        pids = {(await s._one("SELECT pg_backend_pid()"))[0] for _ in range(5)}  # type: ignore[index]
+        assert len(pids) == 1
+    finally:
+        await s.close()
+
+
+async def test_a_failed_statement_keeps_its_connection(pg_dsn):
+    s = PostgresStorage(pg_dsn, min_size=1, max_size=2)
+    await s.start()
+    try:
+        pid = (await s._one("SELECT pg_backend_pid()"))[0]  # type: ignore[index]
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await s._rows("SELECT 1 / 0")
+        assert (await s._one("SELECT pg_backend_pid()"))[0] == pid  # type: ignore[index]
+    finally:
+        await s.close()
+
+
+async def test_a_killed_backend_is_replaced(pg_dsn):
+    s = PostgresStorage(pg_dsn, min_size=1, max_size=2)
+    await s.start()
+    try:
+        pid = (await s._one("SELECT pg_backend_pid()"))[0]  # type: ignore[index]
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as c:
+            await c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            await s._rows("SELECT 1")
+        # The broken one went back to the pool; the next statement gets a new one.
+        for _ in range(50):
+            try:
+                assert await s._rows("SELECT 1") == [(1,)]
+                break
+            except psycopg.OperationalError:
+                await asyncio.sleep(0.05)
+        assert (await s._one("SELECT pg_backend_pid()"))[0] != pid  # type: ignore[index]
+        assert s.pool._leased <= 2
+    finally:
+        await s.close()
+
+
+async def test_a_cancelled_waiter_does_not_lose_a_connection(pg_dsn):
+    s = PostgresStorage(pg_dsn, min_size=1, max_size=1)
+    await s.start()
+    try:
+        slow = asyncio.ensure_future(s._rows("SELECT pg_sleep(0.2)"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(s._rows("SELECT 1"), 0.05)
+        await slow
+        assert await s._rows("SELECT 1") == [(1,)]
+        assert s.pool._leased == 1
+    finally:
+        await s.close()
+
+
+async def test_closed_storage_refuses_statements(pg_dsn):
+    s = PostgresStorage(pg_dsn, min_size=1, max_size=2)
+    await s.start()
+    await s._rows("SELECT 1")
+    await s.close()
+    with pytest.raises(Exception):
+        await s.ping()
+
+
+async def test_waiting_for_a_connection_works_outside_a_task(pg_dsn):
+    """Handlers run eagerly, not in a Task, until they first suspend
+    (service/eager.py): a statement that must wait for a busy connection
+    still gets one."""
+    from presence_node.service import eager
+
+    s = PostgresStorage(pg_dsn, min_size=1, max_size=1)
+    await s.start()
+    try:
+        got: list[object] = []
+
+        async def handler() -> None:
+            got.append(await s._rows("SELECT 2"))
+
+        slow = asyncio.ensure_future(s._rows("SELECT pg_sleep(0.1)"))
+        await asyncio.sleep(0.02)
+        # As the dispatcher does: from a protocol callback, outside any task.
+        started: asyncio.Future[asyncio.Task[None] | None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(lambda: started.set_result(eager.start(handler())))
+        task = await started
+        assert task is not None
+        await task
+        await slow
+        assert got == [[(2,)]]
+    finally:
+        await s.close()
