@@ -172,3 +172,31 @@ async def test_owner_only_delete(storage):
     assert await storage.subscription("s1") is not None
     gone = await storage.delete_subscription("s1", owner="me")
     assert gone is not None and gone.id == "s1"
+
+
+async def test_insert_publication_watched_stores_it_and_returns_the_live_watchers(storage):
+    await storage.insert_subscription(sub(1))
+    await storage.insert_subscription(sub(2, expires=NOW - 1))
+    await storage.insert_subscription(sub(3, event="dialog"))
+    await storage.insert_subscription(sub(4, "carol@example.com"))
+    watchers = await storage.insert_publication_watched(pub("e1"), NOW)
+    assert [s.id for s in watchers] == ["s1"]
+    assert watchers[0].contact == sub(1).contact and watchers[0].cseq == 0
+    assert [p.etag for p in await storage.publications("bob@example.com", "presence", NOW)] == ["e1"]
+    assert await storage.insert_publication_watched(pub("e2", "dave@example.com"), NOW) == []
+
+
+async def test_insert_subscription_state_stores_it_and_returns_state_and_watcher_count(storage):
+    await storage.insert_publication(pub("e2", at=NOW + 1))
+    await storage.insert_publication(pub("e1", at=NOW))
+    await storage.insert_publication(pub("old", expires=NOW - 1))
+    await storage.insert_subscription(sub(7, event="presence.winfo"))
+    await storage.insert_subscription(sub(8, event="presence.winfo", expires=NOW - 1))
+    pubs, count = await storage.insert_subscription_state(sub(1), NOW, "presence.winfo")
+    assert [p.etag for p in pubs] == ["e1", "e2"] and pubs[0].body == b"<x/>" and count == 1
+    assert (await storage.subscription("s1")) is not None
+    pubs, count = await storage.insert_subscription_state(sub(2), NOW)
+    assert [p.etag for p in pubs] == ["e1", "e2"] and count == 0
+    pubs, count = await storage.insert_subscription_state(sub(3, "carol@example.com"), NOW, "presence.winfo")
+    assert pubs == [] and count == 0
+    assert sorted(s.id for s in await storage.watchers("bob@example.com", "presence", NOW)) == ["s1", "s2"]

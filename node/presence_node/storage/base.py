@@ -54,6 +54,12 @@ class Storage(Protocol):
     async def insert_publication(self, pub: Publication) -> None:
         """Store a new publication (its etag is fresh and unique)."""
 
+    async def insert_publication_watched(self, pub: Publication, now: float) -> list[Subscription]:
+        """:meth:`insert_publication`, then the live watchers of its
+        presentity and package (:meth:`watchers`), as one step: a
+        subscription made concurrently (:meth:`insert_subscription_state`)
+        is either returned here or sees this publication."""
+
     async def replace_publication(
         self,
         presentity: str,
@@ -113,6 +119,18 @@ class Storage(Protocol):
     # -- subscriptions -----------------------------------------------------
 
     async def insert_subscription(self, sub: Subscription) -> None: ...
+
+    async def insert_subscription_state(
+        self, sub: Subscription, now: float, watchers_of: str | None = None
+    ) -> tuple[list[Publication], int]:
+        """:meth:`insert_subscription`, then, as one step, the live
+        publications of its presentity and package (oldest first: its first
+        NOTIFY) and the number of live subscriptions of package
+        ``watchers_of`` to the same presentity (0 when None).  A
+        publication written concurrently by any method is either returned
+        here or its writer's later :meth:`watchers` read sees ``sub``; a
+        subscription to the same presentity made concurrently is either
+        counted here or sees ``sub``."""
 
     async def subscription(self, sub_id: str) -> Subscription | None: ...
 

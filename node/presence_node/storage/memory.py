@@ -51,6 +51,10 @@ class MemoryStorage:
         self._pubs.setdefault((pub.presentity, pub.event), {})[pub.etag] = pub
         heapq.heappush(self._pub_heap, (pub.expires_at, pub.presentity, pub.event, pub.etag))
 
+    async def insert_publication_watched(self, pub: Publication, now: float) -> list[Subscription]:
+        await self.insert_publication(pub)
+        return await self.watchers(pub.presentity, pub.event, now)
+
     def _live_pub(self, presentity: str, event: str, etag: str, now: float) -> Publication | None:
         pubs = self._pubs.get((presentity, event))
         if not pubs:
@@ -187,6 +191,13 @@ class MemoryStorage:
         else:
             group[sub.id] = sub
         self._schedule(sub.expires_at, sub.id)
+
+    async def insert_subscription_state(
+        self, sub: Subscription, now: float, watchers_of: str | None = None
+    ) -> tuple[list[Publication], int]:
+        await self.insert_subscription(sub)
+        pubs = await self.publications(sub.presentity, sub.event, now)
+        return pubs, len(await self.watchers(sub.presentity, watchers_of, now)) if watchers_of else 0
 
     def _schedule(self, expires_at: float, sub_id: str) -> None:
         second = int(expires_at)

@@ -250,6 +250,16 @@ class PostgresStorage:
             _pub_params(pub),
         )
 
+    async def insert_publication_watched(self, pub: Publication, now: float) -> list[Subscription]:
+        # One statement: the insert and the watcher lookup in presence_publish
+        # (migration 3; the presentity lock orders it against subscribe).
+        rows = await self._rows(
+            f"SELECT {_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (pub.presentity, pub.event, pub.etag, pub.body, pub.content_type, pub.expires_at, pub.received_at,
+             pub.tag, now),
+        )
+        return [_sub(r) for r in rows]
+
     async def replace_publication(
         self,
         presentity: str,
@@ -392,6 +402,21 @@ class PostgresStorage:
                 sub.accept, sub.expires_at, sub.remote_cseq, sub.cseq, sub.version, sub.status, sub.tag,
             ),
         )
+
+    async def insert_subscription_state(
+        self, sub: Subscription, now: float, watchers_of: str | None = None
+    ) -> tuple[list[Publication], int]:
+        rows = await self._rows(
+            f"SELECT * FROM presence_subscribe({', '.join(['%s'] * 23)})",
+            (
+                sub.id, sub.call_id, sub.remote_tag, sub.presentity, sub.event, sub.event_header, sub.event_params,
+                sub.watcher, sub.remote_uri, sub.local_uri, sub.contact, sub.routes, sub.transport, sub.source,
+                sub.accept, sub.expires_at, sub.remote_cseq, sub.cseq, sub.version, sub.status, sub.tag,
+                now, watchers_of,
+            ),
+        )
+        count = int(rows[0][0]) if rows else 0
+        return [_pub(r[1:]) for r in rows if r[3] is not None], count
 
     async def subscription(self, sub_id: str) -> Subscription | None:
         row = await self._one(f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE id = %s", (sub_id,))

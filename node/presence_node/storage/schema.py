@@ -9,6 +9,9 @@ from __future__ import annotations
 
 #: pg_advisory_xact_lock key serialising migrations across nodes.
 MIGRATION_LOCK = 0x5052_4553  # "PRES"
+#: First key of the presentity bucket locks (migration 3); the second is the bucket.
+PRESENTITY_LOCK = 0x5052_4554
+PRESENTITY_BUCKETS = 128
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -70,5 +73,79 @@ MIGRATIONS: list[list[str]] = [
         # the latter, and a sync replaces one location's copies at once.
         "ALTER TABLE publications ADD COLUMN origin text NOT NULL DEFAULT ''",
         "CREATE INDEX publications_origin ON publications (origin, presentity, event)",
+    ],
+    [
+        # One statement per initial PUBLISH and per SUBSCRIBE (storage/
+        # postgres.py): the write and the read that follows it run in one
+        # function, so the write is not yet committed when the read runs.
+        # Without a lock, a PUBLISH and a SUBSCRIBE of one presentity could
+        # then each miss the other (the watcher would never get that
+        # state).  Every write of a publication takes a shared lock of the
+        # presentity's bucket, every new subscription an exclusive one, held
+        # until commit; the read after the write takes a fresh snapshot (a
+        # volatile PL/pgSQL function does per statement), so whichever
+        # comes second sees the first.  128 buckets bound the locks one
+        # bulk statement (an expiry sweep) holds; shared locks never wait
+        # for each other, so bulk writers cannot deadlock on them.
+        f"""CREATE FUNCTION presence_bucket(presentity text) RETURNS integer
+            LANGUAGE sql IMMUTABLE AS $$ SELECT hashtext(presentity) & {PRESENTITY_BUCKETS - 1} $$""",
+        f"""CREATE FUNCTION publications_lock_presentity() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                PERFORM pg_advisory_xact_lock_shared({PRESENTITY_LOCK}, presence_bucket(OLD.presentity));
+                RETURN OLD;
+            END IF;
+            PERFORM pg_advisory_xact_lock_shared({PRESENTITY_LOCK}, presence_bucket(NEW.presentity));
+            RETURN NEW;
+        END $$""",
+        """CREATE TRIGGER publications_lock_presentity BEFORE INSERT OR UPDATE OR DELETE ON publications
+            FOR EACH ROW EXECUTE FUNCTION publications_lock_presentity()""",
+        f"""CREATE FUNCTION subscriptions_lock_presentity() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_advisory_xact_lock({PRESENTITY_LOCK}, presence_bucket(NEW.presentity));
+            RETURN NEW;
+        END $$""",
+        """CREATE TRIGGER subscriptions_lock_presentity BEFORE INSERT ON subscriptions
+            FOR EACH ROW EXECUTE FUNCTION subscriptions_lock_presentity()""",
+        # A new publication and the live watchers of its presentity/package.
+        """CREATE FUNCTION presence_publish(p_presentity text, p_event text, p_etag text, p_body bytea,
+                p_content_type text, p_expires_at double precision, p_received_at double precision, p_tag text,
+                p_now double precision)
+            RETURNS SETOF subscriptions LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO publications (presentity, event, etag, body, content_type, expires_at, received_at, tag)
+                VALUES (p_presentity, p_event, p_etag, p_body, p_content_type, p_expires_at, p_received_at, p_tag);
+            RETURN QUERY SELECT * FROM subscriptions s
+                WHERE s.presentity = p_presentity AND s.event = p_event AND s.expires_at > p_now;
+        END $$""",
+        # A new subscription, the live publications of its presentity and
+        # package (its first NOTIFY), and how many live subscriptions of
+        # package p_watchers_of the presentity has (0 when NULL): one row
+        # per publication, or one row of NULLs after the count when none.
+        """CREATE FUNCTION presence_subscribe(p_id text, p_call_id text, p_remote_tag text, p_presentity text,
+                p_event text, p_event_header text, p_event_params text, p_watcher text, p_remote_uri text,
+                p_local_uri text, p_contact text, p_routes text, p_transport text, p_source text, p_accept text,
+                p_expires_at double precision, p_remote_cseq bigint, p_cseq bigint, p_version bigint,
+                p_status text, p_tag text, p_now double precision, p_watchers_of text)
+            RETURNS TABLE (o_watchers bigint, o_presentity text, o_event text, o_etag text, o_body bytea,
+                o_content_type text, o_expires_at double precision, o_received_at double precision, o_tag text,
+                o_origin text)
+            LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO subscriptions (id, call_id, remote_tag, presentity, event, event_header, event_params,
+                    watcher, remote_uri, local_uri, contact, routes, transport, source, accept, expires_at,
+                    remote_cseq, cseq, version, status, tag)
+                VALUES (p_id, p_call_id, p_remote_tag, p_presentity, p_event, p_event_header, p_event_params,
+                    p_watcher, p_remote_uri, p_local_uri, p_contact, p_routes, p_transport, p_source, p_accept,
+                    p_expires_at, p_remote_cseq, p_cseq, p_version, p_status, p_tag);
+            RETURN QUERY
+                SELECT w.n, p.presentity, p.event, p.etag, p.body, p.content_type, p.expires_at, p.received_at,
+                       p.tag, p.origin
+                FROM (SELECT count(*) AS n FROM subscriptions s WHERE p_watchers_of IS NOT NULL
+                        AND s.presentity = p_presentity AND s.event = p_watchers_of AND s.expires_at > p_now) w
+                LEFT JOIN LATERAL (SELECT * FROM publications q WHERE q.presentity = p_presentity
+                        AND q.event = p_event AND q.expires_at > p_now) p ON true
+                ORDER BY p.received_at, p.etag;
+        END $$""",
     ],
 ]
