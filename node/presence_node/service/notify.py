@@ -22,7 +22,7 @@ from ..packages.registry import PackageRegistry
 from ..sip.headers import parse_params
 from ..sip.message import serialise
 from ..sip.status import NOTIFY_FATAL
-from ..storage import Storage, Subscription
+from ..storage import Publication, Storage, Subscription
 from .ids import Ids
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,11 @@ class Notifier:
         if sub.event == WINFO:
             watchers = await self.storage.watchers(sub.presentity, "presence", now)
             return self.winfo_document(sub.presentity, (_view(w) for w in watchers), full=True)
-        pubs = await self.storage.publications(sub.presentity, sub.event, now)
+        return self.compose(sub, await self.storage.publications(sub.presentity, sub.event, now))
+
+    def compose(self, sub: Subscription, pubs: list[Publication]) -> Document:
+        """The document of a (non-winfo) subscription from its presentity's
+        live publications, oldest first."""
         package = self.packages.get(sub.event)
         assert package is not None, sub.event
         params = parse_params(sub.event_params) if sub.event_params else None
@@ -151,14 +155,16 @@ class Notifier:
         the wait, so it carries what they would have."""
         self._busy.setdefault(sub.id, _CLEAN)
 
-    async def first(self, sub: Subscription) -> None:
+    async def first(self, sub: Subscription, pubs: list[Publication] | None = None) -> None:
         """The first NOTIFY of a new subscription (S18).  The record was
         stored with this NOTIFY's CSeq and version already counted (see
         ``subscribe._initial``), which spares a storage round
-        trip on every SUBSCRIBE."""
+        trip on every SUBSCRIBE.  ``pubs``: the state read together with the
+        insert (``Storage.insert_subscription_state``); None reads it now."""
         self._busy[sub.id] = _CLEAN
         now = self.clock()
-        self._send(sub, FIRST_CSEQ, FIRST_VERSION, await self.document(sub, now), None, now)
+        doc = self.compose(sub, pubs) if pubs is not None else await self.document(sub, now)
+        self._send(sub, FIRST_CSEQ, FIRST_VERSION, doc, None, now)
 
     async def state_changed(self, presentity: str, event: str) -> None:
         """A publication of (presentity, event) changed: tell every watcher (S57)."""

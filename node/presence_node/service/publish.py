@@ -57,11 +57,12 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
             return Reply(Status.OK, ok)  # nothing to keep
         new = svc.ids.etag()
         pub = Publication(presentity, key, new, stored, ctype, now + expires, now, svc.config.tag_for(key))
-        await svc.storage.insert_publication(pub)
+        # The watchers come with the insert: one storage step, not two.
+        watchers = await svc.storage.insert_publication_watched(pub, now)
         svc.metrics.publication_change(key, "new")
         if svc.federation is not None:
             svc.federation.published(presentity, key, None, pub)
-        return Reply(Status.OK, [("SIP-ETag", new), *ok], then=lambda: svc.notifier.state_changed(presentity, key))
+        return Reply(Status.OK, [("SIP-ETag", new), *ok], then=lambda: svc.notifier.notify(watchers))
 
     if expires == 0:
         removed = await svc.storage.delete_publication(presentity, key, etag, now)

@@ -89,7 +89,15 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         # which is this dialog's first (terminated() counts it itself).
         sub.cseq, sub.version = FIRST_CSEQ - 1, FIRST_VERSION
         return Reply(Status.OK, headers, to_tag=sub.id, then=lambda: svc.notifier.terminated(sub, "timeout"))
-    await svc.storage.insert_subscription(sub)
+    if event.key == WINFO:
+        # Its first document lists the presence watchers: read after the insert.
+        await svc.storage.insert_subscription(sub)
+        state, winfo_watchers = None, 0
+    else:
+        # One storage step: the insert, the state for the first NOTIFY and
+        # whether anyone watches the presentity's watcher list.
+        winfo = WINFO if event.key == "presence" and svc.packages.get(WINFO) is not None else None
+        state, winfo_watchers = await svc.storage.insert_subscription_state(sub, inc.now, winfo)
 
     async def first_notify() -> None:
         try:
@@ -97,8 +105,10 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
                 svc.notifier.hold(sub)
                 await svc.federation.subscribed(sub)  # may wait for a query answer
         finally:
-            await svc.notifier.first(sub)
-        await svc.notifier.watcher_changed(sub, "active", "subscribe")
+            # After a federation wait the state may have changed: read it anew.
+            await svc.notifier.first(sub, state if svc.federation is None else None)
+        if winfo_watchers:
+            await svc.notifier.watcher_changed(sub, "active", "subscribe")
 
     return Reply(Status.OK, headers, to_tag=sub.id, then=first_notify)
 
