@@ -11,6 +11,10 @@ show two owners, then failback per policy; an operator stopped between the
 recorded intent and the activation is rolled forward by the next one,
 exactly once.
 
+Pods are read from kopf's index (one watch), never listed per probe tick:
+a pod whose Ready condition turns False (its node still answering) or that
+is deleted is judged down after ``detectionSeconds`` and its tag moves.
+
 Also: invalid PresenceClusters are rejected by the CRD's own schema
 (jsonschema) and, for the CEL rules, by the spec model that repeats them."""
 
@@ -127,6 +131,28 @@ def test_manual_operation_annotations_parsed_or_ignored_whole(annotations, fence
     assert (problem in problems[0]) if problem else not problems
 
 
+# -- the pods index: what a pod says about its node ---------------------------------------
+
+
+@pytest.mark.parametrize("status, deleting, ok", [
+    ({"podIP": "10.0.0.5", "conditions": [{"type": "Ready", "status": "True"}]}, False, True),
+    ({"podIP": "10.0.0.5", "conditions": [{"type": "Ready", "status": "False"}]}, False, False),
+    ({"podIP": "10.0.0.5", "conditions": [{"type": "PodScheduled", "status": "True"}]}, False, False),
+    ({"conditions": [{"type": "Ready", "status": "True"}]}, False, False),  # no IP yet
+    ({"podIP": "10.0.0.5", "conditions": [{"type": "Ready", "status": "True"}]}, True, False),  # being deleted
+], ids=["ready", "not-ready", "no-ready-condition", "no-ip", "deleting"])
+def test_pod_view_and_node_ok(status, deleting, ok):
+    from presence_operator.health import node_ok, pod_view
+
+    md = {"name": "demo-ha-l1-0", "labels": {meta.CLUSTER_LABEL: "demo-ha"},
+          **({"deletionTimestamp": "2026-01-01T00:00:00Z"} if deleting else {})}
+    view = pod_view({"metadata": md, "status": status})
+    assert view.name == "demo-ha-l1-0" and view.labels[meta.CLUSTER_LABEL] == "demo-ha"
+    assert node_ok(view, True, True) is ok
+    assert view.probe_ip == (None if deleting else status.get("podIP"))
+    assert not node_ok(view, False, True) and not node_ok(view, True, False) and not node_ok(None, True, True)
+
+
 # -- the operator end to end ---------------------------------------------------------------
 
 
@@ -227,6 +253,11 @@ class Ha:
     async def set_pod_ip(self, i: int, ip: str) -> None:
         await self.cluster.patch(f"/api/v1/namespaces/{NS}/pods/demo-ha-l1-{i}/status",
                                  json={"status": {"podIP": ip}})
+
+    async def set_pod_ready(self, i: int, ready: bool) -> None:
+        """The kubelet's Ready condition of pod i (its process left as it is)."""
+        await self.cluster.patch(f"/api/v1/namespaces/{NS}/pods/demo-ha-l1-{i}/status",
+                                 json={"status": {"conditions": [{"type": "Ready", "status": str(ready)}]}})
 
     async def timed_vip(self, i: int) -> tuple[float, float, dict[str, Any] | None]:
         loop = asyncio.get_running_loop()
@@ -414,6 +445,76 @@ async def test_partitioned_owner_loses_the_tag_at_a_higher_epoch_then_failback_p
             stop.set()
             await mon
         assert not violations, violations[:3]
+
+
+async def test_pod_not_ready_in_the_api_is_judged_down_after_the_detection_threshold_and_its_tag_moves(
+        cluster, operator, tmp_path, pg_dsn, monkeypatch):
+    """Readiness comes from the API too (the pods index), not only from the
+    node's own admin API: the owner's pod turns Ready=False while its
+    process still runs and answers; after ``detectionSeconds`` (not before)
+    the node is down and the tag moves.  Ready again: the node is back
+    (failback never: the tag stays)."""
+    async with ha_cluster(cluster, tmp_path, pg_dsn, monkeypatch,
+                          failover={"policy": "automatic", "detectionSeconds": 2, "failback": "never"}) as ha:
+        e0 = (await ha.vip(0))["epoch"]
+        count = ha.status()["failoverCount"]
+        loop = asyncio.get_running_loop()
+        await ha.set_pod_ready(0, False)
+        flipped = loop.time()
+        await asyncio.sleep(1.0)  # half the threshold: suspect at most, nothing moved
+        assert await ha.active_on(0) and not await ha.active_on(1)
+        assert ha.status()["tags"]["vip"]["owner"] == "l1-0" and ha.status()["failoverCount"] == count
+
+        v1 = await ha.wait_active(1, 6)
+        assert loop.time() - flipped >= 1.9  # the detection threshold, not the first failed probe
+        assert v1["epoch"] > e0
+        assert ha.procs["l1-0"].proc.returncode is None  # alive, answering, and no longer the owner
+        v0 = await ha.vip(0)
+        assert v0 is not None and v0["state"] == "backup" and v0["owner"] == "l1-1"
+        st = await eventually(lambda: (s := ha.status())["failoverCount"] == count + 1 and s.get("intent") is None
+                              and s, 5, "the failover recorded")
+        assert st["lastFailover"]["reason"] == "node-down" and st["lastFailover"]["from"] == "l1-0"
+        assert st["tags"]["vip"]["owner"] == "l1-1" and st["nodes"]["l1-0"]["ready"] is False
+        assert st["readyNodes"] == 1
+        await eventually(lambda: ha.owner_pods() == ["demo-ha-l1-1"], 5, "the Service follows")
+
+        await ha.set_pod_ready(0, True)
+        await eventually(lambda: ha.status()["readyNodes"] == 2, 5, "l1-0 ready again")
+        assert await ha.active_on(1) and not await ha.active_on(0)
+        assert ha.status()["failoverCount"] == count + 1
+
+
+async def test_pods_come_from_a_watch_not_a_list_per_tick_and_a_deleted_pod_is_down(
+        cluster, operator, tmp_path, pg_dsn, monkeypatch):
+    """The failover daemon reads its pods from kopf's index (one watch), so
+    the API server sees no pod LIST per probe tick (~5 per second before).
+    A deleted pod leaves the index: its node is down (its process still
+    runs) and the tag moves; a pod created again brings the node back."""
+    async with ha_cluster(cluster, tmp_path, pg_dsn, monkeypatch) as ha:
+        lists, patches = cluster.requests["LIST", "pods"], cluster.requests["UPDATE", "pods"]
+        await asyncio.sleep(2.0)  # about ten probe ticks
+        assert cluster.requests["LIST", "pods"] - lists <= 1, cluster.requests  # (a re-established watch lists once)
+        assert cluster.requests["UPDATE", "pods"] == patches  # the index shows the operator's own owner label
+        assert cluster.requests["WATCH", "pods"] >= 1
+        assert ha.status()["readyNodes"] == 2
+
+        count = ha.status()["failoverCount"]
+        await cluster.delete(f"/api/v1/namespaces/{NS}/pods/demo-ha-l1-0")
+        await ha.wait_active(1, 6)
+        st = await eventually(lambda: (s := ha.status())["failoverCount"] == count + 1 and s.get("intent") is None
+                              and s, 5, "the failover recorded")
+        assert st["lastFailover"]["reason"] == "node-down" and st["tags"]["vip"]["owner"] == "l1-1"
+        assert ha.procs["l1-0"].proc.returncode is None
+        await eventually(lambda: (cluster.live("v1/pods", NS, "demo-ha-l1-1")["metadata"].get("labels") or {}).get(
+            meta.owner_label("vip")) == "true", 5, "the Service follows")
+
+        # The StatefulSet controller's part: the pod again, then the kubelet's (IP, Ready).
+        await cluster.post(f"/api/v1/namespaces/{NS}/pods", json=pod("demo-ha-l1-0", "l1"))
+        await cluster.patch(f"/api/v1/namespaces/{NS}/pods/demo-ha-l1-0/status", json={"status": {
+            "podIP": ha.hosts[0], "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+        await eventually(lambda: ha.status()["readyNodes"] == 2, 5, "l1-0 back")
+        assert await ha.active_on(1) and not await ha.active_on(0)  # failback never
+        assert cluster.requests["LIST", "pods"] - lists <= 1, cluster.requests
 
 
 async def test_operator_restarted_mid_failover_rolls_forward_exactly_once(

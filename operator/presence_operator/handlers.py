@@ -5,13 +5,17 @@
   exists (generated when absent), wait for the database Secrets
   (``TemporaryError``), and create or merge-patch every object the builders
   render.
+- An index of the clusters' pods (:func:`cluster_pods`, fed by kopf's watch
+  of the pods labelled with a cluster: IP, Ready condition, deletion,
+  labels, as the kubelet reports them), so no tick asks the API server.
 - One daemon per PresenceCluster (:class:`ClusterDriver`): every ``period``
-  it lists the cluster's pods (IP and readiness, as the kubelet reports
-  them), probes each node's admin API (``/readyz`` and ``/tags``) in
-  parallel, feeds the health detector, calls :func:`planner.plan` and
-  carries out its actions: intent patched into status *before* any order,
-  activate/deactivate through the node's admin API, Kubernetes Events, the
-  status, and in ``ha`` mode the pod label the SIP Service selects.
+  it reads its pods from that index, probes each node's admin API
+  (``/readyz`` and ``/tags``) in parallel, feeds the health detector
+  (:func:`health.node_ok`: pod and node both well), calls
+  :func:`planner.plan` and carries out its actions: intent patched into
+  status *before* any order, activate/deactivate through the node's admin
+  API, Kubernetes Events, the status, and in ``ha`` mode the pod label the
+  SIP Service selects.
 - Manual operations are annotations on the PresenceCluster, read at every
   tick and given to the planner as its ``fenced``/``switchovers`` inputs:
   ``presence.example.org/fence: "l1-0[,l1-1]"`` (those nodes own nothing:
@@ -37,6 +41,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -48,7 +53,7 @@ from . import builders
 from . import planner as p
 from . import spec as specs
 from .builders import meta, secret as secret_builder
-from .health import HealthDetector
+from .health import HealthDetector, PodView, node_ok, pod_view
 from .kubeapi import Api, ApiError, load_config, path
 
 ADMIN_PORT_ENV = "PRESENCE_OPERATOR_ADMIN_PORT"
@@ -107,8 +112,17 @@ async def reconcile(body: kopf.Body, logger: kopf.Logger, **_: Any) -> dict[str,
     return {"applied": len(done)}
 
 
+@kopf.index("v1", "pods", labels={meta.CLUSTER_LABEL: kopf.PRESENT})
+def cluster_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodView]:
+    """(namespace, cluster) -> the views of its pods; kopf drops a pod from
+    the index when it is deleted or loses the label."""
+    md = body["metadata"]
+    return {(md["namespace"], md["labels"][meta.CLUSTER_LABEL]): pod_view(body)}
+
+
 @kopf.daemon(specs.GROUP, specs.VERSION, PLURAL, cancellation_timeout=1.0)
-async def failover_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
+async def failover_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger,
+                          cluster_pods: kopf.Index[tuple[str, str], PodView], **_: Any) -> None:
     try:
         owner = owner_of(body)
     except kopf.PermanentError:
@@ -117,7 +131,7 @@ async def failover_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, logger: 
     admin = await read_admin_secret(api, owner, stopped)
     if admin is None:
         return
-    driver = ClusterDriver(api, owner, body, admin, logger)
+    driver = ClusterDriver(api, owner, body, admin, logger, cluster_pods)
     DRIVERS[(owner.namespace, owner.name)] = driver
     try:
         await driver.load()
@@ -242,8 +256,10 @@ class ClusterDriver:
     supervisor (``local/supervisor.py``)."""
 
     def __init__(self, api: Api, owner: builders.Owner, body: kopf.Body, admin_secret: str,
-                 logger: logging.Logger | Any) -> None:
+                 logger: logging.Logger | Any, pods: Mapping[tuple[str, str], Iterable[PodView]]) -> None:
         self.api = api
+        #: The pods index (kopf's, live): read at every tick, never a LIST.
+        self.pods_index = pods
         self.owner = owner
         self.body = body
         self.secret = admin_secret
@@ -253,7 +269,9 @@ class ClusterDriver:
         self.detector = HealthDetector(owner.spec.failover.detection_seconds)
         self.status: dict[str, Any] = {}
         self.clients: dict[str, AdminClient] = {}
-        self.pods: dict[str, dict[str, Any]] = {}  # node -> pod
+        self.pods: dict[str, PodView] = {}  # node -> its pod, when it has an IP and is not being deleted
+        #: node -> its pod's labels as this tick knows them (the index's, updated by our own patches).
+        self._labels: dict[str, dict[str, str]] = {}
         self._events: dict[str, float] = {}
         #: A completed or abandoned intent's clearing, held for the next status write of the tick.
         self._cleared: dict[str, Any] = {}
@@ -287,27 +305,24 @@ class ClusterDriver:
     async def tick(self) -> None:
         spec, owner = self.owner.spec, self.owner
         self._cleared = {}  # one left by a failed tick: the intent is still in status and is judged again
-        pods = await self.api.list(path("Pod", owner.namespace), f"{meta.CLUSTER_LABEL}={owner.name}")
-        by_name = {pod["metadata"]["name"]: pod for pod in pods}
+        by_name = {v.name: v for v in self.pods_index.get((owner.namespace, owner.name), ())}
         all_nodes = specs.nodes(spec)
-        probes, pod_ready = [], {}
-        self.pods = {}
+        probes, views = [], {}
+        self.pods, self._labels = {}, {}
         for n in all_nodes:
-            pod = by_name.get(meta.pod_name(owner, n))
-            ip = ((pod or {}).get("status") or {}).get("podIP")
-            if pod is None or ip is None or pod["metadata"].get("deletionTimestamp"):
+            view = views[n.name] = by_name.get(meta.pod_name(owner, n))
+            ip = view.probe_ip if view is not None else None
+            if view is None or ip is None:
                 probes.append(self._unreachable())
-                pod_ready[n.name] = False
                 continue
-            self.pods[n.name] = pod
-            conds = (pod.get("status") or {}).get("conditions") or []
-            pod_ready[n.name] = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+            self.pods[n.name] = view
+            self._labels[n.name] = dict(view.labels)
             probes.append((await self._client(n.name, ip)).probe())
         results = await asyncio.gather(*probes)
         now = time.time()
         nodes: dict[str, p.NodeState] = {}
         for n, (ready, reachable, active) in zip(all_nodes, results):
-            v = self.detector.observe(n.name, ready and reachable and pod_ready[n.name], now)
+            v = self.detector.observe(n.name, node_ok(views[n.name], ready, reachable), now)
             nodes[n.name] = p.NodeState(n.name, n.location, v.health, reachable, v.since, v.failing_since, active)
         fenced, switchovers, problems = manual_operations((self.body.get("metadata") or {}).get("annotations"))
         unknown = sorted(fenced - {n.name for n in all_nodes})
@@ -395,10 +410,10 @@ class ClusterDriver:
         if pod is None:
             return
         key = meta.owner_label(tag)
-        labels = pod["metadata"].setdefault("labels", {})
+        labels = self._labels[node]
         if (labels.get(key) == "true") == on:
             return
-        await self.api.patch(path("Pod", self.owner.namespace, pod["metadata"]["name"]),
+        await self.api.patch(path("Pod", self.owner.namespace, pod.name),
                              {"metadata": {"labels": {key: "true" if on else None}}})
         if on:
             labels[key] = "true"

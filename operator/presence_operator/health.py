@@ -8,13 +8,20 @@ its tags nor gives it new ones.  A node never heard from is ``UNKNOWN``
 (start-up must not look like a failure), and becomes ``DOWN`` after the
 same delay of failures.
 
+In Kubernetes a node's probe result is also its pod's state as the API
+reports it (kept by the operator in a kopf index, see :func:`pod_view`): a
+node is healthy only while its pod exists, is not being deleted, has an IP
+and has ``Ready=True``, *and* its admin API answers (``/readyz``, ``/tags``).
+
 Pure: time is passed in, nothing is read from a clock.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 
 class Health(enum.Enum):
@@ -61,3 +68,43 @@ class HealthDetector:
 
     def verdict(self, node: str) -> Verdict | None:
         return self._v.get(node)
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """What the operator keeps of a node's pod: the pods index's value."""
+
+    name: str
+    ip: str | None
+    #: The kubelet's ``Ready`` condition is ``True``.
+    ready: bool
+    #: ``metadata.deletionTimestamp`` is set: the pod is going away.
+    deleting: bool
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def probe_ip(self) -> str | None:
+        """The address to probe the node's admin API at; None when there is
+        nothing to probe (no IP yet, or the pod is being deleted)."""
+        return None if self.deleting else self.ip
+
+
+def pod_view(body: Mapping[str, Any]) -> PodView:
+    """A pod as the API reports it → :class:`PodView`."""
+    md = body.get("metadata") or {}
+    st = body.get("status") or {}
+    conds = st.get("conditions") or []
+    return PodView(
+        name=md.get("name") or "",
+        ip=st.get("podIP") or None,
+        ready=any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds),
+        deleting=bool(md.get("deletionTimestamp")),
+        labels=dict(md.get("labels") or {}),
+    )
+
+
+def node_ok(pod: PodView | None, ready: bool, reachable: bool) -> bool:
+    """One probe's result for the detector: the pod exists, has an IP, is
+    not being deleted and is Ready in the API, and the node's admin API
+    answered and said it is ready."""
+    return pod is not None and pod.probe_ip is not None and pod.ready and ready and reachable

@@ -18,6 +18,8 @@ included, is KMock's):
   taken atomically, JSON content type;
 - equality label selectors and metadata.name/namespace field selectors;
 - ``register_crd()`` from a CRD document; namespaces at ``/api/v1/namespaces``;
+- ``requests``: a count of the data requests per (action, plural), e.g.
+  ``requests["LIST", "pods"]``, so a test can tell a watch from polling;
 - ``meta.k8s.io/v1 Table`` answers (what ``kubectl get`` asks for with
   ``Accept: application/json;as=Table;v=v1;g=meta.k8s.io``) for list, get
   and watch of custom resources, built as the API server's CRD table
@@ -34,6 +36,7 @@ PUT, garbage collection, controllers, kubelet.
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import datetime
 import json
@@ -253,6 +256,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
         self._namespaced: dict[references.resource, bool] = {}
         #: Per custom resource: the Table's column definitions and their compiled jsonPaths.
         self._columns: dict[references.resource, list[tuple[dict[str, Any], list[tuple[str, Any]]]]] = {}
+        #: (action, plural) -> data requests received, e.g. ``requests["LIST", "pods"]``.
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
 
     # -- setup --
 
@@ -351,6 +356,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         known = [r for r in self._get_resources() if r == res]
         if not known:
             raise kmock.KubernetesError(status=404, reason="NotFound", message=f"unknown resource {res}")
+        self.requests[request.action.value, res.plural] += 1
         if request.action is enums.action.WATCH:
             return await self._watch(request)
         as_table = self._table_of(request)
