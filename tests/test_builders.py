@@ -259,6 +259,7 @@ def test_operator_rbac_grants_least_verbs():
     assert all("delete" not in v and "*" not in v and "update" not in v for v in verbs.values())
     assert verbs[("", "secrets")] == {"get", "create"}  # never list/watch secrets
     assert verbs[("", "events")] == {"create"}
-    assert verbs[("", "pods")] == {"get", "list", "watch", "patch"}
+    # The pods index is kopf's watch (list, watch); the owner label is patched; no get.
+    assert verbs[("", "pods")] == {"list", "watch", "patch"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "presence-operator", "namespace": "ns1"}]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]

@@ -110,10 +110,11 @@ operator/presence_operator/builders/rbac.py OPERATOR_RULES (tests/test_chart.py 
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]
-# Pod IPs and readiness; the owner label moved in ha mode.
+# Pod IPs and readiness: kopf's watch feeding the pods index (list, watch);
+# the owner label moved in ha mode (patch).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 # Failover, deferral and switchover events.
 - apiGroups: ["", events.k8s.io]
   resources: [events]

@@ -27,8 +27,9 @@ OPERATOR_RULES: list[dict[str, Any]] = [
      "verbs": ["get", "create", "patch"]},
     # The admin secret: read, or generated when absent.
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
-    # Pod IPs and readiness; the owner label moved in ha mode.
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+    # Pod IPs and readiness: kopf's watch feeding the pods index (list, watch),
+    # never a LIST per probe tick; the owner label moved in ha mode (patch).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch"]},
     # Failover, deferral and switchover events.
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
 ]
