@@ -55,13 +55,12 @@ class Api:
     def __init__(self, client: kubernetes.client.ApiClient | None = None) -> None:
         self.client = client or kubernetes.client.ApiClient()
 
-    def _call(self, method: str, p: str, body: Any = None, *, content_type: str = "application/json",
-              query: list[tuple[str, str]] | None = None) -> Any:
+    def _call(self, method: str, p: str, body: Any = None, *, content_type: str = "application/json") -> Any:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
         m, url, hdrs, data, post = self.client.param_serialize(
-            method, p, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"])
+            method, p, query_params=[], header_params=headers, body=body, auth_settings=["BearerToken"])
         resp = self.client.call_api(m, url, hdrs, data, post, _request_timeout=5)
         raw = resp.read()
         try:
@@ -85,11 +84,6 @@ class Api:
 
     async def patch(self, p: str, body: dict[str, Any]) -> dict[str, Any]:
         return await asyncio.to_thread(self._call, "PATCH", p, body, content_type="application/merge-patch+json")
-
-    async def list(self, p: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        query = [("labelSelector", label_selector)] if label_selector else []
-        out = await asyncio.to_thread(self._call, "GET", p, query=query)
-        return list(out.get("items") or [])
 
     async def apply(self, obj: dict[str, Any]) -> str:
         """Create the object, or merge-patch it to the rendered form: ``created``, ``patched``."""
