@@ -200,3 +200,18 @@ async def test_insert_subscription_state_stores_it_and_returns_state_and_watcher
     pubs, count = await storage.insert_subscription_state(sub(3, "carol@example.com"), NOW, "presence.winfo")
     assert pubs == [] and count == 0
     assert sorted(s.id for s in await storage.watchers("bob@example.com", "presence", NOW)) == ["s1", "s2"]
+
+
+async def test_next_notify_state_counts_up_and_returns_the_live_state_oldest_first(storage):
+    await storage.insert_subscription(sub(1))
+    await storage.insert_subscription(sub(2))
+    await storage.insert_publication(pub("e2", at=NOW + 1))
+    await storage.insert_publication(pub("e1", at=NOW))
+    await storage.insert_publication(pub("old", expires=NOW - 1))
+    await storage.insert_publication(pub("c1", "carol@example.com"))
+    numbers, pubs = await storage.next_notify_state(["s1", "s2", "gone"], "bob@example.com", "presence", NOW)
+    assert numbers == {"s1": (1, 0), "s2": (1, 0)}
+    assert [p.etag for p in pubs] == ["e1", "e2"] and pubs[0].body == b"<x/>"
+    numbers, pubs = await storage.next_notify_state(["s1"], "dave@example.com", "presence", NOW)
+    assert numbers == {"s1": (2, 1)} and pubs == []
+    assert await storage.next_notify_state([], "bob@example.com", "presence", NOW) == ({}, (await storage.publications("bob@example.com", "presence", NOW)))

@@ -132,8 +132,22 @@ class Notifier:
         if not ready:
             return
         now = self.clock()
-        numbers = await self.storage.next_notify([s.id for s in ready])
+        ids = [s.id for s in ready]
         docs: dict[tuple[str, str, str], Document] = {}
+        first = ready[0]
+        if (
+            doc is None
+            and first.event != WINFO
+            and all(s.presentity == first.presentity and s.event == first.event for s in ready)
+        ):
+            # One storage step for the numbers and the state they carry.
+            numbers, pubs = await self.storage.next_notify_state(ids, first.presentity, first.event, now)
+            for s in ready:
+                k = (s.presentity, s.event, s.event_params)
+                if k not in docs:
+                    docs[k] = self.compose(s, pubs)
+        else:
+            numbers = await self.storage.next_notify(ids)
         for s in ready:
             n = numbers.get(s.id)
             if n is None:  # gone meanwhile

@@ -154,6 +154,14 @@ class Storage(Protocol):
         exist are absent.  S09, S61, S67: versions start at 0.
         """
 
+    async def next_notify_state(
+        self, sub_ids: Collection[str], presentity: str, event: str, now: float
+    ) -> tuple[dict[str, tuple[int, int]], list[Publication]]:
+        """:meth:`next_notify` of ``sub_ids`` and :meth:`publications` of
+        (presentity, event) in one step: what NOTIFYs of a state change
+        need.  A publication change committed after the read sends its own
+        NOTIFYs (the notifier then sends the latest state)."""
+
     async def expire_subscriptions(self, now: float, node: str) -> list[Subscription]:
         """Delete and return subscriptions expired at ``now`` whose tag
         ``node`` owns (see :meth:`expire_publications`)."""

@@ -261,6 +261,11 @@ class MemoryStorage:
             sub.version += 1
         return out
 
+    async def next_notify_state(
+        self, sub_ids: Collection[str], presentity: str, event: str, now: float
+    ) -> tuple[dict[str, tuple[int, int]], list[Publication]]:
+        return await self.next_notify(sub_ids), await self.publications(presentity, event, now)
+
     async def expire_subscriptions(self, now: float, node: str) -> list[Subscription]:
         tags = self._owned(node)
         out: list[Subscription] = []

@@ -14,7 +14,14 @@ where the cross-node guarantees come from:
   owns *in the database*, with the tag rows share-locked (an activation
   waits for the sweep to finish) and the victims locked ``SKIP LOCKED``, so
   each record is expired, and its NOTIFY sent, by exactly one node even in
-  a split brain.
+  a split brain;
+* an initial PUBLISH and a SUBSCRIBE are one statement each (a PL/pgSQL
+  function that writes, then reads with a fresh snapshot: the watchers to
+  notify, or the state for the first NOTIFY).  The read runs before the
+  write commits, so every publication write takes a shared and every new
+  subscription an exclusive advisory lock of the presentity's bucket
+  (triggers, migration 3): of a concurrent PUBLISH and SUBSCRIBE of one
+  presentity, the second waits for the first to commit and sees it.
 
 The schema is created and migrated at start, under an advisory lock so that
 nodes starting together do not race; start-up never deletes anything.
@@ -46,6 +53,7 @@ _SUB_COLUMNS = (
     "status, tag"
 )
 _PUB_COLUMNS = "presentity, event, etag, body, content_type, expires_at, received_at, tag, origin"
+_PUB_TYPES = ("text", "text", "text", "bytea", "text", "float8", "float8", "text", "text")
 #: Rows one expiry sweep takes at most; the next sweep takes the rest.
 EXPIRY_BATCH = 2000
 
@@ -462,6 +470,34 @@ class PostgresStorage:
             (list(sub_ids),),
         )
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    async def next_notify_state(
+        self, sub_ids: Collection[str], presentity: str, event: str, now: float
+    ) -> tuple[dict[str, tuple[int, int]], list[Publication]]:
+        # One statement: the increments and the publications, told apart by
+        # the first column (NULL on publication rows).
+        rows = await self._rows(
+            f"""
+            WITH n AS (
+                UPDATE subscriptions SET cseq = cseq + 1, version = version + 1 WHERE id = ANY(%s)
+                RETURNING id, cseq, version - 1 AS v
+            )
+            SELECT id, cseq, v, {', '.join('NULL::' + t for t in _PUB_TYPES)} FROM n
+            UNION ALL
+            SELECT NULL, NULL, NULL, {_PUB_COLUMNS} FROM publications
+            WHERE presentity = %s AND event = %s AND expires_at > %s
+            """,
+            (list(sub_ids), presentity, event, now),
+        )
+        numbers: dict[str, tuple[int, int]] = {}
+        pubs: list[Publication] = []
+        for r in rows:
+            if r[0] is not None:
+                numbers[r[0]] = (int(r[1]), int(r[2]))
+            else:
+                pubs.append(_pub(r[3:]))
+        pubs.sort(key=lambda p: (p.received_at, p.etag))
+        return numbers, pubs
 
     async def expire_subscriptions(self, now: float, node: str) -> list[Subscription]:
         cols = ", ".join("s." + c.strip() for c in _SUB_COLUMNS.split(","))
