@@ -117,6 +117,8 @@ async def test_subscribe_queries_once_and_first_notify_carries_remote_state(fede
     assert b"held by n1" in first.body
     m3 = await counters(n3)
     assert metric(m3, "federation_queries_total", event="presence") == 1
+    # The query rode on the new interest: one message to each peer, no other.
+    assert sent(m3, "interest") == 2 and sent(m3, "query") == 0
     assert sent(await counters(n2), "answer") == 0  # n2 holds nothing: no answer
     assert sent(await counters(n1), "answer") == 1
     w2 = await make_client("carol", target=n3)
@@ -182,7 +184,9 @@ async def test_unanswered_query_is_not_repeated_until_its_ttl(federation, make_c
     await asyncio.sleep(0.7)
     _, d = await w.subscribe(BOB)
     await w.dialog_notifies(d, 1)
-    assert metric(await counters(n2), "federation_queries_total", event="presence") == 2
+    m2 = await counters(n2)
+    assert metric(m2, "federation_queries_total", event="presence") == 2
+    assert sent(m2, "interest") == 1 and sent(m2, "query") == 1  # the interest stands; the query goes alone
 
 
 async def test_refused_publish_is_never_sent(federation, make_client):

@@ -151,18 +151,22 @@ class Federation:
         key = (sub.presentity, sub.event)
         if sub.event not in self.events:
             return
+        query: _Query | None = None
+        ask = False
+        if not self.full and not await self.storage.publications(sub.presentity, sub.event, self.clock()):
+            now = self.clock()
+            query = self.pending.get(key)
+            if query is None or (not query.answered.is_set() and now - query.sent > self.config.federation.query_ttl):
+                query = self.pending[key] = _Query(now)
+                self.metrics.count("federation_queries", sub.event)
+                ask = True
         if key not in self.announced:
+            # One message: the new interest, carrying the query when there is one.
             self.announced.add(key)
-            self._broadcast("interest", {"add": [list(key)], "remove": []})
-        if self.full or await self.storage.publications(sub.presentity, sub.event, self.clock()):
-            return
-        now = self.clock()
-        query = self.pending.get(key)
-        if query is None or (not query.answered.is_set() and now - query.sent > self.config.federation.query_ttl):
-            query = self.pending[key] = _Query(now)
-            self.metrics.count("federation_queries", sub.event)
+            self._broadcast("interest", {"add": [list(key)], "remove": [], "query": ask})
+        elif ask:
             self._broadcast("query", {"keys": [list(key)]})
-        if not query.answered.is_set() and self.config.federation.query_wait > 0:
+        if query is not None and not query.answered.is_set() and self.config.federation.query_wait > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(query.answered.wait(), self.config.federation.query_wait)
 
@@ -264,10 +268,15 @@ class Federation:
 
     async def _interest(self, env: Envelope) -> None:
         add, remove = self._keys(env.body.get("add")), self._keys(env.body.get("remove"))
+        query = env.body.get("query", False)
+        if not isinstance(query, bool):
+            raise BadBody("query")
         keys = self.interest.get(env.sender)
         if keys is not None:
             keys.difference_update(remove)
             keys.update(add)
+        if query and add:
+            await self._answer(env.sender, add)
 
     async def _publish(self, env: Envelope) -> None:
         (key,) = self._keys([env.body.get("key")])
@@ -295,14 +304,18 @@ class Federation:
         await self.storage.forget_replicas(presentity, event)
 
     async def _query(self, env: Envelope) -> None:
-        keys = self._keys(env.body.get("keys"))
+        await self._answer(env.sender, self._keys(env.body.get("keys")))
+
+    async def _answer(self, peer: str, keys: list[Key]) -> None:
+        """A query: only the acting node of a location holding ``keys`` by
+        SIP answers, with every live publication of them."""
         if not await self._acting():
             self.metrics.count("cluster_messages_ignored", "backup")
             return
         held = await self.storage.held_publications(keys, self.clock())
         if held:  # only holders answer
             answered = sorted({(p.presentity, p.event) for p in held})
-            self.channel.send(env.sender, "answer", {"keys": [list(k) for k in answered], "pubs": [_wire(p) for p in held]})
+            self.channel.send(peer, "answer", {"keys": [list(k) for k in answered], "pubs": [_wire(p) for p in held]})
 
     async def _sync_request(self, env: Envelope) -> None:
         """Send what this location holds of ``keys`` (all: None) in batches
