@@ -38,6 +38,16 @@ async def started(dsn: str) -> PostgresStorage:
     return s
 
 
+async def publish_uncommitted(conn: psycopg.AsyncConnection) -> None:
+    """Bob's publication ``e1``, written by another connection and left
+    uncommitted (its transaction holds the presentity's shared lock)."""
+    await conn.execute(
+        "INSERT INTO publications (presentity, event, etag, body, content_type, expires_at, received_at, tag)"
+        " VALUES ('bob@example.com', 'presence', 'e1', '<x/>', 'application/pidf+xml', %s, %s, 'A')",
+        (NOW + 100, NOW),
+    )
+
+
 async def still_waiting(task: "asyncio.Future[object]") -> bool:
     await asyncio.sleep(0.3)
     return not task.done()
@@ -47,11 +57,7 @@ async def test_subscribe_waits_for_an_uncommitted_publication_and_then_sees_it(p
     s = await started(pg_dsn)
     try:
         async with await psycopg.AsyncConnection.connect(pg_dsn) as other:
-            await other.execute(
-                "INSERT INTO publications (presentity, event, etag, body, content_type, expires_at, received_at, tag)"
-                " VALUES ('bob@example.com', 'presence', 'e1', '<x/>', 'application/pidf+xml', %s, %s, 'A')",
-                (NOW + 100, NOW),
-            )
+            await publish_uncommitted(other)
             task = asyncio.ensure_future(s.insert_subscription_state(sub(1), NOW))
             assert await still_waiting(task)
             await other.commit()
@@ -105,11 +111,7 @@ async def test_other_presentities_do_not_wait_and_publications_do_not_wait_for_e
     s = await started(pg_dsn)
     try:
         async with await psycopg.AsyncConnection.connect(pg_dsn) as other:
-            await other.execute(
-                "INSERT INTO publications (presentity, event, etag, body, content_type, expires_at, received_at, tag)"
-                " VALUES ('bob@example.com', 'presence', 'e1', '<x/>', 'application/pidf+xml', %s, %s, 'A')",
-                (NOW + 100, NOW),
-            )
+            await publish_uncommitted(other)
             # Another publication of the same presentity: shared locks.
             await asyncio.wait_for(s.insert_publication_watched(pub("e2"), NOW), 2)
             # A presentity in another bucket.

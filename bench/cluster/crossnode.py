@@ -338,6 +338,24 @@ def table(recs):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
 
 
+def run_all(names, run_cluster, a, prefix):
+    """Run each cluster in turn (a failure is recorded and the next one
+    still runs) and write the record to a.out or
+    ../results/PREFIX-<time>.json; returns (records, path)."""
+    recs = []
+    for n in names:
+        try:
+            recs.append(run_cluster(n, a))
+        except Exception as e:  # record and go on with the other cluster
+            print("%s: failed: %s" % (n, e), file=sys.stderr)
+            recs.append({"cluster": n, "error": str(e)})
+    out = a.out or os.path.join(BENCH, "results", "%s-%s.json" % (prefix, time.strftime("%Y%m%d-%H%M%S")))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"argv": sys.argv, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "clusters": recs}, f, indent=1)
+    return recs, out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cluster", choices=["node", "kamailio", "both"], default="both")
@@ -355,17 +373,7 @@ def main():
     ap.add_argument("--out")
     a = ap.parse_args()
     names = ["node", "kamailio"] if a.cluster == "both" else [a.cluster]
-    recs = []
-    for n in names:
-        try:
-            recs.append(run_cluster(n, a))
-        except Exception as e:  # record and go on with the other cluster
-            print("%s: failed: %s" % (n, e), file=sys.stderr)
-            recs.append({"cluster": n, "error": str(e)})
-    out = a.out or os.path.join(BENCH, "results", "crossnode-%s.json" % time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"argv": sys.argv, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "clusters": recs}, f, indent=1)
+    recs, out = run_all(names, run_cluster, a, "crossnode")
     table(recs)
     print("record: %s" % out)
 

@@ -42,7 +42,6 @@ end with ratios node/kamailio.
 """
 import argparse
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -55,7 +54,7 @@ BENCH = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(BENCH, "cluster", "lib"))
 sys.path.insert(0, HERE)
 _spec = importlib.util.spec_from_file_location("cluster_crossnode", os.path.join(BENCH, "cluster", "crossnode.py"))
-cn = importlib.util.module_from_spec(_spec)  # bench/cluster/crossnode.py: latency(), stats_ms()
+cn = importlib.util.module_from_spec(_spec)  # bench/cluster/crossnode.py: latency(), stats_ms(), run_all()
 _spec.loader.exec_module(cn)
 from quiet import wait_quiet  # noqa: E402
 from sipua import UA, Subscription, Publication, rand_token  # noqa: E402
@@ -253,17 +252,7 @@ def main():
     for n in names:
         if n not in CLUSTERS:
             ap.error("unknown cluster %s" % n)
-    recs = []
-    for n in names:
-        try:
-            recs.append(run_cluster(n, a))
-        except Exception as e:  # record and go on with the next cluster
-            print("%s: failed: %s" % (n, e), file=sys.stderr)
-            recs.append({"cluster": n, "error": str(e)})
-    out = a.out or os.path.join(BENCH, "results", "fed-crossnode-%s.json" % time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"argv": sys.argv, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "clusters": recs}, f, indent=1)
+    recs, out = cn.run_all(names, run_cluster, a, "fed-crossnode")
     table([r for r in recs if "error" not in r])
     print("record: %s" % out)
 
