@@ -35,7 +35,8 @@ while [ $# -gt 0 ]; do
         *) usage ;;
     esac
 done
-is_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# shellcheck source=lib/kamnode.sh
+. "$HERE/lib/kamnode.sh"
 cmd_of() { tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null; }
 wait_gone() { local i; for i in $(seq 1 $(( $2 * 10 ))); do is_alive "$1" || return 0; sleep 0.1; done; return 1; }
 PSQL() { "$HERE/pg.sh" psql "$@"; }
@@ -50,21 +51,7 @@ start_node() { # i
     local ARGS=(-f "$HERE/kamailio-cluster.cfg" -DD -E -P "$dir/kamailio.pid" -w "$dir" -Y "$dir"
           -m "$SHM_MB" -M "$PKG_MB" -A "KAM_ADDR=$ADDR" -A "KAM_PORT=$port"
           -A "DBURL=\"postgres://kamailio:kamailiorw@127.0.0.1:$PGPORT/kamailio\"")
-    [ -n "$CHILDREN" ] && ARGS+=(-n "$CHILDREN" -N "$CHILDREN")
-    local d
-    for d in "${DEFS[@]}"; do ARGS+=(-A "$d"); done
-    kamailio -c "${ARGS[@]}" > "$dir/kamailio-check.log" 2>&1 || {
-        echo "kamailio.sh: kamailio -c rejected the config (node $i):" >&2; tail -20 "$dir/kamailio-check.log" >&2; exit 1; }
-    echo "kamailio ${ARGS[*]}" > "$dir/kamailio.cmdline"
-    setsid kamailio "${ARGS[@]}" > "$dir/kamailio.log" 2>&1 < /dev/null &
-    for _ in $(seq 1 100); do
-        if [ -s "$dir/kamailio.pid" ] && ss -Hlun "sport = :$port" | grep -q "$ADDR:$port"; then break; fi
-        sleep 0.1
-    done
-    if ! [ -s "$dir/kamailio.pid" ] || ! is_alive "$(head -1 "$dir/kamailio.pid")"; then
-        echo "kamailio.sh: node $i did not start; log:" >&2; tail -30 "$dir/kamailio.log" >&2; exit 1
-    fi
-    sleep 0.3
+    launch_kamailio kamailio.sh "$i" "$dir" "$port" "${ARGS[@]}"
 }
 
 case "$CMD" in

@@ -48,7 +48,8 @@ while [ $# -gt 0 ]; do
         *) usage ;;
     esac
 done
-is_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# shellcheck source=../cluster/lib/kamnode.sh
+. "$HERE/../cluster/lib/kamnode.sh"
 cmd_of() { tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null; }
 wait_gone() { local i; for i in $(seq 1 $(( $2 * 10 ))); do is_alive "$1" || return 0; sleep 0.1; done; return 1; }
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -94,21 +95,7 @@ start_node() { # i
           -A "DBURL=\"postgres://kamailio:kamailiorw@127.0.0.1:$PGPORT/$db\""
           -A WITH_DMQ -A "DMQ_SELF=\"sip:$ADDR:$port\"" -A "DMQ_PEER=\"sip:$ADDR:$peer\""
           -A PUBL_CACHE=2 -A SUBS_DB_MODE=2)
-    [ -n "$CHILDREN" ] && ARGS+=(-n "$CHILDREN" -N "$CHILDREN")
-    local d
-    for d in "${DEFS[@]}"; do ARGS+=(-A "$d"); done
-    kamailio -c "${ARGS[@]}" > "$dir/kamailio-check.log" 2>&1 || {
-        echo "kamailio-dmq.sh: kamailio -c rejected the config (node $i):" >&2; tail -20 "$dir/kamailio-check.log" >&2; exit 1; }
-    echo "kamailio ${ARGS[*]}" > "$dir/kamailio.cmdline"
-    setsid kamailio "${ARGS[@]}" > "$dir/kamailio.log" 2>&1 < /dev/null &
-    for _ in $(seq 1 100); do
-        if [ -s "$dir/kamailio.pid" ] && ss -Hlun "sport = :$port" | grep -q "$ADDR:$port"; then break; fi
-        sleep 0.1
-    done
-    if ! [ -s "$dir/kamailio.pid" ] || ! is_alive "$(head -1 "$dir/kamailio.pid")"; then
-        echo "kamailio-dmq.sh: node $i did not start; log:" >&2; tail -30 "$dir/kamailio.log" >&2; exit 1
-    fi
-    sleep 0.3
+    launch_kamailio kamailio-dmq.sh "$i" "$dir" "$port" "${ARGS[@]}"
 }
 
 case "$CMD" in
