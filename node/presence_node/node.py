@@ -70,7 +70,7 @@ class Node:
             self.federation = Federation(
                 config,
                 self.storage,
-                self.notifier.state_changed,
+                self.notifier,
                 self.metrics,
                 cluster_secret(config.federation.secret_file).encode(),
             )

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
 from ..config import Config
+from ..service.notify import Notifier
 from ..storage import Publication, Storage, Subscription
 from .channel import Channel, ChannelMetrics
 from .wire import Envelope
@@ -72,7 +73,7 @@ class Federation:
         self,
         config: Config,
         storage: Storage,
-        state_changed: Callable[[str, str], Awaitable[None]],
+        notifier: Notifier,
         metrics: ChannelMetrics,
         secret: bytes,
         clock: Callable[[], float] = time.time,
@@ -80,7 +81,7 @@ class Federation:
         fed = config.federation
         self.config = config
         self.storage = storage
-        self.state_changed = state_changed
+        self.notifier = notifier
         self.metrics = metrics
         self.clock = clock
         self.full = fed.mode == "full-sharing"
@@ -144,16 +145,17 @@ class Federation:
                 locations.add(issuer)
         return [p for p in self.others if self.peer_location[p] in locations]
 
-    async def subscribed(self, sub: Subscription) -> None:
-        """A new watcher: announce the interest, and query the cluster if
-        this location holds nothing for it (waiting up to ``query_wait``
-        so the first NOTIFY carries the remote state)."""
+    async def subscribed(self, sub: Subscription, pubs: list[Publication]) -> bool:
+        """A new watcher, stored with the state ``pubs`` this location holds
+        for it: announce the interest, and query the cluster if that is
+        nothing, waiting up to ``query_wait`` so the first NOTIFY carries
+        the remote state.  True if it waited (the state must be read anew)."""
         key = (sub.presentity, sub.event)
         if sub.event not in self.events:
-            return
+            return False
         query: _Query | None = None
         ask = False
-        if not self.full and not await self.storage.publications(sub.presentity, sub.event, self.clock()):
+        if not self.full and not pubs:
             now = self.clock()
             query = self.pending.get(key)
             if query is None or (not query.answered.is_set() and now - query.sent > self.config.federation.query_ttl):
@@ -166,9 +168,11 @@ class Federation:
             self._broadcast("interest", {"add": [list(key)], "remove": [], "query": ask})
         elif ask:
             self._broadcast("query", {"keys": [list(key)]})
-        if query is not None and not query.answered.is_set() and self.config.federation.query_wait > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(query.answered.wait(), self.config.federation.query_wait)
+        if query is None or query.answered.is_set() or self.config.federation.query_wait <= 0:
+            return False
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(query.answered.wait(), self.config.federation.query_wait)
+        return True
 
     async def unwatched(self, keys: Iterable[Key]) -> None:
         """Watchers left: for each key no longer watched here, withdraw the
@@ -291,12 +295,13 @@ class Federation:
             self.metrics.count("cluster_messages_ignored", "backup")
             return
         presentity, event = key
-        if self.full or await self.storage.watchers(presentity, event, self.clock()):
+        watchers = await self.storage.watchers(presentity, event, self.clock())
+        if self.full or watchers:
             query = self.pending.pop(key, None)
             if query is not None:
                 query.answered.set()
             if await self.storage.apply_remote(presentity, event, old, pub):
-                await self.state_changed(presentity, event)
+                await self.notifier.notify(watchers)
             return
         # Nobody here watches it: keep nothing, but drop what it replaces.
         self.metrics.count("cluster_messages_ignored", "no-watchers")
@@ -366,7 +371,7 @@ class Federation:
             if query is not None:
                 query.answered.set()
         for presentity, event in sorted(changed):
-            await self.state_changed(presentity, event)
+            await self.notifier.state_changed(presentity, event)
 
     # -- helpers ---------------------------------------------------------------------
 

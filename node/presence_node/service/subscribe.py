@@ -100,13 +100,14 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         state, winfo_watchers = await svc.storage.insert_subscription_state(sub, inc.now, winfo)
 
     async def first_notify() -> None:
+        current = state
         try:
             if svc.federation is not None:
                 svc.notifier.hold(sub)
-                await svc.federation.subscribed(sub)  # may wait for a query answer
+                if await svc.federation.subscribed(sub, state or []):
+                    current = None  # it waited for a query answer: read the state anew
         finally:
-            # After a federation wait the state may have changed: read it anew.
-            await svc.notifier.first(sub, state if svc.federation is None else None)
+            await svc.notifier.first(sub, current)
         if winfo_watchers:
             await svc.notifier.watcher_changed(sub, "active", "subscribe")
 
