@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,29 +37,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from presence_operator.local.pg import free_base
+
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).parent / "presence-cluster")
 TAG = "vip"
-
-
-def free_base(n: int) -> int:
-    """A base port with n free consecutive UDP+TCP ports above it."""
-    for _ in range(200):
-        base = 20000 + int.from_bytes(os.urandom(2), "big") % 30000
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + n):
-                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                    s = socket.socket(socket.AF_INET, kind)
-                    socks.append(s)
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 def wait_for(pred, timeout: float, what: str):

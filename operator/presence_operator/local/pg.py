@@ -48,6 +48,27 @@ def free_port(hosts: Sequence[str] = ("127.0.0.1",)) -> int:
             continue
 
 
+def free_base(n: int) -> int:
+    """A base port with n free consecutive UDP+TCP ports above it on
+    127.0.0.1 (local mode numbers its nodes' ports from a base)."""
+    for _ in range(200):
+        base = 20000 + int.from_bytes(os.urandom(2), "big") % 30000
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
 def run_as_postgres(*cmd: str) -> None:
     """Run a server binary; as root, as the ``postgres`` user (initdb refuses root)."""
     argv = list(cmd)
