@@ -37,8 +37,6 @@ while [ $# -gt 0 ]; do
 done
 # shellcheck source=lib/kamnode.sh
 . "$HERE/lib/kamnode.sh"
-cmd_of() { tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null; }
-wait_gone() { local i; for i in $(seq 1 $(( $2 * 10 ))); do is_alive "$1" || return 0; sleep 0.1; done; return 1; }
 PSQL() { "$HERE/pg.sh" psql "$@"; }
 
 start_node() { # i
@@ -72,21 +70,7 @@ start)
     ;;
 stop)
     for n in 2 1; do
-        f=$RUN/node$n/kamailio.pid
-        [ -f "$f" ] || continue
-        pid=$(head -1 "$f")
-        if is_alive "$pid" && cmd_of "$pid" | grep -q kamailio; then
-            kids=$(ps -o pid= --ppid "$pid" | tr -d ' ')
-            kill -TERM "$pid"
-            if ! wait_gone "$pid" 15; then
-                echo "kamailio.sh: node $n ($pid) did not exit on TERM, sending KILL" >&2
-                kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" 5 || true
-            fi
-            for k in $kids; do
-                if is_alive "$k" && cmd_of "$k" | grep -q kamailio; then kill -KILL "$k" 2>/dev/null || true; fi
-            done
-        fi
-        rm -f "$f"
+        stop_kamailio kamailio.sh "$n" "$RUN/node$n/kamailio.pid"
     done
     echo "kamailio.sh: nodes stopped"
     ;;

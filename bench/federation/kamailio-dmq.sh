@@ -50,8 +50,6 @@ while [ $# -gt 0 ]; do
 done
 # shellcheck source=../cluster/lib/kamnode.sh
 . "$HERE/../cluster/lib/kamnode.sh"
-cmd_of() { tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null; }
-wait_gone() { local i; for i in $(seq 1 $(( $2 * 10 ))); do is_alive "$1" || return 0; sleep 0.1; done; return 1; }
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 PSQL() { PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -v ON_ERROR_STOP=1 -qtA "$@"; }
 pg_pid() { head -1 "$PGDIR/data/postmaster.pid" 2>/dev/null || true; }
@@ -108,21 +106,7 @@ start)
     ;;
 stop)
     for n in $NODES; do
-        f=$RUN/node$n/kamailio.pid
-        [ -f "$f" ] || continue
-        pid=$(head -1 "$f")
-        if is_alive "$pid" && cmd_of "$pid" | grep -q kamailio; then
-            kids=$(ps -o pid= --ppid "$pid" | tr -d ' ')
-            kill -TERM "$pid"
-            if ! wait_gone "$pid" 15; then
-                echo "kamailio-dmq.sh: node $n ($pid) did not exit on TERM, sending KILL" >&2
-                kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" 5 || true
-            fi
-            for k in $kids; do
-                if is_alive "$k" && cmd_of "$k" | grep -q kamailio; then kill -KILL "$k" 2>/dev/null || true; fi
-            done
-        fi
-        rm -f "$f"
+        stop_kamailio kamailio-dmq.sh "$n" "$RUN/node$n/kamailio.pid"
     done
     if [ "$STOP_PG" = 1 ] && pg_alive; then
         as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast -w -t 60 stop > /dev/null || true
