@@ -46,7 +46,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -113,11 +112,7 @@ async def run(args: argparse.Namespace) -> int:
     nodes: dict[str, Node] = {}
     op: asyncio.subprocess.Process | None = None
     async with ApiEmulator() as k, kmock.Server(k):
-        with warnings.catch_warnings():  # kmock 0.8 uses a deprecated importlib.resources call
-            warnings.simplefilter("ignore", DeprecationWarning)
-            k.resources.load_bundled()
-        k.register_crd(yaml.safe_load((ROOT / "crds" / "presenceclusters.yaml").read_text()))
-        k.put("v1/namespaces", None, {"metadata": {"name": NS}})
+        k.prepare(NS, yaml.safe_load((ROOT / "crds" / "presenceclusters.yaml").read_text()))
         kubeconfig = tmp / "kubeconfig"
         kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "b",

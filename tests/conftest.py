@@ -34,6 +34,14 @@ FAST = {
 }
 
 
+@pytest.fixture
+def kmock_options():
+    """KMock's ``kmock`` fixture serves the project's emulator."""
+    from presence_operator.testing.emulator import ApiEmulator
+
+    return {"cls": ApiEmulator}
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """One private PostgreSQL server for the whole run (real, Debian's)."""

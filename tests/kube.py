@@ -1,6 +1,6 @@
-"""Test support for the operator: the emulator (from
-:mod:`presence_operator.testing.emulator`), a thread runner for kopf, and
-small helpers."""
+"""Test support for the operator: a thread runner for kopf and small
+helpers (the emulator is :mod:`presence_operator.testing.emulator`, served
+by the ``kmock`` fixture through ``kmock_options`` in conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import threading
 from typing import Any, Callable
 
 from presence_operator.local.pg import free_port  # noqa: F401 - re-exported for the tests
-from presence_operator.testing.emulator import ApiEmulator  # noqa: F401 - re-exported for the tests
 
 
 # -- kopf in a thread ------------------------------------------------------------

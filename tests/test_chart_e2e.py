@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ import pytest
 import yaml
 
 from k8stools import k8s_tools  # noqa: F401 - the session fixture (pytest finds it by this name)
-from kube import ApiEmulator, eventually, free_port
+from kube import eventually, free_port
 from procs import clean_env, spawn
 
 from presence_operator.builders import meta
@@ -58,16 +57,8 @@ pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
-def kmock_options():
-    return {"cls": ApiEmulator}
-
-
-@pytest.fixture
 def cluster(kmock):
-    with warnings.catch_warnings():  # kmock 0.8 uses importlib.resources.read_binary (deprecated)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        kmock.resources.load_bundled()
-    kmock.put("v1/namespaces", None, {"metadata": {"name": NS}})
+    kmock.prepare(NS)
     return kmock  # no register_crd(): kubectl applies the chart's CRD
 
 

@@ -24,7 +24,6 @@ import asyncio
 import base64
 import contextlib
 import copy
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ import yaml
 
 import kubernetes
 from kmock._internal.references import resource
-from kube import ApiEmulator, OperatorThread, eventually, free_port
+from kube import OperatorThread, eventually, free_port
 from procs import clean_env, spawn
 
 from presence_operator import spec as specs
@@ -157,17 +156,8 @@ def test_pod_view_and_node_ok(status, deleting, ok):
 
 
 @pytest.fixture
-def kmock_options():
-    return {"cls": ApiEmulator}
-
-
-@pytest.fixture
 def cluster(kmock):
-    with warnings.catch_warnings():  # kmock 0.8 uses importlib.resources.read_binary (deprecated)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        kmock.resources.load_bundled()
-    kmock.register_crd(CRD)
-    kmock.put("v1/namespaces", None, {"metadata": {"name": NS}})
+    kmock.prepare(NS, CRD)
     return kmock
 
 

@@ -42,6 +42,7 @@ import datetime
 import json
 import re
 import uuid
+import warnings
 from typing import Any
 
 import aiohttp.web
@@ -260,6 +261,16 @@ class ApiEmulator(kmock.KubernetesEmulator):
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
 
     # -- setup --
+
+    def prepare(self, namespace: str, crd: dict[str, Any] | None = None) -> None:
+        """KMock's bundled built-in resources, ``crd`` when given (else
+        whoever applies the CRD registers it), and ``namespace``."""
+        with warnings.catch_warnings():  # kmock 0.8 uses importlib.resources.read_binary (deprecated)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.resources.load_bundled()
+        if crd is not None:
+            self.register_crd(crd)
+        self.put("v1/namespaces", None, {"metadata": {"name": namespace}})
 
     def register_crd(self, crd: dict[str, Any]) -> None:
         spec = crd["spec"]
