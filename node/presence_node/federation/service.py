@@ -203,38 +203,45 @@ class Federation:
         while True:
             await asyncio.sleep(self.config.federation.resync_interval)
             try:
-                await self._send_state(self.others)
-                for peer in self.others:
-                    if self.channel.up(peer):
-                        await self._resync(peer, "periodic")
+                await self._exchange([p for p in self.others if self.channel.up(p)], "periodic")
             except Exception:
                 log.exception("federation resync failed")
 
     def _on_connected(self, peer: str) -> None:
         if peer in self.interest:
-            self._spawn(self._connected(peer))
+            self._spawn(self._exchange([peer], "connect"))
 
-    async def _connected(self, peer: str) -> None:
-        await self._send_state([peer])
-        await self._resync(peer, "connect")
+    async def _exchange(self, peers: list[str], cause: str) -> None:
+        """Send ``peers`` our state and ask each for a resync, reading what
+        we watch once for all of them."""
+        watched = await self._watched()
+        await self._send_state(peers, watched)
+        for peer in peers:
+            await self._resync(peer, cause, watched)
 
-    async def _send_state(self, peers: list[str]) -> None:
+    async def _watched(self) -> list[list[str]]:
+        return [list(k) for k in sorted(await self.storage.watched_keys(self.events, self.clock()))]
+
+    async def _send_state(self, peers: list[str], watched: list[list[str]] | None = None) -> None:
+        """Our interest (``watched``, read now when None) and tags."""
         if not peers:
             return
-        keys = await self.storage.watched_keys(self.events, self.clock())
+        if watched is None:
+            watched = await self._watched()
         tags = [
             {"tag": t.name, "owner": t.owner, "epoch": t.epoch, "since": t.since} for t in await self.storage.tags()
         ]
-        body = {"location": self.location, "interest": [list(k) for k in sorted(keys)], "tags": tags}
+        body = {"location": self.location, "interest": watched, "tags": tags}
         for peer in peers:
             self.channel.send(peer, "state", body)
 
-    async def _resync(self, peer: str, cause: str) -> None:
-        """Ask ``peer`` for what its location holds of what we need."""
+    async def _resync(self, peer: str, cause: str, watched: list[list[str]] | None = None) -> None:
+        """Ask ``peer`` for what its location holds of what we watch
+        (``watched``, read now when None; everything in full sharing)."""
         if not await self._acting():
             return
         self.metrics.count("federation_resyncs", cause)
-        keys = None if self.full else [list(k) for k in sorted(await self.storage.watched_keys(self.events, self.clock()))]
+        keys = None if self.full else (watched if watched is not None else await self._watched())
         self.channel.send(peer, "sync_request", {"keys": keys})
 
     async def _acting(self, event: str | None = None) -> bool:

@@ -151,6 +151,3 @@ class Admission:
         skipped = env.seq - link.last - 1
         link.last = env.seq
         return skipped
-
-    def forget(self, sender: str) -> None:
-        self._links.pop(sender, None)
