@@ -1,16 +1,23 @@
 """CPU cost of the node's hot paths, in-process (no SIPp, no sockets for
 the measured messages): PUBLISH, and SUBSCRIBE with its NOTIFY answered.
 
-    .venv/bin/python bench/profile/hotpath.py [publish|subscribe] [N] [--profile]
+    .venv/bin/python bench/profile/hotpath.py [publish|subscribe] [N] [--profile] [--dsn-file FILE]
 
 Prints microseconds of CPU per request.  With --profile, the top functions
 by own time (cProfile).  Use it to see where time goes before optimising.
+With --dsn-file, the node uses that PostgreSQL database (a throw-away one:
+``bench/cluster/nodes.sh start`` writes ``bench/run/cluster/dsn``) with
+sharing tag ``vip`` active here, as node 1 of the cluster bench; only this
+process's CPU is counted, not the database server's.  Up to WINDOW (64)
+requests are outstanding at once, as under load.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import re
 import sys
@@ -19,6 +26,9 @@ import time
 
 from presence_node.config import Config
 from presence_node.node import Node
+
+#: Unique user names per run: a database is reused between runs.
+RUN = os.getpid()
 
 PIDF = (
     '<?xml version="1.0" encoding="UTF-8"?>\r\n'
@@ -29,7 +39,8 @@ PIDF = (
 )
 
 
-def publish(n: int) -> bytes:
+def publish(i: int) -> bytes:
+    n = f"{RUN}-{i}"
     body = PIDF.format(n=n).encode()
     head = (
         f"PUBLISH sip:p{n}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-{n}\r\n"
@@ -41,7 +52,8 @@ def publish(n: int) -> bytes:
     return head.encode() + body
 
 
-def subscribe(n: int) -> bytes:
+def subscribe(i: int) -> bytes:
+    n = f"{RUN}-{i}"
     return (
         f"SUBSCRIBE sip:p{n}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bK-s{n}\r\n"
         f"Max-Forwards: 70\r\nFrom: <sip:w{n}@127.0.0.1>;tag=123W{n}\r\nTo: <sip:p{n}@127.0.0.1>\r\n"
@@ -61,44 +73,86 @@ def answer(notify: bytes) -> bytes:
     return b"SIP/2.0 200 OK\r\n" + heads + b"Content-Length: 0\r\n\r\n"
 
 
-async def run(kind: str, n: int) -> float:
+WINDOW = 64
+
+
+def config(state: str, dsn_file: str | None) -> Config:
+    """The node under test: memory storage, or PostgreSQL as in bench/cluster."""
+    extra: dict = {}
+    if dsn_file:
+        extra = {
+            "node_id": "hotpath",
+            "cluster_id": "bench",
+            "sharing_tags": {"vip": "active"},
+            "default_tag": "vip",
+            "storage": {"backend": "postgres", "dsn_file": dsn_file},
+        }
+    return Config(sip="127.0.0.1:0", admin="127.0.0.1:0", log_level="warning", state_dir=state, **extra)
+
+
+async def run(kind: str, n: int, dsn_file: str | None) -> float:
     with tempfile.TemporaryDirectory() as state:
-        node = Node(Config(sip="127.0.0.1:0", admin="127.0.0.1:0", log_level="warning", state_dir=state), secret="x" * 20)
+        node = Node(config(state, dsn_file), secret="x" * 20)
         await node.start()
         sent: list[bytes] = []
-        node.transports._udp_send = lambda data, host, port: sent.append(data)  # type: ignore[method-assign]
-        msgs = [publish(i) if kind == "publish" else subscribe(i) for i in range(n)]
         out: list[bytes] = []
+        progress = asyncio.Event()
+
+        def send(data: bytes, host: str, port: int) -> None:
+            sent.append(data)
+            progress.set()
+
+        def reply(data: bytes) -> None:
+            out.append(data)
+            progress.set()
+
+        async def wait() -> None:
+            await progress.wait()
+            progress.clear()
+            pump()
+
+        node.transports._udp_send = send  # type: ignore[method-assign]
+        msgs = [publish(i) if kind == "publish" else subscribe(i) for i in range(n)]
         t0 = time.process_time()
-        for i, m in enumerate(msgs):
-            node.dispatcher.receive(m, "127.0.0.1", 6000, "udp", out.append)
+
+        def pump() -> None:
             while sent:
-                node.dispatcher.receive(answer(sent.pop()), "127.0.0.1", 6000, "udp", out.append)
+                node.dispatcher.receive(answer(sent.pop()), "127.0.0.1", 6000, "udp", reply)
+
+        for i, m in enumerate(msgs):
+            node.dispatcher.receive(m, "127.0.0.1", 6000, "udp", reply)
+            pump()
             if i % 200 == 0:
                 await asyncio.sleep(0)
-        while len(out) < n:
-            await asyncio.sleep(0)
+            while len(out) < i + 1 - WINDOW:
+                await wait()
+        while len(out) < n or node.transports.client:
+            await wait()
         dt = time.process_time() - t0
-        assert len(node.transports.client) == 0, "every NOTIFY answered"
         await node.stop()
     return dt / n * 1e6
 
 
 def main() -> None:
-    kind = sys.argv[1] if len(sys.argv) > 1 else "publish"
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", nargs="?", default="publish", choices=["publish", "subscribe"])
+    parser.add_argument("n", nargs="?", type=int, default=20000)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--dsn-file")
+    a = parser.parse_args()
     import uvloop
 
     uvloop.install()
-    if "--profile" in sys.argv:
+    if a.profile:
         prof = cProfile.Profile()
         prof.enable()
-        us = asyncio.run(run(kind, n))
+        us = asyncio.run(run(a.kind, a.n, a.dsn_file))
         prof.disable()
+        prof.dump_stats("/tmp/hotpath.prof")
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
     else:
-        us = asyncio.run(run(kind, n))
-    print(f"{kind}: {us:.1f} us CPU per request ({n} requests)")
+        us = asyncio.run(run(a.kind, a.n, a.dsn_file))
+    print(f"{a.kind}: {us:.1f} us CPU per request ({a.n} requests)")
 
 
 if __name__ == "__main__":

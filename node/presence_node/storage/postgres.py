@@ -21,7 +21,11 @@ where the cross-node guarantees come from:
   write commits, so every publication write takes a shared and every new
   subscription an exclusive advisory lock of the presentity's bucket
   (triggers, migration 3): of a concurrent PUBLISH and SUBSCRIBE of one
-  presentity, the second waits for the first to commit and sees it.
+  presentity, the second waits for the first to commit and sees it;
+* under load, initial PUBLISHes (and SUBSCRIBEs) that arrive while the
+  database is busy go as one statement and one transaction
+  (``batching.py``), their bucket locks taken first in ascending order
+  (migration 4), as every statement that may lock several buckets does.
 
 The schema is created and migrated at start, under an advisory lock so that
 nodes starting together do not race; start-up never deletes anything.
@@ -30,6 +34,7 @@ nodes starting together do not race; start-up never deletes anything.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from contextlib import asynccontextmanager
@@ -42,6 +47,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from .base import StaleEpoch, StorageUnavailable, UnknownTag
+from .batching import Batcher
 from .records import Publication, Registration, Subscription, TagState, differing_keys
 from .schema import MIGRATIONS, MIGRATION_LOCK
 
@@ -56,6 +62,44 @@ _PUB_COLUMNS = "presentity, event, etag, body, content_type, expires_at, receive
 _PUB_TYPES = ("text", "text", "text", "bytea", "text", "float8", "float8", "text", "text")
 #: Rows one expiry sweep takes at most; the next sweep takes the rest.
 EXPIRY_BATCH = 2000
+#: Group commit (batching.py): requests per statement at most, and
+#: statements of one kind under way at once.
+MAX_BATCH = 32
+MAX_INFLIGHT = 2
+
+_PUBLISH_CALL = f"{_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_PUBLISH_ONE = f"SELECT {_PUBLISH_CALL}"
+_SUBSCRIBE_CALL = f"* FROM presence_subscribe({', '.join(['%s'] * 23)})"
+_SUBSCRIBE_ONE = f"SELECT {_SUBSCRIBE_CALL}"
+
+
+@functools.cache
+def _batch_sql(call: str, columns: int, n: int, exclusive: bool) -> str:
+    """One statement for ``n`` calls of a hot function: a first branch that
+    locks the presentities' buckets in order (index -1; its parameters are
+    the ``n`` presentities), then the calls, each row led by its call's
+    index.  A plain (not parallel) UNION ALL runs its branches in order."""
+    nulls = ", NULL" * columns
+    lock = (
+        f"SELECT -1{nulls} FROM presence_lock_buckets(ARRAY[{', '.join(['%s'] * n)}]::text[], "
+        f"{'true' if exclusive else 'false'})"
+    )
+    return " UNION ALL ".join([lock, *(f"SELECT {i}, {call}" for i in range(n))])
+
+
+def _by_index(rows: list[tuple[Any, ...]], n: int) -> list[list[tuple[Any, ...]]]:
+    """A batch's rows split per call (index -1, the lock step, dropped)."""
+    out: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
+    for r in rows:
+        if r[0] >= 0:
+            out[r[0]].append(r[1:])
+    return out
+
+
+def _statement_error(e: BaseException) -> bool:
+    """Refused by the server (it has an SQLSTATE), not a broken connection:
+    maybe one item's fault, so a batch's items are tried one by one."""
+    return isinstance(e, psycopg.Error) and e.sqlstate is not None
 
 
 def _sub(row: tuple[Any, ...]) -> Subscription:
@@ -210,6 +254,14 @@ class PostgresStorage:
         )
         #: Connections for every statement and transaction (see Leases).
         self.pool = Leases(self._pool, max_size)
+        self.publishes: Batcher[tuple[Publication, float], list[Subscription]] = Batcher(
+            self._publish_one, self._publish_many, max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT,
+            item_error=_statement_error,
+        )
+        self.subscribes: Batcher[tuple[Subscription, float, str | None], tuple[list[Publication], int]] = Batcher(
+            self._subscribe_one, self._subscribe_many, max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT,
+            item_error=_statement_error,
+        )
 
     async def start(self) -> None:
         try:
@@ -221,6 +273,8 @@ class PostgresStorage:
             raise StorageUnavailable(f"PostgreSQL unavailable: {e}") from e
 
     async def close(self) -> None:
+        await self.publishes.close()
+        await self.subscribes.close()
         await self.pool.close()
 
     async def ping(self) -> None:
@@ -260,13 +314,24 @@ class PostgresStorage:
 
     async def insert_publication_watched(self, pub: Publication, now: float) -> list[Subscription]:
         # One statement: the insert and the watcher lookup in presence_publish
-        # (migration 3; the presentity lock orders it against subscribe).
-        rows = await self._rows(
-            f"SELECT {_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (pub.presentity, pub.event, pub.etag, pub.body, pub.content_type, pub.expires_at, pub.received_at,
-             pub.tag, now),
-        )
-        return [_sub(r) for r in rows]
+        # (migration 3; the presentity lock orders it against subscribe),
+        # shared with other PUBLISHes under load.
+        return await self.publishes.run((pub, now))
+
+    @staticmethod
+    def _publish_params(pub: Publication, now: float) -> tuple[Any, ...]:
+        return (pub.presentity, pub.event, pub.etag, pub.body, pub.content_type, pub.expires_at, pub.received_at,
+                pub.tag, now)
+
+    async def _publish_one(self, item: tuple[Publication, float]) -> list[Subscription]:
+        return [_sub(r) for r in await self._rows(_PUBLISH_ONE, self._publish_params(*item))]
+
+    async def _publish_many(self, items: list[tuple[Publication, float]]) -> list[list[Subscription]]:
+        sql = _batch_sql(_PUBLISH_CALL, 21, len(items), False)
+        params = [pub.presentity for pub, _ in items]
+        for item in items:
+            params.extend(self._publish_params(*item))
+        return [[_sub(r) for r in rows] for rows in _by_index(await self._rows(sql, params), len(items))]
 
     async def replace_publication(
         self,
@@ -333,6 +398,11 @@ class PostgresStorage:
         self, origin: str, keys: Collection[tuple[str, str]], pubs: list[Publication], now: float
     ) -> set[tuple[str, str]]:
         async with self.pool.connection() as conn, conn.transaction():
+            # Several buckets: locked first, in order (migration 4).
+            await conn.execute(
+                "SELECT presence_lock_buckets(%s::text[], false)",
+                ([k[0] for k in keys] + [p.presentity for p in pubs],),
+            )
             cur = await conn.execute(
                 f"SELECT {_PUB_COLUMNS} FROM publications WHERE origin = %s"
                 " AND (presentity, event) IN (SELECT * FROM unnest(%s::text[], %s::text[])) FOR UPDATE",
@@ -385,17 +455,10 @@ class PostgresStorage:
         return {(r[0], r[1]) for r in rows}
 
     async def expire_publications(self, now: float, node: str) -> list[Publication]:
+        # presence_expire_publications (migration 4): the sweep of owned,
+        # expired rows, their buckets locked first in order.
         rows = await self._rows(
-            f"""
-            WITH owned AS (SELECT name FROM sharing_tags WHERE owner = %(node)s FOR SHARE),
-            victims AS (
-                SELECT p.etag FROM publications p JOIN owned ON p.tag = owned.name
-                WHERE p.expires_at <= %(now)s LIMIT {EXPIRY_BATCH} FOR UPDATE OF p SKIP LOCKED
-            )
-            DELETE FROM publications p USING victims WHERE p.etag = victims.etag
-            RETURNING {', '.join('p.' + c.strip() for c in _PUB_COLUMNS.split(','))}
-            """,
-            {"node": node, "now": now},
+            f"SELECT {_PUB_COLUMNS} FROM presence_expire_publications(%s, %s, %s)", (node, now, EXPIRY_BATCH)
         )
         return [_pub(r) for r in rows]
 
@@ -414,17 +477,36 @@ class PostgresStorage:
     async def insert_subscription_state(
         self, sub: Subscription, now: float, watchers_of: str | None = None
     ) -> tuple[list[Publication], int]:
-        rows = await self._rows(
-            f"SELECT * FROM presence_subscribe({', '.join(['%s'] * 23)})",
-            (
-                sub.id, sub.call_id, sub.remote_tag, sub.presentity, sub.event, sub.event_header, sub.event_params,
-                sub.watcher, sub.remote_uri, sub.local_uri, sub.contact, sub.routes, sub.transport, sub.source,
-                sub.accept, sub.expires_at, sub.remote_cseq, sub.cseq, sub.version, sub.status, sub.tag,
-                now, watchers_of,
-            ),
+        # One statement (presence_subscribe, migration 3), shared with other
+        # SUBSCRIBEs under load.
+        return await self.subscribes.run((sub, now, watchers_of))
+
+    @staticmethod
+    def _subscribe_params(sub: Subscription, now: float, watchers_of: str | None) -> tuple[Any, ...]:
+        return (
+            sub.id, sub.call_id, sub.remote_tag, sub.presentity, sub.event, sub.event_header, sub.event_params,
+            sub.watcher, sub.remote_uri, sub.local_uri, sub.contact, sub.routes, sub.transport, sub.source,
+            sub.accept, sub.expires_at, sub.remote_cseq, sub.cseq, sub.version, sub.status, sub.tag,
+            now, watchers_of,
         )
+
+    @staticmethod
+    def _subscribe_result(rows: list[tuple[Any, ...]]) -> tuple[list[Publication], int]:
+        # One row per publication, or one row of NULLs after the count.
         count = int(rows[0][0]) if rows else 0
         return [_pub(r[1:]) for r in rows if r[3] is not None], count
+
+    async def _subscribe_one(self, item: tuple[Subscription, float, str | None]) -> tuple[list[Publication], int]:
+        return self._subscribe_result(await self._rows(_SUBSCRIBE_ONE, self._subscribe_params(*item)))
+
+    async def _subscribe_many(
+        self, items: list[tuple[Subscription, float, str | None]]
+    ) -> list[tuple[list[Publication], int]]:
+        sql = _batch_sql(_SUBSCRIBE_CALL, 10, len(items), True)
+        params: list[Any] = [sub.presentity for sub, _, _ in items]
+        for item in items:
+            params.extend(self._subscribe_params(*item))
+        return [self._subscribe_result(rows) for rows in _by_index(await self._rows(sql, params), len(items))]
 
     async def subscription(self, sub_id: str) -> Subscription | None:
         row = await self._one(f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE id = %s", (sub_id,))

@@ -148,4 +148,47 @@ MIGRATIONS: list[list[str]] = [
                 ORDER BY p.received_at, p.etag;
         END $$""",
     ],
+    [
+        # Group commit (storage/batching.py): several PUBLISHes, or several
+        # SUBSCRIBEs, in one transaction hold several bucket locks at once.
+        # Two such transactions taking them in different orders could
+        # deadlock, so every statement that may lock more than one bucket
+        # first takes them all here, in ascending order (a batch, the
+        # expiry sweep, a federation resync); the triggers then find them
+        # held.  Returns the buckets, ascending.
+        f"""CREATE FUNCTION presence_lock_buckets(p_presentities text[], p_exclusive boolean)
+            RETURNS integer[] LANGUAGE plpgsql AS $$
+        DECLARE
+            buckets integer[] := ARRAY(SELECT DISTINCT presence_bucket(x) FROM unnest(p_presentities) x ORDER BY 1);
+            b integer;
+        BEGIN
+            FOREACH b IN ARRAY buckets LOOP
+                IF p_exclusive THEN
+                    PERFORM pg_advisory_xact_lock({PRESENTITY_LOCK}, b);
+                ELSE
+                    PERFORM pg_advisory_xact_lock_shared({PRESENTITY_LOCK}, b);
+                END IF;
+            END LOOP;
+            RETURN buckets;
+        END $$""",
+        # The expiry sweep of migration 1, its buckets locked first: it
+        # takes only rows of the buckets it locked (the rest wait for the
+        # next sweep), and row locks only once it holds them.
+        f"""CREATE FUNCTION presence_expire_publications(p_node text, p_now double precision, p_limit integer)
+            RETURNS SETOF publications LANGUAGE plpgsql AS $$
+        DECLARE
+            buckets integer[] := presence_lock_buckets(ARRAY(
+                SELECT p.presentity FROM publications p JOIN sharing_tags t ON p.tag = t.name
+                WHERE t.owner = p_node AND p.expires_at <= p_now LIMIT p_limit), false);
+        BEGIN
+            RETURN QUERY
+                WITH owned AS (SELECT name FROM sharing_tags WHERE owner = p_node FOR SHARE),
+                victims AS (
+                    SELECT p.etag FROM publications p JOIN owned ON p.tag = owned.name
+                    WHERE p.expires_at <= p_now AND presence_bucket(p.presentity) = ANY(buckets)
+                    LIMIT p_limit FOR UPDATE OF p SKIP LOCKED
+                )
+                DELETE FROM publications p USING victims WHERE p.etag = victims.etag RETURNING p.*;
+        END $$""",
+    ],
 ]

@@ -1,0 +1,132 @@
+"""Group commit for the hot statements of a shared-database node.
+
+A statement costs the node about 0.2 ms of CPU in the driver and the
+database about 0.3 ms (parse, bind, commit, WAL flush), whatever it
+carries; the work of one PUBLISH or SUBSCRIBE inside it is far less.  So
+requests of one kind that arrive while the database is busy go together, as
+one statement and one transaction: at four to a statement the node spends a
+third and the database half as much per request (``bench/cluster``).
+
+No request ever waits for company.  While fewer than ``max_inflight``
+statements of this kind run and none is queued, a request runs at once, on
+its own, as before; only requests that arrive while that many are running
+queue, and each statement that finishes takes the whole queue (up to
+``max_batch``) with it.  The batch size so follows the load.
+
+Sans I/O: the two statement runners are given, so the policy is tested
+without a database.  A batch the database refuses as a whole (one bad item
+aborts its transaction) is run again one item at a time, so each request
+gets its own answer; an error that is not the statement's (the connection
+broke) is every item's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Awaitable, Callable, Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Batcher(Generic[Item, Result]):
+    """Runs ``one(item)`` alone when the database is idle enough, else
+    queues the item for the next ``many(items)`` (results in item order)."""
+
+    def __init__(
+        self,
+        one: Callable[[Item], Awaitable[Result]],
+        many: Callable[[list[Item]], Awaitable[list[Result]]],
+        *,
+        max_batch: int = 32,
+        max_inflight: int = 2,
+        item_error: Callable[[BaseException], bool] = lambda e: True,
+    ) -> None:
+        if max_batch < 2 or max_inflight < 1:
+            raise ValueError("max_batch must be at least 2 and max_inflight at least 1")
+        self._one = one
+        self._many = many
+        self.max_batch = max_batch
+        self.max_inflight = max_inflight
+        #: Whether a batch's error may be one item's fault (then each item is
+        #: run alone); otherwise it is every item's answer.
+        self._item_error = item_error
+        self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Statements of several items, the items they carried, and the
+        #: batches refused as a whole and run again one by one.
+        self.batches = 0
+        self.batched = 0
+        self.retried = 0
+
+    async def run(self, item: Item) -> Result:
+        if self._inflight < self.max_inflight and not self._queue:
+            self._inflight += 1
+            try:
+                return await self._one(item)
+            finally:
+                self._inflight -= 1
+                self._next()
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, fut))
+        return await fut
+
+    def _next(self) -> None:
+        """Start statements for the queue while a slot is free."""
+        while self._queue and self._inflight < self.max_inflight:
+            batch: list[tuple[Item, asyncio.Future[Result]]] = []
+            while self._queue and len(batch) < self.max_batch:
+                item, fut = self._queue.popleft()
+                if not fut.done():  # a request cancelled while queued never runs
+                    batch.append((item, fut))
+            if not batch:
+                return
+            self._inflight += 1
+            task = asyncio.ensure_future(self._flush(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        try:
+            if len(batch) == 1:
+                await self._settle(*batch[0])
+                return
+            self.batches += 1
+            self.batched += len(batch)
+            try:
+                results = await self._many([item for item, _ in batch])
+            except Exception as e:
+                if not self._item_error(e):
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    return
+                self.retried += 1
+                for item, fut in batch:
+                    await self._settle(item, fut)
+                return
+            for (_, fut), result in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+        finally:
+            self._inflight -= 1
+            self._next()
+
+    async def _settle(self, item: Item, fut: asyncio.Future[Result]) -> None:
+        if fut.done():
+            return
+        try:
+            result = await self._one(item)
+        except Exception as e:
+            if not fut.done():
+                fut.set_exception(e)
+        else:
+            if not fut.done():
+                fut.set_result(result)
+
+    async def close(self) -> None:
+        """Wait for the statements under way (their requests get answers)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
