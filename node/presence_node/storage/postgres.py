@@ -42,7 +42,7 @@ from typing import Any, AsyncIterator, Collection, Mapping
 from weakref import WeakKeyDictionary
 
 import psycopg
-from psycopg import AsyncConnection, AsyncCursor
+from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
@@ -67,24 +67,27 @@ EXPIRY_BATCH = 2000
 MAX_BATCH = 32
 MAX_INFLIGHT = 2
 
-_PUBLISH_CALL = f"{_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-_PUBLISH_ONE = f"SELECT {_PUBLISH_CALL}"
-_SUBSCRIBE_CALL = f"* FROM presence_subscribe({', '.join(['%s'] * 23)})"
-_SUBSCRIBE_ONE = f"SELECT {_SUBSCRIBE_CALL}"
+_PUBLISH_ONE = f"SELECT {_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_SUBSCRIBE_ONE = f"SELECT * FROM presence_subscribe({', '.join(['%s'] * 23)})"
 
 
 @functools.cache
-def _batch_sql(call: str, columns: int, n: int, exclusive: bool) -> str:
-    """One statement for ``n`` calls of a hot function: a first branch that
-    locks the presentities' buckets in order (index -1; its parameters are
-    the ``n`` presentities), then the calls, each row led by its call's
-    index.  A plain (not parallel) UNION ALL runs its branches in order."""
-    nulls = ", NULL" * columns
+def _batch_sql(columns: str, function: str, nargs: int, ncolumns: int, n: int, exclusive: bool) -> str:
+    """One statement for ``n`` calls of a hot function, with ``$n``
+    placeholders: a first branch that locks the presentities' buckets in
+    order (index -1; parameters 1..n are the presentities), then the calls,
+    each row led by its call's index.  A plain (not parallel) UNION ALL
+    runs its branches in order."""
     lock = (
-        f"SELECT -1{nulls} FROM presence_lock_buckets(ARRAY[{', '.join(['%s'] * n)}]::text[], "
-        f"{'true' if exclusive else 'false'})"
+        f"SELECT -1{', NULL' * ncolumns} FROM presence_lock_buckets("
+        f"ARRAY[{', '.join(f'${k}' for k in range(1, n + 1))}]::text[], {'true' if exclusive else 'false'})"
     )
-    return " UNION ALL ".join([lock, *(f"SELECT {i}, {call}" for i in range(n))])
+    calls = []
+    for i in range(n):
+        first = n + i * nargs + 1
+        args = ", ".join(f"${k}" for k in range(first, first + nargs))
+        calls.append(f"SELECT {i}, {columns} FROM {function}({args})")
+    return " UNION ALL ".join([lock, *calls])
 
 
 def _by_index(rows: list[tuple[Any, ...]], n: int) -> list[list[tuple[Any, ...]]]:
@@ -142,6 +145,7 @@ class Leases:
         self._leased = 0  # connections taken from the pool, idle or busy
         self._waiters: deque[asyncio.Future[AsyncConnection[Any] | None]] = deque()
         self._cursors: WeakKeyDictionary[AsyncConnection[Any], AsyncCursor[Any]] = WeakKeyDictionary()
+        self._raw_cursors: WeakKeyDictionary[AsyncConnection[Any], AsyncRawCursor[Any]] = WeakKeyDictionary()
         self._closed = False
 
     async def acquire(self) -> AsyncConnection[Any]:
@@ -202,6 +206,7 @@ class Leases:
         """Give a connection back to the pool (it resets or replaces it)."""
         self._leased -= 1
         self._cursors.pop(conn, None)
+        self._raw_cursors.pop(conn, None)
         try:
             await self._pool.putconn(conn)
         finally:
@@ -215,7 +220,16 @@ class Leases:
                 w.set_result(None)
                 return
 
-    def cursor(self, conn: AsyncConnection[Any]) -> AsyncCursor[Any]:
+    def cursor(self, conn: AsyncConnection[Any], raw: bool = False) -> AsyncCursor[Any]:
+        """The connection's reused cursor; ``raw``: the one for ``$n``
+        placeholders, which psycopg passes through unparsed (it caches its
+        parse of a ``%s`` query only up to 50 parameters, and re-parsing a
+        batch statement would cost a quarter of the node's CPU)."""
+        if raw:
+            rcur = self._raw_cursors.get(conn)
+            if rcur is None:
+                rcur = self._raw_cursors[conn] = AsyncRawCursor(conn)
+            return rcur
         cur = self._cursors.get(conn)
         if cur is None:
             cur = self._cursors[conn] = conn.cursor()
@@ -280,11 +294,12 @@ class PostgresStorage:
     async def ping(self) -> None:
         await self._rows("SELECT 1")
 
-    async def _rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    async def _rows(self, sql: str, params: Any = None, *, raw: bool = False) -> list[tuple[Any, ...]]:
+        """The rows of one statement; ``raw``: placeholders are ``$n``."""
         leases = self.pool
         conn = await leases.acquire()
         try:
-            cur = leases.cursor(conn)
+            cur = leases.cursor(conn, raw)
             # Binary results: no text parsing of numbers and bytea.
             await cur.execute(sql, params, prepare=True, binary=True)
             # pgresult.nfields, not cur.description: the latter builds a
@@ -327,11 +342,11 @@ class PostgresStorage:
         return [_sub(r) for r in await self._rows(_PUBLISH_ONE, self._publish_params(*item))]
 
     async def _publish_many(self, items: list[tuple[Publication, float]]) -> list[list[Subscription]]:
-        sql = _batch_sql(_PUBLISH_CALL, 21, len(items), False)
+        sql = _batch_sql(_SUB_COLUMNS, "presence_publish", 9, 21, len(items), False)
         params = [pub.presentity for pub, _ in items]
         for item in items:
             params.extend(self._publish_params(*item))
-        return [[_sub(r) for r in rows] for rows in _by_index(await self._rows(sql, params), len(items))]
+        return [[_sub(r) for r in rows] for rows in _by_index(await self._rows(sql, params, raw=True), len(items))]
 
     async def replace_publication(
         self,
@@ -502,11 +517,12 @@ class PostgresStorage:
     async def _subscribe_many(
         self, items: list[tuple[Subscription, float, str | None]]
     ) -> list[tuple[list[Publication], int]]:
-        sql = _batch_sql(_SUBSCRIBE_CALL, 10, len(items), True)
+        sql = _batch_sql("*", "presence_subscribe", 23, 10, len(items), True)
         params: list[Any] = [sub.presentity for sub, _, _ in items]
         for item in items:
             params.extend(self._subscribe_params(*item))
-        return [self._subscribe_result(rows) for rows in _by_index(await self._rows(sql, params), len(items))]
+        rows = await self._rows(sql, params, raw=True)
+        return [self._subscribe_result(r) for r in _by_index(rows, len(items))]
 
     async def subscription(self, sub_id: str) -> Subscription | None:
         row = await self._one(f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE id = %s", (sub_id,))
