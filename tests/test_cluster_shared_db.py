@@ -6,12 +6,13 @@ restarts) are in test_cluster_failover.py."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
 from bodies import PIDF_NS, pidf, xml
 from presence_node.storage.postgres import PostgresStorage
-from wire import cseq_num, sub_state
+from wire import cseq_num, parse_metrics, sub_state
 
 BOB = "sip:bob@example.com"
 
@@ -202,3 +203,30 @@ async def test_s80_a_stopping_node_on_the_shared_database_hands_nothing_off(clus
     assert (await pub.publish(pidf(BOB, "open", note="via b"))).code == 200
     [_, n] = await watcher.dialog_notifies(d, 2)
     assert sub_state(n)[0] == "active" and b"via b" in n.body
+
+
+async def test_concurrent_requests_share_statements_and_each_gets_its_own_answer(cluster, make_client):
+    """Group commit seen from SIP: PUBLISHes and SUBSCRIBEs sent at once to
+    one node share database statements (its metrics count them), and every
+    request still gets its own answer: each watcher's first NOTIFY carries
+    exactly its presentity's note."""
+    [a] = await cluster({"vip": "active"}, default_tags=["vip"])
+    n = 40
+    publishers = [await make_client(f"u{i}", target=a) for i in range(n)]
+    answers = await asyncio.gather(
+        *(c.publish(pidf(f"sip:u{i}@example.com", "open", note=f"note-{i}-end")) for i, c in enumerate(publishers))
+    )
+    assert [r.code for r in answers] == [200] * n
+    watchers = [await make_client(f"w{i}", target=a) for i in range(n)]
+    subscribed = await asyncio.gather(*(w.subscribe(f"sip:u{i}@example.com") for i, w in enumerate(watchers)))
+    for i, (w, (resp, d)) in enumerate(zip(watchers, subscribed)):
+        assert resp.code == 200
+        [first] = await w.dialog_notifies(d, 1)
+        notes = re.findall(rb"note-\d+-end", first.body)
+        assert notes == [f"note-{i}-end".encode()], (i, notes)
+    m = parse_metrics((await a.metrics_text()).decode())
+    for kind in ("publish", "subscribe"):
+        batches = m[("storage_batches_total", (("kind", kind),))]
+        carried = m[("storage_batched_requests_total", (("kind", kind),))]
+        assert 0 < batches < carried <= n, kind
+        assert m[("storage_batch_retries_total", (("kind", kind),))] == 0

@@ -56,6 +56,8 @@ class Metrics:
         self.subscriptions = 0
         self.presentities = 0
         self.peers_up = 0
+        #: Group commit of the storage (Storage.batch_counts), set before a scrape.
+        self.batches: dict[str, tuple[int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
         v = self._values
         self._requests = v["sip_requests"]
@@ -128,6 +130,15 @@ class Metrics:
             "presence_presentities", "Presentities with live publications", value=self.presentities
         )
         yield GaugeMetricFamily("cluster_peers_up", "Federation peers heard from recently", value=self.peers_up)
+        for i, (name, doc) in enumerate((
+            ("storage_batches", "Database statements that carried several requests, by request kind"),
+            ("storage_batched_requests", "Requests carried by those statements, by request kind"),
+            ("storage_batch_retries", "Batch statements refused as a whole and run again one by one"),
+        )):
+            family = CounterMetricFamily(name, doc, labels=["kind"])
+            for kind, values in sorted(self.batches.items()):
+                family.add_metric([kind], values[i])
+            yield family
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

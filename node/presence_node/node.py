@@ -153,6 +153,7 @@ class Node:
         subs, pres = await self.storage.counts()
         self.metrics.subscriptions = subs
         self.metrics.presentities = pres
+        self.metrics.batches = self.storage.batch_counts()
         if self.federation is not None:
             self.metrics.peers_up = self.federation.peers_up
         return self.metrics.render()

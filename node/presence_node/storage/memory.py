@@ -372,3 +372,6 @@ class MemoryStorage:
 
     async def counts(self) -> tuple[int, int]:
         return len(self._subs), len({k[0] for k in self._pubs})
+
+    def batch_counts(self) -> dict[str, tuple[int, int, int]]:
+        return {}  # every step is a dict operation: nothing to group

@@ -721,6 +721,12 @@ class PostgresStorage:
         assert row is not None
         return int(row[0]), int(row[1])
 
+    def batch_counts(self) -> dict[str, tuple[int, int, int]]:
+        return {
+            kind: (b.batches, b.batched, b.retried)
+            for kind, b in (("publish", self.publishes), ("subscribe", self.subscribes))
+        }
+
 
 async def migrate(conn: AsyncConnection[Any]) -> int:
     """Bring the schema to the newest version; returns it.  Serialised by a
