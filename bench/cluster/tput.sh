@@ -3,8 +3,8 @@
 # PostgreSQL), our nodes vs the Kamailio shared-DB cluster, back to back.
 #
 #   tput.sh [--only node|kamailio] [--mode ha|lb] [-n KAM_CHILDREN] WORKLOAD "RATE..." REPS DURATION
-#   tput.sh publish "1500 2100 2800" 2 15
-#   tput.sh subscribe "1200 1800 2400" 2 15
+#   tput.sh publish "700 2100 2800" 2 15
+#   tput.sh subscribe "600 1800 2400" 2 15
 #
 # For each RATE, each of REPS repetitions, each cluster in turn (ours:
 # nodes.sh start --mode MODE, default ha; Kamailio: kamailio.sh start): start
