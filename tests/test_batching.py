@@ -19,17 +19,23 @@ class Statements:
         self.gate = asyncio.Event()
         self.fail_many: BaseException | None = None
         self.bad: set[int] = set()
+        #: Items that wait for ``gate`` (None: all of them).
+        self.stuck: set[int] | None = None
+
+    async def _wait(self, items: list[int]) -> None:
+        if self.stuck is None or self.stuck & set(items):
+            await self.gate.wait()
 
     async def one(self, item: int) -> int:
         self.calls.append([item])
-        await self.gate.wait()
+        await self._wait([item])
         if item in self.bad:
             raise ValueError(f"bad item {item}")
         return item * 10
 
     async def many(self, items: list[int]) -> list[int]:
         self.calls.append(list(items))
-        await self.gate.wait()
+        await self._wait(items)
         if self.fail_many is not None:
             raise self.fail_many
         return [i * 10 for i in items]
@@ -148,6 +154,35 @@ async def test_close_waits_for_the_statements_under_way():
     await b.close()
     assert all(t.done() for t in queued)
     assert [t.result() for t in queued] == [20, 30]
+
+
+async def test_requests_queued_behind_stuck_statements_start_their_own_after_max_wait():
+    """The statements under way wait for a lock on their presentities; a
+    request for another presentity queued behind them must not wait with
+    them for longer than max_wait."""
+    st = Statements()
+    st.stuck = {1}
+    b = Batcher(st.one, st.many, max_batch=8, max_inflight=1, max_wait=0.05)
+    stuck = asyncio.ensure_future(b.run(1))
+    await settle()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert await asyncio.wait_for(asyncio.gather(b.run(2), b.run(3)), 2) == [20, 30]
+    assert 0.04 <= loop.time() - t0 < 1.0
+    assert st.calls == [[1], [2, 3]] and b.overdue == 1
+    assert not stuck.done()
+    st.gate.set()
+    assert await stuck == 10
+
+
+async def test_no_statement_is_started_early_while_the_queue_moves():
+    st = Statements()
+    b = Batcher(st.one, st.many, max_batch=4, max_inflight=1, max_wait=0.05)
+    st.gate.set()
+    results = await asyncio.gather(*(b.run(i) for i in range(40)))
+    assert results == [i * 10 for i in range(40)]
+    await asyncio.sleep(0.1)
+    assert b.overdue == 0
 
 
 def test_a_batch_must_be_able_to_hold_two():

@@ -35,6 +35,7 @@ async def test_concurrent_publishes_share_statements_and_each_gets_its_own_watch
             await s.insert_subscription_state(sub(i, name(i)), NOW)
         results = await asyncio.gather(*(s.insert_publication_watched(publication(i, f"e{i}"), NOW) for i in range(40)))
         assert s.publishes.batches > 0 and s.publishes.batched > s.publishes.batches
+        assert s.publishes.retried == 0  # the batches themselves succeeded
         for i, watchers in enumerate(results):
             assert [w.id for w in watchers] == ([f"s{i}"] if i % 2 == 0 else []), i
         for i in range(40):
@@ -51,6 +52,7 @@ async def test_concurrent_subscribes_share_statements_and_each_gets_its_own_stat
         # presence.winfo-style count: how many presence watchers already exist.
         results = await asyncio.gather(*(s.insert_subscription_state(sub(i, name(i)), NOW, "presence") for i in range(40)))
         assert s.subscribes.batches > 0 and s.subscribes.batched > s.subscribes.batches
+        assert s.subscribes.retried == 0  # the batches themselves succeeded
         for i, (pubs, count) in enumerate(results):
             assert [p.etag for p in pubs] == ([f"e{i}"] if i % 3 == 0 else []), i
             assert count == 1, i  # itself: its own insert precedes its read
@@ -137,3 +139,28 @@ async def test_the_expiry_sweep_takes_its_bucket_locks_in_order_before_any_row(p
         assert sorted(p.etag for p in expired) == ["high", "low"]
     finally:
         await a.close()
+
+
+async def test_an_error_that_is_not_one_requests_fault_is_every_requests_answer_at_once(pg_dsn):
+    """A statement timeout (or a shutdown, a lost connection) is not one
+    request's fault: the batch's requests all get it, without being run
+    again one by one (which would multiply the wait)."""
+    s = await started(pg_dsn + " options='-c statement_timeout=300'")
+    try:
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as other:
+            # Bob's bucket held elsewhere: every SUBSCRIBE of bob waits, and times out.
+            await other.execute(
+                "SELECT pg_advisory_xact_lock(%s, presence_bucket('bob@example.com'))", (PRESENTITY_LOCK,)
+            )
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            results = await asyncio.gather(
+                *(s.insert_subscription_state(sub(i), NOW) for i in range(6)), return_exceptions=True
+            )
+            elapsed = loop.time() - t0
+            await other.rollback()
+        assert all(isinstance(r, psycopg.errors.QueryCanceled) for r in results), results
+        assert s.subscribes.batches >= 1 and s.subscribes.retried == 0
+        assert elapsed < 1.5  # two rounds of 0.3 s (alone, then the batch), not six more
+    finally:
+        await s.close()

@@ -57,7 +57,7 @@ class Metrics:
         self.presentities = 0
         self.peers_up = 0
         #: Group commit of the storage (Storage.batch_counts), set before a scrape.
-        self.batches: dict[str, tuple[int, int, int]] = {}
+        self.batches: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
         v = self._values
         self._requests = v["sip_requests"]
@@ -134,6 +134,7 @@ class Metrics:
             ("storage_batches", "Database statements that carried several requests, by request kind"),
             ("storage_batched_requests", "Requests carried by those statements, by request kind"),
             ("storage_batch_retries", "Batch statements refused as a whole and run again one by one"),
+            ("storage_batch_overdue", "Statements started for requests queued longer than the batch wait"),
         )):
             family = CounterMetricFamily(name, doc, labels=["kind"])
             for kind, values in sorted(self.batches.items()):

@@ -209,8 +209,9 @@ class Storage(Protocol):
     async def counts(self) -> tuple[int, int]:
         """(live subscriptions, presentities with a live publication)."""
 
-    def batch_counts(self) -> dict[str, tuple[int, int, int]]:
+    def batch_counts(self) -> dict[str, tuple[int, int, int, int]]:
         """Group commit so far, per request kind: statements that carried
-        several requests, the requests they carried, and those statements
-        refused as a whole and run again one request at a time (empty for a
+        several requests, the requests they carried, those statements
+        refused as a whole and run again one request at a time, and
+        statements started for requests queued too long (empty for a
         backend without group commit)."""

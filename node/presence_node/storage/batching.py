@@ -32,7 +32,13 @@ Result = TypeVar("Result")
 
 class Batcher(Generic[Item, Result]):
     """Runs ``one(item)`` alone when the database is idle enough, else
-    queues the item for the next ``many(items)`` (results in item order)."""
+    queues the item for the next ``many(items)`` (results in item order).
+
+    A queued request waits for a statement of its kind to finish; should
+    those be stuck (a lock held elsewhere on their presentities), the
+    request would wait with them although its own presentity is free.  So
+    a request queued for ``max_wait`` seconds starts a statement of its own
+    (beyond ``max_inflight``; the connection pool still bounds them)."""
 
     def __init__(
         self,
@@ -41,25 +47,31 @@ class Batcher(Generic[Item, Result]):
         *,
         max_batch: int = 32,
         max_inflight: int = 2,
+        max_wait: float = 0.1,
         item_error: Callable[[BaseException], bool] = lambda e: True,
     ) -> None:
-        if max_batch < 2 or max_inflight < 1:
-            raise ValueError("max_batch must be at least 2 and max_inflight at least 1")
+        if max_batch < 2 or max_inflight < 1 or max_wait <= 0:
+            raise ValueError("max_batch must be at least 2, max_inflight at least 1, max_wait above 0")
         self._one = one
         self._many = many
         self.max_batch = max_batch
         self.max_inflight = max_inflight
+        self.max_wait = max_wait
         #: Whether a batch's error may be one item's fault (then each item is
         #: run alone); otherwise it is every item's answer.
         self._item_error = item_error
-        self._queue: deque[tuple[Item, asyncio.Future[Result]]] = deque()
+        #: (item, its future, loop time it was queued)
+        self._queue: deque[tuple[Item, asyncio.Future[Result], float]] = deque()
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Statements of several items, the items they carried, and the
-        #: batches refused as a whole and run again one by one.
+        self._timer: asyncio.TimerHandle | None = None
+        #: Statements of several items, the items they carried, the batches
+        #: refused as a whole and run again one by one, and the statements
+        #: started for requests queued longer than max_wait.
         self.batches = 0
         self.batched = 0
         self.retried = 0
+        self.overdue = 0
 
     async def run(self, item: Item) -> Result:
         if self._inflight < self.max_inflight and not self._queue:
@@ -69,24 +81,49 @@ class Batcher(Generic[Item, Result]):
             finally:
                 self._inflight -= 1
                 self._next()
-        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, fut))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Result] = loop.create_future()
+        self._queue.append((item, fut, loop.time()))
+        if self._timer is None:
+            self._timer = loop.call_later(self.max_wait, self._overdue)
         return await fut
+
+    def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
+        """Up to max_batch queued requests (those cancelled while queued never run)."""
+        batch: list[tuple[Item, asyncio.Future[Result]]] = []
+        while self._queue and len(batch) < self.max_batch:
+            item, fut, _ = self._queue.popleft()
+            if not fut.done():
+                batch.append((item, fut))
+        return batch
+
+    def _start(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        self._inflight += 1
+        task = asyncio.ensure_future(self._flush(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _next(self) -> None:
         """Start statements for the queue while a slot is free."""
         while self._queue and self._inflight < self.max_inflight:
-            batch: list[tuple[Item, asyncio.Future[Result]]] = []
-            while self._queue and len(batch) < self.max_batch:
-                item, fut = self._queue.popleft()
-                if not fut.done():  # a request cancelled while queued never runs
-                    batch.append((item, fut))
-            if not batch:
-                return
-            self._inflight += 1
-            task = asyncio.ensure_future(self._flush(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            batch = self._take()
+            if batch:
+                self._start(batch)
+
+    def _overdue(self) -> None:
+        self._timer = None
+        if not self._queue:
+            return
+        loop = asyncio.get_running_loop()
+        waited = loop.time() - self._queue[0][2]
+        if waited >= self.max_wait * 0.99:
+            batch = self._take()
+            if batch:
+                self.overdue += 1
+                self._start(batch)
+        if self._queue:
+            waited = loop.time() - self._queue[0][2]
+            self._timer = loop.call_later(max(self.max_wait - waited, 0.001), self._overdue)
 
     async def _flush(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
@@ -110,6 +147,11 @@ class Batcher(Generic[Item, Result]):
             for (_, fut), result in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
+        except BaseException:
+            # Cancelled (shut down): no request is left waiting forever.
+            for _, fut in batch:
+                fut.cancel()
+            raise
         finally:
             self._inflight -= 1
             self._next()
@@ -129,4 +171,7 @@ class Batcher(Generic[Item, Result]):
     async def close(self) -> None:
         """Wait for the statements under way (their requests get answers)."""
         while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.wait(list(self._tasks))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

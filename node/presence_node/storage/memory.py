@@ -373,5 +373,5 @@ class MemoryStorage:
     async def counts(self) -> tuple[int, int]:
         return len(self._subs), len({k[0] for k in self._pubs})
 
-    def batch_counts(self) -> dict[str, tuple[int, int, int]]:
+    def batch_counts(self) -> dict[str, tuple[int, int, int, int]]:
         return {}  # every step is a dict operation: nothing to group

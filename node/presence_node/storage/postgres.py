@@ -44,6 +44,7 @@ from weakref import WeakKeyDictionary
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor
 from psycopg.pq import TransactionStatus
+from psycopg.types.numeric import Int8
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from .base import StaleEpoch, StorageUnavailable, UnknownTag
@@ -66,6 +67,9 @@ EXPIRY_BATCH = 2000
 #: statements of one kind under way at once.
 MAX_BATCH = 32
 MAX_INFLIGHT = 2
+#: Seconds a queued request waits for a statement of its kind before it
+#: starts one of its own (those under way may be stuck on locks).
+MAX_WAIT = 0.1
 
 _PUBLISH_ONE = f"SELECT {_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _SUBSCRIBE_ONE = f"SELECT * FROM presence_subscribe({', '.join(['%s'] * 23)})"
@@ -99,10 +103,17 @@ def _by_index(rows: list[tuple[Any, ...]], n: int) -> list[list[tuple[Any, ...]]
     return out
 
 
+#: SQLSTATE classes one request of a batch can cause: data exceptions,
+#: integrity violations (an unknown tag), transaction rollback (deadlock),
+#: PL/pgSQL raises.  Connection loss, timeouts, shutdown, resource limits
+#: are every request's answer at once: retrying them one by one would only
+#: multiply the wait.
+_ITEM_ERRORS = frozenset({"22", "23", "40", "P0"})
+
+
 def _statement_error(e: BaseException) -> bool:
-    """Refused by the server (it has an SQLSTATE), not a broken connection:
-    maybe one item's fault, so a batch's items are tried one by one."""
-    return isinstance(e, psycopg.Error) and e.sqlstate is not None
+    """May this batch error be one request's fault (try them one by one)?"""
+    return isinstance(e, psycopg.Error) and (e.sqlstate or "")[:2] in _ITEM_ERRORS
 
 
 def _sub(row: tuple[Any, ...]) -> Subscription:
@@ -269,12 +280,12 @@ class PostgresStorage:
         #: Connections for every statement and transaction (see Leases).
         self.pool = Leases(self._pool, max_size)
         self.publishes: Batcher[tuple[Publication, float], list[Subscription]] = Batcher(
-            self._publish_one, self._publish_many, max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT,
-            item_error=_statement_error,
+            self._publish_one, self._publish_many,
+            max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT, max_wait=MAX_WAIT, item_error=_statement_error,
         )
         self.subscribes: Batcher[tuple[Subscription, float, str | None], tuple[list[Publication], int]] = Batcher(
-            self._subscribe_one, self._subscribe_many, max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT,
-            item_error=_statement_error,
+            self._subscribe_one, self._subscribe_many,
+            max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT, max_wait=MAX_WAIT, item_error=_statement_error,
         )
 
     async def start(self) -> None:
@@ -501,8 +512,11 @@ class PostgresStorage:
         return (
             sub.id, sub.call_id, sub.remote_tag, sub.presentity, sub.event, sub.event_header, sub.event_params,
             sub.watcher, sub.remote_uri, sub.local_uri, sub.contact, sub.routes, sub.transport, sub.source,
-            sub.accept, sub.expires_at, sub.remote_cseq, sub.cseq, sub.version, sub.status, sub.tag,
-            now, watchers_of,
+            # int8 whatever the value: psycopg sends a small int as int2 and
+            # keys prepared statements by parameter types, so mixed widths
+            # would re-prepare nearly every batch.
+            sub.accept, sub.expires_at, Int8(sub.remote_cseq), Int8(sub.cseq), Int8(sub.version), sub.status,
+            sub.tag, now, watchers_of,
         )
 
     @staticmethod
@@ -721,9 +735,9 @@ class PostgresStorage:
         assert row is not None
         return int(row[0]), int(row[1])
 
-    def batch_counts(self) -> dict[str, tuple[int, int, int]]:
+    def batch_counts(self) -> dict[str, tuple[int, int, int, int]]:
         return {
-            kind: (b.batches, b.batched, b.retried)
+            kind: (b.batches, b.batched, b.retried, b.overdue)
             for kind, b in (("publish", self.publishes), ("subscribe", self.subscribes))
         }
 
