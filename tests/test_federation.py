@@ -235,6 +235,21 @@ async def test_messages_per_publish_follow_interest_not_cluster_size(federation,
     assert sent(await counters(n1), "publish") == before
 
 
+async def test_a_watcher_dropped_after_a_failed_notify_withdraws_the_interest(federation, make_client):
+    """S26 across locations: n2's only watcher of bob answers a NOTIFY
+    with 481, so n2 removes the subscription; n2 must then withdraw its
+    interest, or n1 would go on sending it every PUBLISH of bob."""
+    n1, n2 = await federation(2)
+    w, d = await watch_bob(make_client, n2, n1)
+    pub = await make_client("bob", target=n1)
+    w.notify_answer = 481
+    assert (await pub.publish(pidf(BOB, note="gone"))).code == 200
+    await until(lambda: (BOB[4:], "presence") not in n1.federation.interest["n2"])
+    before = sent(await counters(n1), "publish")
+    assert (await pub.publish(pidf(BOB, note="unwatched"))).code == 200
+    assert sent(await counters(n1), "publish") == before
+
+
 async def test_packages_not_in_cluster_pres_events_stay_local(federation, make_client):
     """dialog (BLF) is not federated by default: a watcher on n2 never sees
     a dialog PUBLISH made on n1, and nothing is sent for it."""

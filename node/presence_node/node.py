@@ -76,6 +76,7 @@ class Node:
             )
             self.service.federation = self.federation
             self.expirer.listener = self.federation
+            self.notifier.listener = self.federation
             self.tags.on_change = self.federation.tags_changed
         self._secret = secret
         self._runner: web.AppRunner | None = None

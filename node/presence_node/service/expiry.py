@@ -11,16 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable, Protocol
 
-from .notify import Notifier
+from .notify import Notifier, Unwatching
 from ..storage import Publication, Storage
 
 log = logging.getLogger(__name__)
 
 
-class ExpiryListener(Protocol):
+class ExpiryListener(Unwatching, Protocol):
     """Told what expired (the federation: withdraw interest, tell peers)."""
-
-    async def unwatched(self, keys: Iterable[tuple[str, str]]) -> None: ...
 
     def expired(self, pubs: Iterable[Publication]) -> None: ...
 

@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 WINFO = "presence.winfo"
 
 
+class Unwatching(Protocol):
+    """Told when subscriptions go (the federation withdraws its interest
+    in a presentity nobody here watches any more)."""
+
+    async def unwatched(self, keys: Iterable[tuple[str, str]]) -> None: ...
+
+
 class Sender(Protocol):
     """The network side, as the notifier sees it."""
 
@@ -84,6 +91,8 @@ class Notifier:
         self.metrics = metrics
         self.min_interval = min_interval
         self.clock = clock
+        #: Told of subscriptions dropped after a failed NOTIFY (S26).
+        self.listener: Unwatching | None = None
         self._busy: dict[str, int | _Terminal] = {}
         self._last_sent: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -266,6 +275,8 @@ class Notifier:
         if removed is not None:
             log.info("subscription removed after NOTIFY failure", extra={"sub": sub.id, "code": code})
             await self.watcher_changed(removed, "terminated", "noresource" if code != 408 else "timeout")
+            if self.listener is not None:
+                await self.listener.unwatched([(removed.presentity, removed.event)])
 
     async def watcher_changed(self, sub: Subscription, status: str, event: str) -> None:
         """A presence watcher appeared or went: partial winfo to the
