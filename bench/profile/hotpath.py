@@ -1,7 +1,7 @@
 """CPU cost of the node's hot paths, in-process (no SIPp, no sockets for
 the measured messages): PUBLISH, and SUBSCRIBE with its NOTIFY answered.
 
-    .venv/bin/python bench/profile/hotpath.py [publish|subscribe] [N] [--profile] [--dsn-file FILE]
+    .venv/bin/python bench/profile/hotpath.py [publish|subscribe] [N] [--profile [--profile-out F]] [--dsn-file FILE]
 
 Prints microseconds of CPU per request.  With --profile, the top functions
 by own time (cProfile).  Use it to see where time goes before optimising.
@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("kind", nargs="?", default="publish", choices=["publish", "subscribe"])
     parser.add_argument("n", nargs="?", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-out", help="also write the cProfile data here (for pstats or snakeviz)")
     parser.add_argument("--dsn-file")
     a = parser.parse_args()
     import uvloop
@@ -148,7 +149,8 @@ def main() -> None:
         prof.enable()
         us = asyncio.run(run(a.kind, a.n, a.dsn_file))
         prof.disable()
-        prof.dump_stats("/tmp/hotpath.prof")
+        if a.profile_out:
+            prof.dump_stats(a.profile_out)
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
     else:
         us = asyncio.run(run(a.kind, a.n, a.dsn_file))
