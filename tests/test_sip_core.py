@@ -19,6 +19,7 @@ from presence_node.sip.headers import parse_name_addr, parse_via
 from presence_node.sip.message import Request
 from presence_node.sip.parser import StreamFramer, parse
 
+from bodies import pidf
 from sipclient import SipClient, new_tag
 from wire import cseq_num, pidf, publications, raw_request, silence, snapshot, subscriptions, tag
 
@@ -632,3 +633,57 @@ async def test_malformed_over_tcp_closes_only_that_connection(node, make_client)
     resp, d = await good.subscribe(BOB)
     assert resp.code == 200
     await good.dialog_notifies(d, 1)
+
+
+@pytest.mark.parametrize("method", ["SUBSCRIBE", "PUBLISH"])
+async def test_rfc3261_8_2_2_2_merged_request_gets_482_and_changes_nothing(node, make_client, method):
+    """A request without a To tag whose From tag, Call-ID and CSeq match a
+    transaction we already have, but that is not that transaction (another
+    branch: it forked and came back by another path), is a merged request:
+    482 Loop Detected, and the first one's effect only.  A retransmission
+    (same branch) is still absorbed, and a new CSeq is a new request."""
+    c = await make_client("alice")
+    call_id = f"{uuid.uuid4().hex}@test"
+    if method == "SUBSCRIBE":
+        headers, body = [("Event", "presence"), ("Expires", "600")], b""
+    else:
+        headers = [("Event", "presence"), ("Expires", "600"), ("Content-Type", "application/pidf+xml")]
+        body = pidf("sip:alice@127.0.0.1")
+    uri = BOB if method == "SUBSCRIBE" else "sip:alice@127.0.0.1"
+    first = c.build(method, uri, headers, body, call_id=call_id, from_tag="ft1", branch="z9hG4bK-merge-a")
+    c.send_bytes(first)
+    assert (await c.response()).code == 200
+    before = await snapshot(node)
+    merged = c.build(method, uri, headers, body, call_id=call_id, from_tag="ft1", branch="z9hG4bK-merge-b")
+    c.send_bytes(merged)
+    resp = await c.response()
+    assert resp.code == 482
+    c.send_bytes(first)  # a retransmission of the first: absorbed, its 200 again
+    assert (await c.response()).code == 200
+    await asyncio.sleep(0.2)
+    assert await snapshot(node) == before
+    fresh = c.build(method, uri, headers, body, call_id=call_id, from_tag="ft1", cseq=2, branch="z9hG4bK-merge-c")
+    c.send_bytes(fresh)
+    assert (await c.response()).code != 482
+
+
+def test_merged_request_detection_lasts_as_long_as_the_transaction():
+    """The table itself: the origin of a held transaction makes another key
+    MERGED; once the transaction is forgotten (Timer J, or at once over
+    TCP, or abandoned), the origin is free again."""
+    from presence_node.sip.transaction import MERGED, ServerTransactions
+
+    t = ServerTransactions(t1=0.5)
+    o = ServerTransactions.origin("ft", "cid", 1, "SUBSCRIBE")
+    assert t.begin("a", o) is None
+    assert t.begin("b", o) is MERGED
+    t.complete("a", b"SIP/2.0 200 OK", now=0.0, reliable=False)
+    assert t.begin("b", o) is MERGED  # completed but held for Timer J
+    assert t.begin("a", o) == b"SIP/2.0 200 OK"  # a retransmission, not merged
+    t.sweep(32.0)
+    assert t.begin("b", o) is None  # a new request now
+    t.complete("b", b"SIP/2.0 200 OK", now=32.0, reliable=True)  # TCP: forgotten at once
+    assert t.begin("c", o) is None
+    t.abandon("c")
+    assert t.begin("d", o) is None
+    assert t.begin("e", None) is None  # in-dialog requests are not checked

@@ -22,7 +22,7 @@ from ..sip.message import Request, serialise
 from ..sip.parser import parse, peek_response
 from ..sip.response import ResponseBuilder, stamp_via
 from ..sip.status import Status, reason
-from ..sip.transaction import IN_PROGRESS, ServerTransactions
+from ..sip.transaction import IN_PROGRESS, MERGED, ServerTransactions
 from . import eager
 from .context import Incoming, Service
 from .limits import SourceLimiter
@@ -144,7 +144,19 @@ class Dispatcher:
         if method == "CANCEL":
             self._cancel(req, via, rb, send)
             return
-        stored = self.txns.begin(key)
+        # Out of dialog (no To tag): remember where it came from, to tell a
+        # merged copy (another branch of a forked request) from a new one.
+        origin = (
+            ServerTransactions.origin(frm.tag, req.headers.get("call-id") or "", cseq, method)
+            if frm.tag and not to.tag
+            else None
+        )
+        stored = self.txns.begin(key, origin)
+        if stored is MERGED:
+            # RFC 3261 §8.2.2.2: this request already reached us by another path.
+            self.metrics.dropped("merged")
+            self._send(send, method, rb.build(482, to_tag=self.svc.ids.tag()))
+            return
         if stored is not None:
             self.metrics.dropped("retransmission")
             if stored is not IN_PROGRESS and stored:

@@ -8,7 +8,11 @@ and keeps one wake-up at :meth:`ClientTransactions.next_deadline`.
 Server side (S03): a retransmitted request is matched by branch, sent-by and
 method and answered with the stored final response; while the first copy is
 still being processed, retransmissions are absorbed silently.  Completed
-entries are kept for Timer J (64*T1 over UDP, 0 over TCP).
+entries are kept for Timer J (64*T1 over UDP, 0 over TCP).  A request
+without a To tag whose From tag, Call-ID and CSeq (and method) are those of
+a transaction still held, but which is not that transaction, is a merged
+request (RFC 3261 §8.2.2.2: it forked and arrived again by another path):
+:data:`MERGED`, for a 482.
 
 Client side (S26): a NOTIFY over UDP is retransmitted on Timer E (T1,
 doubling up to T2; T2 once a provisional arrived) until a final response or
@@ -29,16 +33,22 @@ T2 = 4.0
 #: Returned by :meth:`ServerTransactions.begin` for a retransmission of a
 #: request that has no final response yet: absorb it.
 IN_PROGRESS = b""
+#: Returned by :meth:`ServerTransactions.begin` for a merged request (482).
+MERGED = b"\x00merged"
 
 
 class ServerTransactions:
     """The non-INVITE server transaction table."""
 
-    __slots__ = ("_table", "_expiry", "t1")
+    __slots__ = ("_table", "_expiry", "_origins", "_origin_of", "t1")
 
     def __init__(self, t1: float = T1) -> None:
         self._table: dict[str, bytes] = {}
         self._expiry: deque[tuple[float, str]] = deque()
+        #: Merged-request detection: origin (From tag, Call-ID, CSeq,
+        #: method) of each held out-of-dialog transaction -> its key, and back.
+        self._origins: dict[str, str] = {}
+        self._origin_of: dict[str, str] = {}
         self.t1 = t1
 
     @staticmethod
@@ -48,14 +58,26 @@ class ServerTransactions:
             return f"{branch}\x00{sent_by}\x00{method}"
         return f"\x01{fallback}\x00{method}"
 
-    def begin(self, key: str) -> bytes | None:
+    @staticmethod
+    def origin(from_tag: str, call_id: str, cseq: int, method: str) -> str:
+        """What identifies a request across forks (RFC 3261 §8.2.2.2)."""
+        return f"{from_tag}\x00{call_id}\x00{cseq}\x00{method}"
+
+    def begin(self, key: str, origin: str | None = None) -> bytes | None:
         """None for a new request (now in progress); otherwise the stored
-        final response to resend, or :data:`IN_PROGRESS` to absorb."""
+        final response to resend, :data:`IN_PROGRESS` to absorb, or
+        :data:`MERGED`.  ``origin``: for a request without a To tag."""
         stored = self._table.get(key)
-        if stored is None:
-            self._table[key] = IN_PROGRESS
-            return None
-        return stored
+        if stored is not None:
+            return stored
+        if origin is not None:
+            other = self._origins.get(origin)
+            if other is not None and other in self._table:
+                return MERGED
+            self._origins[origin] = key
+            self._origin_of[key] = origin
+        self._table[key] = IN_PROGRESS
+        return None
 
     def exists(self, key: str) -> bool:
         return key in self._table
@@ -63,7 +85,7 @@ class ServerTransactions:
     def complete(self, key: str, response: bytes, now: float, reliable: bool) -> None:
         """Record the final response; keep it for Timer J."""
         if reliable:
-            self._table.pop(key, None)
+            self._forget(key)
             return
         self._table[key] = response
         self._expiry.append((now + 64 * self.t1, key))
@@ -71,14 +93,19 @@ class ServerTransactions:
     def abandon(self, key: str) -> None:
         """Forget a request that got no response (dropped by policy)."""
         if self._table.get(key) == IN_PROGRESS:
-            del self._table[key]
+            self._forget(key)
 
     def sweep(self, now: float) -> None:
         exp = self._expiry
-        table = self._table
         while exp and exp[0][0] <= now:
             _, key = exp.popleft()
-            table.pop(key, None)
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        self._table.pop(key, None)
+        origin = self._origin_of.pop(key, None)
+        if origin is not None and self._origins.get(origin) == key:
+            del self._origins[origin]
 
     def __len__(self) -> int:
         return len(self._table)
