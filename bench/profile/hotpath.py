@@ -1,7 +1,9 @@
 """CPU cost of the node's hot paths, in-process (no SIPp, no sockets for
-the measured messages): PUBLISH, and SUBSCRIBE with its NOTIFY answered.
+the measured messages): PUBLISH, SUBSCRIBE with its NOTIFY answered, and
+PUBLISH to a presentity with one watcher (publish-watched: the PUBLISH and
+the NOTIFY it causes, answered).
 
-    .venv/bin/python bench/profile/hotpath.py [publish|subscribe] [N] [--profile [--profile-out F]] [--dsn-file FILE]
+    .venv/bin/python bench/profile/hotpath.py [publish|subscribe|publish-watched] [N] [--profile [--profile-out F]] [--dsn-file FILE]
 
 Prints microseconds of CPU per request.  With --profile, the top functions
 by own time (cProfile).  Use it to see where time goes before optimising.
@@ -112,22 +114,28 @@ async def run(kind: str, n: int, dsn_file: str | None) -> float:
             pump()
 
         node.transports._udp_send = send  # type: ignore[method-assign]
-        msgs = [publish(i) if kind == "publish" else subscribe(i) for i in range(n)]
-        t0 = time.process_time()
 
         def pump() -> None:
             while sent:
                 node.dispatcher.receive(answer(sent.pop()), "127.0.0.1", 6000, "udp", reply)
 
-        for i, m in enumerate(msgs):
-            node.dispatcher.receive(m, "127.0.0.1", 6000, "udp", reply)
-            pump()
-            if i % 200 == 0:
-                await asyncio.sleep(0)
-            while len(out) < i + 1 - WINDOW:
+        async def drive(msgs: list[bytes]) -> None:
+            out.clear()
+            for i, m in enumerate(msgs):
+                node.dispatcher.receive(m, "127.0.0.1", 6000, "udp", reply)
+                pump()
+                if i % 200 == 0:
+                    await asyncio.sleep(0)
+                while len(out) < i + 1 - WINDOW:
+                    await wait()
+            while len(out) < len(msgs) or node.transports.client:
                 await wait()
-        while len(out) < n or node.transports.client:
-            await wait()
+
+        if kind == "publish-watched":  # one watcher per presentity first, not counted
+            await drive([subscribe(i) for i in range(n)])
+        msgs = [subscribe(i) if kind == "subscribe" else publish(i) for i in range(n)]
+        t0 = time.process_time()
+        await drive(msgs)
         dt = time.process_time() - t0
         await node.stop()
     return dt / n * 1e6
@@ -135,7 +143,7 @@ async def run(kind: str, n: int, dsn_file: str | None) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", nargs="?", default="publish", choices=["publish", "subscribe"])
+    parser.add_argument("kind", nargs="?", default="publish", choices=["publish", "subscribe", "publish-watched"])
     parser.add_argument("n", nargs="?", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-out", help="also write the cProfile data here (for pstats or snakeviz)")

@@ -73,25 +73,30 @@ MAX_WAIT = 0.1
 
 _PUBLISH_ONE = f"SELECT {_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _SUBSCRIBE_ONE = f"SELECT * FROM presence_subscribe({', '.join(['%s'] * 23)})"
+_NOTIFY_ONE = "SELECT * FROM presence_next_notify(%s, %s, %s, %s)"
 
 
 @functools.cache
-def _batch_sql(columns: str, function: str, nargs: int, ncolumns: int, n: int, exclusive: bool) -> str:
+def _batch_sql(columns: str, function: str, nargs: int, ncolumns: int, n: int, lock: str | None) -> str:
     """One statement for ``n`` calls of a hot function, with ``$n``
-    placeholders: a first branch that locks the presentities' buckets in
-    order (index -1; parameters 1..n are the presentities), then the calls,
-    each row led by its call's index.  A plain (not parallel) UNION ALL
-    runs its branches in order."""
-    lock = (
-        f"SELECT -1{', NULL' * ncolumns} FROM presence_lock_buckets("
-        f"ARRAY[{', '.join(f'${k}' for k in range(1, n + 1))}]::text[], {'true' if exclusive else 'false'})"
-    )
-    calls = []
+    placeholders: the calls, each row led by its call's index, after (for
+    ``lock`` "shared" or "exclusive") a first branch that locks the
+    presentities' buckets in order (index -1; parameters 1..n are the
+    presentities).  A plain (not parallel) UNION ALL runs its branches in
+    order."""
+    branches = []
+    base = 0
+    if lock is not None:
+        branches.append(
+            f"SELECT -1{', NULL' * ncolumns} FROM presence_lock_buckets("
+            f"ARRAY[{', '.join(f'${k}' for k in range(1, n + 1))}]::text[], {'true' if lock == 'exclusive' else 'false'})"
+        )
+        base = n
     for i in range(n):
-        first = n + i * nargs + 1
+        first = base + i * nargs + 1
         args = ", ".join(f"${k}" for k in range(first, first + nargs))
-        calls.append(f"SELECT {i}, {columns} FROM {function}({args})")
-    return " UNION ALL ".join([lock, *calls])
+        branches.append(f"SELECT {i}, {columns} FROM {function}({args})")
+    return " UNION ALL ".join(branches)
 
 
 def _by_index(rows: list[tuple[Any, ...]], n: int) -> list[list[tuple[Any, ...]]]:
@@ -283,6 +288,12 @@ class PostgresStorage:
             self._publish_one, self._publish_many,
             max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT, max_wait=MAX_WAIT, item_error=_statement_error,
         )
+        self.notifies: Batcher[
+            tuple[list[str], str, str, float], tuple[dict[str, tuple[int, int]], list[Publication]]
+        ] = Batcher(
+            self._notify_one, self._notify_many,
+            max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT, max_wait=MAX_WAIT, item_error=_statement_error,
+        )
         self.subscribes: Batcher[tuple[Subscription, float, str | None], tuple[list[Publication], int]] = Batcher(
             self._subscribe_one, self._subscribe_many,
             max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT, max_wait=MAX_WAIT, item_error=_statement_error,
@@ -300,6 +311,7 @@ class PostgresStorage:
     async def close(self) -> None:
         await self.publishes.close()
         await self.subscribes.close()
+        await self.notifies.close()
         await self.pool.close()
 
     async def ping(self) -> None:
@@ -353,7 +365,7 @@ class PostgresStorage:
         return [_sub(r) for r in await self._rows(_PUBLISH_ONE, self._publish_params(*item))]
 
     async def _publish_many(self, items: list[tuple[Publication, float]]) -> list[list[Subscription]]:
-        sql = _batch_sql(_SUB_COLUMNS, "presence_publish", 9, 21, len(items), False)
+        sql = _batch_sql(_SUB_COLUMNS, "presence_publish", 9, 21, len(items), "shared")
         params = [pub.presentity for pub, _ in items]
         for item in items:
             params.extend(self._publish_params(*item))
@@ -531,7 +543,7 @@ class PostgresStorage:
     async def _subscribe_many(
         self, items: list[tuple[Subscription, float, str | None]]
     ) -> list[tuple[list[Publication], int]]:
-        sql = _batch_sql("*", "presence_subscribe", 23, 10, len(items), True)
+        sql = _batch_sql("*", "presence_subscribe", 23, 10, len(items), "exclusive")
         params: list[Any] = [sub.presentity for sub, _, _ in items]
         for item in items:
             params.extend(self._subscribe_params(*item))
@@ -586,21 +598,13 @@ class PostgresStorage:
     async def next_notify_state(
         self, sub_ids: Collection[str], presentity: str, event: str, now: float
     ) -> tuple[dict[str, tuple[int, int]], list[Publication]]:
-        # One statement: the increments and the publications, told apart by
-        # the first column (NULL on publication rows).
-        rows = await self._rows(
-            f"""
-            WITH n AS (
-                UPDATE subscriptions SET cseq = cseq + 1, version = version + 1 WHERE id = ANY(%s)
-                RETURNING id, cseq, version - 1 AS v
-            )
-            SELECT id, cseq, v, {', '.join('NULL::' + t for t in _PUB_TYPES)} FROM n
-            UNION ALL
-            SELECT NULL, NULL, NULL, {_PUB_COLUMNS} FROM publications
-            WHERE presentity = %s AND event = %s AND expires_at > %s
-            """,
-            (list(sub_ids), presentity, event, now),
-        )
+        # One statement, shared with other state changes under load.
+        return await self.notifies.run((list(sub_ids), presentity, event, now))
+
+    @staticmethod
+    def _notify_result(rows: list[tuple[Any, ...]]) -> tuple[dict[str, tuple[int, int]], list[Publication]]:
+        # The increments and the publications, told apart by the first
+        # column (NULL on publication rows).
         numbers: dict[str, tuple[int, int]] = {}
         pubs: list[Publication] = []
         for r in rows:
@@ -610,6 +614,28 @@ class PostgresStorage:
                 pubs.append(_pub(r[3:]))
         pubs.sort(key=lambda p: (p.received_at, p.etag))
         return numbers, pubs
+
+    async def _notify_one(
+        self, item: tuple[list[str], str, str, float]
+    ) -> tuple[dict[str, tuple[int, int]], list[Publication]]:
+        return self._notify_result(await self._rows(_NOTIFY_ONE, item))
+
+    async def _notify_many(
+        self, items: list[tuple[list[str], str, str, float]]
+    ) -> list[tuple[dict[str, tuple[int, int]], list[Publication]]]:
+        # Each call row-locks its watchers: calls run in presentity order
+        # (stable, so one presentity's keep their order), which two nodes'
+        # batches share, so they cannot deadlock on those rows.
+        order = sorted(range(len(items)), key=lambda i: (items[i][1], items[i][2]))
+        sql = _batch_sql("*", "presence_next_notify", 4, 12, len(items), None)
+        params: list[Any] = []
+        for i in order:
+            params.extend(items[i])
+        split = _by_index(await self._rows(sql, params, raw=True), len(items))
+        out: list[tuple[dict[str, tuple[int, int]], list[Publication]]] = [({}, [])] * len(items)
+        for position, i in enumerate(order):
+            out[i] = self._notify_result(split[position])
+        return out
 
     async def expire_subscriptions(self, now: float, node: str) -> list[Subscription]:
         cols = ", ".join("s." + c.strip() for c in _SUB_COLUMNS.split(","))
@@ -738,7 +764,7 @@ class PostgresStorage:
     def batch_counts(self) -> dict[str, tuple[int, int, int, int]]:
         return {
             kind: (b.batches, b.batched, b.retried, b.overdue)
-            for kind, b in (("publish", self.publishes), ("subscribe", self.subscribes))
+            for kind, b in (("publish", self.publishes), ("subscribe", self.subscribes), ("notify", self.notifies))
         }
 
 

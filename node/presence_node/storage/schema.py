@@ -191,4 +191,28 @@ MIGRATIONS: list[list[str]] = [
                 DELETE FROM publications p USING victims WHERE p.etag = victims.etag RETURNING p.*;
         END $$""",
     ],
+    [
+        # The NOTIFYs of a state change (next_notify_state): the watchers'
+        # next CSeqs and versions, then the state, as a function so that
+        # several can share a statement (group commit).  Rows: one per
+        # watcher (the publication columns NULL), then one per publication
+        # (the first three NULL).  The publications are read after the
+        # increments (a fresh snapshot), so they are at least as new.
+        """CREATE FUNCTION presence_next_notify(p_ids text[], p_presentity text, p_event text,
+                p_now double precision)
+            RETURNS TABLE (o_id text, o_cseq bigint, o_version bigint, o_presentity text, o_event text,
+                o_etag text, o_body bytea, o_content_type text, o_expires_at double precision,
+                o_received_at double precision, o_tag text, o_origin text)
+            LANGUAGE plpgsql AS $$
+        BEGIN
+            RETURN QUERY UPDATE subscriptions s SET cseq = s.cseq + 1, version = s.version + 1
+                WHERE s.id = ANY(p_ids)
+                RETURNING s.id, s.cseq, s.version - 1, NULL::text, NULL::text, NULL::text, NULL::bytea,
+                    NULL::text, NULL::double precision, NULL::double precision, NULL::text, NULL::text;
+            RETURN QUERY SELECT NULL::text, NULL::bigint, NULL::bigint, p.presentity, p.event, p.etag, p.body,
+                    p.content_type, p.expires_at, p.received_at, p.tag, p.origin
+                FROM publications p
+                WHERE p.presentity = p_presentity AND p.event = p_event AND p.expires_at > p_now;
+        END $$""",
+    ],
 ]
