@@ -124,7 +124,8 @@ class Transports:
         self.max_tcp = max_tcp
         self.tcp_idle = tcp_idle
         self.connections: dict[tuple[str, int], TcpConnection] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0  # when _timer fires
         self._sweeper: asyncio.TimerHandle | None = None
         self._pending_connects: set[asyncio.Task[None]] = set()
         self._destinations: dict[tuple[str, str, str, str], tuple[str, str, int]] = {}
@@ -285,9 +286,12 @@ class Transports:
         if nxt is None:
             return
         if self._timer is not None:
-            if self._timer.when() <= nxt:
+            # Our own record of the deadline: for one less than 0.5 ms away
+            # uvloop's call_at returns a plain Handle, which has no when().
+            if self._timer_at <= nxt:
                 return
             self._timer.cancel()
+        self._timer_at = nxt
         self._timer = asyncio.get_running_loop().call_at(nxt, self._fire)
 
     def _fire(self) -> None:

@@ -1,0 +1,64 @@
+"""The NOTIFY sender's one loop timer (net/transport.py), under uvloop, the
+event loop the node runs on: uvloop answers ``call_at`` for a deadline less
+than 0.5 ms away with a plain ``Handle`` (no ``when()``), which happens
+under load when retransmission deadlines crowd together.  Sending more
+NOTIFYs then must still work, and the retransmissions must still come."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import uvloop
+
+from presence_node.net.transport import Transports
+from presence_node.storage import Subscription
+
+
+def watcher(port: int, i: int) -> Subscription:
+    return Subscription(
+        id=f"s{i}", call_id=f"c{i}", remote_tag=f"r{i}", presentity="bob@example.com", event="presence",
+        event_header="presence", event_params="", watcher="w@example.com", remote_uri="<sip:w@example.com>",
+        local_uri="<sip:bob@example.com>", contact=f"sip:w@127.0.0.1:{port}", routes="", transport="udp",
+        source=f"127.0.0.1:{port}", accept="application/pidf+xml", expires_at=1e12, remote_cseq=1, cseq=1,
+        version=0, status="active", tag="A",
+    )
+
+
+async def scenario() -> tuple[int, list[int]]:
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setblocking(False)
+    port = sink.getsockname()[1]
+    # T1 below uvloop's 0.5 ms rounding: every arm gets a plain Handle.
+    t = Transports(
+        lambda *a: None, advertised_host="127.0.0.1", t1=0.0004, t2=0.002, udp_max_size=1300,
+        max_size=65535, max_tcp=10, tcp_idle=60.0,
+    )
+    await t.start("127.0.0.1", 0)
+    codes: list[int] = []
+    try:
+        for i in range(3):
+            t.send_request(b"NOTIFY sip:w@127.0.0.1 SIP/2.0\r\n\r\n", watcher(port, i), f"z9hG4bK-{i}", codes.append)
+        await asyncio.sleep(0.3)  # past Timer F (64 * T1): each transaction times out
+        received = 0
+        while True:
+            try:
+                sink.recv(65535)
+                received += 1
+            except BlockingIOError:
+                break
+        return received, codes
+    finally:
+        await t.close()
+        sink.close()
+
+
+def test_notify_timer_survives_uvloop_handles_for_near_deadlines():
+    loop = uvloop.new_event_loop()
+    try:
+        received, codes = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert codes == [408, 408, 408]  # Timer F fired for each
+    assert received > 3  # the first transmissions and retransmissions (Timer E)
