@@ -3,7 +3,7 @@
 # processes, memory storage, each its own location) vs Kamailio's 2-node DMQ
 # cluster, back to back, with the peer node running and doing its part.
 #
-#   tput.sh [--only node|kamailio] [--mode on-demand-sharing|full-sharing] [-n KAM_CHILDREN] [--no-wait]
+#   tput.sh [--only node|kamailio] [--mode on-demand-sharing|full-sharing|shared-db] [-n KAM_CHILDREN] [--no-wait]
 #           WORKLOAD "RATE..." REPS DURATION
 #   tput.sh publish "1500 2500" 1 10
 #   tput.sh subscribe "1000 1500" 1 10
@@ -26,6 +26,12 @@
 #              initial NOTIFY waits up to query_wait for the answer); full
 #              sharing and Kamailio DMQ: node 1 has the replicated copy.
 #
+# --mode shared-db runs the same workloads on the shared-database clusters
+# of ../cluster/ instead (ours: ../cluster/nodes.sh, HA, one PostgreSQL;
+# Kamailio: ../cluster/kamailio.sh): node 1 finds node 2's watchers in the
+# database and NOTIFYs them itself (the BLF case: a PUBLISH with a watcher
+# subscribed through the other node).
+#
 # For each RATE, repetition and cluster (ours: nodes.sh start --mode MODE,
 # default on-demand-sharing; Kamailio: kamailio-dmq.sh start): wait until the
 # machine is quiet (quiet.py: no sipp/kamailio/presence-node that is not
@@ -47,7 +53,7 @@
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BENCH=$(cd "$HERE/.." && pwd)
-usage() { sed -n '2,47p' "$0" >&2; exit 2; }
+usage() { sed -n '2,52p' "$0" >&2; exit 2; }
 ONLY=""; MODE=on-demand-sharing; KAM_N=""; NOWAIT=0
 ARGS=()
 while [ $# -gt 0 ]; do
@@ -66,7 +72,7 @@ WORKLOAD=${ARGS[0]}; RATES=${ARGS[1]}; REPS=${ARGS[2]}; DURATION=${ARGS[3]}
 [[ "$REPS" =~ ^[0-9]+$ && "$DURATION" =~ ^[0-9]+$ ]] || usage
 case "$WORKLOAD" in publish|subscribe) ;; *) usage ;; esac
 case "$ONLY" in ""|node|kamailio) ;; *) usage ;; esac
-case "$MODE" in on-demand-sharing|full-sharing) ;; *) usage ;; esac
+case "$MODE" in on-demand-sharing|full-sharing|shared-db) ;; *) usage ;; esac
 SERVERS="node kamailio"; [ -n "$ONLY" ] && SERVERS=$ONLY
 WARMUP_S=${WARMUP_S:-3}; WATCH_RATE=${WATCH_RATE:-800}; PRELOAD_RATE=${PRELOAD_RATE:-1000}; DRAIN_S=${DRAIN_S:-15}
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -82,9 +88,11 @@ if [ -s "$ALL" ] && [ "$(head -1 "$ALL")" != "$HEADER" ]; then mv "$ALL" "$ALL.o
 KAM_ARGS=(); [ -n "$KAM_N" ] && KAM_ARGS+=(-n "$KAM_N")
 WPID=""
 stop_cluster() {
-    case "$1" in
-        node) "$HERE/nodes.sh" stop > /dev/null 2>&1 ;;
-        kamailio) "$HERE/kamailio-dmq.sh" stop > /dev/null 2>&1 ;;
+    case "$1:$MODE" in
+        node:shared-db) "$BENCH/cluster/nodes.sh" stop > /dev/null 2>&1 ;;
+        kamailio:shared-db) "$BENCH/cluster/kamailio.sh" stop > /dev/null 2>&1 ;;
+        node:*) "$HERE/nodes.sh" stop > /dev/null 2>&1 ;;
+        kamailio:*) "$HERE/kamailio-dmq.sh" stop > /dev/null 2>&1 ;;
     esac
 }
 stop_watchers() { # the watcher SIPp (if still running), then its waiting subshell
@@ -100,11 +108,21 @@ stop_watchers() { # the watcher SIPp (if still running), then its waiting subshe
 start_cluster() { # sets P1 P2 PORT1 PORT2 PGPID SETTING; START_ERR on failure
     local out rc
     PGPID=""
-    case "$1" in
-        node) PORT1=5301; PORT2=5302; SETTING="2 locations, $MODE, memory"
+    case "$1:$MODE" in
+        node:shared-db) PORT1=5081; PORT2=5082; SETTING="2 nodes, ha, postgres"
+              out=$("$BENCH/cluster/nodes.sh" start --mode ha 2>&1); rc=$?
+              if [ $rc = 0 ]; then
+                  read -r P1 P2 < <("$BENCH/cluster/nodes.sh" pids); PGPID=$("$BENCH/cluster/pg.sh" status)
+              fi ;;
+        kamailio:shared-db) PORT1=5091; PORT2=5092; SETTING="2 nodes, shared-default${KAM_N:+, n$KAM_N}"
+              out=$("$BENCH/cluster/kamailio.sh" start "${KAM_ARGS[@]}" 2>&1); rc=$?
+              if [ $rc = 0 ]; then
+                  read -r P1 P2 < <("$BENCH/cluster/kamailio.sh" pids); PGPID=$("$BENCH/cluster/pg.sh" status)
+              fi ;;
+        node:*) PORT1=5301; PORT2=5302; SETTING="2 locations, $MODE, memory"
               out=$("$HERE/nodes.sh" start --mode "$MODE" 2>&1); rc=$?
               [ $rc = 0 ] && read -r P1 P2 < <("$HERE/nodes.sh" pids) ;;
-        kamailio) PORT1=5391; PORT2=5392; SETTING="2 nodes, dmq${KAM_N:+, n$KAM_N}"
+        kamailio:*) PORT1=5391; PORT2=5392; SETTING="2 nodes, dmq${KAM_N:+, n$KAM_N}"
               out=$("$HERE/kamailio-dmq.sh" start "${KAM_ARGS[@]}" 2>&1); rc=$?
               if [ $rc = 0 ]; then
                   read -r P1 P2 < <("$HERE/kamailio-dmq.sh" pids); PGPID=$("$HERE/kamailio-dmq.sh" pgpid || true)
@@ -259,9 +277,10 @@ for rate in $RATES; do
             echo "$r" >> "$TABLE"; echo "$r" >> "$ALL"
             echo "$r" | awk -F'\t' '{printf "tput.sh: %-8s %s/s rep %s: success %s%% throughput %s/s p50 %s ms p99 %s ms notify p50 %s p99 %s; delivered %s/%s; cpu node1 %s s node2 %s s watchers %s s pg %s s others %s s; load before %s %s\n", $2, $5, $6, $11, $12, $13, $15, $18, $19, $29, $28, $22, $23, $24, $25, $27, $30, $32}'
             if [ "$srv" = node ]; then
-                for p in 5301 5302; do cp "$BENCH/run/node-$p.log" "$out/" 2>/dev/null || true; done
+                for p in "$PORT1" "$PORT2"; do cp "$BENCH/run/node-$p.log" "$out/" 2>/dev/null || true; done
             else
-                for n in 1 2; do cp "$BENCH/run/fed-kam/node$n/kamailio.log" "$out/kamailio-node$n.log" 2>/dev/null || true; done
+                kdir=fed-kam; [ "$MODE" = shared-db ] && kdir=cluster-kam
+                for n in 1 2; do cp "$BENCH/run/$kdir/node$n/kamailio.log" "$out/kamailio-node$n.log" 2>/dev/null || true; done
             fi
             stop_cluster "$srv"
         done
