@@ -227,7 +227,9 @@ async def test_messages_per_publish_follow_interest_not_cluster_size(federation,
     before = sent(await counters(n1), "publish")
     for i in range(5):
         assert (await pub.publish(pidf(BOB, note=f"p{i}"))).code == 200
-    assert sent(await counters(n1), "publish") - before == 5
+    m = await counters(n1)
+    # (seen to fail once in a full-suite run, not reproduced: say why next time)
+    assert sent(m, "publish") - before == 5, (sent(m, "publish") - before, dict(n1.federation.interest), m)
     assert (await w.resubscribe(d, 0)).code == 200
     await until(lambda: (BOB[4:], "presence") not in n1.federation.interest["n2"])
     before = sent(await counters(n1), "publish")
