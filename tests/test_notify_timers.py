@@ -7,6 +7,7 @@ NOTIFYs then must still work, and the retransmissions must still come."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 
 import uvloop
@@ -14,15 +15,12 @@ import uvloop
 from presence_node.net.transport import Transports
 from presence_node.storage import Subscription
 
+from test_pg_presentity_lock import sub
+
 
 def watcher(port: int, i: int) -> Subscription:
-    return Subscription(
-        id=f"s{i}", call_id=f"c{i}", remote_tag=f"r{i}", presentity="bob@example.com", event="presence",
-        event_header="presence", event_params="", watcher="w@example.com", remote_uri="<sip:w@example.com>",
-        local_uri="<sip:bob@example.com>", contact=f"sip:w@127.0.0.1:{port}", routes="", transport="udp",
-        source=f"127.0.0.1:{port}", accept="application/pidf+xml", expires_at=1e12, remote_cseq=1, cseq=1,
-        version=0, status="active", tag="A",
-    )
+    """A subscription whose NOTIFYs go to 127.0.0.1:``port``."""
+    return dataclasses.replace(sub(i), contact=f"sip:w@127.0.0.1:{port}", source=f"127.0.0.1:{port}")
 
 
 async def scenario() -> tuple[int, list[int]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from ..config import Config, Expiry
 from ..packages.registry import PackageRegistry
@@ -13,7 +13,7 @@ from ..sip.message import Request
 from ..sip.status import Status
 from ..storage import Publication, Storage, Subscription
 from .ids import Ids
-from .notify import Notifier
+from .notify import Notifier, Unwatching
 
 
 @dataclass(slots=True)
@@ -38,14 +38,12 @@ class ServiceMetrics(Protocol):
     def notify_failed(self, event: str, code: int) -> None: ...
 
 
-class Federating(Protocol):
+class Federating(Unwatching, Protocol):
     """The federation as the SIP handlers see it (None when disabled)."""
 
     def published(self, presentity: str, event: str, old_etag: str | None, pub: Publication | None) -> None: ...
 
     async def subscribed(self, sub: Subscription, pubs: list[Publication]) -> bool: ...
-
-    async def unwatched(self, keys: Iterable[tuple[str, str]]) -> None: ...
 
 
 class Service:

@@ -38,7 +38,7 @@ import functools
 import logging
 from collections import deque
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Collection, Mapping
+from typing import Any, AsyncIterator, Collection, Mapping, Sequence
 from weakref import WeakKeyDictionary
 
 import psycopg
@@ -60,7 +60,6 @@ _SUB_COLUMNS = (
     "status, tag"
 )
 _PUB_COLUMNS = "presentity, event, etag, body, content_type, expires_at, received_at, tag, origin"
-_PUB_TYPES = ("text", "text", "text", "bytea", "text", "float8", "float8", "text", "text")
 #: Rows one expiry sweep takes at most; the next sweep takes the rest.
 EXPIRY_BATCH = 2000
 #: Group commit (batching.py): requests per statement at most, and
@@ -119,6 +118,13 @@ _ITEM_ERRORS = frozenset({"22", "23", "40", "P0"})
 def _statement_error(e: BaseException) -> bool:
     """May this batch error be one request's fault (try them one by one)?"""
     return isinstance(e, psycopg.Error) and (e.sqlstate or "")[:2] in _ITEM_ERRORS
+
+
+def _batcher(one: Any, many: Any) -> Batcher[Any, Any]:
+    """Group commit for one kind of hot statement, with this backend's bounds."""
+    return Batcher(
+        one, many, max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT, max_wait=MAX_WAIT, item_error=_statement_error
+    )
 
 
 def _sub(row: tuple[Any, ...]) -> Subscription:
@@ -284,19 +290,14 @@ class PostgresStorage:
         )
         #: Connections for every statement and transaction (see Leases).
         self.pool = Leases(self._pool, max_size)
-        self.publishes: Batcher[tuple[Publication, float], list[Subscription]] = Batcher(
-            self._publish_one, self._publish_many,
-            max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT, max_wait=MAX_WAIT, item_error=_statement_error,
+        self.publishes: Batcher[tuple[Publication, float], list[Subscription]] = _batcher(
+            self._publish_one, self._publish_many
         )
         self.notifies: Batcher[
             tuple[list[str], str, str, float], tuple[dict[str, tuple[int, int]], list[Publication]]
-        ] = Batcher(
-            self._notify_one, self._notify_many,
-            max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT, max_wait=MAX_WAIT, item_error=_statement_error,
-        )
-        self.subscribes: Batcher[tuple[Subscription, float, str | None], tuple[list[Publication], int]] = Batcher(
-            self._subscribe_one, self._subscribe_many,
-            max_batch=MAX_BATCH, max_inflight=MAX_INFLIGHT, max_wait=MAX_WAIT, item_error=_statement_error,
+        ] = _batcher(self._notify_one, self._notify_many)
+        self.subscribes: Batcher[tuple[Subscription, float, str | None], tuple[list[Publication], int]] = _batcher(
+            self._subscribe_one, self._subscribe_many
         )
 
     async def start(self) -> None:
@@ -338,6 +339,19 @@ class PostgresStorage:
         leases.release(conn)
         return rows
 
+    async def _batch(
+        self, function: str, columns: str, ncolumns: int, calls: list[Sequence[Any]],
+        lock: str | None = None, presentities: Sequence[str] = (),
+    ) -> list[list[tuple[Any, ...]]]:
+        """Several calls of a hot function as one statement (_batch_sql),
+        the presentities' buckets locked first when ``lock`` says how; the
+        rows per call, in call order."""
+        sql = _batch_sql(columns, function, len(calls[0]), ncolumns, len(calls), lock)
+        params: list[Any] = list(presentities) if lock is not None else []
+        for args in calls:
+            params.extend(args)
+        return _by_index(await self._rows(sql, params, raw=True), len(calls))
+
     async def _one(self, sql: str, params: Any = None) -> tuple[Any, ...] | None:
         rows = await self._rows(sql, params)
         return rows[0] if rows else None
@@ -365,11 +379,11 @@ class PostgresStorage:
         return [_sub(r) for r in await self._rows(_PUBLISH_ONE, self._publish_params(*item))]
 
     async def _publish_many(self, items: list[tuple[Publication, float]]) -> list[list[Subscription]]:
-        sql = _batch_sql(_SUB_COLUMNS, "presence_publish", 9, 21, len(items), "shared")
-        params = [pub.presentity for pub, _ in items]
-        for item in items:
-            params.extend(self._publish_params(*item))
-        return [[_sub(r) for r in rows] for rows in _by_index(await self._rows(sql, params, raw=True), len(items))]
+        per_call = await self._batch(
+            "presence_publish", _SUB_COLUMNS, 21, [self._publish_params(*item) for item in items],
+            "shared", [pub.presentity for pub, _ in items],
+        )
+        return [[_sub(r) for r in rows] for rows in per_call]
 
     async def replace_publication(
         self,
@@ -543,12 +557,11 @@ class PostgresStorage:
     async def _subscribe_many(
         self, items: list[tuple[Subscription, float, str | None]]
     ) -> list[tuple[list[Publication], int]]:
-        sql = _batch_sql("*", "presence_subscribe", 23, 10, len(items), "exclusive")
-        params: list[Any] = [sub.presentity for sub, _, _ in items]
-        for item in items:
-            params.extend(self._subscribe_params(*item))
-        rows = await self._rows(sql, params, raw=True)
-        return [self._subscribe_result(r) for r in _by_index(rows, len(items))]
+        per_call = await self._batch(
+            "presence_subscribe", "*", 10, [self._subscribe_params(*item) for item in items],
+            "exclusive", [sub.presentity for sub, _, _ in items],
+        )
+        return [self._subscribe_result(rows) for rows in per_call]
 
     async def subscription(self, sub_id: str) -> Subscription | None:
         row = await self._one(f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE id = %s", (sub_id,))
@@ -627,11 +640,7 @@ class PostgresStorage:
         # (stable, so one presentity's keep their order), which two nodes'
         # batches share, so they cannot deadlock on those rows.
         order = sorted(range(len(items)), key=lambda i: (items[i][1], items[i][2]))
-        sql = _batch_sql("*", "presence_next_notify", 4, 12, len(items), None)
-        params: list[Any] = []
-        for i in order:
-            params.extend(items[i])
-        split = _by_index(await self._rows(sql, params, raw=True), len(items))
+        split = await self._batch("presence_next_notify", "*", 12, [items[i] for i in order])
         out: list[tuple[dict[str, tuple[int, int]], list[Publication]]] = [({}, [])] * len(items)
         for position, i in enumerate(order):
             out[i] = self._notify_result(split[position])
