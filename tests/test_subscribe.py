@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from presence_node.storage import MemoryStorage
+from sipclient import SipClient
 from wire import cseq_num, pidf, publications, raw_request, snapshot, sub_state, subscriptions, tag
 
 BOB = "sip:bob@example.com"
@@ -383,6 +385,32 @@ async def test_s26_fatal_notify_answer_removes_subscription(node, make_client, c
     await asyncio.sleep(0.4)
     assert len(alice.notifies_for(d)) == 1, "no NOTIFY after the subscription was removed"
     assert (await alice.resubscribe(d, 600)).code == 481
+
+
+class _SlowDelete(MemoryStorage):
+    """Removal takes a while, as a statement on a busy PostgreSQL does."""
+
+    async def delete_subscription(self, sub_id, *, owner=None):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.3)
+        return await super().delete_subscription(sub_id, owner=owner)
+
+
+async def test_s26_no_notify_while_the_failed_subscription_is_being_removed(make_node, open_clients):
+    """S26: after a NOTIFY is answered 481, no later NOTIFY goes to that
+    dialog, even for a change that arrives before the removal is stored."""
+    node = await make_node(storage_override=_SlowDelete())
+    bob = await SipClient(("127.0.0.1", node.sip_port), "udp", "bob").open()
+    alice = await SipClient(("127.0.0.1", node.sip_port), "udp", "alice").open()
+    open_clients.extend([bob, alice])
+    _, d = await alice.subscribe(BOB)
+    await alice.dialog_notifies(d, 1)
+    alice.notify_answer = 481
+    assert (await bob.publish(pidf("bob", note="one"))).code == 200
+    await alice.dialog_notifies(d, 2)  # answered 481: the removal starts
+    assert (await bob.publish(pidf("bob", note="two"))).code == 200
+    await asyncio.sleep(0.6)  # past the slow removal
+    assert len(alice.notifies_for(d)) == 2, "a NOTIFY went to a dialog answered 481"
+    assert await subscriptions(node) == []
 
 
 @pytest.mark.parametrize("code", [500, 503, 486, 603])

@@ -70,6 +70,9 @@ FIRST_VERSION = 0
 # Markers kept in Notifier._busy for a subscription with a NOTIFY in flight.
 _CLEAN = 0
 _DIRTY = 1
+#: Answered with an S26 code and being removed: sends nothing more, even for
+#: a change whose watcher list was read before the removal is stored.
+_DYING = 2
 
 
 class Notifier:
@@ -197,7 +200,10 @@ class Notifier:
     async def terminated(self, sub: Subscription, reason: str, doc: Document | None = None) -> None:
         """Send the final NOTIFY of a subscription already removed from
         storage (S21, S23, S25).  ``doc`` defaults to the current state."""
-        if sub.id in self._busy:
+        pending = self._busy.get(sub.id)
+        if pending == _DYING:
+            return  # S26: the subscriber already said the dialog is gone
+        if pending is not None:
             self._busy[sub.id] = _Terminal(sub, reason, doc)
             return
         await self._send_terminal(sub, reason, doc)
@@ -255,6 +261,9 @@ class Notifier:
             return
         if code in NOTIFY_FATAL or code == 408:
             # S26: the subscriber is gone; remove it and send nothing more.
+            # Marked at once: a change notified before the removal is
+            # stored finds it busy and sends nothing.
+            self._busy[sub.id] = _DYING
             self._spawn(self._drop(sub, code))
             return
         if isinstance(pending, _Terminal):
@@ -271,7 +280,11 @@ class Notifier:
         # Only the owner of the subscription's tag acts on a failed NOTIFY: a
         # 408 or 481 seen by another node (one its NOTIFY could not reach)
         # must not delete the shared subscription.
-        removed = await self.storage.delete_subscription(sub.id, owner=self.ids.node_id)
+        try:
+            removed = await self.storage.delete_subscription(sub.id, owner=self.ids.node_id)
+        finally:
+            if self._busy.get(sub.id) == _DYING:
+                del self._busy[sub.id]
         if removed is not None:
             log.info("subscription removed after NOTIFY failure", extra={"sub": sub.id, "code": code})
             await self.watcher_changed(removed, "terminated", "noresource" if code != 408 else "timeout")
