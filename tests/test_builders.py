@@ -14,7 +14,10 @@ import pytest
 import yaml
 
 from presence_node.config import Config
-from presence_operator import builders, spec as specs
+import kopf
+
+from presence_operator import builders, handlers, nodecheck, spec as specs
+from presence_operator.local import launch
 from presence_operator.builders import meta, rbac, secret
 
 DB = {"secretRef": {"name": "db", "key": "dsn"}}
@@ -263,3 +266,78 @@ def test_operator_rbac_grants_least_verbs():
     assert verbs[("", "pods")] == {"list", "watch", "patch"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "presence-operator", "namespace": "ns1"}]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+# -- spec.nodeConfig (issue #13.7) --------------------------------------------
+
+TUNED = {"subscription_expiry": {"min": 30, "default": 600, "max": 7200},
+         "publication_expiry": {"min": 10},
+         "notify": {"min_interval": 1.0},
+         "storage": {"pool_max": 16},
+         "federation": {"query_wait": 0.5},
+         "log_level": "debug"}
+
+
+@pytest.mark.parametrize("mode,locations", [
+    ("loadBalancing", [{"name": "l1", "nodes": 2, "database": DB}]),
+    ("federation", [{"name": "east", "nodes": 1}, {"name": "west", "nodes": 1}]),
+])
+def test_node_config_reaches_every_node_configuration(mode, locations, tmp_path):
+    """The node settings a user tunes in the manifest land in every node's
+    configuration, in the ConfigMaps and in local mode alike, next to what
+    the operator sets in the same sections."""
+    o = owner(mode, locations, nodeConfig=TUNED)
+    manifest = specs.Manifest("pres", o.spec)
+    for n in specs.nodes(o.spec):
+        for data in (builders.configmap.node_config(o, n),
+                     launch.node_config(manifest, n, tmp_path, "127.0.0.1:5060", "127.0.0.1:8081",
+                                        tmp_path / "dsn" if mode != "federation" else None,
+                                        {x.name: "127.0.0.1:7060" for x in specs.nodes(o.spec)})):
+            cfg = Config.model_validate(data)
+            assert (cfg.subscription_expiry.min, cfg.subscription_expiry.default, cfg.subscription_expiry.max) \
+                == (30, 600, 7200)
+            assert cfg.publication_expiry.min == 10 and cfg.publication_expiry.max == 3600  # the rest: defaults
+            assert cfg.notify.min_interval == 1.0 and cfg.log_level == "debug"
+            assert cfg.node_id == n.name  # the operator's keys stay the operator's
+            if mode == "federation":
+                assert cfg.federation.enabled and cfg.federation.query_wait == 0.5
+            else:
+                assert cfg.storage.backend == "postgres" and cfg.storage.pool_max == 16
+
+
+@pytest.mark.parametrize("tuned,why", [
+    ({"sip": "0.0.0.0:5070"}, "sip is set by the operator"),
+    ({"sharing_tags": {"x": "active"}}, "sharing_tags is set by the operator"),
+    ({"storage": {"dsn_file": "/tmp/dsn"}}, "storage.dsn_file is set by the operator"),
+    ({"federation": {"peers": []}}, "federation.peers is set by the operator"),
+    ({"limits": "many"}, "limits must be a mapping"),
+])
+def test_node_config_refuses_what_the_operator_sets(tuned, why):
+    with pytest.raises(ValueError, match=why):
+        owner("ha", [{"name": "l1", "nodes": 2, "database": DB}], nodeConfig=tuned)
+
+
+@pytest.mark.parametrize("tuned,why", [
+    ({"subscription_expiry": {"mins": 30}}, r"spec\.nodeConfig\.subscription_expiry\.mins: Extra inputs"),
+    ({"subscription_expiry": {"min": 9000}}, r"spec\.nodeConfig\.subscription_expiry: .*min <= default <= max"),
+    ({"notify": {"t1": 0}}, r"spec\.nodeConfig\.notify\.t1: Input should be greater than 0"),
+    ({"bogus": 1}, r"spec\.nodeConfig\.bogus: Extra inputs"),
+])
+def test_node_config_is_checked_against_the_node_model(tuned, why):
+    """The operator and local mode refuse a manifest whose node settings the
+    nodes would refuse (they would exit 2 and crash-loop), naming the key."""
+    o = owner("ha", [{"name": "l1", "nodes": 2, "database": DB}], nodeConfig=tuned)
+    with pytest.raises(specs.SpecError, match=why):
+        nodecheck.check(o.spec)
+    body = {"metadata": {"name": "pres"}, "spec": o.spec.model_dump(by_alias=True, exclude_none=True)}
+    with pytest.raises(kopf.PermanentError, match=why):
+        handlers.parse_spec(body)
+
+
+def test_operator_set_keys_are_node_settings():
+    """Drift: every key the operator reserves is one the node knows."""
+    for dotted in specs.OPERATOR_SET_NODE_KEYS:
+        section, _, key = dotted.partition(".")
+        assert section in Config.model_fields, dotted
+        if key:
+            assert key in Config.model_fields[section].annotation.model_fields, dotted

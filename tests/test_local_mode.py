@@ -214,6 +214,18 @@ def test_invalid_manifest_names_the_field(tmp_path):
     assert res.returncode == 2 and "spec.failover.detectionSeconds" in res.stderr
 
 
+def test_node_config_the_nodes_would_refuse_is_refused_before_anything_starts(tmp_path):
+    """#13.7: a bad ``spec.nodeConfig`` key stops ``up`` with exit 2 naming
+    it, before a PostgreSQL or a node is started."""
+    f = tmp_path / "bad.yaml"
+    f.write_text("apiVersion: presence.example.org/v1alpha1\nkind: PresenceCluster\nmetadata: {name: x}\n"
+                 "spec: {mode: federation, locations: [{name: a, nodes: 1}],"
+                 " nodeConfig: {subscription_expiry: {min: 5000}}}\n")
+    res = subprocess.run([EXE, "up", str(f), "--dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "spec.nodeConfig.subscription_expiry" in res.stderr, res.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_switchover_fence_and_restart_from_the_command_line(tmp_path):
     """Manual operations in local mode: ``switchover`` moves and pins a tag,
     ``fence`` vacates a node and keeps tags off it, ``--clear`` lifts them,

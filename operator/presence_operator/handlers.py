@@ -49,7 +49,7 @@ import kopf
 
 from presence_node.admin.client import AdminClient, AdminError
 
-from . import builders
+from . import builders, nodecheck
 from . import planner as p
 from . import spec as specs
 from .builders import meta, secret as secret_builder
@@ -66,9 +66,11 @@ DRIVERS: dict[tuple[str, str], "ClusterDriver"] = {}
 
 def parse_spec(body: Any) -> specs.PresenceClusterSpec:
     try:
-        return specs.load_manifest({"apiVersion": specs.API_VERSION, "kind": specs.KIND,
+        spec = specs.load_manifest({"apiVersion": specs.API_VERSION, "kind": specs.KIND,
                                     "metadata": {"name": body["metadata"]["name"]},
                                     "spec": dict(body.get("spec") or {})}).spec
+        nodecheck.check(spec)
+        return spec
     except specs.SpecError as e:
         raise kopf.PermanentError(str(e)) from e
 

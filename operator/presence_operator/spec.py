@@ -39,6 +39,18 @@ _TAG = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
 _K8S_NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 
 
+#: Node settings (dotted keys of the node's configuration reference) that the
+#: operator derives from the rest of the spec or mounts from Secrets, so
+#: ``spec.nodeConfig`` may not set them: a node's identity, addresses and
+#: tags, where its database and secrets are, and its federation peers.
+OPERATOR_SET_NODE_KEYS = frozenset({
+    "node_id", "sip", "admin", "advertised_host", "cluster_id", "sharing_tags", "default_tag",
+    "cluster_pres_events", "admin_secret_file", "state_dir",
+    "storage.backend", "storage.dsn_file",
+    "federation.mode", "federation.listen", "federation.location", "federation.peers", "federation.secret_file",
+})
+
+
 class SpecError(ValueError):
     """A manifest that cannot be run; the message names the field."""
 
@@ -105,6 +117,27 @@ class PresenceClusterSpec(_Model):
     #: How federated nodes share presentities (federation modes only;
     #: default onDemandSharing there).
     federation_mode: FederationMode | None = None
+    #: Node settings in the node's own keys (README "Configuration
+    #: reference"): expiry bounds, limits, notify and pool tuning... laid over
+    #: what the operator sets; see :data:`OPERATOR_SET_NODE_KEYS`.
+    node_config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("node_config")
+    @classmethod
+    def _node_config(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if key in OPERATOR_SET_NODE_KEYS:
+                raise ValueError(f"{key} is set by the operator, not in nodeConfig")
+            if key in ("storage", "federation"):
+                if not isinstance(value, dict):
+                    raise ValueError(f"{key} must be a mapping")
+                for sub in value:
+                    if f"{key}.{sub}" in OPERATOR_SET_NODE_KEYS:
+                        raise ValueError(f"{key}.{sub} is set by the operator, not in nodeConfig")
+            elif key in ("subscription_expiry", "publication_expiry", "registration_expiry", "notify", "limits") \
+                    and not isinstance(value, dict):
+                raise ValueError(f"{key} must be a mapping")
+        return v
 
     @field_validator("events")
     @classmethod
@@ -232,6 +265,19 @@ def federation(spec: PresenceClusterSpec, node: NodeSpec, *, listen: str, addres
                   for p in nodes(spec) if p.name != node.name],
         "secret_file": secret_file,
     }
+
+
+def with_node_config(spec: PresenceClusterSpec, cfg: dict[str, Any]) -> dict[str, Any]:
+    """A node's configuration ``cfg`` with ``spec.nodeConfig`` laid over it,
+    sections merged key by key (the operator's own keys cannot be among
+    them: the spec refuses those)."""
+    out = dict(cfg)
+    for key, value in spec.node_config.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ def node_config(owner: meta.Owner, node: specs.NodeSpec) -> dict[str, Any]:
                            secret_file=f"{meta.CLUSTER_SECRET_DIR}/{meta.CLUSTER_SECRET_KEY}")
     if fed is not None:
         cfg["federation"] = fed
-    return cfg
+    return specs.with_node_config(spec, cfg)
 
 
 def config_key(node: specs.NodeSpec) -> str:

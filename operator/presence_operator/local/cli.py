@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import spec as specs
+from .. import nodecheck, spec as specs
 from . import launch
 from .state import DEFAULT_DIR, ops_file, read_json, run_file, status_file, table, write_json
 from .supervisor import Supervisor
@@ -44,7 +44,9 @@ def _load(path: Path) -> specs.Manifest:
         raise launch.LocalError(f"cannot read {path}: {e.strerror}") from e
     except yaml.YAMLError as e:
         raise launch.LocalError(f"{path} is not valid YAML: {e}") from e
-    return specs.load_manifest(doc)
+    manifest = specs.load_manifest(doc)
+    nodecheck.check(manifest.spec)
+    return manifest
 
 
 def _interrupt(*_: object) -> None:

@@ -76,7 +76,7 @@ def node_config(manifest: specs.Manifest, node: specs.NodeSpec, d: Path, sip: st
                                secret_file=str(cluster_secret_file(d).resolve()))
         if fed is not None:
             cfg["federation"] = fed
-    return cfg
+    return specs.with_node_config(manifest.spec, cfg)
 
 
 def _secret(path: Path) -> None:
