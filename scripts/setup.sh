@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Prepare this checkout for running: Debian packages, .venv, the project.
 #
-#   scripts/setup.sh
+#   scripts/setup.sh [--containers]
 #
 # Idempotent and quiet: it does (and prints) only what is missing.
 #   - Debian packages sip-tester (sipp) and postgresql, and pythonX.Y-venv
-#     when the chosen Python cannot make a venv; `apt-get update` runs only
-#     when something must be installed; waits for a dpkg/apt lock held by
-#     another process instead of failing.
+#     when the chosen Python cannot make a venv; with --containers (the test
+#     suite builds and runs the images) also podman, runc and mmdebstrap;
+#     `apt-get update` runs only when something must be installed; waits for
+#     a dpkg/apt lock held by another process instead of failing.
 #   - .venv/ at the repo root, made with python3.11 (or python3 >= 3.11;
 #     PYTHON=/path/to/python overrides), when absent or broken.
 #   - `pip install -e '.[test]'` when pyproject.toml changed since the last
@@ -96,6 +97,9 @@ PY=$(pick_python) || die "no python3 >= 3.11 found"
 MISSING=()
 command -v sipp >/dev/null 2>&1 || MISSING+=(sip-tester)
 pkg_installed postgresql || MISSING+=(postgresql)
+if [ "${1:-}" = --containers ]; then
+    for p in podman runc mmdebstrap; do command -v "$p" >/dev/null 2>&1 || MISSING+=("$p"); done
+fi
 if ! venv_ok && ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
     MISSING+=("python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv")
 fi

@@ -17,7 +17,9 @@ import aiohttp
 import yaml
 
 EXE = str(Path(sys.executable).parent / "presence-node")
-READY = re.compile(rb"SIP udp\+tcp [0-9.]+:(\d+), admin http://[0-9.]+:(\d+)")
+# The ready line: JSON (the default log format) or plain text.
+READY = re.compile(rb'SIP udp\+tcp [0-9.]+:(\d+), admin http://[0-9.]+:(\d+)'
+                   rb'|"sip": "[0-9.]+:(\d+)", "admin": "[0-9.]+:(\d+)"')
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -70,7 +72,8 @@ async def spawn(
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
         m = READY.search(line)
         assert m, (line, err.read_text())
-        p = Proc(proc, err, int(m.group(1)), int(m.group(2)))
+        sip_port, admin_port = (int(g) for g in m.groups() if g is not None)
+        p = Proc(proc, err, sip_port, admin_port)
         p.stdout = line
         yield p
     finally:

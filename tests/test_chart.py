@@ -34,6 +34,7 @@ import yaml
 from k8stools import k8s_tools  # noqa: F401 - the session fixture (pytest finds it by this name)
 
 from presence_operator import spec as specs
+from presence_operator.local import podman
 from presence_operator.builders import rbac
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,8 +352,9 @@ def dockerfile(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("name, port", [("node", 8081), ("operator", 8080)])
-def test_dockerfiles_lint(name, port):
+@pytest.mark.parametrize("name, healthcheck", [("node", '["presence-node", "healthcheck"]'),
+                                              ("operator", "127.0.0.1:8080/healthz")])
+def test_dockerfiles_lint(name, healthcheck):
     ins = dockerfile(ROOT / "docker" / f"{name}.Dockerfile")
     known = {"ARG", "FROM", "ENV", "RUN", "WORKDIR", "COPY", "LABEL", "USER", "EXPOSE", "HEALTHCHECK", "ENTRYPOINT", "CMD"}
     assert {i for i, _ in ins} <= known
@@ -366,9 +368,12 @@ def test_dockerfiles_lint(name, port):
     last_from = max(n for n, (i, _) in enumerate(ins) if i == "FROM")
     assert any(i == "USER" for i, _ in ins[last_from:]), "USER in the final stage"
     hc = [r for i, r in ins if i == "HEALTHCHECK"]
-    assert len(hc) == 1 and f"127.0.0.1:{port}/healthz" in hc[0] and "CMD" in hc[0]
+    assert len(hc) == 1 and healthcheck in hc[0] and "CMD" in hc[0]
     installs = [r for i, r in ins if i == "RUN" and "pip install" in r]
     assert installs and all("-c docker/constraints.txt" in r for r in installs)
+    # Each image installs its own dependencies only: kopf and the Kubernetes
+    # client (the ``operator`` extra) stay out of the node image.
+    assert all(("'.[operator]'" in r) == (name == "operator") for r in installs)
     assert json.loads(next(r for i, r in ins if i == "ENTRYPOINT")) == [f"presence-{name}"]
 
 
@@ -381,5 +386,19 @@ def test_constraints_pin_every_runtime_dependency():
             pins[re.sub(r"[-_.]+", "-", name).lower()] = version
     pyproject = (ROOT / "pyproject.toml").read_text()
     deps = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.S | re.M).group(1)
+    deps += re.search(r"^operator = \[(.*?)^\]", pyproject, re.S | re.M).group(1)
     for dep in re.findall(r'"([A-Za-z0-9_.-]+)', deps):
         assert re.sub(r"[-_.]+", "-", dep).lower() in pins, dep
+
+
+def test_image_names_match_what_is_built():
+    """#16: the chart, the manifests and the PresenceCluster default name the
+    images ``presence-cluster images`` builds, at the chart's appVersion."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert chart["appVersion"] == podman.VERSION
+    assert f"localhost/{values['image']['repository']}:{chart['appVersion']}" == podman.OPERATOR_IMAGE
+    base = yaml.safe_load((ROOT / "deploy" / "base" / "kustomization.yaml").read_text())
+    assert base["images"] == [{"name": "presence-operator", "newTag": podman.VERSION}]
+    props = CR_SCHEMA["properties"]["spec"]["properties"]
+    assert f"localhost/{props['image']['default']}" == podman.NODE_IMAGE.rsplit(":", 1)[0] + ":latest"

@@ -6,6 +6,7 @@ with mode 0600 and logged by path, never by value."""
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import aiohttp
 import pytest
 
 from conftest import SECRET
-from presence_node.cli import main
+from presence_node.cli import healthcheck_address, main
 from procs import EXE, clean_env, spawn, wait_ready
 from sipclient import SipClient
 
@@ -159,3 +160,41 @@ async def test_secret_from_environment_is_used_and_nothing_generated(tmp_path):
         assert await node.terminate(within=6) == 0
     assert not (state / "admin-secret").exists()
     assert "env-secret-abcdefghijklmnop" not in node.stderr
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+async def test_ready_line_follows_the_log_format(tmp_path, fmt):
+    """#16: with ``--log-format json`` (the images' default) the ready line on
+    stdout is a JSON object like every log line; with text, the plain line."""
+    async with spawn(tmp_path, "--log-format", fmt, "--admin-secret-file", str(secret_file(tmp_path))) as node:
+        line = node.stdout.decode()
+        if fmt == "json":
+            ready = json.loads(line)
+            assert ready["msg"] == "presence node node1 ready" and ready["level"] == "info"
+            assert ready["sip"] == f"127.0.0.1:{node.sip_port}" and ready["admin"] == f"127.0.0.1:{node.admin_port}"
+        else:
+            assert line.startswith("presence node node1 ready: SIP udp+tcp 127.0.0.1:") and "{" not in line
+
+
+async def test_healthcheck_command_probes_healthz(tmp_path):
+    """#16: ``presence-node healthcheck`` (the images' HEALTHCHECK) exits 0
+    while the node's /healthz answers, 1 when nothing answers there."""
+    async with spawn(tmp_path, "--admin-secret-file", str(secret_file(tmp_path))) as node:
+        code, err = await run_cli("healthcheck", "--admin", f"0.0.0.0:{node.admin_port}")
+        assert code == 0, err
+        admin_port = node.admin_port
+    code, err = await run_cli("healthcheck", "--admin", f"127.0.0.1:{admin_port}", "--timeout", "1")
+    assert code == 1 and "healthz" in err
+
+
+def test_healthcheck_finds_the_admin_address_of_the_node_it_checks(tmp_path):
+    """Without ``--admin`` it reads the command line of the node (PID 1 in a
+    container): its ``--admin`` flag, else its ``--config`` file's key."""
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("admin: 127.0.0.1:9181\n")
+    find = healthcheck_address
+    assert find(["/opt/venv/bin/python", "/opt/venv/bin/presence-node", "--admin", "0.0.0.0:9090"]) \
+        == ("127.0.0.1", 9090)
+    assert find(["presence-node", "--config", str(cfg)]) == ("127.0.0.1", 9181)
+    assert find(["presence-node", "--admin", "[::]:9090"]) == ("::1", 9090)
+    assert find(["sh", "-c", "sleep 1"]) == ("127.0.0.1", 8081)  # not a node: the default

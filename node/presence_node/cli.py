@@ -4,6 +4,7 @@
                   [--admin-secret-file FILE] [--node-id ID] [--log-level L]
     presence-node tags list|activate TAG [--epoch N]|deactivate TAG
                   --admin HOST:PORT [--admin-secret-file FILE]
+    presence-node healthcheck [--admin HOST:PORT] [--timeout S]
 
 Flags override the file; every setting is validated by :mod:`.config`.  The
 ``tags`` commands wrap the admin API (the seed's MI commands
@@ -18,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import urllib.request
 from pathlib import Path
 
 from . import logs
@@ -26,7 +28,7 @@ import aiohttp
 from .admin.client import AdminClient, AdminError
 from .admin.contract import SECRET_ENV
 from .admin.secret import SecretError
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, load, split_hostport
 from .node import Node, StorageConfigError, tune_gc
 
 log = logging.getLogger("presence_node")
@@ -69,11 +71,14 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     host, _ = config.sip_address
     ahost, _ = config.admin_address
-    print(
-        f"presence node {config.node_id} ready: SIP udp+tcp {host}:{node.sip_port}, "
-        f"admin http://{ahost}:{node.admin_port} (GET /healthz; others need the bearer secret)",
-        flush=True,
-    )
+    sip, admin = f"{host}:{node.sip_port}", f"{ahost}:{node.admin_port}"
+    if config.log_format == "json":
+        line = logs.json_line(f"presence node {config.node_id} ready", logger=log.name, node=config.node_id,
+                              sip=sip, admin=admin)
+    else:
+        line = (f"presence node {config.node_id} ready: SIP udp+tcp {sip}, "
+                f"admin http://{admin} (GET /healthz; others need the bearer secret)")
+    print(line, flush=True)
     await stop.wait()
     await node.stop()
 
@@ -120,10 +125,52 @@ def tags_main(argv: list[str]) -> int:
         return 1
 
 
+def healthcheck_address(cmdline: list[str]) -> tuple[str, int]:
+    """The admin address to probe for the node started with ``cmdline``
+    (its flags and ``--config`` file, as it read them; a wildcard listen
+    address is probed on loopback).  Not a node's command line: the default."""
+    names = [Path(a).name for a in cmdline]
+    args = cmdline[names.index("presence-node") + 1:] if "presence-node" in names else []
+    try:
+        host, port = make_config(args).admin_address
+    except (ConfigError, SystemExit):
+        host, port = make_config([]).admin_address
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host), port
+
+
+def healthcheck_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="presence-node healthcheck",
+        description="Exit 0 when the node's GET /healthz answers 200 (the container images' HEALTHCHECK).")
+    p.add_argument("--admin", metavar="HOST:PORT",
+                   help="default: the admin address of the node that is PID 1 (its flags or --config)")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="S")
+    args = p.parse_args(argv)
+    if args.admin is not None:
+        host, port = healthcheck_address(["presence-node", "--admin", args.admin])
+    else:
+        try:
+            cmdline = Path("/proc/1/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            cmdline = []
+        host, port = healthcheck_address([a for a in cmdline if a])
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as r:
+            if r.status == 200:
+                return 0
+            print(f"presence-node healthcheck: {url} answered {r.status}", file=sys.stderr)
+    except OSError as e:
+        print(f"presence-node healthcheck: {url}: {e}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["tags"]:
         return tags_main(argv[1:])
+    if argv[:1] == ["healthcheck"]:
+        return healthcheck_main(argv[1:])
     try:
         config = make_config(argv)
     except ConfigError as e:

@@ -27,6 +27,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+def json_line(msg: str, *, logger: str, **fields: object) -> str:
+    """One JSON log line, for what goes to stdout instead of the log (the
+    ready line), so that a JSON log collector reads it too."""
+    record = logging.LogRecord(logger, logging.INFO, "", 0, msg, None, None)
+    record.__dict__.update(fields)
+    return JsonFormatter().format(record)
+
+
 def setup(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":

@@ -9,6 +9,7 @@
     presence-cluster fence --clear [l1-0]                # lift one fence, or all
     presence-cluster restart l1-0                        # restart one node with its configuration
     presence-cluster down                                # stop everything up started
+    presence-cluster images                              # build the node and operator images with podman
 
 ``switchover`` and ``fence`` write ``operations.json`` in the state
 directory (the local form of the CR's annotations); the supervisor carries
@@ -28,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from .. import nodecheck, spec as specs
-from . import launch
+from . import launch, podman
 from .state import DEFAULT_DIR, ops_file, read_json, run_file, status_file, table, write_json
 from .supervisor import Supervisor
 
@@ -115,9 +116,23 @@ def _fence(d: Path, node: str | None, clear: bool) -> None:
     write_json(ops_file(d), {"fenced": ops["fenced"], "switchovers": ops["switchovers"]})
 
 
+def _images(context: Path, home: Path) -> None:
+    """Build the base, node and operator images; report times and sizes."""
+    if not (context / "docker" / "node.Dockerfile").is_file():
+        raise launch.LocalError(f"{context} is not the project's checkout (no docker/node.Dockerfile): give --context")
+    pm = podman.Podman(home, log=_log)
+    pm.build_all(context)
+    for image in (podman.NODE_IMAGE, podman.OPERATOR_IMAGE):
+        _log(f"{image}: {pm.size(image) / 1e6:.0f} MB")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="presence-cluster", description="Run a PresenceCluster manifest locally.")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    im = sub.add_parser("images", help="build the node and operator images with a private podman")
+    im.add_argument("--context", type=Path, default=Path.cwd(), help="the project's checkout (default: .)")
+    im.add_argument("--images-dir", type=Path, default=podman.DEFAULT_DIR,
+                    help=f"podman's private storage and settings (default {podman.DEFAULT_DIR})")
     for name in ("up", "status", "supervise", "switchover", "fence", "restart", "down"):
         sp = sub.add_parser(name)
         sp.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default .presence-cluster)")
@@ -141,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("up", "supervise"):
             sp.add_argument("--interval", type=float, default=0.2, help="probe period in seconds")
     args = ap.parse_args(argv)
-    args.dir = args.dir.resolve()
     try:
+        if args.cmd == "images":
+            _images(args.context.resolve(), args.images_dir)
+            return 0
+        args.dir = args.dir.resolve()
         if args.cmd == "up":
             manifest = _load(args.file)
             launch.up(manifest, args.file, args.dir, host=args.host, sip_base=args.sip_base,
@@ -169,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         launch.down(args.dir, log=_log)
         return 0
-    except (launch.LocalError, specs.SpecError) as e:
+    except (launch.LocalError, specs.SpecError, podman.PodmanError) as e:
         print(f"presence-cluster: {e}", file=sys.stderr)
         return 2
 
