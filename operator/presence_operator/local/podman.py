@@ -164,6 +164,9 @@ class Podman:
         self.ensure_base()
         self.build(context, "docker/node.Dockerfile", NODE_IMAGE)
         self.build(context, "docker/operator.Dockerfile", OPERATOR_IMAGE)
+        # Each build leaves its untagged build stage (the next build's cache);
+        # those of earlier days go, so repeated test runs do not fill the disk.
+        self.run("image", "prune", "-f", "--filter", "until=24h")
 
     def size(self, image: str) -> int:
         """Uncompressed bytes of ``image``."""
