@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Failover time and the one-owner rule, in local mode.
 
-    .venv/bin/python bench/failover.py [--kills 20] [--example examples/01-ha/cluster.yaml]
+    .venv/bin/python bench/failover.py [--kills 20] [--example examples/01-ha/cluster.yaml] [--runtime podman]
 
 Brings the HA example up with ``presence-cluster up`` in a temporary state
 directory on free ports, then ``--kills`` times: SIGKILL the node that owns
@@ -14,7 +14,9 @@ the same epoch, or a node claiming a lower epoch although it was asked only
 after the other node's higher claim had been answered.  Two answers of one
 round that straddle a move (the old owner read just before it, the new one
 just after: lower epoch asked first) are counted apart, as ``straddles``;
-they are not two owners.
+they are not two owners.  ``--runtime podman``: the nodes are the
+containers of the rendered pods (``presence-cluster images`` first); the
+SIGKILL goes to the container's process, as an OOM kill would.
 
 Prints one line per kill, then min/median/max; writes everything to
 ``bench/results/<time>-failover.json``.  Exit status 1 if any moment had two
@@ -109,6 +111,7 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--example", type=Path, default=ROOT / "examples" / "01-ha" / "cluster.yaml")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds before a failover counts as failed")
+    ap.add_argument("--runtime", choices=["process", "podman"], default="process")
     ap.add_argument("--emulator", action="store_true",
                     help="under the kopf operator against KMock's emulator instead (bench/failover_emulator.py)")
     args = ap.parse_args()
@@ -122,7 +125,8 @@ def main() -> int:
     sip, admin = free_base(2), free_base(2)
     log = (tmp / "up.log").open("w")
     up = subprocess.Popen([EXE, "up", str(args.example), "--dir", str(d), "--sip-base", str(sip),
-                           "--admin-base", str(admin)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+                           "--admin-base", str(admin), "--runtime", args.runtime], stdout=log,
+                          stderr=subprocess.STDOUT, cwd=tmp)
     status = lambda: json.loads((d / "status.json").read_text())  # noqa: E731
     results: list[dict] = []
     failed = 0

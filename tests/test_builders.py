@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from presence_operator import builders, handlers, nodecheck, spec as specs
 from presence_operator.local import launch
 from presence_operator.builders import meta, rbac, secret
 
+ROOT = Path(__file__).resolve().parents[1]
 DB = {"secretRef": {"name": "db", "key": "dsn"}}
 
 
@@ -341,3 +343,18 @@ def test_operator_set_keys_are_node_settings():
         assert section in Config.model_fields, dotted
         if key:
             assert key in Config.model_fields[section].annotation.model_fields, dotted
+
+
+def test_the_node_user_can_read_its_secret_files():
+    """#16: Secret files are root's with mode 0400 unless the pod has an
+    fsGroup (then the kubelet makes them group-readable): the pod runs as the
+    image's user with that user's group as fsGroup (found when the rendered
+    pods first ran in containers: the node could not read its DSN)."""
+    user = next(line.split()[1] for line in (ROOT / "docker" / "node.Dockerfile").read_text().splitlines()
+                if line.startswith("USER "))
+    assert user == f"{meta.NODE_UID}:{meta.NODE_UID}"
+    for o, _ in CASES.values():
+        for sts in by_kind(builders.render(o), "StatefulSet"):
+            pod = sts["spec"]["template"]["spec"]
+            assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == meta.NODE_UID
+            assert any("secret" in v for v in pod["volumes"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -33,6 +34,7 @@ from k8stools import k8s_tools  # noqa: F401 - the session fixture
 from kube import eventually, free_port
 from procs import wait_ready
 from sipclient import SipClient
+from test_local_mode import Upped, cli, wait_for
 
 from presence_operator.local import podman
 
@@ -157,3 +159,33 @@ async def test_operator_image_runs_the_charts_operator_against_the_emulator(imag
         await podman_async(images, "rm", "-f", "-t", "5", name)
         if os.environ.get("PRESENCE_TEST_VERBOSE"):
             print(logs)
+
+
+def test_local_mode_runs_the_rendered_pods_in_containers_and_fails_over(images, tmp_path):
+    """#16: ``presence-cluster up --runtime podman`` runs each pod of the
+    StatefulSet the operator renders as a container of the built image (its
+    command, mounts, security context, readiness probe); a killed container's
+    tag moves, ``restart`` recreates it, a switchover brings the tag back, and
+    ``down`` removes the containers."""
+    c = Upped(tmp_path, "01-ha", 2, "--runtime", "podman")
+    d, run = c.d, c.run
+    try:
+        assert {n["container"] for n in run["nodes"].values()} == {"demo-ha-l1-0", "demo-ha-l1-1"}
+        assert run["nodes"]["l1-0"]["admin"] == "127.0.1.1:8081" and run["nodes"]["l1-1"]["sip"] == "127.0.1.2:5060"
+        inspect = images.inspect("demo-ha-l1-0")
+        assert inspect["HostConfig"]["ReadonlyRootfs"] and inspect["Config"]["User"] in ("", "10001", "10001:10001")
+        assert images.run("exec", "demo-ha-l1-0", "id", "-u").strip() == "10001"
+        assert c.tags("l1-0")["vip"]["state"] == "active"
+        before = c.tags("l1-0")["vip"]["epoch"]
+        os.kill(run["nodes"]["l1-0"]["pid"], signal.SIGKILL)
+        wait_for(lambda: c.tags("l1-1")["vip"]["state"] == "active", 5, "vip active on l1-1")
+        assert c.tags("l1-1")["vip"]["epoch"] > before
+        res = cli(d, "restart", "l1-0")
+        assert res.returncode == 0, res.stderr
+        c.run = json.loads((d / "run.json").read_text())
+        assert c.tags("l1-0")["vip"]["state"] == "backup"  # back as a backup: the tag moved at a higher epoch
+        assert cli(d, "switchover", "vip", "l1-0").returncode == 0
+        wait_for(lambda: c.tags("l1-0")["vip"]["state"] == "active", 5, "vip switched back to l1-0")
+    finally:
+        c.close()
+    assert "demo-ha-l1" not in images.run("ps", "-a", "--format", "{{.Names}}")

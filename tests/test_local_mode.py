@@ -62,13 +62,13 @@ class Upped:
     """``presence-cluster up`` of an example in the background (supervised),
     waited for Ready; ``close`` runs ``down`` and checks every node is gone."""
 
-    def __init__(self, tmp_path: Path, example: str, n: int) -> None:
+    def __init__(self, tmp_path: Path, example: str, n: int, *extra: str) -> None:
         self.d = tmp_path / "state"
         sip, admin, channel = free_base(n), free_base(n), free_base(n)
         self._log = (tmp_path / "up.log").open("w")
         self.up = subprocess.Popen([EXE, "up", str(ROOT / "examples" / example / "cluster.yaml"), "--dir", str(self.d),
-                                    "--sip-base", str(sip), "--admin-base", str(admin), "--cluster-base", str(channel)],
-                                   stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp_path)
+                                    "--sip-base", str(sip), "--admin-base", str(admin), "--cluster-base", str(channel),
+                                    *extra], stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp_path)
         self.run: dict = {}
         try:
             wait_for(lambda: self.status()["phase"] == "Ready", 60, "cluster Ready")
@@ -76,6 +76,7 @@ class Upped:
             self.secret = (self.d / "admin-secret").read_text().strip()
         except BaseException:
             self.close()
+            print((tmp_path / "up.log").read_text()[-3000:])  # why it never got Ready
             raise
 
     def status(self) -> dict:

@@ -91,6 +91,11 @@ def build(owner: meta.Owner, location: specs.Location) -> dict[str, Any]:
                     "serviceAccountName": meta.service_account_name(owner),
                     "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": 10,
+                    # Without fsGroup the node (non-root) cannot read its
+                    # 0400 Secret files: found running the pods with podman.
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": meta.NODE_UID,
+                                        "runAsGroup": meta.NODE_UID, "fsGroup": meta.NODE_UID,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container],
                     "volumes": volumes,
                 },

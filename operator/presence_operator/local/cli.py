@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--cluster-base", type=int, default=7060,
                             help="cluster channel port of the first node, federation modes (then +1)")
             sp.add_argument("--no-supervise", action="store_true", help="start and return")
+            sp.add_argument("--runtime", choices=["process", "podman"], default="process",
+                            help="node processes (default), or the containers of the pods the operator renders "
+                                 "(images from 'presence-cluster images'; pod IPs 127.0.1.N)")
         if name == "switchover":
             sp.add_argument("tag")
             sp.add_argument("node", nargs="?")
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "up":
             manifest = _load(args.file)
             launch.up(manifest, args.file, args.dir, host=args.host, sip_base=args.sip_base,
-                      admin_base=args.admin_base, cluster_base=args.cluster_base, log=_log)
+                      admin_base=args.admin_base, cluster_base=args.cluster_base, runtime=args.runtime, log=_log)
             _log(f"cluster {manifest.name} up; state in {args.dir}")
             return 0 if args.no_supervise else _supervise(args.dir, args.interval)
         if args.cmd == "supervise":

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .. import spec as specs
-from . import pg
+from . import containers, pg, pods
 from .state import cluster_secret_file, ops_file, read_json, run_file, secret_file, status_file, write_json
 
 
@@ -88,11 +88,14 @@ def _secret(path: Path) -> None:
 
 
 def up(manifest: specs.Manifest, manifest_path: Path, d: Path, *, host: str, sip_base: int,
-       admin_base: int, cluster_base: int = 7060, log=print) -> dict[str, Any]:
+       admin_base: int, cluster_base: int = 7060, runtime: str = "process", log=print) -> dict[str, Any]:
     """Start everything; returns the run record (also written to run.json).
     In the federation modes every node also gets a cluster channel on
     ``cluster_base`` + its ordinal, every other node as a peer, and the
-    cluster secret generated in the state directory."""
+    cluster secret generated in the state directory.  ``runtime`` podman:
+    the nodes are the containers of the pods the operator renders, on their
+    own loopback addresses (:mod:`.containers`; the ``*_base`` ports and
+    ``host`` then do not apply)."""
     spec = manifest.spec
     if running(d):
         raise LocalError(f"a cluster is already running from {d}: run 'presence-cluster down --dir {d}' first")
@@ -121,8 +124,15 @@ def up(manifest: specs.Manifest, manifest_path: Path, d: Path, *, host: str, sip
                 with os.fdopen(fd, "w") as out:
                     out.write(str(info["dsn"]))
                 dsn_files[loc.name] = f.resolve()
+        if runtime == "podman":
+            dsns = {loc: Path(f).read_text() for loc, f in dsn_files.items()}
+            cluster_secret = cluster_secret_file(d).read_text().strip() if cluster is not None else None
+            run["runtime"] = "podman"
+            run["nodes"] = containers.up(manifest, d, secret_file(d).read_text().strip(), cluster_secret, dsns,
+                                         log)
+            write_json(run_file(d), run)
         exe = node_exe()
-        for n in specs.nodes(spec):
+        for n in specs.nodes(spec) if runtime == "process" else ():
             sip, admin = f"{host}:{sip_base + n.ordinal}", f"{host}:{admin_base + n.ordinal}"
             work = d / "nodes" / n.name
             work.mkdir(parents=True, exist_ok=True)
@@ -138,6 +148,9 @@ def up(manifest: specs.Manifest, manifest_path: Path, d: Path, *, host: str, sip
             _wait_ready(name, n, d)
             channel = f", cluster channel {n['cluster']}" if "cluster" in n else ""
             log(f"node {name} ready: SIP udp+tcp {n['sip']}, admin http://{n['admin']}{channel} (pid {n['pid']})")
+    except pods.PodError as e:
+        down(d, log=lambda *_: None)
+        raise LocalError(str(e)) from None
     except BaseException:
         down(d, log=lambda *_: None)
         raise
@@ -175,7 +188,7 @@ def restart(d: Path, name: str, log=print) -> int:
         if pg.alive(n["pid"]):
             _signal(n["pid"], signal.SIGKILL)
         log(f"node {name} (pid {n['pid']}) stopped")
-    n["pid"] = _spawn(node_exe(), d, name)
+    n["pid"] = containers.restart(n) if "container" in n else _spawn(node_exe(), d, name)
     run = read_json(run_file(d)) or run  # re-read: keep what others wrote meanwhile (the supervisor pid)
     run["nodes"][name]["pid"] = n["pid"]
     write_json(run_file(d), run)
@@ -188,10 +201,12 @@ def _wait_ready(name: str, n: dict[str, Any], d: Path, timeout: float = 30.0) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not pg.alive(n["pid"]):
-            err = (d / "nodes" / name / "stderr.log").read_text()[-2000:]
+            err = containers.logs(n["container"]) if "container" in n else \
+                (d / "nodes" / name / "stderr.log").read_text()[-2000:]
             raise LocalError(f"node {name} exited during start-up:\n{err}")
         try:
-            with urllib.request.urlopen(f"http://{n['admin']}/readyz", timeout=1) as r:
+            # A pod's readiness probe, else the admin API's /readyz.
+            with urllib.request.urlopen(n.get("ready") or f"http://{n['admin']}/readyz", timeout=1) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -219,6 +234,7 @@ def down(d: Path, log=print) -> None:
     for pid in nodes:
         if pg.alive(pid):
             _signal(pid, signal.SIGKILL)
+    containers.stop([n for n in run["nodes"].values() if "container" in n])
     for name, p in run["nodes"].items():
         log(f"node {name} (pid {p['pid']}) stopped")
     for loc, info in run.get("postgres", {}).items():

@@ -104,6 +104,13 @@ class Podman:
             raise PodmanError(f"podman {' '.join(args[:3])} failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
         return res.stdout
 
+    def output(self, *args: str) -> str:
+        """stdout and stderr of a podman command, whatever its status
+        (``logs`` writes a container's stderr to its own stderr)."""
+        res = subprocess.run([*self.argv, *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, timeout=60)
+        return res.stdout
+
     def exists(self, image: str) -> bool:
         return subprocess.run([*self.argv, "image", "exists", image], env=self.env).returncode == 0
 
