@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from lxml import etree
 
@@ -181,3 +183,28 @@ def test_s72_two_phones_with_the_same_dialog_id_both_show(pkg: DialogPackage) ->
     assert sorted(d.get("call-id") for d in dialogs) == ["c1-bench@192.0.2.1", "other-call@192.0.2.9"]
     ids = [d.get("id") for d in dialogs]
     assert len(set(ids)) == 2 and ids[0] == "d1"
+
+
+def one_dialog(n: int) -> bytes:
+    """Phone ``n`` in a call whose dialog it numbered 1, like every other phone."""
+    return (
+        f'<dialog-info xmlns="{DI}" version="0" state="full" entity="{ENTITY}">'
+        f'<dialog id="1" call-id="call-{n}"><state>confirmed</state></dialog></dialog-info>'
+    ).encode()
+
+
+def test_s72_thousands_of_one_dialog_id_renamed_in_linear_time(pkg: DialogPackage) -> None:
+    """Distinct dialogs sharing an id keep unique ids in order, and 4x the
+    dialogs cost about 4x (the probe from ``-2`` upwards was quadratic)."""
+    bodies = [one_dialog(n) for n in range(8000)]
+    root = parse(pkg.compose(ENTITY, bodies).render(1))
+    assert [d.get("id") for d in root] == ["1"] + [f"1-{n}" for n in range(2, 8001)]
+
+    def seconds(some: list[bytes]) -> float:
+        started = time.perf_counter()
+        pkg.compose(ENTITY, some)
+        return time.perf_counter() - started
+
+    small = min(seconds(bodies[:2000]) for _ in range(3))
+    large = min(seconds(bodies) for _ in range(3))
+    assert large < 10 * small, f"2000: {small * 1000:.0f} ms, 8000: {large * 1000:.0f} ms"
