@@ -179,3 +179,20 @@ def test_s52_children_bytes_keeps_conflicting_and_unqualified_names() -> None:
     rebuilt = parse_xml(f"<presence{xmlns_decls(nsmap)}>".encode() + body + b"</presence>")
     assert [etree.QName(e).namespace for e in rebuilt.iter()] == [PIDF_NS, "urn:one", "urn:two", None]
     assert [e.prefix for e in rebuilt.iter()][1:3] == ["x", "x"]
+
+
+def test_s52_children_bytes_cut_between_comments_instructions_and_text() -> None:
+    """Other nodes of the source root stay out; a child's own ``xmlns=""``
+    is not doubled; of the differing bindings only the used one is added;
+    a declaration the new root makes identically is dropped."""
+    source = parse_xml(
+        b'<r xmlns:q="urn:a" xmlns:z="urn:z" xmlns:u="urn:unused"><!-- <c/> --><a x="&gt;&quot;"/>text'
+        b'<?pi <b/>?><b xmlns=""/><q:c xmlns:z="urn:z"><z:d/></q:c></r>'
+    )
+    first = parse_xml(b'<p xmlns="urn:ietf:params:xml:ns:pidf" xmlns:q="urn:other" xmlns:u="urn:u2"/>')
+    nsmap = root_nsmap(PIDF_NS, [first, source])
+    assert children_bytes(source, [source[1], source[3], source[4]], nsmap) == [
+        b'<a xmlns="" x="&gt;&quot;"/>',
+        b'<b xmlns=""/>',
+        b'<q:c xmlns="" xmlns:q="urn:a"><z:d/></q:c>',
+    ]
