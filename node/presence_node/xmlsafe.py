@@ -118,7 +118,7 @@ def root_nsmap(default: str, roots: list[etree._Element]) -> dict[str | None, st
 
     A prefix bound to different URIs by two sources is declared once; the
     elements of the other source keep their own declaration (see
-    :func:`element_bytes`), so nothing is re-prefixed.
+    :func:`children_bytes`), so nothing is re-prefixed.
     """
     nsmap: dict[str | None, str] = {None: default}
     for root in roots:
