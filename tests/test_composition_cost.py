@@ -46,15 +46,16 @@ def wide_dialog_info(namespaces: int, elements: int) -> bytes:
 
 
 async def poll_seconds(watcher, runs: int = 3) -> float:  # type: ignore[no-untyped-def]
-    """The quickest of ``runs`` polls (SUBSCRIBE with Expires: 0, answered
-    by one composed NOTIFY): send to NOTIFY received."""
+    """The cheapest of ``runs`` polls (SUBSCRIBE with Expires: 0, answered
+    by one composed NOTIFY), in CPU time of this process (the node runs in
+    it): other processes on a loaded machine count less than in wall time."""
     best = float("inf")
     for _ in range(runs):
-        started = time.perf_counter()
+        started = time.process_time()
         resp, d = await watcher.subscribe(BOB, expires=0)
         assert resp.code in (200, 202)
         await watcher.dialog_notifies(d, 1, timeout=60)
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.process_time() - started)
     return best
 
 
@@ -139,3 +140,17 @@ async def test_reported_attack_bodies_are_refused_by_default(make_client, node):
         r = await bob.publish(body)
         assert r.code == 400 and "max_xml_namespaces" in r.reason, (len(body), r.code, r.reason)
     assert await publications(node) == []
+
+
+async def test_long_namespace_name_gets_400_naming_the_limit(make_client, node):
+    """A binding's URI is repeated on every element using it when another
+    body binds the prefix differently, so its length is bounded too."""
+    bob = await make_client("bob", "tcp")
+    for length, code in ((256, 200), (257, 400)):
+        body = pidf().replace(b"<tuple ", f'<tuple xmlns:x="urn:{"x" * (length - 4)}" '.encode())
+        r = await bob.publish(body, expires=0)
+        assert r.code == code, (length, r.code, r.reason)
+    assert "max_xml_namespace_length" in r.reason
+    assert await publications(node) == []
+    assert ('presence_publish_refused_total{event="presence",reason="max_xml_namespace_length"} 1.0'
+            in node.metrics.render().decode())
