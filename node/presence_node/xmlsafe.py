@@ -192,14 +192,14 @@ def children_bytes(
     order; UTF-8, prefixes untouched) for placement under a root that
     declares ``inherited``.
 
-    ``root`` is serialised once, its other nodes removed and a random mark
+    ``root`` is serialised once, with its other nodes removed and a mark
     as its text and as the tail of each child, and the children are cut out
-    of it (no body can hold the mark: it is new for each call and text
-    around it is escaped).  Each keeps its own declarations except those ``inherited``
-    already makes, and gets those of ``root`` that ``inherited`` binds
-    differently and that it uses.  If ``root`` has no default namespace but
-    the new root declares one, ``xmlns=""`` is added so unqualified names
-    stay unqualified.
+    of it.  The mark is 128 random bits drawn for each call, so no body can
+    be written to hold it.  Each child keeps its own declarations except
+    those ``inherited`` already makes, and gets those of ``root`` that
+    ``inherited`` binds differently and that it uses.  If ``root`` has no
+    default namespace but the new root declares one, ``xmlns=""`` is added
+    so unqualified names stay unqualified.
 
     The tree is spent afterwards (nodes removed, text replaced): callers
     parse the bodies for each composition.
@@ -216,6 +216,7 @@ def children_bytes(
     for child in children:
         child.tail = mark
     pieces = etree.tostring(root, encoding="UTF-8").split(mark.encode())[1:-1]
+    assert len(pieces) == len(children), "children must be element children of root, in document order"
     redundant = {xmlns_decls({prefix: uri}).encode().lstrip() for prefix, uri in inherited.items()}
     differing = {
         prefix: xmlns_decls({prefix: uri}).encode()

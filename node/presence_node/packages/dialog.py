@@ -13,7 +13,16 @@ from collections.abc import Mapping, Sequence
 
 from lxml import etree
 
-from ..xmlsafe import UniqueIds, XmlLimits, check_limits, children_bytes, escape_attr, parse_xml, root_nsmap, xmlns_decls
+from ..xmlsafe import (
+    UniqueIds,
+    XmlLimits,
+    check_limits,
+    children_bytes,
+    escape_attr,
+    parse_xml,
+    root_nsmap,
+    xmlns_decls,
+)
 from .base import BadBody, Document, UnsupportedBody
 from .presence import media_type
 

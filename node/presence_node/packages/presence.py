@@ -14,7 +14,16 @@ from collections.abc import Mapping, Sequence
 
 from lxml import etree
 
-from ..xmlsafe import UniqueIds, XmlLimits, check_limits, children_bytes, escape_attr, parse_xml, root_nsmap, xmlns_decls
+from ..xmlsafe import (
+    UniqueIds,
+    XmlLimits,
+    check_limits,
+    children_bytes,
+    escape_attr,
+    parse_xml,
+    root_nsmap,
+    xmlns_decls,
+)
 from .base import BadBody, Document, UnsupportedBody
 
 PIDF_NS = "urn:ietf:params:xml:ns:pidf"
