@@ -234,3 +234,28 @@ COMPOSED_DESK_SOFT = (
 
 def test_s66_composed_document_byte_for_byte(pkg: DialogPackage) -> None:
     assert pkg.compose(ENTITY, [DESK, SOFT]).render(7) == COMPOSED_DESK_SOFT.replace(b'version=""', b'version="7"')
+
+
+def wide_dialog_info(prefixes: int, dialogs: int) -> bytes:
+    """``prefixes`` bindings on the root above ``dialogs`` small dialogs."""
+    decls = "".join(f' xmlns:p{i}="urn:example:ns{i}"' for i in range(prefixes))
+    inner = "".join(f'<dialog id="d{n}"><state>early</state><p{n % prefixes}:x/></dialog>' for n in range(dialogs))
+    return f'<dialog-info xmlns="{DI}"{decls} version="0" state="full" entity="{ENTITY}">{inner}</dialog-info>'.encode()
+
+
+def test_s66_composition_cost_is_linear_in_the_body_size(pkg: DialogPackage) -> None:
+    """4x the prefixes over 4x the dialogs (a 4x body) costs about 4x, not
+    the 16x and more of serialising each dialog with every binding in scope
+    (issue #12 item 1); prefixes stay as published."""
+    small, large = wide_dialog_info(32, 500), wide_dialog_info(128, 2000)
+
+    def seconds(body: bytes) -> float:
+        started = time.process_time()
+        pkg.compose(ENTITY, [body])
+        return time.process_time() - started
+
+    cost_small = min(seconds(small) for _ in range(3))
+    cost_large = min(seconds(large) for _ in range(3))
+    assert cost_large < 12 * cost_small, f"1x {cost_small * 1000:.1f} ms, 4x {cost_large * 1000:.1f} ms"
+    root = parse(pkg.compose(ENTITY, [large]).render(1))
+    assert len(root) == 2000 and root[5][1].prefix == "p5"
