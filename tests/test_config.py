@@ -3,6 +3,7 @@ errors naming the dotted key, and flags override the file."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,22 @@ def test_a_bad_flag_value_is_reported_by_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         make_config(["--sip", "nowhere"])
     assert "sip:" in str(err.value)
+
+
+def test_readme_numeric_defaults_are_the_models() -> None:
+    """Section 4 of the README states each numeric default the model has
+    (issue #12 item 15: it said 65536 for ``limits.max_body_size``)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme[readme.index("## 4. Configuration reference") :]
+    table = table[: table.index("\n## ")]
+    defaults = Config()
+    checked = 0
+    for key, default in re.findall(r"^\| `([a-z_]+\.[a-z_0-9]+)` \| [^|]+ \| ([^|]+) \|", table, re.M):
+        try:
+            documented = float(default.strip(" `"))
+        except ValueError:
+            continue  # prose ("the node id") or several values
+        section, name = key.split(".")
+        assert documented == float(getattr(getattr(defaults, section), name)), key
+        checked += 1
+    assert checked >= 20

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from lxml import etree
 
@@ -181,3 +183,79 @@ def test_s72_two_phones_with_the_same_dialog_id_both_show(pkg: DialogPackage) ->
     assert sorted(d.get("call-id") for d in dialogs) == ["c1-bench@192.0.2.1", "other-call@192.0.2.9"]
     ids = [d.get("id") for d in dialogs]
     assert len(set(ids)) == 2 and ids[0] == "d1"
+
+
+def one_dialog(n: int) -> bytes:
+    """Phone ``n`` in a call whose dialog it numbered 1, like every other phone."""
+    return (
+        f'<dialog-info xmlns="{DI}" version="0" state="full" entity="{ENTITY}">'
+        f'<dialog id="1" call-id="call-{n}"><state>confirmed</state></dialog></dialog-info>'
+    ).encode()
+
+
+def test_s72_thousands_of_one_dialog_id_renamed_in_linear_time(pkg: DialogPackage) -> None:
+    """Distinct dialogs sharing an id keep unique ids in order, and 4x the
+    dialogs cost about 4x (the probe from ``-2`` upwards was quadratic)."""
+    bodies = [one_dialog(n) for n in range(8000)]
+    root = parse(pkg.compose(ENTITY, bodies).render(1))
+    assert [d.get("id") for d in root] == ["1"] + [f"1-{n}" for n in range(2, 8001)]
+
+    def seconds(some: list[bytes]) -> float:
+        started = time.process_time()
+        pkg.compose(ENTITY, some)
+        return time.process_time() - started
+
+    small = min(seconds(bodies[:2000]) for _ in range(3))
+    large = min(seconds(bodies) for _ in range(3))
+    assert large < 10 * small, f"2000: {small * 1000:.0f} ms, 8000: {large * 1000:.0f} ms"
+
+
+# What composition produced before #12, byte for byte (see
+# test_packages_presence.py).
+COMPOSED_DESK_SOFT = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b'<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" xmlns:sa="urn:ietf:params:xml:ns:sa-dialog-info" version="" state="full" entity="sip:200@example.com">\n'
+    b'<dialog id="d1" call-id="c1-bench@192.0.2.1" local-tag="lt1" remote-tag="rt1" direction="recipient">\n'
+    b'<state>confirmed</state>\n'
+    b'<duration>42</duration>\n'
+    b'<local><identity>sip:200@example.com</identity>\n'
+    b'</local>\n'
+    b'<remote><identity display="Carol">sip:carol@example.com</identity>\n'
+    b'</remote>\n'
+    b'</dialog>\n'
+    b'<dialog id="d2" call-id="c2@198.51.100.7" local-tag="ft2" direction="initiator">\n'
+    b'<sa:appearance>1</sa:appearance>\n'
+    b'<state>early</state>\n'
+    b'<remote><identity>sip:dave@example.com</identity></remote>\n'
+    b'</dialog>\n'
+    b'</dialog-info>\n'
+)
+
+
+def test_s66_composed_document_byte_for_byte(pkg: DialogPackage) -> None:
+    assert pkg.compose(ENTITY, [DESK, SOFT]).render(7) == COMPOSED_DESK_SOFT.replace(b'version=""', b'version="7"')
+
+
+def wide_dialog_info(prefixes: int, dialogs: int) -> bytes:
+    """``prefixes`` bindings on the root above ``dialogs`` small dialogs."""
+    decls = "".join(f' xmlns:p{i}="urn:example:ns{i}"' for i in range(prefixes))
+    inner = "".join(f'<dialog id="d{n}"><state>early</state><p{n % prefixes}:x/></dialog>' for n in range(dialogs))
+    return f'<dialog-info xmlns="{DI}"{decls} version="0" state="full" entity="{ENTITY}">{inner}</dialog-info>'.encode()
+
+
+def test_s66_composition_cost_is_linear_in_the_body_size(pkg: DialogPackage) -> None:
+    """4x the prefixes over 4x the dialogs (a 4x body) costs about 4x, not
+    the 16x and more of serialising each dialog with every binding in scope
+    (issue #12 item 1); prefixes stay as published."""
+    small, large = wide_dialog_info(32, 500), wide_dialog_info(128, 2000)
+
+    def seconds(body: bytes) -> float:
+        started = time.process_time()
+        pkg.compose(ENTITY, [body])
+        return time.process_time() - started
+
+    cost_small = min(seconds(small) for _ in range(3))
+    cost_large = min(seconds(large) for _ in range(3))
+    assert cost_large < 12 * cost_small, f"1x {cost_small * 1000:.1f} ms, 4x {cost_large * 1000:.1f} ms"
+    root = parse(pkg.compose(ENTITY, [large]).render(1))
+    assert len(root) == 2000 and root[5][1].prefix == "p5"

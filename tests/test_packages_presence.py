@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from lxml import etree
 
@@ -218,3 +220,106 @@ def test_s51_composed_non_utf8_source_stays_well_formed(pkg: PresencePackage) ->
     pkg.check_publication(latin, "application/pidf+xml")
     root = parse(pkg.compose(ENTITY, [latin, BARESIP_AWAY]).body)
     assert root.findtext("p:tuple/p:note", namespaces=NS) == "Réunion"
+
+
+def one_tuple(tuple_id: str) -> bytes:
+    return (
+        f'<presence xmlns="{PIDF}" entity="{ENTITY}"><tuple id="{tuple_id}"><status><basic>open</basic>'
+        f"</status></tuple></presence>"
+    ).encode()
+
+
+def compose_seconds(pkg: PresencePackage, bodies: list[bytes]) -> float:
+    started = time.process_time()
+    pkg.compose(ENTITY, bodies)
+    return time.process_time() - started
+
+
+def test_s53_thousands_of_one_tuple_id_renamed_in_linear_time(pkg: PresencePackage) -> None:
+    """8,000 publications sharing a tuple id (issue #12 item 2): every id
+    unique, numbered in order, and 4x the publications cost about 4x (a
+    probe per element from ``-2`` upwards was quadratic: 16x)."""
+    bodies = [one_tuple("t")] * 8000
+    root = parse(pkg.compose(ENTITY, bodies).body)
+    assert [t.get("id") for t in root] == ["t"] + [f"t-{n}" for n in range(2, 8001)]
+    small = min(compose_seconds(pkg, bodies[:2000]) for _ in range(3))
+    large = min(compose_seconds(pkg, bodies) for _ in range(3))
+    assert large < 10 * small, f"2000: {small * 1000:.0f} ms, 8000: {large * 1000:.0f} ms"
+
+
+def test_s53_renamed_ids_skip_ids_already_taken(pkg: PresencePackage) -> None:
+    """A suffix another element already carries is skipped, later ids that
+    collide with an earlier rename are renamed in turn."""
+    bodies = [one_tuple(i) for i in ("a", "a-3", "a", "a", "a-2", "a")]
+    root = parse(pkg.compose(ENTITY, bodies).body)
+    assert [t.get("id") for t in root] == ["a", "a-3", "a-2", "a-4", "a-2-2", "a-5"]
+
+
+def test_s53_composing_twice_gives_the_same_document(pkg: PresencePackage) -> None:
+    """Composition works on trees parsed for it: nothing it changes (ids,
+    serialisation marks) leaks into the next composition."""
+    bodies = [PJSUA, LINPHONE, BARESIP_AWAY.replace(b'"t4109"', b'"qmtt3h"')]
+    assert pkg.compose(ENTITY, bodies).body == pkg.compose(ENTITY, bodies).body
+
+
+def test_s52_differing_bindings_repeated_only_on_elements_using_them(pkg: PresencePackage) -> None:
+    """A later body binding many prefixes differently from the first keeps
+    its bindings where they are used, and the document stays about the size
+    of its sources (a binding was repeated on every element: prefixes x
+    children)."""
+    def body(uri: str, inner: str) -> bytes:
+        decls = "".join(f' xmlns:p{i}="urn:{uri}:{i}"' for i in range(1, 128))
+        return (f'<presence xmlns="{PIDF}"{decls} entity="{ENTITY}"><tuple id="{uri}"><status><basic>open'
+                f"</basic></status></tuple>{inner}</presence>").encode()
+
+    first, second = body("first", ""), body("second", "<p1:x/>" + "<e/>" * 1000)
+    doc = pkg.compose(ENTITY, [first, second]).body
+    assert len(doc) < len(first) + len(second)
+    root = parse(doc)
+    x = root.find("{urn:second:1}x")
+    assert x is not None and x.prefix == "p1"
+    assert len(root.findall("p:e", NS)) == 1000
+
+
+# What composition produced before #12 (one serialisation per child), byte
+# for byte: composing by cutting children out of one serialisation of each
+# source must not change it.
+COMPOSED_PJSUA_LINPHONE_BARESIP = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b'<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" xmlns:pidfonline="http://www.linphone.org/xsds/pidfonline.xsd" entity="sip:alice@example.com">\n'
+    b'<tuple id="pj0a1b2c3">\n'
+    b'  <status>\n'
+    b'   <basic>open</basic>\n'
+    b'  </status>\n'
+    b'  <dm:deviceID>urn:uuid:d27459b7-8213-4395-aa77-ed859a3e5b3a</dm:deviceID>\n'
+    b'  <timestamp>2024-05-01T10:00:00.000Z</timestamp>\n'
+    b'  <note>Idle</note>\n'
+    b' </tuple>\n'
+    b'<tuple id="qmtt3h">\n'
+    b'    <status>\n'
+    b'      <basic>open</basic>\n'
+    b'      <pidfonline:online/>\n'
+    b'    </status>\n'
+    b'    <contact>sip:alice@198.51.100.7:5062</contact>\n'
+    b'    <timestamp>2024-05-01T10:00:00Z</timestamp>\n'
+    b'  </tuple>\n'
+    b'<tuple id="qmtt3h-2">\n'
+    b'    <status>\n'
+    b'      <basic>open</basic>\n'
+    b'    </status>\n'
+    b'    <contact>sip:alice@192.0.2.10:5060</contact>\n'
+    b'  </tuple>\n'
+    b'<note>Desk phone</note>\n'
+    b'<dm:device id="dev1">\n'
+    b'  <dm:deviceID>urn:uuid:d27459b7-8213-4395-aa77-ed859a3e5b3a</dm:deviceID>\n'
+    b' </dm:device>\n'
+    b'<dm:person id="p4159">\n'
+    b'    <rpid:activities><rpid:away/></rpid:activities>\n'
+    b'  </dm:person>\n'
+    b'</presence>\n'
+)
+
+
+def test_s52_s54_composed_document_byte_for_byte(pkg: PresencePackage) -> None:
+    clash = BARESIP_AWAY.replace(b'"t4109"', b'"qmtt3h"')
+    assert pkg.compose(ENTITY, [PJSUA, LINPHONE, clash]).body == COMPOSED_PJSUA_LINPHONE_BARESIP

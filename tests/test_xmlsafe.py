@@ -9,7 +9,7 @@ import pytest
 from lxml import etree
 
 from presence_node.packages.base import BadBody
-from presence_node.xmlsafe import element_bytes, escape_attr, escape_text, parse_xml, root_nsmap, xmlns_decls
+from presence_node.xmlsafe import children_bytes, escape_attr, escape_text, parse_xml, root_nsmap, xmlns_decls
 
 PIDF_NS = "urn:ietf:params:xml:ns:pidf"
 
@@ -150,7 +150,7 @@ def test_escape_round_trips_untrusted_values() -> None:
     assert root.text == expected
 
 
-def test_s54_element_bytes_keeps_prefixes_and_drops_redundant_declarations() -> None:
+def test_s54_children_bytes_keeps_prefixes_and_drops_redundant_declarations() -> None:
     source = parse_xml(
         b'<presence xmlns="urn:ietf:params:xml:ns:pidf" '
         b'xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" '
@@ -158,14 +158,14 @@ def test_s54_element_bytes_keeps_prefixes_and_drops_redundant_declarations() -> 
         b'<dm:person id="p1"><rpid:activities><rpid:away/></rpid:activities></dm:person></presence>'
     )
     nsmap = root_nsmap(PIDF_NS, [source])
-    data = element_bytes(source[0], nsmap)
+    [data] = children_bytes(source, [source[0]], nsmap)
     assert data == b'<dm:person id="p1"><rpid:activities><rpid:away/></rpid:activities></dm:person>'
     rebuilt = parse_xml(f"<presence{xmlns_decls(nsmap)}>".encode() + data + b"</presence>")
     away = rebuilt.find(".//{urn:ietf:params:xml:ns:pidf:rpid}away")
     assert away is not None and away.prefix == "rpid"
 
 
-def test_s52_element_bytes_keeps_conflicting_and_unqualified_names() -> None:
+def test_s52_children_bytes_keeps_conflicting_and_unqualified_names() -> None:
     first = parse_xml(
         b'<p:presence xmlns:p="urn:ietf:params:xml:ns:pidf" xmlns:x="urn:one"><x:a/></p:presence>'
     )
@@ -175,7 +175,24 @@ def test_s52_element_bytes_keeps_conflicting_and_unqualified_names() -> None:
     )
     nsmap = root_nsmap(PIDF_NS, [first, second])
     assert nsmap["x"] == "urn:one"
-    body = b"".join(element_bytes(root[0], nsmap) for root in (first, second))
+    body = b"".join(children_bytes(root, [root[0]], nsmap)[0] for root in (first, second))
     rebuilt = parse_xml(f"<presence{xmlns_decls(nsmap)}>".encode() + body + b"</presence>")
     assert [etree.QName(e).namespace for e in rebuilt.iter()] == [PIDF_NS, "urn:one", "urn:two", None]
     assert [e.prefix for e in rebuilt.iter()][1:3] == ["x", "x"]
+
+
+def test_s52_children_bytes_cut_between_comments_instructions_and_text() -> None:
+    """Other nodes of the source root stay out; a child's own ``xmlns=""``
+    is not doubled; of the differing bindings only the used one is added;
+    a declaration the new root makes identically is dropped."""
+    source = parse_xml(
+        b'<r xmlns:q="urn:a" xmlns:z="urn:z" xmlns:u="urn:unused"><!-- <c/> --><a x="&gt;&quot;"/>text'
+        b'<?pi <b/>?><b xmlns=""/><q:c xmlns:z="urn:z"><z:d/></q:c></r>'
+    )
+    first = parse_xml(b'<p xmlns="urn:ietf:params:xml:ns:pidf" xmlns:q="urn:other" xmlns:u="urn:u2"/>')
+    nsmap = root_nsmap(PIDF_NS, [first, source])
+    assert children_bytes(source, [source[1], source[3], source[4]], nsmap) == [
+        b'<a xmlns="" x="&gt;&quot;"/>',
+        b'<b xmlns=""/>',
+        b'<q:c xmlns="" xmlns:q="urn:a"><z:d/></q:c>',
+    ]

@@ -68,6 +68,15 @@ class Limits(_Strict):
 
     max_message_size: int = Field(65535, ge=1024, le=1_048_576)
     max_body_size: int = Field(60000, ge=256, le=1_048_576)
+    #: What one published XML body may hold (400 beyond): distinct
+    #: namespace bindings, characters of a namespace name, elements.  Real
+    #: PIDF and dialog-info bodies hold a handful of bindings with names
+    #: under 64 characters and tens of elements; a binding that two bodies
+    #: of one presentity make differently is repeated on every element
+    #: using it, so its length bounds how much composition can add.
+    max_xml_namespaces: int = Field(128, ge=1, le=100_000)
+    max_xml_namespace_length: int = Field(256, ge=16, le=65535)
+    max_xml_elements: int = Field(4096, ge=1, le=1_000_000)
     #: Messages per second one source IP may send (token bucket), 0 = no
     #: limit.  Beyond it, datagrams are dropped unread.  The default sits
     #: above what one SIPp load generator sends in the benchmarks.

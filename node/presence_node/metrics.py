@@ -26,6 +26,7 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sip_notify_failed": ("NOTIFYs answered with an error or timed out", ("event", "code")),
     "presence_publication_changes": ("Accepted PUBLISHes by kind", ("event", "kind")),
     "presence_expired": ("Records expired by this node", ("kind",)),
+    "presence_publish_refused": ("PUBLISH bodies refused for a limits setting, by setting", ("event", "reason")),
     "cluster_messages_sent": ("Cluster channel messages sent, by kind", ("kind",)),
     "cluster_messages_received": ("Authentic cluster messages received, by kind", ("kind",)),
     "cluster_messages_rejected": ("Cluster messages refused and not applied, by reason", ("reason",)),
@@ -95,6 +96,9 @@ class Metrics:
 
     def publication_change(self, event: str, kind: str) -> None:
         self._publications[(event, kind)] += 1
+
+    def publish_refused(self, event: str, limit: str) -> None:
+        self._values["presence_publish_refused"][(event, limit)] += 1
 
     def expired(self, kind: str, n: int) -> None:
         if n:

@@ -25,6 +25,7 @@ from .admin.secret import cluster_secret, load_secret
 from .config import Config
 from .metrics import Metrics
 from .packages.registry import PackageRegistry
+from .xmlsafe import XmlLimits
 from .service.context import Service
 from .service.dispatch import Dispatcher
 from .service.expiry import Expirer
@@ -43,7 +44,14 @@ class Node:
         self.config = config
         self.metrics = Metrics()
         self.storage: Storage = storage or make_storage(config)
-        self.packages = PackageRegistry(list(config.packages))
+        self.packages = PackageRegistry(
+            list(config.packages),
+            XmlLimits(
+                max_namespaces=config.limits.max_xml_namespaces,
+                max_namespace_length=config.limits.max_xml_namespace_length,
+                max_elements=config.limits.max_xml_elements,
+            ),
+        )
         self.ids = Ids(config.node_id)
         host, _ = config.sip_address
         self.transports = Transports(

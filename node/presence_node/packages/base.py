@@ -25,6 +25,15 @@ class BadBody(RemoteSipError):
     status_hint = 400
 
 
+class BodyOverLimit(BadBody):
+    """A body beyond one of the ``limits`` settings, named in ``limit`` so
+    that refusals can be counted per setting."""
+
+    def __init__(self, limit: str, reason: str) -> None:
+        super().__init__(reason)
+        self.limit = limit
+
+
 class UnsupportedBody(RemoteSipError):
     """A body whose Content-Type the package does not take (S44): 415."""
 

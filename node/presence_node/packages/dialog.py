@@ -13,7 +13,16 @@ from collections.abc import Mapping, Sequence
 
 from lxml import etree
 
-from ..xmlsafe import element_bytes, escape_attr, parse_xml, root_nsmap, xmlns_decls
+from ..xmlsafe import (
+    UniqueIds,
+    XmlLimits,
+    check_limits,
+    children_bytes,
+    escape_attr,
+    parse_xml,
+    root_nsmap,
+    xmlns_decls,
+)
 from .base import BadBody, Document, UnsupportedBody
 from .presence import media_type
 
@@ -36,14 +45,16 @@ class DialogPackage:
     content_types: tuple[str, ...] = (DIALOG_INFO_TYPE,)
     publishable: bool = True
 
-    def __init__(self, name: str = "dialog") -> None:
+    def __init__(self, name: str = "dialog", limits: XmlLimits = XmlLimits()) -> None:
         self.name = name
+        self.limits = limits
 
     def check_publication(self, body: bytes, content_type: str) -> bytes:
         """Accept a dialog-info body (S44, S68) and return it unchanged.
 
         Refused with 400: not well-formed, not a ``<dialog-info>``, or a
-        ``<dialog>`` without a unique ``id`` or a valid ``<state>``.
+        ``<dialog>`` without a unique ``id`` or a valid ``<state>``, or
+        beyond ``limits`` (:class:`~.base.BodyOverLimit`).
         """
         if media_type(content_type) != DIALOG_INFO_TYPE:
             raise UnsupportedBody(
@@ -51,6 +62,7 @@ class DialogPackage:
                 headers=[("Accept", DIALOG_INFO_TYPE)],
             )
         root = parse_xml(body)
+        check_limits(root, self.limits)
         if root.tag != _DIALOG_INFO:
             raise BadBody(f"root must be <dialog-info> in {DIALOG_INFO_NS}, got {root.tag}")
         seen: set[str] = set()
@@ -90,28 +102,30 @@ class DialogPackage:
         for root in roots:
             for dialog in root.iterchildren(_DIALOG):
                 by_identity[_identity(dialog)] = dialog
-        dialogs: dict[str, etree._Element] = {}
+        ids = UniqueIds()
+        dialogs: list[etree._Element] = []
         for dialog in by_identity.values():
-            base = dialog_id = dialog.get("id", "")
-            n = 1
-            while dialog_id in dialogs:
-                n += 1
-                dialog_id = f"{base}-{n}"
+            base = dialog.get("id", "")
+            dialog_id = ids.claim(base)
             if dialog_id != base:
                 dialog.set("id", dialog_id)
-            dialogs[dialog_id] = dialog
+            if _selected(dialog, params):
+                dialogs.append(dialog)
         keep_sdp = "include-session-description" in params
-        nsmap = root_nsmap(DIALOG_INFO_NS, roots)
-        head = _XML_DECL + f'<dialog-info{xmlns_decls(nsmap)} version="'.encode()
-        parts = [head, f'" state="full" entity="{escape_attr(entity)}">'.encode()]
-        for dialog in dialogs.values():
-            if not _selected(dialog, params):
-                continue
-            if not keep_sdp:
+        if not keep_sdp:
+            for dialog in dialogs:
                 for party in dialog.iterchildren(_LOCAL, _REMOTE):
                     for sdp in party.findall(_SESSION_DESCRIPTION):
                         party.remove(sdp)
-            parts.append(b"\n" + element_bytes(dialog, nsmap))
+        nsmap = root_nsmap(DIALOG_INFO_NS, roots)
+        chosen = set(dialogs)
+        serialised: dict[etree._Element, bytes] = {}
+        for root in roots:
+            elements = [dialog for dialog in root.iterchildren(_DIALOG) if dialog in chosen]
+            serialised.update(zip(elements, children_bytes(root, elements, nsmap)))
+        head = _XML_DECL + f'<dialog-info{xmlns_decls(nsmap)} version="'.encode()
+        parts = [head, f'" state="full" entity="{escape_attr(entity)}">'.encode()]
+        parts += [b"\n" + serialised[dialog] for dialog in dialogs]
         parts.append(b"\n</dialog-info>\n")
         return Document(b"".join(parts), DIALOG_INFO_TYPE, version_at=len(head))
 

@@ -14,7 +14,16 @@ from collections.abc import Mapping, Sequence
 
 from lxml import etree
 
-from ..xmlsafe import element_bytes, escape_attr, parse_xml, root_nsmap, xmlns_decls
+from ..xmlsafe import (
+    UniqueIds,
+    XmlLimits,
+    check_limits,
+    children_bytes,
+    escape_attr,
+    parse_xml,
+    root_nsmap,
+    xmlns_decls,
+)
 from .base import BadBody, Document, UnsupportedBody
 
 PIDF_NS = "urn:ietf:params:xml:ns:pidf"
@@ -43,12 +52,16 @@ class PresencePackage:
     content_types: tuple[str, ...] = (PIDF_TYPE,)
     publishable: bool = True
 
+    def __init__(self, limits: XmlLimits = XmlLimits()) -> None:
+        self.limits = limits
+
     def check_publication(self, body: bytes, content_type: str) -> bytes:
         """Accept a PIDF body (D8, S44, S51) and return it unchanged.
 
         Refused with 400: not well-formed, not a PIDF ``<presence>`` with an
         ``entity``, a tuple without ``id`` or ``<status>``, duplicate tuple ids,
-        or a ``<basic>`` other than ``open``/``closed`` (baresip's ``unknown``).
+        or a ``<basic>`` other than ``open``/``closed`` (baresip's ``unknown``),
+        or beyond ``limits`` (:class:`~.base.BodyOverLimit`).
         """
         if media_type(content_type) != PIDF_TYPE:
             raise UnsupportedBody(
@@ -56,6 +69,7 @@ class PresencePackage:
                 headers=[("Accept", PIDF_TYPE)],
             )
         root = parse_xml(body)
+        check_limits(root, self.limits)
         if root.tag != _PRESENCE:
             raise BadBody(f"PIDF root must be <presence> in {PIDF_NS}, got {root.tag}")
         if not root.get("entity"):
@@ -98,12 +112,13 @@ class PresencePackage:
             return Document(bodies[0], PIDF_TYPE)
         # Several bodies, or one whose entity is not the presentity URI (an
         # IP, a port, sips:): rebuilt so that entity is right (S51).
+        children = [list(root.iterchildren(tag=etree.Element)) for root in roots]
         tuples: list[etree._Element] = []
         notes: list[etree._Element] = []
         others: list[etree._Element] = []
         person: etree._Element | None = None
-        for root in roots:
-            for child in root.iterchildren(tag=etree.Element):
+        for elements in children:
+            for child in elements:
                 if child.tag == _TUPLE:
                     tuples.append(child)
                 elif child.tag == _NOTE:
@@ -114,21 +129,21 @@ class PresencePackage:
                     others.append(child)
         if person is not None:
             others.append(person)
+        ids = UniqueIds()
+        for element in tuples + notes + others:
+            ids.rename(element)
         nsmap = root_nsmap(PIDF_NS, roots)
+        serialised: dict[etree._Element, bytes] = {}
+        for root, elements in zip(roots, children):
+            serialised.update(zip(elements, children_bytes(root, elements, nsmap)))
         parts = [
             _XML_DECL,
             f'<presence{xmlns_decls(nsmap)} entity="{escape_attr(entity)}">'.encode(),
         ]
-        used: set[str] = set()
-        seen_notes: set[bytes] = set()
-        for element in tuples + notes + others:
-            _make_id_unique(element, used)
-            data = element_bytes(element, nsmap)
-            if element.tag == _NOTE:
-                if data in seen_notes:
-                    continue
-                seen_notes.add(data)
-            parts.append(b"\n" + data)
+        parts += [b"\n" + serialised[element] for element in tuples]
+        # Presence-level notes: identical ones once.
+        parts += [b"\n" + data for data in dict.fromkeys(serialised[element] for element in notes)]
+        parts += [b"\n" + serialised[element] for element in others]
         parts.append(b"\n</presence>\n")
         return Document(b"".join(parts), PIDF_TYPE)
 
@@ -146,20 +161,3 @@ def offline_pidf(entity: str) -> bytes:
         f'<tuple id="{tuple_id}"><status><basic>closed</basic></status></tuple>\n'
         f"</presence>\n"
     ).encode()
-
-
-def _make_id_unique(element: etree._Element, used: set[str]) -> None:
-    """Give ``element`` an ``id`` not in ``used`` (suffixing ``-2``, ``-3``…).
-
-    Tuple, person and device ids share one XML ID space in the document.
-    """
-    original = element.get("id")
-    if original is None:
-        return
-    candidate, n = original, 1
-    while candidate in used:
-        n += 1
-        candidate = f"{original}-{n}"
-    if candidate != original:
-        element.set("id", candidate)
-    used.add(candidate)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..xmlsafe import XmlLimits
 from .base import EventPackage
 from .dialog import DialogPackage
 from .presence import PresencePackage
@@ -18,11 +19,12 @@ from .winfo import WatcherInfoPackage
 #: What the registry hands out: a published-state package or winfo.
 Package = EventPackage | WatcherInfoPackage
 
-_FACTORIES: dict[str, Callable[[], Package]] = {
+# Each gets the limits a published body is checked against.
+_FACTORIES: dict[str, Callable[[XmlLimits], Package]] = {
     "presence": PresencePackage,
-    "presence.winfo": WatcherInfoPackage,
-    "dialog": DialogPackage,
-    "dialog;sla": lambda: DialogPackage("dialog;sla"),
+    "presence.winfo": lambda limits: WatcherInfoPackage(),
+    "dialog": lambda limits: DialogPackage("dialog", limits),
+    "dialog;sla": lambda limits: DialogPackage("dialog;sla", limits),
 }
 
 #: Every package name a node can enable, in Allow-Events order.
@@ -32,11 +34,11 @@ KNOWN = tuple(_FACTORIES)
 class PackageRegistry:
     """Enabled packages keyed by name (``presence``, ``dialog;sla``…)."""
 
-    def __init__(self, enabled: Sequence[str]) -> None:
+    def __init__(self, enabled: Sequence[str], limits: XmlLimits = XmlLimits()) -> None:
         unknown = [name for name in enabled if name not in _FACTORIES]
         if unknown:
             raise ValueError(f"unknown event package {unknown[0]!r}; known: {', '.join(KNOWN)}")
-        self._packages: dict[str, Package] = {name: _FACTORIES[name]() for name in enabled}
+        self._packages: dict[str, Package] = {name: _FACTORIES[name](limits) for name in enabled}
         tokens = (name.split(";", 1)[0] for name in self._packages)
         #: Tokens for Allow-Events, each once, in the order enabled.
         self.names: tuple[str, ...] = tuple(dict.fromkeys(tokens))

@@ -12,6 +12,7 @@ never sent.
 
 from __future__ import annotations
 
+from ..packages.base import BodyOverLimit
 from ..sip.errors import RemoteSipError
 from ..sip.headers import media_type
 from ..sip.status import Status
@@ -24,6 +25,7 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
     req = inc.request
     presentity = svc.resource(req)
     event = svc.event_of(req)
+    key = event.key
     package = svc.packages.get(event.key)
     if package is None or not package.publishable:
         raise svc.bad_event()
@@ -38,6 +40,7 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
     stored: bytes | None = None
     if body:
         if len(body) > svc.config.limits.max_body_size:
+            svc.metrics.publish_refused(key, "max_body_size")
             raise RemoteSipError("body too large", status=Status.REQUEST_ENTITY_TOO_LARGE)
         if ctype not in package.content_types:
             raise RemoteSipError(
@@ -45,12 +48,15 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
                 status=Status.UNSUPPORTED_MEDIA_TYPE,
                 headers=[("Accept", ", ".join(package.content_types))],
             )
-        stored = package.check_publication(body, ctype)
+        try:
+            stored = package.check_publication(body, ctype)
+        except BodyOverLimit as refused:
+            svc.metrics.publish_refused(key, refused.limit)
+            raise
     elif etag is None:
         raise RemoteSipError("an initial PUBLISH needs a body", status=Status.BAD_REQUEST)
 
     ok = [("Expires", str(expires))]
-    key = event.key
     if etag is None:
         assert stored is not None
         if expires == 0:
