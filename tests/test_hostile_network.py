@@ -125,7 +125,7 @@ def test_s26_a_send_error_fails_that_notify_with_503_and_the_timer_goes_on(loop)
 @pytest.mark.parametrize(
     "limits,reason",
     [
-        ({"tcp_max_queued": 65536}, "write-queue"),
+        ({"tcp_max_queued": 65536, "tcp_write_timeout": 0.3}, "write-queue"),
         ({"tcp_max_queued_total": 65536}, "write-queue-total"),
     ],
 )
@@ -165,6 +165,37 @@ async def test_s26_notifies_to_a_tcp_peer_that_never_reads_close_it_as_timer_f(m
         assert await metric(node, "sip_tcp_queued_bytes") == 0
     finally:
         s.close()
+
+
+async def test_a_burst_to_a_tcp_peer_that_reads_keeps_its_connection(make_node, open_clients):
+    """A proxy carrying many watchers over one connection gets a burst of
+    NOTIFYs bigger than the bound at each change; it reads them, so it
+    stays connected and loses nothing."""
+    node = await make_node(limits={"tcp_max_queued": 65536, "tcp_write_timeout": 2.0})
+    pub = await SipClient(("127.0.0.1", node.sip_port), user="bob").open()
+    open_clients.append(pub)
+    first = await pub.publish(pidf(note="x" * 50_000))
+    assert first.code == 200
+    proxy = await SipClient(("127.0.0.1", node.sip_port), "tcp").open()
+    open_clients.append(proxy)
+    n = 100
+    for _ in range(n):
+        resp, _ = await proxy.subscribe("sip:bob@example.com", expires=600)
+        assert resp.code == 200
+    await proxy.wait_notifies(n, timeout=5.0)
+    # The proxy is busy for a moment: the burst piles up in the node.
+    tcp = proxy._tcp
+    assert tcp is not None
+    tcp.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    tcp.pause_reading()
+    etag = first.headers.get("sip-etag")
+    assert (await pub.publish(pidf(note="y" * 50_000), etag=etag)).code == 200  # n NOTIFYs of 50 KB at once
+    await asyncio.sleep(0.5)
+    assert await metric(node, "sip_tcp_queued_bytes") > 65536  # the burst did go over the bound
+    tcp.resume_reading()
+    await proxy.wait_notifies(2 * n, timeout=10.0)
+    assert await metric(node, "sip_tcp_closed_total", reason="write-queue") == 0
+    assert len(node.transports.connections) == 1
 
 
 # -- item 10: reflection towards a Contact that never answered ---------------

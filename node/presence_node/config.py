@@ -91,11 +91,14 @@ class Limits(_Strict):
     #: Seconds one message may take to arrive once its first byte came
     #: (#12.12: a trickled message keeps no connection open for hours).
     tcp_message_timeout: float = Field(10.0, gt=0)
-    #: Bytes queued for a peer that does not read, per connection and in
-    #: total (#12.5); over either, the connection is closed and its NOTIFYs
-    #: fail as on Timer F.
+    #: Bytes queued for a peer that does not read (#12.5): a connection
+    #: that keeps more than ``tcp_max_queued`` unread for
+    #: ``tcp_write_timeout`` seconds (a fan-out burst to a proxy drains
+    #: sooner), or that holds most when all hold ``tcp_max_queued_total``,
+    #: is closed and its NOTIFYs fail as on Timer F.
     tcp_max_queued: int = Field(1_048_576, ge=65536)
-    tcp_max_queued_total: int = Field(67_108_864, ge=65536)
+    tcp_write_timeout: float = Field(10.0, gt=0)
+    tcp_max_queued_total: int = Field(134_217_728, ge=65536)
 
 
 class Storage(_Strict):

@@ -59,6 +59,7 @@ class Node:
             max_tcp_per_source=config.limits.max_tcp_per_source,
             message_timeout=config.limits.tcp_message_timeout,
             max_queued=config.limits.tcp_max_queued,
+            write_timeout=config.limits.tcp_write_timeout,
             max_queued_total=config.limits.tcp_max_queued_total,
             targets=Targets(
                 config.notify.unproven_budget, config.notify.max_proven_targets, config.notify.max_unproven_targets

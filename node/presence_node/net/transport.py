@@ -94,8 +94,10 @@ class TcpConnection(asyncio.Protocol):
         self.last_active = 0.0
         #: When the message now arriving began (None: between messages).
         self.message_started: float | None = None
-        #: Bytes in the write buffer when last looked at.
+        #: Bytes in the write buffer when last looked at, and since when
+        #: they have been over the bound (None: not over it).
         self.queued = 0
+        self.over_since: float | None = None
         #: NOTIFY transactions in flight on this connection.
         self.branches: set[str] = set()
 
@@ -154,6 +156,7 @@ class Transports:
         max_tcp_per_source: int | None = None,
         message_timeout: float | None = None,
         max_queued: int | None = None,
+        write_timeout: float = SWEEP,
         max_queued_total: int | None = None,
         targets: Targets | None = None,
         metrics: TransportMetrics | None = None,
@@ -171,6 +174,7 @@ class Transports:
         self.max_tcp_per_source = max_tcp_per_source
         self.message_timeout = message_timeout
         self.max_queued = max_queued
+        self.write_timeout = write_timeout
         self.max_queued_total = max_queued_total
         #: Anti-reflection (#12.10); without one, every address is proven.
         self.targets = targets or Targets(None, 1, 1)
@@ -253,7 +257,7 @@ class Transports:
         """``conn`` has ``n`` bytes in its write buffer now (#12.5)."""
         self.queued_total += n - conn.queued
         conn.queued = n
-        if self.max_queued is not None and n > self.max_queued:
+        if self._stuck(conn, asyncio.get_running_loop().time()):
             self._overflow(conn, "write-queue")
         elif self.max_queued_total is not None and self.queued_total > self.max_queued_total:
             # Sizes seen earlier may have drained since: look again, then
@@ -261,6 +265,16 @@ class Transports:
             self._recount()
             if self.queued_total > self.max_queued_total:
                 self._overflow(max(self.connections.values(), key=lambda c: c.queued), "write-queue-total")
+
+    def _stuck(self, conn: TcpConnection, now: float) -> bool:
+        """Has ``conn`` kept over ``max_queued`` bytes unread for longer
+        than ``write_timeout``?  (A burst that drains is no attack.)"""
+        if self.max_queued is None or conn.queued <= self.max_queued:
+            conn.over_since = None
+            return False
+        if conn.over_since is None:
+            conn.over_since = now
+        return now - conn.over_since > self.write_timeout
 
     def _recount(self) -> None:
         total = 0
@@ -283,18 +297,20 @@ class Transports:
                 txn.context(408)
 
     def _sweep_period(self) -> float:
-        return min(SWEEP, self.tcp_idle / 2, (self.message_timeout or SWEEP) / 2)
+        return min(SWEEP, self.tcp_idle / 2, (self.message_timeout or SWEEP) / 2, self.write_timeout / 2)
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        self._recount()
         for conn in list(self.connections.values()):
             started = conn.message_started
             if started is not None and self.message_timeout is not None and now - started > self.message_timeout:
                 self.drop(conn, "message-timeout")
             elif now - conn.last_active > self.tcp_idle:
                 self.drop(conn, "idle")
-        self._recount()
+            elif self._stuck(conn, now):
+                self._overflow(conn, "write-queue")
         self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
 
     # -- Sender ---------------------------------------------------------------
