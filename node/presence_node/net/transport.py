@@ -211,7 +211,10 @@ class Transports:
             sock = udp.get_extra_info("socket")
             self._family = sock.family
             if sock.family == socket.AF_INET6:
-                self._dual_stack = not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+                # Bound to :: without IPV6_V6ONLY: IPv4 too, as ::ffff:a.b.c.d.
+                self._dual_stack = sock.getsockname()[0] == "::" and not sock.getsockopt(
+                    socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+                )
             self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
             return bound
         raise OSError("no port free for both UDP and TCP")

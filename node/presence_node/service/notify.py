@@ -51,7 +51,9 @@ class Sender(Protocol):
 
     def send_request(self, data: bytes, sub: Subscription, branch: str, on_done: Callable[[int], None]) -> None:
         """Send in a client transaction; ``on_done(code)`` gets the final
-        status, 408 on Timer F, 503 if it could not be sent at all."""
+        status, 408 on Timer F (also for a NOTIFY that waited behind one to
+        the same unproven address which timed out, or whose TCP peer
+        stopped reading), 503 if it could not be sent at all."""
         ...
 
 
