@@ -61,6 +61,14 @@ class Notify(_Strict):
     #: RFC 3261 T1 and T2 in seconds (Timer F is 64*T1).
     t1: float = Field(0.5, gt=0, le=10)
     t2: float = Field(4.0, gt=0, le=60)
+    #: Anti-reflection (#12.10): bytes (retransmissions included) sent over
+    #: UDP to an address that has never answered a NOTIFY, per probe.  The
+    #: first transmission always goes; later NOTIFYs to that address wait
+    #: until it answers (then it is proven and unlimited).
+    unproven_budget: int = Field(4096, ge=0)
+    #: Addresses remembered as proven, and addresses being probed.
+    max_proven_targets: int = Field(65536, ge=1)
+    max_unproven_targets: int = Field(65536, ge=1)
 
 
 class Limits(_Strict):
@@ -87,6 +95,19 @@ class Limits(_Strict):
     #: TCP connections idle longer than this are closed.
     tcp_idle_timeout: float = Field(300.0, gt=0)
     max_tcp_connections: int = Field(4096, ge=1)
+    #: Connections one source IP may hold (#12.12).
+    max_tcp_per_source: int = Field(256, ge=1)
+    #: Seconds one message may take to arrive once its first byte came
+    #: (#12.12: a trickled message keeps no connection open for hours).
+    tcp_message_timeout: float = Field(10.0, gt=0)
+    #: Bytes queued for a peer that does not read (#12.5): a connection
+    #: that keeps more than ``tcp_max_queued`` unread for
+    #: ``tcp_write_timeout`` seconds (a fan-out burst to a proxy drains
+    #: sooner), or that holds most when all hold ``tcp_max_queued_total``,
+    #: is closed and its NOTIFYs fail as on Timer F.
+    tcp_max_queued: int = Field(1_048_576, ge=65536)
+    tcp_write_timeout: float = Field(10.0, gt=0)
+    tcp_max_queued_total: int = Field(134_217_728, ge=65536)
 
 
 class Storage(_Strict):

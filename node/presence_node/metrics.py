@@ -24,6 +24,9 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sip_dropped": ("Messages dropped or absorbed, by reason", ("reason",)),
     "sip_notify_sent": ("NOTIFYs sent (first transmissions)", ("event",)),
     "sip_notify_failed": ("NOTIFYs answered with an error or timed out", ("event", "code")),
+    "sip_notify_withheld": ("NOTIFY transmissions withheld from an address that has not answered one", ("reason",)),
+    "sip_send_errors": ("Sends the operating system refused (address of another family)", ("transport",)),
+    "sip_tcp_closed": ("TCP connections closed or refused by the node, by reason", ("reason",)),
     "presence_publication_changes": ("Accepted PUBLISHes by kind", ("event", "kind")),
     "presence_expired": ("Records expired by this node", ("kind",)),
     "presence_publish_refused": ("PUBLISH bodies refused for a limits setting, by setting", ("event", "reason")),
@@ -57,6 +60,10 @@ class Metrics:
         self.subscriptions = 0
         self.presentities = 0
         self.peers_up = 0
+        #: Transport gauges, set before a scrape.
+        self.tcp_connections = 0
+        self.tcp_queued_bytes = 0
+        self.notify_targets: dict[str, int] = {}
         #: Group commit of the storage (Storage.batch_counts), set before a scrape.
         self.batches: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
@@ -133,6 +140,16 @@ class Metrics:
         yield GaugeMetricFamily(
             "presence_presentities", "Presentities with live publications", value=self.presentities
         )
+        yield GaugeMetricFamily("sip_tcp_connections", "Open TCP connections", value=self.tcp_connections)
+        yield GaugeMetricFamily(
+            "sip_tcp_queued_bytes", "Bytes queued for TCP peers that have not read them", value=self.tcp_queued_bytes
+        )
+        targets = GaugeMetricFamily(
+            "sip_notify_targets", "UDP NOTIFY destinations known: proven (answered) or being probed", labels=["state"]
+        )
+        for state, n in sorted(self.notify_targets.items()):
+            targets.add_metric([state], n)
+        yield targets
         yield GaugeMetricFamily("cluster_peers_up", "Federation peers heard from recently", value=self.peers_up)
         for i, (name, doc) in enumerate((
             ("storage_batches", "Database statements that carried several requests, by request kind"),

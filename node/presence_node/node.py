@@ -31,6 +31,7 @@ from .service.dispatch import Dispatcher
 from .service.expiry import Expirer
 from .service.ids import Ids
 from .service.notify import Notifier
+from .net.targets import Targets
 from .net.transport import Transports
 from .service.tags import SharingTags
 from .federation import Federation
@@ -63,6 +64,15 @@ class Node:
             max_size=config.limits.max_message_size,
             max_tcp=config.limits.max_tcp_connections,
             tcp_idle=config.limits.tcp_idle_timeout,
+            max_tcp_per_source=config.limits.max_tcp_per_source,
+            message_timeout=config.limits.tcp_message_timeout,
+            max_queued=config.limits.tcp_max_queued,
+            write_timeout=config.limits.tcp_write_timeout,
+            max_queued_total=config.limits.tcp_max_queued_total,
+            targets=Targets(
+                config.notify.unproven_budget, config.notify.max_proven_targets, config.notify.max_unproven_targets
+            ),
+            metrics=self.metrics,
         )
         self.notifier = Notifier(
             self.storage, self.packages, self.transports, self.ids, self.metrics, min_interval=config.notify.min_interval
@@ -165,6 +175,10 @@ class Node:
         self.metrics.batches = self.storage.batch_counts()
         if self.federation is not None:
             self.metrics.peers_up = self.federation.peers_up
+        t = self.transports
+        self.metrics.tcp_connections = len(t.connections)
+        self.metrics.tcp_queued_bytes = t.queued_total
+        self.metrics.notify_targets = {"proven": t.targets.proven, "unproven": t.targets.unproven}
         return self.metrics.render()
 
     async def stop(self) -> None:

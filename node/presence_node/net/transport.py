@@ -6,14 +6,22 @@ deadline (retransmission or Timer F), instead of a timer per NOTIFY.
 Destinations follow RFC 3263 loosely: the first Route, else the Contact;
 a host name we would have to resolve is replaced by the address the
 SUBSCRIBE came from (the NAT case RFC 3581 exists for).
+
+Hostile peers (#12): a send the operating system refuses fails that one
+transaction with 503 and nothing else; UDP NOTIFYs to an address that has
+not answered one yet are bounded (:mod:`.targets`, reflection); a TCP peer
+that does not read is closed once too much is queued for it; one source IP
+holds a bounded number of connections, and a message must arrive whole
+within ``message_timeout`` of its first byte (slowloris).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 from ..sip.errors import ParseError
 from ..sip.headers import parse_name_addr, parse_uri
@@ -21,11 +29,26 @@ from ..sip.message import split_commas
 from ..sip.parser import StreamFramer
 from ..sip.transaction import RETRANSMIT, ClientTransactions
 from ..storage import Subscription
+from .targets import SEND, WAIT, Targets
 
 log = logging.getLogger(__name__)
 
 Receive = Callable[[bytes, str, int, str, Callable[[bytes], None]], None]
+OnDone = Callable[[int], None]
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: Seconds between sweeps of the TCP connections at most (idle, slow message).
+SWEEP = 5.0
+#: What sendto may raise for an address it cannot use (uvloop: ValueError).
+SEND_ERRORS = (OSError, ValueError)
+
+
+class TransportMetrics(Protocol):
+    def count(self, name: str, label: str, n: int = 1) -> None: ...
+
+
+class _NoMetrics:
+    def count(self, name: str, label: str, n: int = 1) -> None:
+        pass
 
 
 def _is_ip(host: str) -> bool:
@@ -69,33 +92,51 @@ class TcpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ("", 0)
         self.last_active = 0.0
+        #: When the message now arriving began (None: between messages).
+        self.message_started: float | None = None
+        #: Bytes in the write buffer when last looked at, and since when
+        #: they have been over the bound (None: not over it).
+        self.queued = 0
+        self.over_since: float | None = None
+        #: NOTIFY transactions in flight on this connection.
+        self.branches: set[str] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
         self.last_active = asyncio.get_running_loop().time()
-        if not self.owner.register(self):
-            transport.close()
+        refused = self.owner.register(self)
+        if refused is not None:
+            self.owner.metrics.count("sip_tcp_closed", refused)
+            transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = asyncio.get_running_loop().time()
+        now = self.last_active = asyncio.get_running_loop().time()
         try:
             messages = self.framer.feed(data)
         except ParseError:
             # A stream that cannot be framed cannot be resynchronised.
-            assert self.transport is not None
-            self.transport.close()
+            self.owner.drop(self, "unframeable")
             return
+        if not self.framer.partial:
+            self.message_started = None
+        elif messages or self.message_started is None:
+            self.message_started = now
         for msg in messages:
             self.owner.receive(msg, self.peer[0], self.peer[1], "tcp", self.write)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
+            n = t.get_write_buffer_size()
+            if n or self.queued:
+                self.owner.queued(self, n)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.unregister(self)
+        self.transport = None
 
 
 class Transports:
@@ -112,6 +153,13 @@ class Transports:
         max_size: int,
         max_tcp: int,
         tcp_idle: float,
+        max_tcp_per_source: int | None = None,
+        message_timeout: float | None = None,
+        max_queued: int | None = None,
+        write_timeout: float = SWEEP,
+        max_queued_total: int | None = None,
+        targets: Targets | None = None,
+        metrics: TransportMetrics | None = None,
     ) -> None:
         self.receive = receive
         self.host = advertised_host
@@ -123,7 +171,20 @@ class Transports:
         self.max_size = max_size
         self.max_tcp = max_tcp
         self.tcp_idle = tcp_idle
+        self.max_tcp_per_source = max_tcp_per_source
+        self.message_timeout = message_timeout
+        self.max_queued = max_queued
+        self.write_timeout = write_timeout
+        self.max_queued_total = max_queued_total
+        #: Anti-reflection (#12.10); without one, every address is proven.
+        self.targets = targets or Targets(None, 1, 1)
+        self.metrics: TransportMetrics = metrics or _NoMetrics()
         self.connections: dict[tuple[str, int], TcpConnection] = {}
+        self._per_source: dict[str, int] = {}
+        #: Bytes in every connection's write buffer (as last looked at).
+        self.queued_total = 0
+        self._family = socket.AF_INET
+        self._dual_stack = False
         self._timer: asyncio.Handle | None = None
         self._timer_at = 0.0  # when _timer fires
         self._sweeper: asyncio.TimerHandle | None = None
@@ -147,7 +208,14 @@ class Transports:
                 continue
             self.udp = udp  # type: ignore[assignment]
             self.port = bound
-            self._sweeper = loop.call_later(5.0, self._sweep_idle)
+            sock = udp.get_extra_info("socket")
+            self._family = sock.family
+            if sock.family == socket.AF_INET6:
+                # Bound to :: without IPV6_V6ONLY: IPv4 too, as ::ffff:a.b.c.d.
+                self._dual_stack = sock.getsockname()[0] == "::" and not sock.getsockopt(
+                    socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+                )
+            self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
             return bound
         raise OSError("no port free for both UDP and TCP")
 
@@ -157,31 +225,110 @@ class Transports:
 
     # -- TCP connection registry --------------------------------------------
 
-    def register(self, conn: TcpConnection) -> bool:
+    def register(self, conn: TcpConnection) -> str | None:
+        """Take a new connection, or say why not (a ``sip_tcp_closed`` reason)."""
         if len(self.connections) >= self.max_tcp:
-            return False
+            return "limit"
+        ip = conn.peer[0]
+        held = self._per_source.get(ip, 0)
+        if self.max_tcp_per_source is not None and held >= self.max_tcp_per_source:
+            return "per-source"
+        self._per_source[ip] = held + 1
         self.connections[conn.peer] = conn
-        return True
+        return None
 
     def unregister(self, conn: TcpConnection) -> None:
         if self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
+            ip = conn.peer[0]
+            held = self._per_source[ip] - 1
+            if held:
+                self._per_source[ip] = held
+            else:
+                del self._per_source[ip]
+            self.queued_total -= conn.queued
+            conn.queued = 0
 
-    def _sweep_idle(self) -> None:
+    def drop(self, conn: TcpConnection, reason: str) -> None:
+        """Close ``conn`` now, discarding what it has not read (a peer that
+        does not read would hold a graceful close open forever)."""
+        if conn.transport is not None and not conn.transport.is_closing():
+            self.metrics.count("sip_tcp_closed", reason)
+            conn.transport.abort()
+
+    def queued(self, conn: TcpConnection, n: int) -> None:
+        """``conn`` has ``n`` bytes in its write buffer now (#12.5)."""
+        self.queued_total += n - conn.queued
+        conn.queued = n
+        if self._stuck(conn, asyncio.get_running_loop().time()):
+            self._overflow(conn, "write-queue")
+        elif self.max_queued_total is not None and self.queued_total > self.max_queued_total:
+            # Sizes seen earlier may have drained since: look again, then
+            # close the connection holding most.
+            self._recount()
+            if self.queued_total > self.max_queued_total:
+                self._overflow(max(self.connections.values(), key=lambda c: c.queued), "write-queue-total")
+
+    def _stuck(self, conn: TcpConnection, now: float) -> bool:
+        """Has ``conn`` kept over ``max_queued`` bytes unread for longer
+        than ``write_timeout``?  (A burst that drains is no attack.)"""
+        if self.max_queued is None or conn.queued <= self.max_queued:
+            conn.over_since = None
+            return False
+        if conn.over_since is None:
+            conn.over_since = now
+        return now - conn.over_since > self.write_timeout
+
+    def _recount(self) -> None:
+        total = 0
+        for c in self.connections.values():
+            if c.transport is not None:
+                c.queued = c.transport.get_write_buffer_size()
+            total += c.queued
+        self.queued_total = total
+
+    def _overflow(self, conn: TcpConnection, reason: str) -> None:
+        """Close a connection that does not read what we send, and fail its
+        NOTIFYs as Timer F would (S26: their subscriptions are removed),
+        instead of holding them and their bytes until then."""
+        self.drop(conn, reason)
+        self.unregister(conn)
+        branches, conn.branches = conn.branches, set()
+        for branch in branches:
+            txn = self.client.abort(branch)
+            if txn is not None:
+                txn.context(408)
+
+    def _sweep_period(self) -> float:
+        return min(SWEEP, self.tcp_idle / 2, (self.message_timeout or SWEEP) / 2, self.write_timeout / 2)
+
+    def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        self._recount()
         for conn in list(self.connections.values()):
-            if now - conn.last_active > self.tcp_idle and conn.transport is not None:
-                conn.transport.close()
-        self._sweeper = loop.call_later(5.0, self._sweep_idle)
+            started = conn.message_started
+            if started is not None and self.message_timeout is not None and now - started > self.message_timeout:
+                self.drop(conn, "message-timeout")
+            elif now - conn.last_active > self.tcp_idle:
+                self.drop(conn, "idle")
+            elif self._stuck(conn, now):
+                self._overflow(conn, "write-queue")
+        self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
 
     # -- Sender ---------------------------------------------------------------
 
     def local_contact(self, sub: Subscription) -> tuple[str, str]:
         return f"SIP/2.0/{sub.transport.upper()} {self.host}:{self.port}", self.contact(sub.transport)
 
+    def reachable(self, sub: Subscription) -> bool:
+        """False when a NOTIFY to ``sub`` could not be sent at all: a UDP
+        destination of an address family our socket does not speak."""
+        return bool(self.destination(sub)[1])
+
     def destination(self, sub: Subscription) -> tuple[str, str, int]:
-        """(transport, host, port) for an in-dialog request to ``sub``.
+        """(transport, host, port) for an in-dialog request to ``sub``;
+        host "" when unreachable (see :meth:`reachable`).
 
         Cached by the fields it derives from: fan-out asks it for every
         watcher of a presentity, and the answer rarely changes.
@@ -212,12 +359,29 @@ class Transports:
             host, port = "", 0
         if not host or not _is_ip(host):
             src_host, _, src_port = sub.source.rpartition(":")
-            host, port = src_host, int(src_port)
+            host, port = src_host.strip("[]"), int(src_port)
+        if transport == "udp":
+            host = self._udp_host(host)
         return transport, host, port
 
-    def send_request(self, data: bytes, sub: Subscription, branch: str, on_done: Callable[[int], None]) -> None:
+    def _udp_host(self, host: str) -> str:
+        """``host`` as our UDP socket can send to it, "" if it cannot: an
+        IPv4-mapped IPv6 address is IPv4; an IPv4 one is mapped for a
+        dual-stack IPv6 socket; otherwise the families must match."""
+        if ":" in host:
+            try:
+                mapped = ipaddress.IPv6Address(host).ipv4_mapped
+            except ValueError:
+                return ""
+            if mapped is not None and self._family == socket.AF_INET:
+                return str(mapped)
+            return host if self._family == socket.AF_INET6 else ""
+        if self._family == socket.AF_INET6:
+            return f"::ffff:{host}" if self._dual_stack else ""
+        return host
+
+    def send_request(self, data: bytes, sub: Subscription, branch: str, on_done: OnDone) -> None:
         transport, host, port = self.destination(sub)
-        loop = asyncio.get_running_loop()
         if transport == "udp" and len(data) > self.udp_max_size:
             transport = "tcp"  # S08: large NOTIFYs need congestion control
             fallback_udp = True
@@ -226,20 +390,65 @@ class Transports:
         if transport == "tcp":
             self._spawn(self._send_tcp(data, sub, branch, on_done, host, port, fallback_udp))
             return
-        self.client.start(branch, data, ("udp", host, port), False, on_done, loop.time())
-        self._udp_send(data, host, port)
-        self._arm()
+        self._send_udp(data, branch, on_done, host, port)
 
-    def _udp_send(self, data: bytes, host: str, port: int) -> None:
+    def _send_udp(self, data: bytes, branch: str, on_done: OnDone, host: str, port: int) -> None:
+        """A first transmission over UDP, if the destination may have it
+        now (:mod:`.targets`); the others wait or fail there."""
+        loop = asyncio.get_running_loop()
+        if not host:
+            self.metrics.count("sip_send_errors", "udp")
+            loop.call_soon(on_done, 503)
+            return
+        key = (host, port)
+        verdict = self.targets.admit(key, branch, len(data))
+        if verdict == SEND:
+            self._start_udp(data, branch, on_done, host, port)
+        elif verdict == WAIT:
+            self.targets.queue(key, branch, len(data), (data, branch, on_done))
+            self.metrics.count("sip_notify_withheld", "unanswered")
+        else:
+            self.metrics.count("sip_notify_withheld", "targets-full")
+            loop.call_soon(on_done, 503)
+
+    def _start_udp(self, data: bytes, branch: str, on_done: OnDone, host: str, port: int) -> None:
+        self.client.start(branch, data, ("udp", host, port), False, on_done, asyncio.get_running_loop().time())
+        if self._udp_send(data, host, port):
+            self._arm()
+        else:
+            self._failed(branch, 503)
+
+    def _udp_send(self, data: bytes, host: str, port: int) -> bool:
+        """False when the operating system refused the send outright."""
         if self.udp is not None:
-            self.udp.sendto(data, (host, port))
+            try:
+                self.udp.sendto(data, (host, port))
+            except SEND_ERRORS as e:
+                self.metrics.count("sip_send_errors", "udp")
+                log.debug("udp send failed", extra={"dest": f"{host}:{port}", "error": str(e)})
+                return False
+        return True
+
+    def _failed(self, branch: str, code: int) -> None:
+        """End a UDP transaction without a response (Timer F: 408; could not
+        be sent: 503), and the NOTIFYs queued behind it the same way."""
+        txn = self.client.abort(branch)
+        if txn is None:
+            return
+        self._ended(txn, code)
+
+    def _ended(self, txn: Any, code: int) -> None:
+        _, host, port = txn.dest
+        txn.context(code)
+        for _data, _branch, on_done in self.targets.failed((host, port), txn.branch):
+            on_done(code)
 
     async def _send_tcp(
         self,
         data: bytes,
         sub: Subscription,
         branch: str,
-        on_done: Callable[[int], None],
+        on_done: OnDone,
         host: str,
         port: int,
         fallback_udp: bool,
@@ -252,11 +461,11 @@ class Transports:
             try:
                 _, proto = await asyncio.wait_for(loop.create_connection(lambda: TcpConnection(self), host, port), 3.0)
                 conn = proto  # type: ignore[assignment]
-            except (OSError, asyncio.TimeoutError):
+            except SEND_ERRORS + (asyncio.TimeoutError,):
+                conn = None
+            if conn is None or conn.transport is None or conn.transport.is_closing():  # refused by register()
                 if fallback_udp:
-                    self.client.start(branch, data, ("udp", host, port), False, on_done, loop.time())
-                    self._udp_send(data, host, port)
-                    self._arm()
+                    self._send_udp(data, branch, on_done, self._udp_host(host), port)
                 else:
                     on_done(503)
                 return
@@ -264,7 +473,8 @@ class Transports:
         if sub.transport != "tcp":
             # RFC 3261 §18.1.1: the top Via names the transport actually used.
             data = data.replace(b"\r\nVia: SIP/2.0/UDP ", b"\r\nVia: SIP/2.0/TCP ", 1)
-        self.client.start(branch, data, ("tcp", host, port), True, on_done, loop.time())
+        self.client.start(branch, data, ("tcp", conn), True, on_done, loop.time())
+        conn.branches.add(branch)
         conn.write(data)
         self._arm()
 
@@ -273,11 +483,23 @@ class Transports:
         self._pending_connects.add(task)
         task.add_done_callback(self._pending_connects.discard)
 
-    def on_response(self, code: int, branch: str) -> None:
-        """A response from the network: complete its NOTIFY transaction."""
+    def on_response(self, code: int, branch: str, source: str) -> None:
+        """A response from the network (from IP ``source``): complete its
+        NOTIFY transaction."""
         txn = self.client.on_response(branch, code, asyncio.get_running_loop().time())
-        if txn is not None:
+        if txn is None:
+            return
+        if txn.reliable:
+            txn.dest[1].branches.discard(branch)
             txn.context(code)
+            return
+        _, host, port = txn.dest
+        txn.context(code)
+        send, fail = self.targets.answered((host, port), branch, source)
+        for data, b, on_done in send:
+            self._start_udp(data, b, on_done, host, port)
+        for _data, _b, on_done in fail:
+            on_done(408)
 
     # -- timers -----------------------------------------------------------------
 
@@ -297,13 +519,21 @@ class Transports:
     def _fire(self) -> None:
         self._timer = None
         loop = asyncio.get_running_loop()
-        for what, txn in self.client.due(loop.time()):
-            if what == RETRANSMIT:
-                _, host, port = txn.dest
-                self._udp_send(txn.data, host, port)
-            else:
-                txn.context(408)
-        self._arm()
+        try:
+            for what, txn in self.client.due(loop.time()):
+                if what == RETRANSMIT:
+                    _, host, port = txn.dest
+                    if not self.targets.may_resend((host, port), len(txn.data)):
+                        self.metrics.count("sip_notify_withheld", "budget")
+                    elif not self._udp_send(txn.data, host, port):
+                        self._failed(txn.branch, 503)
+                elif txn.reliable:
+                    txn.dest[1].branches.discard(txn.branch)
+                    txn.context(408)
+                else:
+                    self._ended(txn, 408)
+        finally:
+            self._arm()
 
     async def close(self) -> None:
         for h in (self._timer, self._sweeper):
@@ -315,7 +545,10 @@ class Transports:
             self.tcp_server.close()
         for conn in list(self.connections.values()):
             if conn.transport is not None:
-                conn.transport.close()
+                if conn.transport.get_write_buffer_size():
+                    conn.transport.abort()  # a peer that does not read would hold close() open
+                else:
+                    conn.transport.close()
         for task in list(self._pending_connects):
             task.cancel()
         if self.tcp_server is not None:

@@ -63,7 +63,7 @@ class Dispatcher:
         self,
         service: Service,
         metrics: DispatchMetrics,
-        on_response: Callable[[int, str], None],
+        on_response: Callable[[int, str, str], None],
         *,
         local_hosts: set[str],
         clock: Callable[[], float] = time.time,
@@ -92,7 +92,7 @@ class Dispatcher:
         if data[:4] == b"SIP/":
             peeked = peek_response(data)
             if peeked is not None:
-                self.on_response(*peeked)
+                self.on_response(*peeked, host)
             else:
                 self.metrics.dropped("malformed")
             return

@@ -44,9 +44,16 @@ class Sender(Protocol):
         """(Via sent-by with transport, Contact URI) for a NOTIFY to ``sub``."""
         ...
 
+    def reachable(self, sub: Subscription) -> bool:
+        """Whether a NOTIFY to ``sub`` can be sent at all (#12.3: not to an
+        IPv6 Contact from an IPv4-only node)."""
+        ...
+
     def send_request(self, data: bytes, sub: Subscription, branch: str, on_done: Callable[[int], None]) -> None:
         """Send in a client transaction; ``on_done(code)`` gets the final
-        status, 408 on Timer F, 503 if it could not be sent at all."""
+        status, 408 on Timer F (also for a NOTIFY that waited behind one to
+        the same unproven address which timed out, or whose TCP peer
+        stopped reading), 503 if it could not be sent at all."""
         ...
 
 

@@ -10,6 +10,7 @@ active at once (D4), except that a watcher list is only for its owner.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from ..sip.errors import ParseError, RemoteSipError
 from ..sip.headers import Event, media_type, parse_name_addr, parse_uri
@@ -19,6 +20,9 @@ from ..storage import Subscription
 from .context import Incoming, Service
 from .notify import FIRST_CSEQ, FIRST_VERSION, WINFO
 from .reply import Reply
+
+#: Why a SUBSCRIBE whose NOTIFYs could not be sent at all is refused (#12.3).
+UNREACHABLE = "Contact (or Record-Route) of an address family this node does not serve"
 
 #: Dialog-package event parameters that select dialogs (RFC 4235 §3.2, S65).
 DIALOG_FILTERS = ("call-id", "to-tag", "from-tag", "include-session-description")
@@ -83,6 +87,8 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         status="active",
         tag=svc.config.tag_for(event.key),
     )
+    if not svc.notifier.sender.reachable(sub):
+        raise RemoteSipError(UNREACHABLE, status=Status.BAD_REQUEST)
     headers = [("Expires", str(expires)), ("Contact", f"<{svc.contact[inc.transport]}>")]
     if expires == 0:
         # S24: a poll; nothing is stored, exactly one terminated NOTIFY,
@@ -132,6 +138,9 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
     expires = svc.granted_expiry(req, svc.config.subscription_expiry)
     contact_hdr = req.headers.values("contact")
     contact = _contact_uri(contact_hdr[0]) if contact_hdr else None
+    if contact is not None and contact != sub.contact:
+        if not svc.notifier.sender.reachable(replace(sub, contact=contact)):
+            raise RemoteSipError(UNREACHABLE, status=Status.BAD_REQUEST)
     headers = [("Expires", str(expires)), ("Contact", f"<{svc.contact[inc.transport]}>")]
     if expires == 0:
         removed = await svc.storage.delete_subscription(sub.id)

@@ -176,6 +176,12 @@ class StreamFramer:
             del buf[:total]
         return out
 
+    @property
+    def partial(self) -> bool:
+        """Part of a message is buffered (keep-alive CRLFs are not kept):
+        the caller times how long a message takes to arrive."""
+        return bool(self._buf)
+
 
 _CL = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$")
 

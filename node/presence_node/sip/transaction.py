@@ -167,6 +167,11 @@ class ClientTransactions:
         del self._table[branch]
         return txn
 
+    def abort(self, branch: str) -> ClientTransaction | None:
+        """End a transaction the caller gave up on (its message could not
+        be sent, or its connection was closed); None if already ended."""
+        return self._table.pop(branch, None)
+
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap:
