@@ -78,6 +78,22 @@ class Limits(_Strict):
     #: TCP connections idle longer than this are closed.
     tcp_idle_timeout: float = Field(300.0, gt=0)
     max_tcp_connections: int = Field(4096, ge=1)
+    #: Live state held at most (#12): beyond, a request that would add a
+    #: record is refused, before anything is stored, with 503 and
+    #: Retry-After (node-wide) or 403 (one source's or one presentity's
+    #: share).  Refreshes and removals of held records always go on.  With
+    #: a shared database the node-wide caps bound the whole database.
+    max_presentities: int = Field(1_000_000, ge=1)
+    max_publications: int = Field(1_000_000, ge=1)
+    max_subscriptions: int = Field(1_000_000, ge=1)
+    max_registrations: int = Field(1_000_000, ge=1)
+    #: Live publications of one presentity and package (403 beyond).
+    max_publications_per_presentity: int = Field(100, ge=1)
+    #: Live publications, subscriptions and bindings created from one
+    #: source IP, all kinds together (403 beyond).
+    max_records_per_source: int = Field(500_000, ge=1)
+    #: Shared database: seconds between recounts of the live records.
+    count_refresh_interval: float = Field(10.0, gt=0, le=3600)
 
 
 class Storage(_Strict):

@@ -26,6 +26,7 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sip_notify_failed": ("NOTIFYs answered with an error or timed out", ("event", "code")),
     "presence_publication_changes": ("Accepted PUBLISHes by kind", ("event", "kind")),
     "presence_expired": ("Records expired by this node", ("kind",)),
+    "presence_limit_refused": ("Requests refused by a limit on live state, by setting", ("limit",)),
     "cluster_messages_sent": ("Cluster channel messages sent, by kind", ("kind",)),
     "cluster_messages_received": ("Authentic cluster messages received, by kind", ("kind",)),
     "cluster_messages_rejected": ("Cluster messages refused and not applied, by reason", ("reason",)),
@@ -56,6 +57,8 @@ class Metrics:
         self.subscriptions = 0
         self.presentities = 0
         self.peers_up = 0
+        #: Live records per kind (Storage.usage), set before a scrape.
+        self.live: dict[str, int] = {}
         #: Group commit of the storage (Storage.batch_counts), set before a scrape.
         self.batches: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
@@ -67,6 +70,7 @@ class Metrics:
         self._failed = v["sip_notify_failed"]
         self._publications = v["presence_publication_changes"]
         self._expired = v["presence_expired"]
+        self._refused = v["presence_limit_refused"]
 
     # -- hot path ---------------------------------------------------------------
 
@@ -100,6 +104,9 @@ class Metrics:
         if n:
             self._expired[(kind,)] += n
 
+    def refused(self, limit: str) -> None:
+        self._refused[(limit,)] += 1
+
     def count(self, name: str, label: str, n: int = 1) -> None:
         """The cluster counters above (off the SIP hot path)."""
         self._values[name][(label,)] += n
@@ -129,6 +136,14 @@ class Metrics:
         yield GaugeMetricFamily(
             "presence_presentities", "Presentities with live publications", value=self.presentities
         )
+        live = GaugeMetricFamily(
+            "presence_live_records",
+            "Live records held, by kind (a shared database: all nodes', at the last recount plus this node's since)",
+            labels=["kind"],
+        )
+        for kind, n in self.live.items():
+            live.add_metric([kind], n)
+        yield live
         yield GaugeMetricFamily("cluster_peers_up", "Federation peers heard from recently", value=self.peers_up)
         for i, (name, doc) in enumerate((
             ("storage_batches", "Database statements that carried several requests, by request kind"),

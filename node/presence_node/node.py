@@ -102,6 +102,7 @@ class Node:
         cfg = self.config
         await self.storage.start()
         await self.tags.start()
+        await self._recount()
         host, port = cfg.sip_address
         self.sip_port = await self.transports.start(host, port)
         self.service.sip_port = self.sip_port
@@ -123,6 +124,7 @@ class Node:
         )
 
     async def _expiry_loop(self) -> None:
+        next_recount = time.monotonic() + self.config.limits.count_refresh_interval
         while True:
             await asyncio.sleep(self.config.expiry_interval)
             # Timer J also runs when no request arrives to sweep it.
@@ -131,6 +133,18 @@ class Node:
                 await self.expirer.sweep()
             except Exception:
                 log.exception("expiry sweep failed")
+            if time.monotonic() >= next_recount:
+                next_recount = time.monotonic() + self.config.limits.count_refresh_interval
+                try:
+                    await self._recount()
+                except Exception:
+                    log.exception("recount of live records failed")
+
+    async def _recount(self) -> None:
+        """Refresh the live counts the limits read (a shared database; the
+        memory backend's are exact).  Sources under half their share are
+        left out: only those near it can be refused before the next one."""
+        await self.storage.refresh_usage(self.config.limits.max_records_per_source // 2)
 
     async def _deactivate(self) -> None:
         """S30, S80: this node's subscriptions die with it (memory storage),
@@ -152,6 +166,13 @@ class Node:
 
     async def metrics_text(self) -> bytes:
         subs, pres = await self.storage.counts()
+        usage = self.storage.usage()
+        self.metrics.live = {
+            "presentities": usage.presentities,
+            "publications": usage.publications,
+            "subscriptions": usage.subscriptions,
+            "registrations": usage.registrations,
+        }
         self.metrics.subscriptions = subs
         self.metrics.presentities = pres
         self.metrics.batches = self.storage.batch_counts()

@@ -1,9 +1,15 @@
 """The in-memory backend: dicts plus expiry heaps, for a node on its own.
 
 Every method runs without awaiting anything, so under asyncio it is atomic
-by construction.  Expiry uses a heap (publications) or a wheel of per-second buckets
-(subscriptions), both with lazy deletion (a refresh adds a new entry; stale
-ones are skipped), so a sweep costs what has expired, not the table size.
+by construction.  Expiry uses heaps (publications, bindings) or a wheel of
+per-second buckets (subscriptions), all with lazy deletion (a refresh adds a
+new entry; stale ones are skipped), so a sweep costs what has expired, not
+the table size.  A heap whose stale entries outnumber the live records is
+rebuilt from them, so a refresh flood cannot grow it without bound.
+
+The live-state limits read :meth:`MemoryStorage.usage`: counters kept up to
+date by every insert and removal (per kind and per source IP), exact and
+O(1) to read.
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ import heapq
 from dataclasses import replace
 from typing import Collection, Mapping
 
-from .base import StaleEpoch, UnknownTag
-from .records import Publication, Registration, Subscription, TagState, differing_keys
+from .base import PresentityFull, StaleEpoch, UnknownTag
+from .records import Publication, Registration, Subscription, TagState, Usage, differing_keys, source_ip
 
 Key = tuple[str, str]  # (presentity, event)
+#: Stale heap entries tolerated beyond the live records before a rebuild.
+HEAP_SLACK = 1024
 
 
 class MemoryStorage:
@@ -34,7 +42,12 @@ class MemoryStorage:
         # instead of a heap tuple; refreshes leave stale ids, skipped later.
         self._sub_wheel: dict[int, list[str]] = {}
         self._bindings: dict[str, dict[str, Registration]] = {}
+        self._reg_heap: list[tuple[float, str, str]] = []
         self._tags: dict[str, TagState] = {}
+        self._npubs = 0
+        self._nbindings = 0
+        #: Live records per source IP (only sources holding some).
+        self._by_source: dict[str, int] = {}
 
     async def start(self) -> None:
         return None
@@ -47,11 +60,36 @@ class MemoryStorage:
 
     # -- publications ------------------------------------------------------
 
-    async def insert_publication(self, pub: Publication) -> None:
-        self._pubs.setdefault((pub.presentity, pub.event), {})[pub.etag] = pub
-        heapq.heappush(self._pub_heap, (pub.expires_at, pub.presentity, pub.event, pub.etag))
+    def _held(self, source: str, n: int) -> None:
+        """Count ``n`` more (or fewer) live records against ``source``."""
+        if not source:
+            return
+        left = self._by_source.get(source, 0) + n
+        if left > 0:
+            self._by_source[source] = left
+        else:
+            self._by_source.pop(source, None)
 
-    async def insert_publication_watched(self, pub: Publication, now: float) -> list[Subscription]:
+    async def insert_publication(self, pub: Publication) -> None:
+        pubs = self._pubs.setdefault((pub.presentity, pub.event), {})
+        old = pubs.get(pub.etag)
+        if old is None:
+            self._npubs += 1
+        else:
+            self._held(old.source, -1)
+        pubs[pub.etag] = pub
+        self._held(pub.source, 1)
+        heap = self._pub_heap
+        heapq.heappush(heap, (pub.expires_at, pub.presentity, pub.event, pub.etag))
+        if len(heap) > 2 * self._npubs + HEAP_SLACK:
+            self._pub_heap = [(p.expires_at, p.presentity, p.event, p.etag) for g in self._pubs.values() for p in g.values()]
+            heapq.heapify(self._pub_heap)
+
+    async def insert_publication_watched(
+        self, pub: Publication, now: float, *, cap: int | None = None
+    ) -> list[Subscription]:
+        if cap is not None and len(self._pubs.get((pub.presentity, pub.event), ())) >= cap:
+            raise PresentityFull(pub.presentity, pub.event)
         await self.insert_publication(pub)
         return await self.watchers(pub.presentity, pub.event, now)
 
@@ -89,6 +127,9 @@ class MemoryStorage:
             new.received_at = now
         pubs[new_etag] = new
         heapq.heappush(self._pub_heap, (expires_at, presentity, event, new_etag))
+        if len(self._pub_heap) > 2 * self._npubs + HEAP_SLACK:
+            self._pub_heap = [(p.expires_at, p.presentity, p.event, p.etag) for g in self._pubs.values() for p in g.values()]
+            heapq.heapify(self._pub_heap)
         return new
 
     async def delete_publication(self, presentity: str, event: str, etag: str, now: float) -> Publication | None:
@@ -102,7 +143,10 @@ class MemoryStorage:
         key = (pub.presentity, pub.event)
         pubs = self._pubs.get(key)
         if pubs is not None:
-            pubs.pop(pub.etag, None)
+            gone = pubs.pop(pub.etag, None)
+            if gone is not None:
+                self._npubs -= 1
+                self._held(gone.source, -1)
             if not pubs:
                 del self._pubs[key]
 
@@ -181,7 +225,11 @@ class MemoryStorage:
     # -- subscriptions -----------------------------------------------------
 
     async def insert_subscription(self, sub: Subscription) -> None:
+        old = self._subs.get(sub.id)
+        if old is not None:
+            self._held(source_ip(old.source), -1)
         self._subs[sub.id] = sub
+        self._held(source_ip(sub.source), 1)
         key = sub.presentity
         group = self._by_presentity.get(key)
         if group is None or (isinstance(group, Subscription) and group.id == sub.id):
@@ -230,6 +278,7 @@ class MemoryStorage:
         if owner is not None and sub.tag not in self._owned(owner):
             return None
         del self._subs[sub_id]
+        self._held(source_ip(sub.source), -1)
         key = sub.presentity
         group = self._by_presentity.get(key)
         if isinstance(group, Subscription):
@@ -289,12 +338,27 @@ class MemoryStorage:
     # -- registrations -----------------------------------------------------
 
     async def set_binding(self, reg: Registration) -> None:
-        self._bindings.setdefault(reg.aor, {})[reg.contact] = reg
+        group = self._bindings.setdefault(reg.aor, {})
+        old = group.get(reg.contact)
+        if old is None:
+            self._nbindings += 1
+        else:
+            self._held(old.source, -1)
+        group[reg.contact] = reg
+        self._held(reg.source, 1)
+        heap = self._reg_heap
+        heapq.heappush(heap, (reg.expires_at, reg.aor, reg.contact))
+        if len(heap) > 2 * self._nbindings + HEAP_SLACK:
+            self._reg_heap = [(r.expires_at, r.aor, r.contact) for g in self._bindings.values() for r in g.values()]
+            heapq.heapify(self._reg_heap)
 
     async def delete_binding(self, aor: str, contact: str) -> None:
         group = self._bindings.get(aor)
         if group is not None:
-            group.pop(contact, None)
+            gone = group.pop(contact, None)
+            if gone is not None:
+                self._nbindings -= 1
+                self._held(gone.source, -1)
             if not group:
                 del self._bindings[aor]
 
@@ -302,9 +366,35 @@ class MemoryStorage:
         group = self._bindings.get(aor)
         if not group:
             return []
-        for contact in [c for c, r in group.items() if r.expires_at <= now]:
-            del group[contact]
-        return list(group.values())
+        return [r for r in group.values() if r.expires_at > now]
+
+    async def expire_registrations(self, now: float, node: str) -> list[Registration]:
+        tags = self._owned(node)
+        out: list[Registration] = []
+        heap = self._reg_heap
+        deferred: list[tuple[float, str, str]] = []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            _, aor, contact = entry
+            reg = self._bindings.get(aor, {}).get(contact)
+            if reg is None or reg.expires_at > now:
+                continue  # stale heap entry (refreshed or removed)
+            if reg.tag not in tags:
+                deferred.append(entry)  # another node's duty; keep it
+                continue
+            await self.delete_binding(aor, contact)
+            out.append(reg)
+        for entry in deferred:
+            heapq.heappush(heap, entry)
+        return out
+
+    async def list_registrations(self, now: float, *, aor: str | None, offset: int, limit: int) -> list[Registration]:
+        if aor is not None:
+            groups = [self._bindings.get(aor, {})]
+        else:
+            groups = [self._bindings[a] for a in sorted(self._bindings)]
+        rows = [r for g in groups for _, r in sorted(g.items()) if r.expires_at > now]
+        return rows[offset : offset + limit]
 
     # -- sharing tags -----------------------------------------------------------
 
@@ -372,6 +462,12 @@ class MemoryStorage:
 
     async def counts(self) -> tuple[int, int]:
         return len(self._subs), len({k[0] for k in self._pubs})
+
+    def usage(self) -> Usage:
+        return Usage(len(self._pubs), self._npubs, len(self._subs), self._nbindings, self._by_source)
+
+    async def refresh_usage(self, source_floor: int) -> None:
+        return None  # the counters are exact already
 
     def batch_counts(self) -> dict[str, tuple[int, int, int, int]]:
         return {}  # every step is a dict operation: nothing to group
