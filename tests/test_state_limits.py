@@ -189,3 +189,56 @@ async def test_admin_lists_registrations_paged_and_filtered_by_aor(make_node, op
         assert r.status == 400
     async with http.get(base) as r:
         assert r.status == 401
+
+
+# -- a shared database ----------------------------------------------------------
+
+
+@pytest.fixture
+async def shared_pair(make_node, pg_dsn):
+    """Two nodes on one PostgreSQL; tag ``vip`` active on the first."""
+    from presence_node.storage.postgres import PostgresStorage
+
+    async def start(**extra):
+        return [
+            await make_node(
+                node_id=f"n{i + 1}", cluster_id="c1", sharing_tags={"vip": state},
+                storage_override=PostgresStorage(pg_dsn), **extra,
+            )
+            for i, state in enumerate(("active", "backup"))
+        ]
+
+    return start
+
+
+async def test_shared_database_caps_count_every_nodes_records(shared_pair, open_clients):
+    a, b = await shared_pair(
+        limits={"max_subscriptions": 2, "max_publications_per_presentity": 2, "count_refresh_interval": 0.2}
+    )
+    ca = await client(a, "alice", open_clients=open_clients)
+    cb = await client(b, "alice", "127.0.0.2", open_clients=open_clients)
+    for user in ("p1", "p2"):
+        assert (await ca.subscribe(f"sip:{user}@example.com"))[0].code == 200
+    assert (await ca.subscribe("sip:p3@example.com"))[0].code == 503  # its own inserts count at once
+    await asyncio.sleep(0.6)  # b's next recount sees a's rows: the cap is the database's
+    resp, _ = await cb.subscribe("sip:p3@example.com")
+    assert resp.code == 503 and "subscriptions" in resp.reason, resp.reason
+    # The per-presentity cap is counted in the PUBLISH statement: exact across nodes.
+    assert (await ca.publish(pidf("bob"), uri="sip:bob@example.com")).code == 200
+    assert (await cb.publish(pidf("bob"), uri="sip:bob@example.com")).code == 200
+    resp = await ca.publish(pidf("bob"), uri="sip:bob@example.com")
+    assert resp.code == 403 and "bob@example.com" in resp.reason, resp.reason
+    assert len(await publications(a, "bob@example.com")) == 2
+
+
+async def test_shared_database_bindings_are_pruned_by_their_tags_owner(shared_pair, open_clients):
+    a, b = await shared_pair(**FAST_REG)
+    cb = await client(b, "alice", open_clients=open_clients)
+    assert (await register(cb, "u1", "sip:u1@127.0.0.1:5999", 1)).code == 200
+    assert (await register(cb, "u2", "sip:u2@127.0.0.1:5999", 3600)).code == 200
+    await asyncio.sleep(1.6)
+    rows = await b.storage.list_registrations(0, aor=None, offset=0, limit=10)
+    assert [r.aor for r in rows] == ["u2@example.com"] and rows[0].tag == "vip"
+    # The owner of vip (a) pruned it; the backup (b) did nothing.
+    key = ("presence_expired_total", (("kind", "registration"),))
+    assert (await scrape(a))[key] == 1 and (await scrape(b)).get(key, 0) == 0
