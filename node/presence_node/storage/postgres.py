@@ -81,8 +81,11 @@ MAX_WAIT = 0.1
 
 _PUBLISH_ONE = f"SELECT {_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 #: The recount behind usage(): the totals, then each source IP holding at
-#: least %s live records (a subscription's source is host:port).  A few
-#: tens of milliseconds at 100k rows per table, every refresh interval.
+#: least %s live records (a subscription's source is host:port, grouped
+#: first, then cut to the IP: one regexp per distinct source, not per row).
+#: Measured at 100k rows per table: 0.3 to 0.8 s of database time on a
+#: loaded 2-core machine, most of it the distinct presentities; hence a
+#: recount every 30 s by default, never per request.
 _RECOUNT = """
     SELECT 'publications', NULL, count(*) FROM publications
     UNION ALL SELECT 'presentities', NULL, count(*) FROM (SELECT DISTINCT presentity, event FROM publications) k
@@ -90,7 +93,8 @@ _RECOUNT = """
     UNION ALL SELECT 'registrations', NULL, count(*) FROM registrations
     UNION ALL SELECT 'source', ip, sum(n)::bigint FROM (
         SELECT source AS ip, count(*) AS n FROM publications WHERE source <> '' GROUP BY source
-        UNION ALL SELECT regexp_replace(source, ':[0-9]+$', ''), count(*) FROM subscriptions GROUP BY 1
+        UNION ALL SELECT regexp_replace(source, ':[0-9]+$', ''), sum(n)
+            FROM (SELECT source, count(*) AS n FROM subscriptions GROUP BY source) g GROUP BY 1
         UNION ALL SELECT source, count(*) FROM registrations WHERE source <> '' GROUP BY source
     ) s GROUP BY ip HAVING sum(n) >= %s
 """
