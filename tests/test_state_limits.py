@@ -242,3 +242,40 @@ async def test_shared_database_bindings_are_pruned_by_their_tags_owner(shared_pa
     # The owner of vip (a) pruned it; the backup (b) did nothing.
     key = ("presence_expired_total", (("kind", "registration"),))
     assert (await scrape(a))[key] == 1 and (await scrape(b)).get(key, 0) == 0
+
+
+# -- refresh floods (memory backend) ---------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["publication", "subscription", "binding"])
+async def test_a_refresh_flood_does_not_grow_the_memory_backend(kind):
+    """Each refresh leaves a stale entry in an expiry heap; the heap is
+    rebuilt once those outnumber the live records, so refreshing one record
+    50,000 times holds about what one record does."""
+    import tracemalloc
+
+    from presence_node.storage import MemoryStorage, Publication, Registration
+    from test_storage_contract import sub
+
+    s = MemoryStorage()
+    etag = "e0"
+    if kind == "publication":
+        await s.insert_publication(Publication("bob@example.com", "presence", etag, b"<x/>", "t", 10.0, 0.0, "A"))
+    elif kind == "subscription":
+        await s.insert_subscription(sub(1, expires=10.0))
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(1, 50_001):
+            if kind == "publication":
+                new = f"e{i}"
+                await s.replace_publication("bob@example.com", "presence", etag, 0.0, new_etag=new, expires_at=10.0 + i)
+                etag = new
+            elif kind == "subscription":
+                await s.refresh_subscription("s1", expires_at=10.0 + i, remote_cseq=i)
+            else:
+                await s.set_binding(Registration("a@example.com", "sip:a@h", 10.0 + i, "c", i, "A"))
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown < 1_000_000, grown  # 50,000 stale entries would be several MB
