@@ -1,11 +1,12 @@
 """The node: builds the parts from a :class:`Config`, starts and stops them.
 
-Start order: storage (and a first count of its live records), sharing tags,
-SIP sockets (UDP and TCP on one port), the cluster channel (federation), the
-expiry timer (and, with a shared database, the periodic recount), then the
-admin API, and only then ready.  Stop order (SIGTERM): not ready, new SIP requests answered 503 (the sockets stay open,
-since the responses to NOTIFYs in flight arrive on them), handlers in
-flight finish, subscriptions that die with the node are ended with
+Start order: storage, sharing tags, a first count of the live records (the
+limits read it), SIP sockets (UDP and TCP on one port), the cluster channel
+(federation), the expiry timer (and, with a shared database, the periodic
+recount), then the admin API, and only then ready.  Stop order (SIGTERM):
+not ready, new SIP requests answered 503 (the sockets stay open, since the
+responses to NOTIFYs in flight arrive on them), handlers in flight finish,
+subscriptions that die with the node are ended with
 ``deactivated`` (S30), NOTIFYs in flight finish (all bounded by
 ``drain_timeout``), then admin, sockets and storage.
 """

@@ -63,7 +63,9 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
             return Reply(Status.OK, ok)  # nothing to keep
         svc.capacity.admit("publication", inc.host)
         new = svc.ids.etag()
-        pub = Publication(presentity, key, new, stored, ctype, now + expires, now, svc.config.tag_for(key), source=sys.intern(inc.host))
+        pub = Publication(
+            presentity, key, new, stored, ctype, now + expires, now, svc.config.tag_for(key), source=sys.intern(inc.host)
+        )
         # The watchers come with the insert: one storage step, not two.
         try:
             watchers = await svc.storage.insert_publication_watched(

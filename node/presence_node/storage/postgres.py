@@ -862,7 +862,7 @@ class PostgresStorage:
     async def refresh_usage(self, source_floor: int) -> None:
         rows = await self._rows(_RECOUNT, (max(source_floor, 1),))
         totals = {r[0]: int(r[2]) for r in rows if r[0] != "source"}
-        self._counts = [totals["presentities"], totals["publications"], totals["subscriptions"], totals["registrations"]]
+        self._counts = [totals[k] for k in ("presentities", "publications", "subscriptions", "registrations")]
         self._by_source = {r[1]: int(r[2]) for r in rows if r[0] == "source"}
 
     def batch_counts(self) -> dict[str, tuple[int, int, int, int]]:
