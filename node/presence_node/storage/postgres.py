@@ -744,14 +744,19 @@ class PostgresStorage:
     async def expire_registrations(self, now: float, node: str) -> list[Registration]:
         # As expire_subscriptions: owned tags share-locked, victims locked
         # SKIP LOCKED; untagged bindings (from before migration 6) by anyone.
+        # Two scans, so each uses the (tag, expires_at) index.
         rows = await self._rows(
             f"""
             WITH owned AS (SELECT name FROM sharing_tags WHERE owner = %(node)s FOR SHARE),
-            victims AS (
-                SELECT r.aor, r.contact FROM registrations r
-                WHERE r.expires_at <= %(now)s AND (r.tag IN (SELECT name FROM owned) OR r.tag IS NULL)
+            mine AS (
+                SELECT r.aor, r.contact FROM registrations r JOIN owned ON r.tag = owned.name
+                WHERE r.expires_at <= %(now)s LIMIT {EXPIRY_BATCH} FOR UPDATE OF r SKIP LOCKED
+            ),
+            untagged AS (
+                SELECT r.aor, r.contact FROM registrations r WHERE r.tag IS NULL AND r.expires_at <= %(now)s
                 LIMIT {EXPIRY_BATCH} FOR UPDATE OF r SKIP LOCKED
-            )
+            ),
+            victims AS (SELECT * FROM mine UNION ALL SELECT * FROM untagged)
             DELETE FROM registrations r USING victims v WHERE r.aor = v.aor AND r.contact = v.contact
             RETURNING r.aor, r.contact, r.expires_at, r.call_id, r.cseq, coalesce(r.tag, ''), r.source
             """,
