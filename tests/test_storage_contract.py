@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from presence_node.storage import MemoryStorage, Publication, StaleEpoch, Subscription, UnknownTag
+from presence_node.storage import MemoryStorage, PresentityFull, Publication, Registration, StaleEpoch, Subscription, UnknownTag
 from presence_node.storage.postgres import PostgresStorage
 
 NOW = 1_000_000.0
@@ -26,8 +26,11 @@ def sub(i: int, presentity: str = "bob@example.com", *, expires: float = NOW + 1
     )
 
 
-def pub(etag: str, presentity: str = "bob@example.com", *, expires: float = NOW + 100, tag: str = "A", at: float = NOW) -> Publication:
-    return Publication(presentity, "presence", etag, b"<x/>", "application/pidf+xml", expires, at, tag)
+def pub(
+    etag: str, presentity: str = "bob@example.com", *, expires: float = NOW + 100, tag: str = "A", at: float = NOW,
+    source: str = "",
+) -> Publication:
+    return Publication(presentity, "presence", etag, b"<x/>", "application/pidf+xml", expires, at, tag, source=source)
 
 
 @pytest.fixture(params=["memory", "postgres"])
@@ -215,3 +218,84 @@ async def test_next_notify_state_counts_up_and_returns_the_live_state_oldest_fir
     numbers, pubs = await storage.next_notify_state(["s1"], "dave@example.com", "presence", NOW)
     assert numbers == {"s1": (2, 1)} and pubs == []
     assert await storage.next_notify_state([], "bob@example.com", "presence", NOW) == ({}, (await storage.publications("bob@example.com", "presence", NOW)))
+
+
+# -- live-state limits (#12.2, #12.6) and registration expiry (#12.7) ----------
+
+
+def reg(aor: str, contact: str, *, expires: float = NOW + 100, tag: str = "A", source: str = "10.0.0.1") -> Registration:
+    return Registration(aor, contact, expires, "call", 1, tag, source)
+
+
+async def test_insert_publication_watched_refuses_beyond_the_per_presentity_cap(storage):
+    for i in range(3):
+        await storage.insert_publication_watched(pub(f"e{i}"), NOW, cap=3)
+    with pytest.raises(PresentityFull):
+        await storage.insert_publication_watched(pub("e3"), NOW, cap=3)
+    # Refused before anything is stored; other presentities are unaffected.
+    assert sorted(p.etag for p in await storage.publications("bob@example.com", "presence", NOW)) == ["e0", "e1", "e2"]
+    assert await storage.insert_publication_watched(pub("c0", "carol@example.com"), NOW, cap=3) == []
+
+
+async def test_usage_counts_live_records_per_kind_and_per_source(storage):
+    await storage.insert_publication(pub("e1", source="10.0.0.1"))
+    await storage.insert_publication(pub("e2", source="10.0.0.1"))
+    await storage.insert_publication(pub("c1", "carol@example.com", source="10.0.0.2"))
+    for i in range(3):
+        await storage.insert_subscription(sub(i, f"p{i}@example.com"))  # source 127.0.0.1:5000
+    await storage.set_binding(reg("alice@example.com", "sip:a@10.0.0.1"))
+    await storage.set_binding(reg("alice@example.com", "sip:a@10.0.0.1"))  # a refresh: still one binding
+    await storage.refresh_usage(0)
+    usage = storage.usage()
+    assert (usage.presentities, usage.publications, usage.subscriptions, usage.registrations) == (2, 3, 3, 1)
+    assert usage.source("10.0.0.1") == 3 and usage.source("10.0.0.2") == 1 and usage.source("127.0.0.1") == 3
+    # Records that go are no longer counted against their source.
+    await storage.delete_publication("bob@example.com", "presence", "e1", NOW)
+    await storage.delete_subscription("s0")
+    await storage.delete_binding("alice@example.com", "sip:a@10.0.0.1")
+    await storage.refresh_usage(0)
+    usage = storage.usage()
+    assert (usage.publications, usage.subscriptions, usage.registrations) == (2, 2, 0)
+    assert usage.source("10.0.0.1") == 1 and usage.source("127.0.0.1") == 2
+
+
+async def test_refresh_usage_reports_only_sources_at_or_above_the_floor(storage):
+    for i in range(3):
+        await storage.insert_publication(pub(f"e{i}", f"p{i}@example.com", source="10.0.0.1"))
+    await storage.insert_publication(pub("x", "q@example.com", source="10.0.0.2"))
+    await storage.refresh_usage(2)
+    usage = storage.usage()
+    assert usage.source("10.0.0.1") == 3
+    assert usage.source("10.0.0.2") <= 1  # below the floor: may be approximated as 0 (shared database)
+
+
+async def test_expire_registrations_frees_expired_bindings_once_and_only_for_owned_tags(storage):
+    await storage.set_binding(reg("a@example.com", "sip:a@h", expires=NOW + 1, tag="A"))
+    await storage.set_binding(reg("b@example.com", "sip:b@h", expires=NOW + 1, tag="B"))
+    await storage.set_binding(reg("c@example.com", "sip:c@h", expires=NOW + 50, tag="A"))
+    later = NOW + 2
+    assert [(r.aor, r.contact) for r in await storage.expire_registrations(later, "me")] == [("a@example.com", "sip:a@h")]
+    assert await storage.expire_registrations(later, "me") == []
+    await storage.refresh_usage(0)
+    assert storage.usage().registrations == 2  # b waits for its tag's owner
+    await storage.activate_tag("B", "other", NOW)
+    assert [r.aor for r in await storage.expire_registrations(later, "other")] == ["b@example.com"]
+    assert [r.aor for r in await storage.bindings("c@example.com", later)] == ["c@example.com"]
+
+
+async def test_refreshed_binding_does_not_expire_at_its_old_time(storage):
+    await storage.set_binding(reg("a@example.com", "sip:a@h", expires=NOW + 1))
+    await storage.set_binding(reg("a@example.com", "sip:a@h", expires=NOW + 100))
+    assert await storage.expire_registrations(NOW + 2, "me") == []
+
+
+async def test_list_registrations_pages_and_filters_by_aor(storage):
+    for i in range(4):
+        await storage.set_binding(reg(f"u{i}@example.com", f"sip:u{i}@h"))
+    await storage.set_binding(reg("u1@example.com", "sip:u1@other"))
+    await storage.set_binding(reg("gone@example.com", "sip:g@h", expires=NOW - 1))
+    page = await storage.list_registrations(NOW, aor=None, offset=1, limit=2)
+    assert [(r.aor, r.contact) for r in page] == [("u1@example.com", "sip:u1@h"), ("u1@example.com", "sip:u1@other")]
+    only = await storage.list_registrations(NOW, aor="u1@example.com", offset=0, limit=10)
+    assert [r.contact for r in only] == ["sip:u1@h", "sip:u1@other"]
+    assert only[0].tag == "A" and only[0].expires_at == NOW + 100

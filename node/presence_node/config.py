@@ -108,6 +108,24 @@ class Limits(_Strict):
     tcp_max_queued: int = Field(1_048_576, ge=65536)
     tcp_write_timeout: float = Field(10.0, gt=0)
     tcp_max_queued_total: int = Field(134_217_728, ge=65536)
+    #: Live state held at most (#12): beyond, a request that would add a
+    #: record is refused, before anything is stored, with 503 and
+    #: Retry-After (node-wide) or 403 (one source's or one presentity's
+    #: share).  Refreshes and removals of held records always go on.  With
+    #: a shared database the node-wide caps bound the whole database.
+    max_presentities: int = Field(1_000_000, ge=1)
+    max_publications: int = Field(1_000_000, ge=1)
+    max_subscriptions: int = Field(1_000_000, ge=1)
+    max_registrations: int = Field(1_000_000, ge=1)
+    #: Live publications of one presentity and package (403 beyond).
+    max_publications_per_presentity: int = Field(100, ge=1)
+    #: Live publications, subscriptions and bindings created from one
+    #: source IP, all kinds together (403 beyond).
+    max_records_per_source: int = Field(500_000, ge=1)
+    #: Shared database: seconds between recounts of the live records (one
+    #: statement over every table, 0.3-0.8 s of database time at 100k rows
+    #: per table).
+    count_refresh_interval: float = Field(30.0, gt=0, le=3600)
 
 
 class Storage(_Strict):

@@ -30,6 +30,7 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "presence_publication_changes": ("Accepted PUBLISHes by kind", ("event", "kind")),
     "presence_expired": ("Records expired by this node", ("kind",)),
     "presence_publish_refused": ("PUBLISH bodies refused for a limits setting, by setting", ("event", "reason")),
+    "presence_limit_refused": ("Requests refused by a limit on live state, by setting", ("limit",)),
     "cluster_messages_sent": ("Cluster channel messages sent, by kind", ("kind",)),
     "cluster_messages_received": ("Authentic cluster messages received, by kind", ("kind",)),
     "cluster_messages_rejected": ("Cluster messages refused and not applied, by reason", ("reason",)),
@@ -64,6 +65,8 @@ class Metrics:
         self.tcp_connections = 0
         self.tcp_queued_bytes = 0
         self.notify_targets: dict[str, int] = {}
+        #: Live records per kind (Storage.usage), set before a scrape.
+        self.live: dict[str, int] = {}
         #: Group commit of the storage (Storage.batch_counts), set before a scrape.
         self.batches: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
@@ -75,6 +78,7 @@ class Metrics:
         self._failed = v["sip_notify_failed"]
         self._publications = v["presence_publication_changes"]
         self._expired = v["presence_expired"]
+        self._refused = v["presence_limit_refused"]
 
     # -- hot path ---------------------------------------------------------------
 
@@ -110,6 +114,9 @@ class Metrics:
     def expired(self, kind: str, n: int) -> None:
         if n:
             self._expired[(kind,)] += n
+
+    def refused(self, limit: str) -> None:
+        self._refused[(limit,)] += 1
 
     def count(self, name: str, label: str, n: int = 1) -> None:
         """The cluster counters above (off the SIP hot path)."""
@@ -150,6 +157,14 @@ class Metrics:
         for state, n in sorted(self.notify_targets.items()):
             targets.add_metric([state], n)
         yield targets
+        live = GaugeMetricFamily(
+            "presence_live_records",
+            "Live records held, by kind (a shared database: all nodes', at the last recount plus this node's since)",
+            labels=["kind"],
+        )
+        for kind, n in self.live.items():
+            live.add_metric([kind], n)
+        yield live
         yield GaugeMetricFamily("cluster_peers_up", "Federation peers heard from recently", value=self.peers_up)
         for i, (name, doc) in enumerate((
             ("storage_batches", "Database statements that carried several requests, by request kind"),

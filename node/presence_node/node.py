@@ -1,11 +1,12 @@
 """The node: builds the parts from a :class:`Config`, starts and stops them.
 
-Start order: storage, sharing tags, SIP sockets (UDP and TCP on one port),
-the cluster channel (federation), the expiry timer, then the admin API, and
-only then ready.  Stop order
-(SIGTERM): not ready, new SIP requests answered 503 (the sockets stay open,
-since the responses to NOTIFYs in flight arrive on them), handlers in
-flight finish, subscriptions that die with the node are ended with
+Start order: storage, sharing tags, a first count of the live records (the
+limits read it), SIP sockets (UDP and TCP on one port), the cluster channel
+(federation), the expiry timer (and, with a shared database, the periodic
+recount), then the admin API, and only then ready.  Stop order (SIGTERM):
+not ready, new SIP requests answered 503 (the sockets stay open, since the
+responses to NOTIFYs in flight arrive on them), handlers in flight finish,
+subscriptions that die with the node are ended with
 ``deactivated`` (S30), NOTIFYs in flight finish (all bounded by
 ``drain_timeout``), then admin, sockets and storage.
 """
@@ -99,6 +100,7 @@ class Node:
         self._secret = secret
         self._runner: web.AppRunner | None = None
         self._expiry_task: asyncio.Task[None] | None = None
+        self._recount_task: asyncio.Task[None] | None = None
         self.ready = False
         self.sip_port = 0
         self.admin_port = 0
@@ -120,6 +122,7 @@ class Node:
         cfg = self.config
         await self.storage.start()
         await self.tags.start()
+        await self._recount()
         host, port = cfg.sip_address
         self.sip_port = await self.transports.start(host, port)
         self.service.sip_port = self.sip_port
@@ -127,6 +130,8 @@ class Node:
         if self.federation is not None:
             await self.federation.start()
         self._expiry_task = asyncio.ensure_future(self._expiry_loop())
+        if self.storage.shared:
+            self._recount_task = asyncio.ensure_future(self._recount_loop())
         secret = self._secret or load_secret(cfg.admin_secret_file, cfg.state_dir)
         self._runner = web.AppRunner(make_app(self, secret), access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -150,6 +155,22 @@ class Node:
             except Exception:
                 log.exception("expiry sweep failed")
 
+    async def _recount(self) -> None:
+        """Refresh the live counts the limits read (a shared database; the
+        memory backend's are exact).  Sources under half their share are
+        left out: only those near it can be refused before the next one."""
+        await self.storage.refresh_usage(self.config.limits.max_records_per_source // 2)
+
+    async def _recount_loop(self) -> None:
+        """Its own task: a recount of a large database takes a good part of
+        a second, which must not delay the expiry sweeps."""
+        while True:
+            await asyncio.sleep(self.config.limits.count_refresh_interval)
+            try:
+                await self._recount()
+            except Exception:
+                log.exception("recount of live records failed")
+
     async def _deactivate(self) -> None:
         """S30, S80: this node's subscriptions die with it (memory storage),
         so end each with ``terminated;reason=deactivated``: the subscriber
@@ -170,6 +191,13 @@ class Node:
 
     async def metrics_text(self) -> bytes:
         subs, pres = await self.storage.counts()
+        usage = self.storage.usage()
+        self.metrics.live = {
+            "presentities": usage.presentities,
+            "publications": usage.publications,
+            "subscriptions": usage.subscriptions,
+            "registrations": usage.registrations,
+        }
         self.metrics.subscriptions = subs
         self.metrics.presentities = pres
         self.metrics.batches = self.storage.batch_counts()
@@ -185,12 +213,13 @@ class Node:
         self.ready = False
         self.dispatcher.draining = True
         log.info("node draining", extra={"node": self.config.node_id})
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
-            try:
-                await self._expiry_task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._expiry_task, self._recount_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         deadline = self.config.drain_timeout
         t0 = time.monotonic()
         await self.dispatcher.drain(deadline)

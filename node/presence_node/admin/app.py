@@ -150,6 +150,29 @@ def make_app(node: "Node", secret: str) -> web.Application:
             }
         )
 
+    async def registrations(request: web.Request) -> web.Response:
+        _known_params(request, {"aor", "offset", "limit"})
+        offset, limit = _paging(request)
+        now = time.time()
+        rows = await node.storage.list_registrations(now, aor=request.query.get("aor"), offset=offset, limit=limit)
+        return web.json_response(
+            {
+                "items": [
+                    {
+                        "aor": r.aor,
+                        "contact": r.contact,
+                        "expires_in": max(0, int(r.expires_at - now)),
+                        "call_id": r.call_id,
+                        "cseq": r.cseq,
+                        "tag": r.tag,
+                    }
+                    for r in rows
+                ],
+                "offset": offset,
+                "limit": limit,
+            }
+        )
+
     async def metrics(_: web.Request) -> web.Response:
         body = await node.metrics_text()
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
@@ -188,6 +211,7 @@ def make_app(node: "Node", secret: str) -> web.Application:
     app.router.add_get(contract.READYZ, readyz)
     app.router.add_get(contract.PRESENTITIES, presentities)
     app.router.add_get(contract.SUBSCRIPTIONS, subscriptions)
+    app.router.add_get(contract.REGISTRATIONS, registrations)
     app.router.add_get(contract.METRICS, metrics)
     app.router.add_get(contract.TAGS, tags)
     app.router.add_get(contract.CLUSTER, cluster)

@@ -12,6 +12,7 @@ from ..sip.headers import Event, NameAddr, parse_event, parse_expires, parse_uri
 from ..sip.message import Request
 from ..sip.status import Status
 from ..storage import Publication, Storage, Subscription
+from .capacity import Capacity
 from .ids import Ids
 from .notify import Notifier, Unwatching
 
@@ -36,6 +37,8 @@ class ServiceMetrics(Protocol):
     def notify_sent(self, event: str) -> None: ...
 
     def notify_failed(self, event: str, code: int) -> None: ...
+
+    def refused(self, limit: str) -> None: ...
 
 
 class Federating(Unwatching, Protocol):
@@ -64,6 +67,8 @@ class Service:
         self.notifier = notifier
         self.ids = ids
         self.metrics = metrics
+        #: The limits on live state every new record must fit under.
+        self.capacity = Capacity(config.limits, storage, metrics)
         self.allow_events = ", ".join(packages.names)
         #: Our Contact URI per transport and SIP port; set once sockets are bound.
         self.contact: dict[str, str] = {}

@@ -1,4 +1,6 @@
-"""Timer-driven duties: expiring subscriptions (S25) and publications (S47).
+"""Timer-driven duties: expiring subscriptions (S25), publications (S47)
+and REGISTER bindings (which nobody is told about, but whose memory must
+go: #12.7).
 
 Each sweep asks storage to delete-and-return what expired under the tags
 this node owns *in storage* (checked in the same statement), so a record is
@@ -48,6 +50,7 @@ class Expirer:
             await self.notifier.watcher_changed(sub, "terminated", "timeout")
         pubs = await self.storage.expire_publications(now, self.node)
         self.on_expired("publication", len(pubs))
+        self.on_expired("registration", len(await self.storage.expire_registrations(now, self.node)))
         if self.listener is not None:
             self.listener.expired(pubs)
             await self.listener.unwatched((s.presentity, s.event) for s in subs)

@@ -4,7 +4,11 @@ The steps follow §6 in order, so each refusal is the one the RFC names:
 404 for a resource we do not serve (S42), 489 for a bad Event (S41), 400
 for several etags (S40), 423 for a too-brief Expires (S35), 415/400 for a
 body the package refuses (S44, D8), 400 for no body and no etag (S43), and
-412 for an etag that names no live publication (S39).  Each accepted PUBLISH
+412 for an etag that names no live publication (S39).  An initial PUBLISH
+that does not fit the limits on live state gets 503 or 403 (#12, see
+:mod:`.capacity`; 403 too when its presentity holds
+``limits.max_publications_per_presentity`` of its package, counted in the
+insert's own storage step).  Each accepted PUBLISH
 is one atomic storage step, then the NOTIFYs (S37, S38) and, in a
 federation, the message to the locations that watch it; a refused one is
 never sent.
@@ -12,11 +16,13 @@ never sent.
 
 from __future__ import annotations
 
+import sys
+
 from ..packages.base import BodyOverLimit
 from ..sip.errors import RemoteSipError
 from ..sip.headers import media_type
 from ..sip.status import Status
-from ..storage import Publication
+from ..storage import PresentityFull, Publication
 from .context import Incoming, Service
 from .reply import Reply
 
@@ -61,10 +67,18 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
         assert stored is not None
         if expires == 0:
             return Reply(Status.OK, ok)  # nothing to keep
+        svc.capacity.admit("publication", inc.host)
         new = svc.ids.etag()
-        pub = Publication(presentity, key, new, stored, ctype, now + expires, now, svc.config.tag_for(key))
+        pub = Publication(
+            presentity, key, new, stored, ctype, now + expires, now, svc.config.tag_for(key), source=sys.intern(inc.host)
+        )
         # The watchers come with the insert: one storage step, not two.
-        watchers = await svc.storage.insert_publication_watched(pub, now)
+        try:
+            watchers = await svc.storage.insert_publication_watched(
+                pub, now, cap=svc.config.limits.max_publications_per_presentity
+            )
+        except PresentityFull:
+            raise svc.capacity.presentity_full(presentity, key) from None
         svc.metrics.publication_change(key, "new")
         if svc.federation is not None:
             svc.federation.published(presentity, key, None, pub)

@@ -5,6 +5,8 @@ NOTIFY with the current state (S18, S22); ``Expires: 0`` ends the dialog
 with a final ``terminated;reason=timeout`` NOTIFY (S23) or, out of dialog,
 is a poll answered by exactly one such NOTIFY (S24).  Every subscription is
 active at once (D4), except that a watcher list is only for its owner.
+A new subscription that does not fit the limits on live state gets 503 or
+403 (#12, :mod:`.capacity`); refreshes and unsubscribes always go on.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         # which is this dialog's first (terminated() counts it itself).
         sub.cseq, sub.version = FIRST_CSEQ - 1, FIRST_VERSION
         return Reply(Status.OK, headers, to_tag=sub.id, then=lambda: svc.notifier.terminated(sub, "timeout"))
+    svc.capacity.admit("subscription", inc.host)
     if event.key == WINFO:
         # Its first document lists the presence watchers: read after the insert.
         await svc.storage.insert_subscription(sub)

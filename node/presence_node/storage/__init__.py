@@ -5,9 +5,9 @@ operation (compare-and-swap on an etag, increment-and-return of a NOTIFY
 CSeq), records are flat rows, and nothing relies on object identity.
 """
 
-from .base import StaleEpoch, Storage, StorageUnavailable, UnknownTag
+from .base import PresentityFull, StaleEpoch, Storage, StorageUnavailable, UnknownTag
 from .memory import MemoryStorage
-from .records import Publication, Registration, Subscription, TagState
+from .records import Publication, Registration, Subscription, TagState, Usage
 
 __all__ = [
     "Storage",
@@ -16,6 +16,8 @@ __all__ = [
     "Registration",
     "Subscription",
     "TagState",
+    "Usage",
+    "PresentityFull",
     "StaleEpoch",
     "UnknownTag",
     "StorageUnavailable",

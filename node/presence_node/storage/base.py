@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Collection, Mapping, Protocol
 
-from .records import Publication, Registration, Subscription, TagState
+from .records import Publication, Registration, Subscription, TagState, Usage
 
 
 class StorageUnavailable(OSError):
@@ -27,6 +27,11 @@ class StorageUnavailable(OSError):
 
 class UnknownTag(LookupError):
     """No sharing tag of that name exists (admin API: 404)."""
+
+
+class PresentityFull(Exception):
+    """A presentity already holds the most live publications of one package
+    allowed (``limits.max_publications_per_presentity``): SIP 403."""
 
 
 class StaleEpoch(ValueError):
@@ -54,11 +59,18 @@ class Storage(Protocol):
     async def insert_publication(self, pub: Publication) -> None:
         """Store a new publication (its etag is fresh and unique)."""
 
-    async def insert_publication_watched(self, pub: Publication, now: float) -> list[Subscription]:
+    async def insert_publication_watched(
+        self, pub: Publication, now: float, *, cap: int | None = None
+    ) -> list[Subscription]:
         """:meth:`insert_publication`, then the live watchers of its
         presentity and package (:meth:`watchers`), as one step: a
         subscription made concurrently (:meth:`insert_subscription_state`)
-        is either returned here or sees this publication."""
+        is either returned here or sees this publication.
+
+        With ``cap``: :class:`PresentityFull`, and nothing stored, when the
+        presentity and package already hold ``cap`` publications (counted
+        in the same step, expired ones not yet swept included: they still
+        take room).  Two concurrent inserts may both pass at ``cap - 1``."""
 
     async def replace_publication(
         self,
@@ -173,6 +185,25 @@ class Storage(Protocol):
     async def delete_binding(self, aor: str, contact: str) -> None: ...
 
     async def bindings(self, aor: str, now: float) -> list[Registration]: ...
+
+    async def expire_registrations(self, now: float, node: str) -> list[Registration]:
+        """Delete and return bindings expired at ``now`` whose tag ``node``
+        owns (see :meth:`expire_publications`)."""
+
+    async def list_registrations(self, now: float, *, aor: str | None, offset: int, limit: int) -> list[Registration]:
+        """Live bindings ordered by AOR and contact (admin listing)."""
+
+    # -- live-state limits (#12) -------------------------------------------
+
+    def usage(self) -> Usage:
+        """What is held now, without a round trip: cheap enough to ask
+        before every new record."""
+
+    async def refresh_usage(self, source_floor: int) -> None:
+        """Recount (a shared database: one statement over every table, run
+        every ``limits.count_refresh_interval``, never per request; other
+        nodes' writes and removals show from then on).  Sources with fewer
+        than ``source_floor`` records may be left out (counted 0)."""
 
     # -- sharing tags -----------------------------------------------------------
 

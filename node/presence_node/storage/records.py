@@ -25,6 +25,9 @@ class Publication:
     #: "" when received here by SIP (this node or its location's database
     #: holds it); else the federation location it was replicated from.
     origin: str = ""
+    #: IP address the initial PUBLISH came from ("" for a replica): whose
+    #: share of ``limits.max_records_per_source`` it takes.
+    source: str = ""
 
 
 @dataclass(slots=True)
@@ -68,6 +71,32 @@ class Registration:
     expires_at: float
     call_id: str
     cseq: int
+    tag: str  # sharing tag: its owner prunes the binding once expired
+    source: str = ""  # IP address the REGISTER came from (per-source limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Live records a storage holds, for the limits on live state.
+
+    Exact for the memory backend; for a shared database, the counts of the
+    last recount plus what this node stored since (see
+    :meth:`~presence_node.storage.base.Storage.refresh_usage`)."""
+
+    presentities: int  # (presentity, package) pairs with a publication
+    publications: int
+    subscriptions: int
+    registrations: int
+    #: Live records per source IP (publications, subscriptions, bindings).
+    by_source: dict[str, int]
+
+    def source(self, ip: str) -> int:
+        return self.by_source.get(ip, 0)
+
+
+def source_ip(source: str) -> str:
+    """The IP address of a subscription's ``host:port`` source."""
+    return source.rpartition(":")[0]
 
 
 @dataclass(slots=True)

@@ -215,4 +215,38 @@ MIGRATIONS: list[list[str]] = [
                 WHERE p.presentity = p_presentity AND p.event = p_event AND p.expires_at > p_now;
         END $$""",
     ],
+    [
+        # Live-state limits (#12): the source IP of each publication and
+        # binding (subscriptions have theirs), so the periodic recount
+        # (PostgresStorage.refresh_usage) tells each source's share; and a
+        # sharing tag per binding, so that its owner prunes it once expired,
+        # as every other timer duty.  Bindings stored before have none: any
+        # node prunes those (pruning a binding notifies nobody).
+        "ALTER TABLE publications ADD COLUMN source text NOT NULL DEFAULT ''",
+        "ALTER TABLE registrations ADD COLUMN source text NOT NULL DEFAULT ''",
+        "ALTER TABLE registrations ADD COLUMN tag text REFERENCES sharing_tags (name)",
+        "CREATE INDEX registrations_expiry ON registrations (tag, expires_at)",
+        # presence_publish of migration 3 with the publication's source and
+        # the per-presentity cap, counted in the same statement (an index
+        # range of at most p_cap rows): at the cap nothing is written and
+        # the one row returned is all NULL.  An overload, so nodes not yet
+        # upgraded keep calling the old one.
+        """CREATE FUNCTION presence_publish(p_presentity text, p_event text, p_etag text, p_body bytea,
+                p_content_type text, p_expires_at double precision, p_received_at double precision, p_tag text,
+                p_now double precision, p_source text, p_cap bigint)
+            RETURNS SETOF subscriptions LANGUAGE plpgsql AS $$
+        BEGIN
+            IF (SELECT count(*) FROM (SELECT 1 FROM publications q WHERE q.presentity = p_presentity
+                    AND q.event = p_event LIMIT p_cap) c) >= p_cap THEN
+                RETURN QUERY SELECT (NULL::subscriptions).*;
+                RETURN;
+            END IF;
+            INSERT INTO publications (presentity, event, etag, body, content_type, expires_at, received_at, tag,
+                    source)
+                VALUES (p_presentity, p_event, p_etag, p_body, p_content_type, p_expires_at, p_received_at, p_tag,
+                    p_source);
+            RETURN QUERY SELECT * FROM subscriptions s
+                WHERE s.presentity = p_presentity AND s.event = p_event AND s.expires_at > p_now;
+        END $$""",
+    ],
 ]
