@@ -5,7 +5,7 @@ operation (compare-and-swap on an etag, increment-and-return of a NOTIFY
 CSeq), records are flat rows, and nothing relies on object identity.
 """
 
-from .base import StaleEpoch, Storage, StorageUnavailable, UnknownTag
+from .base import RequestExpired, StaleEpoch, Storage, StorageUnavailable, UnknownTag
 from .memory import MemoryStorage
 from .records import Publication, Registration, Subscription, TagState
 
@@ -19,4 +19,5 @@ __all__ = [
     "StaleEpoch",
     "UnknownTag",
     "StorageUnavailable",
+    "RequestExpired",
 ]
