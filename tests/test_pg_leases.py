@@ -151,3 +151,27 @@ async def test_a_request_whose_client_gave_up_is_not_applied(pg_dsn):
         assert len(await s.publications("sip:bob@example.com", "presence", time.time())) == 1
     finally:
         await s.close()
+
+
+@pytest.mark.parametrize("sqlstate, unavailable", [
+    ("57P01", True),   # admin shutdown: the server is going away
+    ("53300", True),   # too many connections
+    ("57014", True),   # statement timeout: the database cannot serve in time
+    ("40P01", False),  # a deadlock: this statement's, retried by the batcher one by one
+    ("22P02", False),  # bad data: the request's own
+])
+async def test_only_the_database_s_unavailability_is_storage_unavailable(pg_dsn, sqlstate, unavailable):
+    """#13.2: errors that say the database cannot serve become
+    StorageUnavailable (503 with Retry-After); a statement's own failure
+    stays the database's error (group commit retries class 40 one by one)."""
+    s = PostgresStorage(pg_dsn, min_size=1, max_size=1)
+    await s.start()
+    try:
+        with pytest.raises(Exception) as err:
+            await s._rows(f"DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{sqlstate}'; END $$")
+        assert isinstance(err.value, StorageUnavailable) is unavailable, err.value
+        cause = err.value.__cause__ if unavailable else err.value
+        assert isinstance(cause, psycopg.Error) and cause.sqlstate == sqlstate
+        assert await s._rows("SELECT 1") == [(1,)]  # the connection is still good
+    finally:
+        await s.close()

@@ -123,6 +123,17 @@ def _by_index(rows: list[tuple[Any, ...]], n: int) -> list[list[tuple[Any, ...]]
 _ITEM_ERRORS = frozenset({"22", "23", "40", "P0"})
 
 
+#: SQLSTATE classes of an OperationalError that mean the database cannot
+#: serve now, whatever the statement ("": the client lost or never had the
+#: connection; connection exceptions, resources, shutdown or cancellation,
+#: system errors).  Others (class 40: a deadlock) stay the statement's.
+_UNAVAILABLE = frozenset({"", "08", "53", "57", "58"})
+
+
+def _unavailable(e: psycopg.OperationalError) -> bool:
+    return (e.sqlstate or "")[:2] in _UNAVAILABLE
+
+
 def _statement_error(e: BaseException) -> bool:
     """May this batch error be one request's fault (try them one by one)?"""
     return isinstance(e, psycopg.Error) and (e.sqlstate or "")[:2] in _ITEM_ERRORS
@@ -252,9 +263,10 @@ class Leases:
             self._wake()
 
     def failed(self, conn: AsyncConnection[Any], e: psycopg.OperationalError) -> StorageUnavailable:
-        """After an operational error on ``conn`` (the connection is gone,
-        the server is shutting down or out of resources): not the caller's
-        fault and nothing to wait for, so the error to raise."""
+        """After an error on ``conn`` that says the database cannot serve
+        (_unavailable: the connection is gone, the server is shutting down
+        or out of resources): not the caller's fault and nothing to wait
+        for, so the error to raise."""
         self.done(conn)
         if conn.broken or conn.closed:
             self.lost()
@@ -310,6 +322,9 @@ class Leases:
         try:
             yield conn
         except psycopg.OperationalError as e:
+            if not _unavailable(e):
+                self.done(conn)
+                raise
             raise self.failed(conn, e) from e
         except BaseException:
             self.done(conn)
@@ -392,6 +407,9 @@ class PostgresStorage:
             res = cur.pgresult
             rows = await cur.fetchall() if res is not None and res.nfields else []
         except psycopg.OperationalError as e:
+            if not _unavailable(e):
+                leases.done(conn)
+                raise
             raise leases.failed(conn, e) from e
         except BaseException:
             # A failed statement leaves a healthy connection idle (autocommit);
