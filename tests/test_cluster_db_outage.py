@@ -1,7 +1,8 @@
 """The shared database stopped under two node processes (issue #13.2/.3):
-requests that need it are refused at once with 503 and Retry-After, not
-held; nothing refused is applied later; the nodes serve again within a
-second or two of the database's return.  A private PostgreSQL server (the
+requests that need it are refused within ``storage.acquire_timeout`` with
+503 and Retry-After, not held; nothing refused is applied later; the nodes
+serve again within a second or two of the database's return.  And a
+request queued past its transaction timeout is refused, never applied.  A private PostgreSQL server (the
 session one is shared by every other test), stopped by ``pg_ctl stop -m
 fast`` as an administrator would."""
 
@@ -16,11 +17,14 @@ from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import aiohttp
+import psycopg
 import pytest
 
 from bodies import pidf
 from conftest import SECRET
 from pgserver import PostgresServer
+from presence_node.storage.postgres import PostgresStorage
+from presence_node.storage.schema import PRESENTITY_BUCKETS, PRESENTITY_LOCK
 from procs import Proc, clean_env, spawn, wait_ready, write_config
 from sipclient import SipClient
 from wire import parse_metrics
@@ -160,3 +164,28 @@ async def test_database_outage_answers_503_at_once_applies_nothing_late_and_reco
         finally:
             for c in clients:
                 c.close()
+
+
+async def test_a_request_queued_past_its_transaction_timeout_is_refused_never_applied(make_node, make_client, pg_dsn):
+    """#13.2: with T1 = 1 ms (the client's transaction times out after
+    64*T1 = 64 ms), a SUBSCRIBE queued in group commit behind two statements
+    held on a lock is answered 503 when its statement would start (after
+    0.1 s) and its subscription never exists, even once the lock is gone."""
+    node = await make_node(cluster_id="c1", sharing_tags={"vip": "active"}, storage_override=PostgresStorage(pg_dsn),
+                           notify={"t1": 0.001, "t2": 0.004})
+    clients = [await make_client(f"w{i}", target=node) for i in range(3)]
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as other:
+        # Every presentity bucket held elsewhere: every SUBSCRIBE's statement waits.
+        await other.execute("SELECT pg_advisory_xact_lock(%s, b) FROM generate_series(0, %s) b",
+                            (PRESENTITY_LOCK, PRESENTITY_BUCKETS - 1))
+        first = [asyncio.ensure_future(c.subscribe(BOB)) for c in clients[:2]]
+        await asyncio.sleep(0.3)  # both statements under way, stuck
+        resp, late = await clients[2].subscribe(BOB)
+        assert resp.code == 503 and resp.headers.get("retry-after"), resp.code
+        await other.rollback()
+    assert [(await f)[0].code for f in first] == [200, 200]  # begun in time: applied and answered
+    subs = await node.storage.list_subscriptions(time.time(), presentity=None, watcher=None, event=None,
+                                                 offset=0, limit=10)
+    assert len(subs) == 2 and late.call_id not in {s.call_id for s in subs}
+    m = parse_metrics((await node.metrics_text()).decode())
+    assert m.get(("storage_refused_requests_total", (("reason", "expired"),))) == 1
