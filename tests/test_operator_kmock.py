@@ -482,7 +482,7 @@ async def test_database_outage_seen_by_both_nodes_moves_no_tag_whichever_is_read
     """#13.3: the location's PostgreSQL stops for 3 s (three times
     detectionSeconds): both pods turn not Ready (the kubelet's readiness is
     /readyz, now 503 storage-unavailable) while their processes run.  It
-    returns, the backup's pod is Ready 0.34 s before the owner's: vip
+    returns, the backup is judged up before the owner's pod is Ready: vip
     stays on l1-0 at its epoch (before: moved to l1-1 at a new epoch), with
     a StorageUnavailable event meanwhile."""
     root = Path(tempfile.mkdtemp(prefix="presence-pg-op-"))  # the postgres user must traverse it
@@ -499,7 +499,9 @@ async def test_database_outage_seen_by_both_nodes_moves_no_tag_whichever_is_read
             server.resume()
             await eventually(lambda: ha.status()["readyNodes"] == 0, 5, "both nodes seen down")
             await ha.set_pod_ready(1, True)
-            await asyncio.sleep(0.34)
+            # l1-1 judged up by the operator while l1-0 is still down: the
+            # moment a node-down failover would be planned.
+            await eventually(lambda: ha.status()["nodes"]["l1-1"]["ready"], 5, "l1-1 up first")
             await ha.set_pod_ready(0, True)
             await eventually(lambda: ha.status()["readyNodes"] == 2, 10, "both nodes ready again")
             await asyncio.sleep(2.0)  # twice detectionSeconds: a move would have been made by now
