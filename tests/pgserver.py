@@ -35,12 +35,21 @@ class PostgresServer:
             shutil.chown(self.root, "postgres")
             shutil.chown(self.sockets, "postgres")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        return self.resume()
+
+    def resume(self) -> "PostgresServer":
+        """Start the server on its existing data directory (after ``halt``)."""
         options = (
             f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
         return self
+
+    def halt(self) -> None:
+        """Stop the server as an administrator would (fast shutdown: open
+        connections are terminated); ``resume`` starts it again."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         if self.data.exists():

@@ -188,3 +188,31 @@ async def test_no_statement_is_started_early_while_the_queue_moves():
 def test_a_batch_must_be_able_to_hold_two():
     with pytest.raises(ValueError):
         Batcher(Statements().one, Statements().many, max_batch=1)
+
+
+async def test_a_queued_request_whose_client_gave_up_is_never_applied():
+    """#13.2: a request still queued when its deadline (arrival + 64*T1,
+    request_deadline) passes is answered RequestExpired and left out of
+    the statement; the others of its batch run."""
+    import time
+
+    from presence_node.storage.base import RequestExpired, request_deadline
+
+    st = Statements()
+    b = Batcher(st.one, st.many, max_batch=8, max_inflight=1, max_wait=10)
+
+    async def run(item: int, deadline: float | None) -> int:
+        request_deadline.set(deadline)  # this task's own context, as the dispatcher's
+        return await b.run(item)
+
+    first = asyncio.ensure_future(run(1, None))
+    await settle()
+    late = asyncio.ensure_future(run(2, time.time() + 0.05))
+    fine = asyncio.ensure_future(run(3, time.time() + 60))
+    await settle()
+    await asyncio.sleep(0.1)  # item 2's client gives up while it waits behind item 1
+    st.gate.set()
+    assert await first == 10 and await fine == 30
+    with pytest.raises(RequestExpired):
+        await late
+    assert st.calls == [[1], [3]]

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from presence_operator.local.pg import free_base
+from presence_operator.local.pg import bindir, free_base, postmaster_pid, run_as_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).parent / "presence-cluster")
@@ -96,7 +96,7 @@ class Upped:
         return host, int(port)
 
     def close(self) -> None:
-        res = cli(self.d, "down")
+        res = self.down = cli(self.d, "down")
         self.up.wait(timeout=10)
         self._log.close()
         assert res.returncode == 0, res.stderr
@@ -143,6 +143,48 @@ def test_sigkill_owner_moves_tag_and_down_cleans_up(tmp_path, example, tag, vict
         c.close()
     assert not (d / "run.json").exists()
     assert all(not Path(p["root"]).exists() for p in run["postgres"].values())
+
+
+def test_database_restart_moves_no_tag_and_down_stops_the_restarted_server(tmp_path):
+    """#13.3: the HA example's PostgreSQL stopped for 3 s (three times
+    detectionSeconds: both nodes judged down) and started again: both nodes
+    serve again within a second or two, and vip stays on l1-0 at its epoch
+    (an outage every node sees alike is no node failure), whichever node is
+    ready first.  #13.4: ``down`` then stops the restarted server (a new
+    pid, not the one recorded at start) and says which."""
+    c = Upped(tmp_path, "01-ha", 3)
+    run = c.run
+    info = run["postgres"]["l1"]
+    root = Path(info["root"])
+    pg_ctl = str(bindir() / "pg_ctl")
+    try:
+        before = c.tags("l1-0")["vip"]
+        assert before["state"] == "active"
+        run_as_postgres(pg_ctl, "-D", str(root / "data"), "-m", "fast", "-w", "stop")
+        time.sleep(3.0)
+        options = f"-p {info['port']} -k {root / 'sock'} -c listen_addresses=127.0.0.1"
+        run_as_postgres(pg_ctl, "-D", str(root / "data"), "-o", options, "-l", str(root / "log"), "-w", "start")
+        back = time.monotonic()
+
+        def ready(node: str) -> bool:
+            with urllib.request.urlopen(f"http://{run['nodes'][node]['admin']}/readyz", timeout=1) as r:
+                return r.status == 200
+
+        wait_for(lambda: all(ready(n) for n in run["nodes"]), 10, "both nodes ready")
+        took = time.monotonic() - back
+        print(f"\nPostgreSQL back after 3 s: both nodes ready {took:.2f} s later")
+        assert took < 3.0, took
+        time.sleep(2.0)  # twice detectionSeconds: a move would have been made by now
+        assert c.tags("l1-0")["vip"] == before and c.tags("l1-1")["vip"]["state"] == "backup"
+        st = c.status()
+        assert st["failoverCount"] == 0 and st["tags"]["vip"]["owner"] == "l1-0" and st["phase"] == "Ready"
+        assert "StorageUnavailable" in (tmp_path / "up.log").read_text()
+        restarted = postmaster_pid(root / "data")
+        assert restarted is not None and restarted != info["pid"]
+    finally:
+        c.close()
+    assert not alive(restarted)
+    assert f"PostgreSQL of l1 (pid {restarted}" in c.down.stdout and not root.exists()
 
 
 def test_federation_example_starts_federated_nodes(tmp_path):

@@ -24,6 +24,8 @@ import asyncio
 import base64
 import contextlib
 import copy
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ import yaml
 import kubernetes
 from kmock._internal.references import resource
 from kube import OperatorThread, eventually, free_port
+from pgserver import PostgresServer
 from procs import clean_env, spawn
 
 from presence_operator import spec as specs
@@ -472,6 +475,43 @@ async def test_pod_not_ready_in_the_api_is_judged_down_after_the_detection_thres
         await eventually(lambda: ha.status()["readyNodes"] == 2, 5, "l1-0 ready again")
         assert await ha.active_on(1) and not await ha.active_on(0)
         assert ha.status()["failoverCount"] == count + 1
+
+
+async def test_database_outage_seen_by_both_nodes_moves_no_tag_whichever_is_ready_first(
+        cluster, operator, tmp_path, monkeypatch):
+    """#13.3: the location's PostgreSQL stops for 3 s (three times
+    detectionSeconds): both pods turn not Ready (the kubelet's readiness is
+    /readyz, now 503 storage-unavailable) while their processes run.  It
+    returns, the backup is judged up before the owner's pod is Ready: vip
+    stays on l1-0 at its epoch (before: moved to l1-1 at a new epoch), with
+    a StorageUnavailable event meanwhile."""
+    root = Path(tempfile.mkdtemp(prefix="presence-pg-op-"))  # the postgres user must traverse it
+    server = PostgresServer(root).start()
+    try:
+        async with ha_cluster(cluster, tmp_path, server.create_database(), monkeypatch,
+                              failover={"policy": "automatic", "detectionSeconds": 1, "failback": "never"}) as ha:
+            before = await ha.vip(0)
+            count = ha.status()["failoverCount"]
+            server.halt()
+            await ha.set_pod_ready(0, False)
+            await ha.set_pod_ready(1, False)
+            await asyncio.sleep(3.0)
+            server.resume()
+            await eventually(lambda: ha.status()["readyNodes"] == 0, 5, "both nodes seen down")
+            await ha.set_pod_ready(1, True)
+            # l1-1 judged up by the operator while l1-0 is still down: the
+            # moment a node-down failover would be planned.
+            await eventually(lambda: ha.status()["nodes"]["l1-1"]["ready"], 5, "l1-1 up first")
+            await ha.set_pod_ready(0, True)
+            await eventually(lambda: ha.status()["readyNodes"] == 2, 10, "both nodes ready again")
+            await asyncio.sleep(2.0)  # twice detectionSeconds: a move would have been made by now
+            assert await ha.vip(0) == before and not await ha.active_on(1)
+            st = ha.status()
+            assert st["failoverCount"] == count and st["tags"]["vip"]["owner"] == "l1-0"
+            assert events(cluster, "StorageUnavailable") and not events(cluster, "Failover")
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_pods_come_from_a_watch_not_a_list_per_tick_and_a_deleted_pod_is_down(

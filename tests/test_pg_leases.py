@@ -10,6 +10,7 @@ import asyncio
 import psycopg
 import pytest
 
+from presence_node.storage import StorageUnavailable
 from presence_node.storage.postgres import PostgresStorage
 
 
@@ -56,14 +57,15 @@ async def test_a_killed_backend_is_replaced(pg_dsn):
         pid = (await s._one("SELECT pg_backend_pid()"))[0]  # type: ignore[index]
         async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as c:
             await c.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(StorageUnavailable) as lost:
             await s._rows("SELECT 1")
+        assert isinstance(lost.value.__cause__, psycopg.OperationalError)
         # The broken one went back to the pool; the next statement gets a new one.
         for _ in range(50):
             try:
                 assert await s._rows("SELECT 1") == [(1,)]
                 break
-            except psycopg.OperationalError:
+            except StorageUnavailable:
                 await asyncio.sleep(0.05)
         assert (await s._one("SELECT pg_backend_pid()"))[0] != pid  # type: ignore[index]
         assert s.pool._leased <= 2
@@ -119,5 +121,57 @@ async def test_waiting_for_a_connection_works_outside_a_task(pg_dsn):
         await task
         await slow
         assert got == [[(2,)]]
+    finally:
+        await s.close()
+
+
+async def test_a_request_whose_client_gave_up_is_not_applied(pg_dsn):
+    """#13.2: right before the statement, the request's deadline
+    (request_deadline, set by the dispatcher to arrival + 64*T1) is
+    checked: past it, the request is refused and nothing is written."""
+    import time
+
+    from presence_node.storage import Publication, RequestExpired
+    from presence_node.storage.base import request_deadline
+
+    s = PostgresStorage(pg_dsn, min_size=1, max_size=2)
+    await s.start()
+    try:
+        await s.ensure_tags({"vip": True}, "n1", time.time())
+        pub = Publication("sip:bob@example.com", "presence", "e1", b"x", "application/pidf+xml",
+                          time.time() + 60, time.time(), "vip", "")
+        token = request_deadline.set(time.time() - 0.001)
+        try:
+            with pytest.raises(RequestExpired):
+                await s.insert_publication_watched(pub, time.time())
+        finally:
+            request_deadline.reset(token)
+        assert await s.publications("sip:bob@example.com", "presence", time.time()) == []
+        await s.insert_publication_watched(pub, time.time())  # no deadline: the node's own work
+        assert len(await s.publications("sip:bob@example.com", "presence", time.time())) == 1
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize("sqlstate, unavailable", [
+    ("57P01", True),   # admin shutdown: the server is going away
+    ("53300", True),   # too many connections
+    ("57014", True),   # statement timeout: the database cannot serve in time
+    ("40P01", False),  # a deadlock: this statement's, retried by the batcher one by one
+    ("22P02", False),  # bad data: the request's own
+])
+async def test_only_the_database_s_unavailability_is_storage_unavailable(pg_dsn, sqlstate, unavailable):
+    """#13.2: errors that say the database cannot serve become
+    StorageUnavailable (503 with Retry-After); a statement's own failure
+    stays the database's error (group commit retries class 40 one by one)."""
+    s = PostgresStorage(pg_dsn, min_size=1, max_size=1)
+    await s.start()
+    try:
+        with pytest.raises(Exception) as err:
+            await s._rows(f"DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{sqlstate}'; END $$")
+        assert isinstance(err.value, StorageUnavailable) is unavailable, err.value
+        cause = err.value.__cause__ if unavailable else err.value
+        assert isinstance(cause, psycopg.Error) and cause.sqlstate == sqlstate
+        assert await s._rows("SELECT 1") == [(1,)]  # the connection is still good
     finally:
         await s.close()

@@ -151,6 +151,19 @@ def test_up_again_after_one_success_and_unknown_until_heard():
     assert d.observe("b", True, 0.9).since == 0.7
 
 
+def test_storage_down_is_kept_for_the_failure_run_and_cleared_by_a_success():
+    """#13.3: one probe lost in a database outage (no /readyz answer) does
+    not make an alive node with its storage down look dead."""
+    d = HealthDetector(1.0)
+    d.observe("c", True, 0.0)
+    assert d.observe("c", False, 0.2, storage_down=True).storage_down
+    assert d.observe("c", False, 0.4).storage_down  # a lost probe
+    v = d.observe("c", False, 1.4)
+    assert v.health is DOWN and v.storage_down
+    assert not d.observe("c", True, 1.6).storage_down
+    assert not d.observe("c", False, 1.8).storage_down  # a new run: only its own reports count
+
+
 # -- HA -------------------------------------------------------------------------
 
 
@@ -271,6 +284,65 @@ def test_database_down_all_nodes_unready_defers_without_storm():
     a = plan(LB, obs(*(node(f"l0-{i}", DOWN) for i in range(3)),
                      tags={f"l0-{i}": TagRecord(f"l0-{i}", 1) for i in range(3)}))
     assert orders(a) == [] and events(a) == ["FailoverDeferred"] * 3
+
+
+def test_database_back_first_on_the_backup_moves_no_tag():
+    """#13.3: the shared database returns and the backup is ready 0.34 s
+    before the owner, whose /readyz still says storage-unavailable: not a
+    node failure, so vip stays (no new epoch); a StorageUnavailable event
+    and Degraded meanwhile."""
+    spec = HA.model_copy(update={"failover": specs.Failover(detection_seconds=1)})
+    owner = replace(node("l0-0", DOWN, failing=80.0), storage_down=True)
+    a = plan(spec, obs(owner, node("l0-1", UP, since=99.66), tags={"vip": TagRecord("l0-0", 3)}))
+    assert orders(a) == [] and events(a) == ["StorageUnavailable"]
+    assert status(a).phase == "Degraded" and status(a).tags["vip"] == TagRecord("l0-0", 3)
+    # Every node alive, every storage down: the same, for every tag.
+    a = plan(LB, obs(*(replace(node(f"l0-{i}", DOWN, failing=80.0), storage_down=True) for i in range(3)),
+                     tags={f"l0-{i}": TagRecord(f"l0-{i}", 1) for i in range(3)}))
+    assert orders(a) == [] and events(a) == ["StorageUnavailable"] * 3
+
+
+def test_an_owner_alone_without_its_database_is_failed_over():
+    """#13.3: the other node has reached the database for detectionSeconds
+    of the owner's failure: the fault is the owner's own (its link to the
+    database), so vip moves, as for a dead node; a dead process (no
+    storage_down) moves at once as before."""
+    spec = HA.model_copy(update={"failover": specs.Failover(detection_seconds=1)})
+    owner = replace(node("l0-0", DOWN, failing=95.0), storage_down=True)
+    a = plan(spec, obs(owner, node("l0-1", UP, since=0.0), tags={"vip": TagRecord("l0-0", 3)}))
+    assert [type(x) for x in orders(a)] == [RecordIntent, ActivateTag] and intent_of(a).reason == "node-down"
+    # Back before its peer had been up for detectionSeconds: no move ...
+    a = plan(spec, obs(owner, node("l0-1", UP, since=99.5), tags={"vip": TagRecord("l0-0", 3)}))
+    assert orders(a) == []
+    # ... but still failing a full detectionSeconds after the peer came back: moved.
+    a = plan(spec, obs(owner, node("l0-1", UP, since=99.0), tags={"vip": TagRecord("l0-0", 3)}))
+    assert [m.target for m in intent_of(a).moves] == ["l0-1"]
+    a = plan(spec, obs(node("l0-0", DOWN, failing=99.5), node("l0-1", UP, since=99.9),
+                       tags={"vip": TagRecord("l0-0", 3)}))
+    assert intent_of(a).reason == "node-down"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([Health.UP, Health.DOWN, Health.SUSPECT]),
+                          st.floats(0, 100), st.floats(0, 100)), min_size=2, max_size=4),
+       st.sampled_from(["ha", "loadBalancing", "federationRedundancy"]))
+def test_no_node_down_move_away_from_an_owner_whose_whole_location_lost_the_database(nodes_drawn, mode):
+    """#13.3, as a property: every node either alive with its storage down
+    or back for less than detectionSeconds (5 s) since the owners began to
+    fail: no tag moves for node-down, whatever the owners and epochs."""
+    spec = make_spec(mode, len(nodes_drawn))
+    spec = spec.model_copy(update={"failover": specs.Failover(detection_seconds=5)})
+    now = 100.0
+    ns = []
+    for i, (h, failing, since) in enumerate(nodes_drawn):
+        name = f"l0-{i}"
+        if h is Health.UP:
+            ns.append(NodeState(name, "l0", h, True, max(since, now - 4.9), None, {}))
+        else:
+            ns.append(NodeState(name, "l0", h, False, failing, min(failing, now - 5.0), {}, True))
+    tags = {t.name: TagRecord(f"l0-{i % len(ns)}", 2) for i, t in enumerate(specs.tags(spec))}
+    for a in plan(spec, Observed(now, {n.name: n for n in ns}, tags)):
+        assert not (isinstance(a, RecordIntent) and a.intent.reason == "node-down")
 
 
 # -- load balancing -------------------------------------------------------------
@@ -452,7 +524,8 @@ def observations(draw):
         h = draw(HEALTHS)
         active = draw(st.dictionaries(st.sampled_from(tags), st.integers(1, 9), max_size=2))
         reach = draw(st.booleans())
-        ns.append(NodeState(name, "l0", h, reach, draw(st.floats(0, 100)), None, active if reach else {}))
+        ns.append(NodeState(name, "l0", h, reach, draw(st.floats(0, 100)), None, active if reach else {},
+                            draw(st.booleans())))
     rec = {t: TagRecord(draw(st.sampled_from([None, *names])), draw(st.integers(0, 9))) for t in tags}
     fenced = frozenset(draw(st.lists(st.sampled_from(names), max_size=1)))
     sw = draw(st.dictionaries(st.sampled_from(tags), st.sampled_from(names), max_size=1))

@@ -140,6 +140,13 @@ class Storage(_Strict):
     connect_timeout: float = Field(10.0, gt=0, le=300)
     pool_min: int = Field(2, ge=1, le=100)
     pool_max: int = Field(8, ge=1, le=200)
+    #: Seconds a request waits for a database connection before it is
+    #: answered 503 with Retry-After: well inside the client's transaction
+    #: timeout (64*T1, 32 s), so no request is held through an outage.
+    acquire_timeout: float = Field(1.5, gt=0, le=30)
+    #: Seconds after which a lost connection is tried again (psycopg_pool's
+    #: reconnect_timeout; its own back-off would wait up to minutes).
+    reconnect_timeout: float = Field(0.5, gt=0, le=60)
 
     @model_validator(mode="after")
     def _pool(self) -> "Storage":

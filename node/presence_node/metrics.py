@@ -22,6 +22,11 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sip_requests": ("SIP requests received", ("method",)),
     "sip_responses": ("SIP responses sent", ("method", "code")),
     "sip_dropped": ("Messages dropped or absorbed, by reason", ("reason",)),
+    "storage_refused_requests": (
+        "Requests answered 503 because the storage could not serve them in time (unavailable)"
+        " or their client had given up (expired)",
+        ("reason",),
+    ),
     "sip_notify_sent": ("NOTIFYs sent (first transmissions)", ("event",)),
     "sip_notify_failed": ("NOTIFYs answered with an error or timed out", ("event", "code")),
     "sip_notify_withheld": ("NOTIFY transmissions withheld from an address that has not answered one", ("reason",)),
@@ -98,6 +103,9 @@ class Metrics:
 
     def dropped(self, why: str) -> None:
         self._dropped[(why,)] += 1
+
+    def storage_refused(self, why: str) -> None:
+        self._values["storage_refused_requests"][(why,)] += 1
 
     def notify_sent(self, event: str) -> None:
         self._sent[(event,)] += 1

@@ -277,7 +277,10 @@ def make_storage(config: Config) -> Storage:
         dsn = os.environ.get(DSN_ENV, "").strip()
     if not dsn:
         raise StorageConfigError(f"storage.backend is postgres but neither storage.dsn_file nor {DSN_ENV} gives a DSN")
-    return PostgresStorage(dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, open_timeout=cfg.connect_timeout)
+    return PostgresStorage(
+        dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, open_timeout=cfg.connect_timeout,
+        acquire_timeout=cfg.acquire_timeout, reconnect_timeout=cfg.reconnect_timeout,
+    )
 
 
 def _local_hosts(config: Config) -> set[str]:

@@ -47,7 +47,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from presence_node.admin.client import AdminClient, AdminError
+from presence_node.admin.client import AdminClient, AdminError, Probe
 
 from . import builders, nodecheck
 from . import planner as p
@@ -301,8 +301,8 @@ class ClusterDriver:
         return c
 
 
-    async def _unreachable(self) -> tuple[bool, bool, dict[str, int]]:
-        return False, False, {}
+    async def _unreachable(self) -> Probe:
+        return Probe(False, False, False, {})
 
     async def tick(self) -> None:
         spec, owner = self.owner.spec, self.owner
@@ -323,9 +323,14 @@ class ClusterDriver:
         results = await asyncio.gather(*probes)
         now = time.time()
         nodes: dict[str, p.NodeState] = {}
-        for n, (ready, reachable, active) in zip(all_nodes, results):
-            v = self.detector.observe(n.name, node_ok(views[n.name], ready, reachable), now)
-            nodes[n.name] = p.NodeState(n.name, n.location, v.health, reachable, v.since, v.failing_since, active)
+        for n, probe in zip(all_nodes, results):
+            v = self.detector.observe(n.name, node_ok(views[n.name], probe.ready, probe.reachable), now,
+                                      probe.storage_down)
+            # Alive with its storage down (its own /readyz says so): the pod
+            # is then not Ready either, yet the planner does not take it for
+            # a node failure while its location's other nodes say the same.
+            nodes[n.name] = p.NodeState(n.name, n.location, v.health, probe.reachable, v.since, v.failing_since,
+                                        probe.active, v.storage_down)
         fenced, switchovers, problems = manual_operations((self.body.get("metadata") or {}).get("annotations"))
         unknown = sorted(fenced - {n.name for n in all_nodes})
         if unknown:

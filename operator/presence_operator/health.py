@@ -40,6 +40,11 @@ class Verdict:
     #: DOWN node it bounds the moment it died (within one probe period).
     failing_since: float | None
     last_ok: float | None
+    #: A probe of the current failure run found the node alive with its
+    #: storage down (``/readyz`` reason ``storage-unavailable``).  Kept for
+    #: the run, so that one probe lost in the middle of a database outage
+    #: does not make the node look dead while its peers come back.
+    storage_down: bool = False
 
 
 class HealthDetector:
@@ -49,8 +54,9 @@ class HealthDetector:
         self.detection = detection_seconds
         self._v: dict[str, Verdict] = {}
 
-    def observe(self, node: str, ok: bool, t: float) -> Verdict:
-        """Feed one probe result taken at time ``t``; returns the verdict."""
+    def observe(self, node: str, ok: bool, t: float, storage_down: bool = False) -> Verdict:
+        """Feed one probe result taken at time ``t`` (``storage_down``: it
+        said its storage is unavailable); returns the verdict."""
         old = self._v.get(node, Verdict(Health.UNKNOWN, t, None, None))
         if ok:
             new = Verdict(Health.UP, old.since if old.health is Health.UP else t, None, t)
@@ -62,7 +68,8 @@ class HealthDetector:
                 health = Health.SUSPECT
             else:
                 health = old.health
-            new = Verdict(health, old.since if health is old.health else t, failing, old.last_ok)
+            new = Verdict(health, old.since if health is old.health else t, failing, old.last_ok,
+                          storage_down or (old.storage_down and old.failing_since is not None))
         self._v[node] = new
         return new
 

@@ -19,6 +19,14 @@ rules, and why:
   database fails) nothing moves: a ``FailoverDeferred`` event and a Degraded
   condition instead.  Suspect nodes (failing, not yet judged) neither lose
   nor gain tags.
+- **A database outage is not a node failure.** An owner that runs but
+  cannot reach its storage (``storage_down``: its ``/readyz`` says so)
+  keeps its tags unless another node of its location has been serving for
+  ``detectionSeconds`` of its failure: only then is the fault its own.
+  When the shared database of a location goes, every node fails alike, and
+  when it returns they become ready a moment apart; moving tags to the
+  first one back would be a needless failover at a new epoch
+  (``StorageUnavailable`` event and Degraded instead).
 - **Policy.** ``manual``: failures give events only; fencing and switchover
   are explicit orders and are still carried out.  Failback (``automatic``)
   returns a tag to its home once the home has been up for
@@ -52,6 +60,9 @@ class NodeState:
     failing_since: float | None = None
     #: Tags the node reports active here, with their epochs.
     active: Mapping[str, int] = field(default_factory=dict)
+    #: The process answers but says its storage does not (``/readyz``
+    #: reason ``storage-unavailable``).
+    storage_down: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +325,12 @@ def _decide(ctx: _Ctx) -> tuple[list[Move], str, float]:
         asked = obs.switchovers.get(t.name)
         if cur.owner is not None and cur.owner in obs.fenced:
             wanted["fenced"].append((t, f"owner {cur.owner} is fenced"))
+        elif cur.owner is not None and owner is not None and owner.health is Health.DOWN and _outage(ctx, owner):
+            ctx.actions.append(Event(
+                "Warning", "StorageUnavailable",
+                f"tag {t.name}: owner {owner.name} runs but cannot reach its storage, as no node of location "
+                f"{owner.location} could for long: a database outage, not a node failure; no move"))
+            ctx.degraded.append(t.name)
         elif cur.owner is not None and (owner is None or owner.health is Health.DOWN):
             wanted["node-down"].append((t, f"owner {cur.owner} is down"))
         elif asked is not None and asked != cur.owner:
@@ -352,6 +369,22 @@ def _decide(ctx: _Ctx) -> tuple[list[Move], str, float]:
                                 and n.failing_since is not None), default=obs.now)
             return moves, reason, detected
     return [], "", obs.now
+
+
+def _outage(ctx: _Ctx, n: NodeState) -> bool:
+    """Is ``n`` failing only because of its storage, as its location's other
+    nodes did too?  It is alive with its storage down, and no other node of
+    the location has been up for ``detectionSeconds`` since ``n`` began to
+    fail (one that has reaches the database: the fault is ``n``'s own)."""
+    if not n.storage_down:
+        return False
+    failing = n.failing_since if n.failing_since is not None else ctx.obs.now
+    detection = ctx.spec.failover.detection_seconds
+    return not any(
+        c.location == n.location and c.name != n.name and c.health is Health.UP
+        and ctx.obs.now - max(c.since, failing) >= detection
+        for c in ctx.obs.nodes.values()
+    )
 
 
 def _pick(ctx: _Ctx, t: specs.Tag, load: Mapping[str, int]) -> str | None:

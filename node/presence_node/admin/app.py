@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 SECRET: web.AppKey[str] = web.AppKey("secret", str)
 
 
+#: Seconds /readyz waits for the storage's answer.
+READY_PING_TIMEOUT = 0.3
+
+
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
@@ -82,12 +86,19 @@ def make_app(node: "Node", secret: str) -> web.Application:
         return web.json_response({"status": "ok", "node": node.config.node_id})
 
     async def readyz(_: web.Request) -> web.Response:
+        # The reason tells an orchestrator a node that cannot serve from a
+        # node whose storage cannot: a shared database that every node of
+        # a location loses alike is no reason to move tags between them.
         if not node.ready:
-            return _error(503, "not ready", node=node.config.node_id)
+            return _error(503, "not ready", node=node.config.node_id, reason=contract.NOT_READY)
         try:
-            await asyncio.wait_for(node.storage.ping(), 1.0)
+            # Well inside the probers' own timeouts (the supervisor's and
+            # the operator's 0.4 s): a database that does not answer is
+            # reported as such, not as a node that does not answer.
+            await asyncio.wait_for(node.storage.ping(), READY_PING_TIMEOUT)
         except Exception as e:  # any failure of the storage means not ready
-            return _error(503, f"storage unavailable: {type(e).__name__}", node=node.config.node_id)
+            return _error(503, f"storage unavailable: {type(e).__name__}", node=node.config.node_id,
+                          reason=contract.STORAGE_UNAVAILABLE)
         return web.json_response({"status": "ready", "node": node.config.node_id})
 
     async def presentities(request: web.Request) -> web.Response:

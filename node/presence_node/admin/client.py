@@ -4,7 +4,7 @@ and so can an orchestrator (the operator, the local-mode supervisor)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -17,6 +17,18 @@ class AdminError(Exception):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.body = body
+
+
+class Probe(NamedTuple):
+    ready: bool
+    #: The node answers /readyz with reason storage-unavailable: the process
+    #: runs, its storage does not answer (the shared database is down, or
+    #: this node cannot reach it).
+    storage_down: bool
+    #: The admin API answered /tags: orders can reach the node.
+    reachable: bool
+    #: {tag: epoch} of the shareable tags active on this node.
+    active: dict[str, int]
 
 
 class AdminClient:
@@ -53,22 +65,26 @@ class AdminClient:
     async def deactivate(self, tag: str) -> dict[str, Any]:
         return await self._call("POST", contract.TAG_DEACTIVATE.format(tag=tag))
 
-    async def probe(self) -> tuple[bool, bool, dict[str, int]]:
-        """What an orchestrator's health check needs, in one go: (ready,
-        reachable, {tag: epoch} of the shareable tags active on this node).
-        Never raises for a node that is down or answers garbage."""
-        ready_t = asyncio.ensure_future(self.ready())
+    async def probe(self) -> Probe:
+        """What an orchestrator's health check needs, in one go (see
+        :class:`Probe`).  Never raises for a node that is down or answers
+        garbage."""
+        ready_t = asyncio.ensure_future(self.readiness())
         try:
             items = await self.tags()
         except (AdminError, aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return await ready_t, False, {}
+            return Probe(*await ready_t, False, {})
         active = {t["tag"]: int(t["epoch"]) for t in items if t["state"] == "active" and not t["private"]}
-        return await ready_t, True, active
+        return Probe(*await ready_t, True, active)
 
-    async def ready(self) -> bool:
+    async def readiness(self) -> tuple[bool, bool]:
+        """(ready, alive with its storage unavailable) from ``/readyz``."""
         assert self._session is not None
         try:
             async with self._session.get(self.base + contract.READYZ) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+                if resp.status == 200:
+                    return True, False
+                body = await resp.json(content_type=None)
+                return False, isinstance(body, dict) and body.get("reason") == contract.STORAGE_UNAVAILABLE
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False, False

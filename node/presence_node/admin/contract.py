@@ -11,6 +11,12 @@ TAG_ACTIVATE = "/tags/{tag}/activate"
 TAG_DEACTIVATE = "/tags/{tag}/deactivate"
 CLUSTER = "/cluster"
 
+#: ``reason`` of a 503 from READYZ: the node is starting or stopping, or it
+#: runs but its storage does not answer (alive: not a node failure when
+#: the nodes sharing that storage all say so).
+NOT_READY = "not-ready"
+STORAGE_UNAVAILABLE = "storage-unavailable"
+
 #: Paths answered without the bearer secret.
 OPEN_PATHS = frozenset({HEALTHZ, READYZ})
 #: Largest page a listing returns.

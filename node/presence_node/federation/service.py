@@ -46,6 +46,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from ..config import Config
 from ..service.notify import Notifier
 from ..storage import Publication, Storage, Subscription
+from ..storage.base import outside_request
 from .channel import Channel, ChannelMetrics
 from .wire import Envelope
 
@@ -415,7 +416,8 @@ class Federation:
         )
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+        # Outlives the request that may have started it: not bound by its deadline.
+        task = asyncio.get_running_loop().create_task(coro, context=outside_request())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

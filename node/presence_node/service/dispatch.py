@@ -6,6 +6,11 @@ Max-Forwards (483), Require (420, S05), method (405 with Allow, S04), then
 the handler.  Malformed input gets a 400 when a response can be formed and
 is dropped otherwise (it needs a Via, From, To, Call-ID and CSeq to answer).
 Nothing here changes stored state before the handler accepts the request.
+
+A request that needs an unavailable storage gets 503 with Retry-After
+(README §3, "Database loss"), and carries its deadline (arrival + 64*T1,
+``storage.request_deadline``) into the storage, which refuses to apply it
+once its client has given up.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from ..sip.parser import parse, peek_response
 from ..sip.response import ResponseBuilder, stamp_via
 from ..sip.status import Status, reason
 from ..sip.transaction import IN_PROGRESS, MERGED, ServerTransactions
+from ..storage.base import RequestExpired, StorageUnavailable, request_deadline
 from . import eager
 from .context import Incoming, Service
 from .limits import SourceLimiter
@@ -44,6 +50,8 @@ HANDLERS: dict[str, Handler] = {
 }
 
 Send = Callable[[bytes], None]
+#: Retry-After of a 503 for overload, draining or an unavailable storage.
+RETRY_AFTER = "5"
 
 
 class DispatchMetrics:
@@ -56,6 +64,10 @@ class DispatchMetrics:
     def latency(self, method: str, seconds: float) -> None: ...
 
     def dropped(self, why: str) -> None: ...
+
+    def storage_refused(self, why: str) -> None:
+        """A request answered 503 because the storage could not serve it
+        (``unavailable``) or its client had given up (``expired``)."""
 
 
 class Dispatcher:
@@ -75,6 +87,8 @@ class Dispatcher:
         self.clock = clock
         cfg = service.config
         self.txns = ServerTransactions(cfg.notify.t1)
+        #: 64*T1: a client's non-INVITE transaction times out (Timer F) by then.
+        self.txn_timeout = 64 * cfg.notify.t1
         self.limiter = SourceLimiter(cfg.limits.per_source_rate, cfg.limits.per_source_burst)
         self.max_size = cfg.limits.max_message_size
         self.max_in_progress = cfg.limits.max_in_progress
@@ -165,7 +179,7 @@ class Dispatcher:
         if self.draining or self.in_progress >= self.max_in_progress:
             self.txns.abandon(key)
             self.metrics.dropped("overload")
-            self._send(send, method, rb.build(503, [("Retry-After", "5")], to_tag=self.svc.ids.tag()))
+            self._send(send, method, rb.build(503, [("Retry-After", RETRY_AFTER)], to_tag=self.svc.ids.tag()))
             return
         pre = self._precheck(req)
         if pre is not None:
@@ -177,7 +191,13 @@ class Dispatcher:
             return
         inc = Incoming(req, host, port, transport, now, frm, to, cseq)
         self.in_progress += 1
-        task = eager.start(self._run(handler, inc, key, send, rb, transport))
+        # The handler's part runs now (eagerly) and in the Task it may
+        # become, which copies this context: both see the deadline.
+        token = request_deadline.set(now + self.txn_timeout)
+        try:
+            task = eager.start(self._run(handler, inc, key, send, rb, transport))
+        finally:
+            request_deadline.reset(token)
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -194,11 +214,20 @@ class Dispatcher:
                 phrase = f"{reason(e.status_hint)} ({e.reason})" if e.reason else None
                 self._finish(key, send, inc.request.method, rb, reply, transport, inc.now, phrase)
                 return
+            except StorageUnavailable as e:
+                why = "expired" if isinstance(e, RequestExpired) else "unavailable"
+                self.metrics.storage_refused(why)
+                log.warning("storage unavailable", extra={"method": inc.request.method, "error": str(e)})
+                reply = Reply(503, [("Retry-After", RETRY_AFTER)], to_tag=self.svc.ids.tag())
+                phrase = "Service Unavailable (storage unavailable)"
+                self._finish(key, send, inc.request.method, rb, reply, transport, inc.now, phrase)
+                return
             except Exception:
                 log.exception("handler failed", extra={"method": inc.request.method})
                 reply = Reply(500, to_tag=self.svc.ids.tag())
             self._finish(key, send, inc.request.method, rb, reply, transport, inc.now)
             if reply.then is not None:
+                request_deadline.set(None)  # answered: what follows is the node's own work
                 try:
                     await reply.then()
                 except Exception:

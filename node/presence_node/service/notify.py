@@ -23,6 +23,7 @@ from ..sip.headers import parse_params
 from ..sip.message import serialise
 from ..sip.status import NOTIFY_FATAL
 from ..storage import Publication, Storage, Subscription
+from ..storage.base import outside_request
 from .ids import Ids
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,8 @@ class Notifier:
         self._spawn(fire())
 
     def _spawn(self, coro: "asyncio.coroutines._CoroutineLike[None]") -> None:  # type: ignore[name-defined]
-        task = asyncio.ensure_future(coro)
+        # Outlives the request that may have started it: not bound by its deadline.
+        task = asyncio.get_running_loop().create_task(coro, context=outside_request())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -5,7 +5,7 @@ operation (compare-and-swap on an etag, increment-and-return of a NOTIFY
 CSeq), records are flat rows, and nothing relies on object identity.
 """
 
-from .base import PresentityFull, StaleEpoch, Storage, StorageUnavailable, UnknownTag
+from .base import PresentityFull, RequestExpired, StaleEpoch, Storage, StorageUnavailable, UnknownTag
 from .memory import MemoryStorage
 from .records import Publication, Registration, Subscription, TagState, Usage
 
@@ -21,4 +21,5 @@ __all__ = [
     "StaleEpoch",
     "UnknownTag",
     "StorageUnavailable",
+    "RequestExpired",
 ]

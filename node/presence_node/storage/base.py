@@ -16,13 +16,46 @@ believe they own a tag still expire each record once.
 
 from __future__ import annotations
 
+import contextvars
+import time
 from typing import Collection, Mapping, Protocol
 
 from .records import Publication, Registration, Subscription, TagState, Usage
 
 
 class StorageUnavailable(OSError):
-    """The storage cannot be reached (the node does not start, or is not ready)."""
+    """The storage cannot be reached (the node does not start, or is not
+    ready); a request that needs it is answered 503 with Retry-After."""
+
+
+class RequestExpired(StorageUnavailable):
+    """The request's client has given up on it (its transaction timed out)
+    before the statement that would apply it ran: it was not applied."""
+
+
+#: When the request being served stops mattering, as ``time.time()``: its
+#: arrival plus 64*T1, when its client's transaction has timed out (RFC 3261
+#: Timer F) and the client may have retried or moved on.  Set by the SIP
+#: dispatcher around a request's handler; None for work of the node's own
+#: (expiry, NOTIFYs, federation, admin).  A shared backend checks it right
+#: before the statement that applies a request, so that a request held up
+#: (a slow database, a queue) is never applied after its client gave up.
+request_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_deadline", default=None)
+
+
+def check_deadline(deadline: float | None) -> None:
+    """Raise :class:`RequestExpired` if ``deadline`` has passed."""
+    if deadline is not None and time.time() >= deadline:
+        raise RequestExpired("the request's client has given up (older than its transaction timeout)")
+
+
+def outside_request() -> contextvars.Context:
+    """A copy of the current context with no request deadline: for work a
+    request starts but that outlives it (a NOTIFY and its retransmissions,
+    federation messages), which must not be refused as the request's."""
+    ctx = contextvars.copy_context()
+    ctx.run(request_deadline.set, None)
+    return ctx
 
 
 class UnknownTag(LookupError):

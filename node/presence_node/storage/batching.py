@@ -18,6 +18,10 @@ without a database.  A batch the database refuses as a whole (one bad item
 aborts its transaction) is run again one item at a time, so each request
 gets its own answer; an error that is not the statement's (the connection
 broke) is every item's answer.
+
+A queued request keeps its deadline (``base.request_deadline``): one whose
+client has given up by the time its statement starts is left out of it and
+answered :class:`~.base.RequestExpired`, never applied late.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from typing import Awaitable, Callable, Generic, TypeVar
+
+from .base import RequestExpired, check_deadline, request_deadline
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -60,8 +66,8 @@ class Batcher(Generic[Item, Result]):
         #: Whether a batch's error may be one item's fault (then each item is
         #: run alone); otherwise it is every item's answer.
         self._item_error = item_error
-        #: (item, its future, loop time it was queued)
-        self._queue: deque[tuple[Item, asyncio.Future[Result], float]] = deque()
+        #: (item, its future, loop time it was queued, its request's deadline)
+        self._queue: deque[tuple[Item, asyncio.Future[Result], float, float | None]] = deque()
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -83,21 +89,21 @@ class Batcher(Generic[Item, Result]):
                 self._next()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Result] = loop.create_future()
-        self._queue.append((item, fut, loop.time()))
+        self._queue.append((item, fut, loop.time(), request_deadline.get()))
         if self._timer is None:
             self._timer = loop.call_later(self.max_wait, self._overdue)
         return await fut
 
-    def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
+    def _take(self) -> list[tuple[Item, asyncio.Future[Result], float | None]]:
         """Up to max_batch queued requests (those cancelled while queued never run)."""
-        batch: list[tuple[Item, asyncio.Future[Result]]] = []
+        batch: list[tuple[Item, asyncio.Future[Result], float | None]] = []
         while self._queue and len(batch) < self.max_batch:
-            item, fut, _ = self._queue.popleft()
+            item, fut, _, deadline = self._queue.popleft()
             if not fut.done():
-                batch.append((item, fut))
+                batch.append((item, fut, deadline))
         return batch
 
-    def _start(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+    def _start(self, batch: list[tuple[Item, asyncio.Future[Result], float | None]]) -> None:
         self._inflight += 1
         task = asyncio.ensure_future(self._flush(batch))
         self._tasks.add(task)
@@ -125,40 +131,65 @@ class Batcher(Generic[Item, Result]):
             waited = loop.time() - self._queue[0][2]
             self._timer = loop.call_later(max(self.max_wait - waited, 0.001), self._overdue)
 
-    async def _flush(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+    async def _flush(self, batch: list[tuple[Item, asyncio.Future[Result], float | None]]) -> None:
+        # This task's context is a copy of whichever request started it: the
+        # statement of several requests is bound by none of their deadlines,
+        # each is checked here instead.
+        request_deadline.set(None)
         try:
+            batch = self._unexpired(batch)
             if len(batch) == 1:
                 await self._settle(*batch[0])
+                return
+            if not batch:
                 return
             self.batches += 1
             self.batched += len(batch)
             try:
-                results = await self._many([item for item, _ in batch])
+                results = await self._many([item for item, _, _ in batch])
             except Exception as e:
                 if not self._item_error(e):
-                    for _, fut in batch:
+                    for _, fut, _ in batch:
                         if not fut.done():
                             fut.set_exception(e)
                     return
                 self.retried += 1
-                for item, fut in batch:
-                    await self._settle(item, fut)
+                for entry in batch:
+                    await self._settle(*entry)
                 return
-            for (_, fut), result in zip(batch, results, strict=True):
+            for (_, fut, _), result in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
         except BaseException:
             # Cancelled (shut down): no request is left waiting forever.
-            for _, fut in batch:
+            for _, fut, _ in batch:
                 fut.cancel()
             raise
         finally:
             self._inflight -= 1
             self._next()
 
-    async def _settle(self, item: Item, fut: asyncio.Future[Result]) -> None:
+    @staticmethod
+    def _unexpired(
+        batch: list[tuple[Item, asyncio.Future[Result], float | None]],
+    ) -> list[tuple[Item, asyncio.Future[Result], float | None]]:
+        """The requests whose clients still wait; the others are answered
+        RequestExpired, unapplied."""
+        keep = []
+        for entry in batch:
+            try:
+                check_deadline(entry[2])
+            except RequestExpired as e:
+                if not entry[1].done():
+                    entry[1].set_exception(e)
+                continue
+            keep.append(entry)
+        return keep
+
+    async def _settle(self, item: Item, fut: asyncio.Future[Result], deadline: float | None) -> None:
         if fut.done():
             return
+        token = request_deadline.set(deadline)  # run alone: bound by its own deadline again
         try:
             result = await self._one(item)
         except Exception as e:
@@ -167,6 +198,8 @@ class Batcher(Generic[Item, Result]):
         else:
             if not fut.done():
                 fut.set_result(result)
+        finally:
+            request_deadline.reset(token)
 
     async def close(self) -> None:
         """Wait for the statements under way (their requests get answers)."""

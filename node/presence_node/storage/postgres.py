@@ -32,6 +32,14 @@ where the cross-node guarantees come from:
   node stored since; the per-presentity cap is counted inside the PUBLISH
   statement itself (migration 6).
 
+When the database is gone nothing waits for it: a connection not had
+within ``acquire_timeout``, or one lost, is :class:`StorageUnavailable`
+at once (the request's answer is 503 with Retry-After), and a request
+whose client has given up is never applied (``base.request_deadline``,
+checked right before its statement).  Lost connections are retried every
+``reconnect_timeout`` seconds instead of psycopg_pool's back-off (1, 2,
+4, ... s, which kept nodes away for 8 s after a 20 s outage).
+
 The schema is created and migrated at start, under an advisory lock so that
 nodes starting together do not race; start-up never deletes anything.
 """
@@ -52,7 +60,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.numeric import Int8
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from .base import PresentityFull, StaleEpoch, StorageUnavailable, UnknownTag
+from .base import PresentityFull, StaleEpoch, StorageUnavailable, UnknownTag, check_deadline, request_deadline
 from .batching import Batcher
 from .records import Publication, Registration, Subscription, TagState, Usage, differing_keys, source_ip
 from .schema import MIGRATIONS, MIGRATION_LOCK
@@ -142,6 +150,17 @@ def _by_index(rows: list[tuple[Any, ...]], n: int) -> list[list[tuple[Any, ...]]
 _ITEM_ERRORS = frozenset({"22", "23", "40", "P0"})
 
 
+#: SQLSTATE classes of an OperationalError that mean the database cannot
+#: serve now, whatever the statement ("": the client lost or never had the
+#: connection; connection exceptions, resources, shutdown or cancellation,
+#: system errors).  Others (class 40: a deadlock) stay the statement's.
+_UNAVAILABLE = frozenset({"", "08", "53", "57", "58"})
+
+
+def _unavailable(e: psycopg.OperationalError) -> bool:
+    return (e.sqlstate or "")[:2] in _UNAVAILABLE
+
+
 def _statement_error(e: BaseException) -> bool:
     """May this batch error be one request's fault (try them one by one)?"""
     return isinstance(e, psycopg.Error) and (e.sqlstate or "")[:2] in _ITEM_ERRORS
@@ -189,27 +208,34 @@ class Leases:
     def __init__(self, pool: AsyncConnectionPool[Any], max_size: int, timeout: float = 30.0) -> None:
         self._pool = pool
         self._max = max_size
-        self._timeout = timeout
+        #: Seconds a caller waits for a connection (then StorageUnavailable).
+        self.timeout = timeout
         self._idle: list[AsyncConnection[Any]] = []
         self._leased = 0  # connections taken from the pool, idle or busy
         self._waiters: deque[asyncio.Future[AsyncConnection[Any] | None]] = deque()
         self._cursors: WeakKeyDictionary[AsyncConnection[Any], AsyncCursor[Any]] = WeakKeyDictionary()
         self._raw_cursors: WeakKeyDictionary[AsyncConnection[Any], AsyncRawCursor[Any]] = WeakKeyDictionary()
         self._closed = False
+        self._checking: asyncio.Future[None] | None = None
 
     async def acquire(self) -> AsyncConnection[Any]:
+        """An idle connection, else one within ``timeout`` seconds in all
+        (waiting for a free slot, then for the pool), else
+        :class:`StorageUnavailable`."""
         if self._idle:
             return self._idle.pop()
         if self._closed:
             raise PoolClosed("the storage is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         if self._leased < self._max:
-            return await self._from_pool()
-        fut: asyncio.Future[AsyncConnection[Any] | None] = asyncio.get_running_loop().create_future()
+            return await self._from_pool(self.timeout)
+        fut: asyncio.Future[AsyncConnection[Any] | None] = loop.create_future()
         self._waiters.append(fut)
         try:
             # wait_for, not asyncio.timeout: handlers run eagerly, outside
             # a task, until they first suspend (service/eager.py).
-            conn = await asyncio.wait_for(fut, self._timeout)
+            conn = await asyncio.wait_for(fut, self.timeout)
         except BaseException as e:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 got = fut.result()  # handed over just as we gave up: pass it on
@@ -218,17 +244,19 @@ class Leases:
                 else:
                     self._wake()
             if isinstance(e, TimeoutError):
-                raise PoolTimeout(f"no connection within {self._timeout:.1f} s") from None
+                raise StorageUnavailable(f"no database connection within {self.timeout:.1f} s") from None
             raise
-        return conn if conn is not None else await self._from_pool()
+        return conn if conn is not None else await self._from_pool(deadline - loop.time())
 
-    async def _from_pool(self) -> AsyncConnection[Any]:
+    async def _from_pool(self, timeout: float) -> AsyncConnection[Any]:
         self._leased += 1
         try:
-            return await self._pool.getconn(self._timeout)
-        except BaseException:
+            return await self._pool.getconn(max(timeout, 0.001))
+        except BaseException as e:
             self._leased -= 1
             self._wake()
+            if isinstance(e, PoolTimeout):
+                raise StorageUnavailable(f"no database connection within {self.timeout:.1f} s") from None
             raise
 
     def release(self, conn: AsyncConnection[Any]) -> None:
@@ -261,6 +289,37 @@ class Leases:
         finally:
             self._wake()
 
+    def failed(self, conn: AsyncConnection[Any], e: psycopg.OperationalError) -> StorageUnavailable:
+        """After an error on ``conn`` that says the database cannot serve
+        (_unavailable: the connection is gone, the server is shutting down
+        or out of resources): not the caller's fault and nothing to wait
+        for, so the error to raise."""
+        self.done(conn)
+        if conn.broken or conn.closed:
+            self.lost()
+        return StorageUnavailable(f"PostgreSQL unavailable: {e}")
+
+    def lost(self) -> None:
+        """A statement found its connection broken.  The database drops
+        every connection at once (a restart, a failover), so the idle ones
+        are closed and replaced too, rather than each failing one more
+        request, and the pool checks those it holds."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            asyncio.ensure_future(self._replace(conn))
+        if not self._closed and (self._checking is None or self._checking.done()):
+            self._checking = asyncio.ensure_future(self._check_pool())
+
+    async def _replace(self, conn: AsyncConnection[Any]) -> None:
+        await conn.close()  # the pool replaces a closed connection
+        await self.discard(conn)
+
+    async def _check_pool(self) -> None:
+        try:
+            await self._pool.check()
+        except Exception as e:  # best effort: the next statement finds out anyway
+            log.debug("pool check failed", extra={"error": repr(e)})
+
     def _wake(self) -> None:
         # A slot is free: the first waiter takes a connection from the pool.
         while self._waiters:
@@ -289,6 +348,11 @@ class Leases:
         conn = await self.acquire()
         try:
             yield conn
+        except psycopg.OperationalError as e:
+            if not _unavailable(e):
+                self.done(conn)
+                raise
+            raise self.failed(conn, e) from e
         except BaseException:
             self.done(conn)
             raise
@@ -309,14 +373,24 @@ class Leases:
 class PostgresStorage:
     shared = True
 
-    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 8, open_timeout: float = 10.0) -> None:
+    def __init__(
+        self, dsn: str, *, min_size: int = 2, max_size: int = 8, open_timeout: float = 10.0,
+        acquire_timeout: float = 1.5, reconnect_timeout: float = 0.5,
+    ) -> None:
         self.dsn = dsn
         self.open_timeout = open_timeout
+        # reconnect_timeout: psycopg_pool retries a lost connection with a
+        # doubling delay (1, 2, 4, ... s) for this long, then leaves it to
+        # the next request that finds the pool empty.  Short, so a
+        # connection is tried again at least every reconnect_timeout
+        # seconds while the node has any work (the expiry sweep, /readyz),
+        # never after a long back-off.
         self._pool = AsyncConnectionPool(
-            dsn, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
+            dsn, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True},
+            reconnect_timeout=reconnect_timeout,
         )
         #: Connections for every statement and transaction (see Leases).
-        self.pool = Leases(self._pool, max_size)
+        self.pool = Leases(self._pool, max_size, acquire_timeout)
         self.publishes: Batcher[tuple[Publication, float, int], list[Subscription] | None] = _batcher(
             self._publish_one, self._publish_many
         )
@@ -337,7 +411,7 @@ class PostgresStorage:
             await self._pool.open(wait=True, timeout=self.open_timeout)
             async with self.pool.connection() as conn:
                 await migrate(conn)
-        except (psycopg.Error, PoolTimeout) as e:
+        except (psycopg.Error, StorageUnavailable) as e:
             await self.pool.close()
             raise StorageUnavailable(f"PostgreSQL unavailable: {e}") from e
 
@@ -355,6 +429,7 @@ class PostgresStorage:
         leases = self.pool
         conn = await leases.acquire()
         try:
+            check_deadline(request_deadline.get())  # never apply a request its client gave up on
             cur = leases.cursor(conn, raw)
             # Binary results: no text parsing of numbers and bytea.
             await cur.execute(sql, params, prepare=True, binary=True)
@@ -363,6 +438,11 @@ class PostgresStorage:
             # driver's cost per query here.
             res = cur.pgresult
             rows = await cur.fetchall() if res is not None and res.nfields else []
+        except psycopg.OperationalError as e:
+            if not _unavailable(e):
+                leases.done(conn)
+                raise
+            raise leases.failed(conn, e) from e
         except BaseException:
             # A failed statement leaves a healthy connection idle (autocommit);
             # a broken or cancelled one goes back to the pool.

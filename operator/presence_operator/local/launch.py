@@ -218,7 +218,8 @@ def _wait_ready(name: str, n: dict[str, Any], d: Path, timeout: float = 30.0) ->
 def down(d: Path, log=print) -> None:
     """Stop the supervisor, the nodes (SIGTERM, then SIGKILL after a grace
     period), then the databases; only pids recorded in run.json, and only
-    while they still run our programs."""
+    while they still run our programs; a database by its data directory
+    (it may have been restarted since)."""
     run = read_json(run_file(d))
     if run is None:
         raise LocalError(f"nothing to stop: no {run_file(d)}")
@@ -238,8 +239,12 @@ def down(d: Path, log=print) -> None:
     for name, p in run["nodes"].items():
         log(f"node {name} (pid {p['pid']}) stopped")
     for loc, info in run.get("postgres", {}).items():
-        pg.stop(info)
-        log(f"PostgreSQL of {loc} (pid {info['pid']}) stopped")
+        pid = pg.stop(info)
+        data = Path(str(info["root"])) / "data"
+        if pid is None:
+            log(f"PostgreSQL of {loc} (data {data}) was not running; its directory removed")
+        else:
+            log(f"PostgreSQL of {loc} (pid {pid}, data {data}) stopped")
     run_file(d).unlink(missing_ok=True)
 
 

@@ -4,8 +4,9 @@ initdb refuses to run as root, so as root the server runs as the
 ``postgres`` system user (``runuser``), and its directory is created
 under the system temporary directory: a state directory below a private
 home (or pytest's 0700 tree) may not be traversable by that user.  The
-server is started detached (``pg_ctl start``); ``stop`` signals the
-postmaster by the pid it wrote, so only the server started here is touched.
+server is started detached (``pg_ctl start``); ``stop`` stops whatever
+server runs on the data directory created here (``pg_ctl stop -D``), so it
+finds the server even after a restart, and touches no other.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -99,24 +98,32 @@ def start(state_dir: Path, location: str) -> dict[str, object]:
             "dsn": f"host=127.0.0.1 port={port} user=postgres dbname=postgres"}
 
 
-def stop(info: dict[str, object], timeout: float = 15.0) -> None:
-    """Fast shutdown (SIGINT) of the postmaster we started, then remove its
-    directory."""
+def stop(info: dict[str, object], timeout: float = 15.0) -> int | None:
+    """Stop the server running on the data directory we created, whatever
+    its pid now (it may have been restarted since ``start``): ``pg_ctl stop
+    -D`` (fast shutdown, immediate if that times out), then remove its
+    directory.  Returns the pid stopped, None if none ran."""
     root = Path(str(info["root"]))
-    pid = int(str(info["pid"]))
-    pidfile = root / "data" / "postmaster.pid"
-    ours = pidfile.exists() and pidfile.read_text().split()[0] == str(pid)
-    if ours:
+    data = root / "data"
+    pid = postmaster_pid(data)
+    if pid is not None and alive(pid):
+        pg_ctl = str(bindir() / "pg_ctl")
         try:
-            os.kill(pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if alive(pid):
-            os.kill(pid, signal.SIGQUIT)
+            run_as_postgres(pg_ctl, "-D", str(data), "-m", "fast", "-w", "-t", str(max(1, round(timeout))), "stop")
+        except subprocess.CalledProcessError:
+            run_as_postgres(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop")
+    else:
+        pid = None
     shutil.rmtree(root, ignore_errors=True)
+    return pid
+
+
+def postmaster_pid(data: Path) -> int | None:
+    """The pid the server running on ``data`` wrote (None: no pid file)."""
+    try:
+        return int((data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def alive(pid: int) -> bool:

@@ -1,8 +1,10 @@
 """The local-mode driver of the planner: probe, judge, plan, act, record.
 
 Every ``interval`` seconds each node's ``/readyz`` and ``/tags`` are probed
-in parallel (a probe that fails or times out counts as a failure), the
-results feed the health detector, and :func:`planner.plan` decides.  Its
+in parallel (a probe that fails or times out counts as a failure; a
+``/readyz`` that says ``storage-unavailable`` marks the node alive with its
+storage down, which the planner does not take for a node failure while its
+location's other nodes say the same), the results feed the health detector, and :func:`planner.plan` decides.  Its
 actions are carried out in order; ``RecordIntent`` is written to
 ``status.json`` before any order goes out, so a supervisor stopped mid-way
 and started again rolls the same failover forward.  Manual operations
@@ -88,10 +90,10 @@ class Supervisor:
         results = await asyncio.gather(*(clients[n].probe() for n in names))
         now = time.time()
         nodes: dict[str, p.NodeState] = {}
-        for name, (ready, reachable, active) in zip(names, results):
-            v = self.detector.observe(name, ready and reachable, now)
-            nodes[name] = p.NodeState(name, self.run["nodes"][name]["location"], v.health, reachable, v.since,
-                                      v.failing_since, active)
+        for name, probe in zip(names, results):
+            v = self.detector.observe(name, probe.ready and probe.reachable, now, probe.storage_down)
+            nodes[name] = p.NodeState(name, self.run["nodes"][name]["location"], v.health, probe.reachable, v.since,
+                                      v.failing_since, probe.active, v.storage_down)
             old = self.status.get("nodes", {}).get(name, {}).get("health")
             if old != v.health.value:
                 self.log(f"node {name}: {old or 'new'} -> {v.health.value}")
