@@ -22,7 +22,10 @@ from .records import Publication, Registration, Subscription, TagState
 
 
 class StorageUnavailable(OSError):
-    """The storage cannot be reached (the node does not start, or is not ready)."""
+    """The storage cannot be reached (the node does not start, or is not
+    ready).  Any method may raise it when the backend is out of reach (a
+    lost connection, no connection within the pool's wait), as opposed to a
+    statement's own failure; callers answer it "try later" (admin API: 503)."""
 
 
 class UnknownTag(LookupError):

@@ -120,6 +120,30 @@ def _statement_error(e: BaseException) -> bool:
     return isinstance(e, psycopg.Error) and (e.sqlstate or "")[:2] in _ITEM_ERRORS
 
 
+#: SQLSTATEs of a server that is going away or not there yet (admin or
+#: crash shutdown, starting up); class 08 is a connection exception.
+_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+
+class Unreachable(StorageUnavailable, psycopg.OperationalError):
+    """The database is out of reach: a :class:`StorageUnavailable` for the
+    callers that know only the storage interface (the admin API answers
+    503), and still a ``psycopg.OperationalError`` for those that know the
+    driver.  The driver's own error is its ``__cause__``."""
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Is this error the database being out of reach (StorageUnavailable),
+    rather than a statement's own failure?  A lost connection carries no
+    SQLSTATE at all."""
+    if isinstance(e, (PoolTimeout, PoolClosed)):
+        return True
+    if not isinstance(e, psycopg.OperationalError):
+        return False
+    state = e.sqlstate or ""
+    return not state or state[:2] == "08" or state in _GONE
+
+
 def _batcher(one: Any, many: Any) -> Batcher[Any, Any]:
     """Group commit for one kind of hot statement, with this backend's bounds."""
     return Batcher(
@@ -321,7 +345,12 @@ class PostgresStorage:
     async def _rows(self, sql: str, params: Any = None, *, raw: bool = False) -> list[tuple[Any, ...]]:
         """The rows of one statement; ``raw``: placeholders are ``$n``."""
         leases = self.pool
-        conn = await leases.acquire()
+        try:
+            conn = await leases.acquire()
+        except Exception as e:
+            if _unreachable(e):
+                raise Unreachable(f"PostgreSQL unavailable: {e}") from e
+            raise
         try:
             cur = leases.cursor(conn, raw)
             # Binary results: no text parsing of numbers and bytea.
@@ -331,10 +360,12 @@ class PostgresStorage:
             # driver's cost per query here.
             res = cur.pgresult
             rows = await cur.fetchall() if res is not None and res.nfields else []
-        except BaseException:
+        except BaseException as e:
             # A failed statement leaves a healthy connection idle (autocommit);
             # a broken or cancelled one goes back to the pool.
             leases.done(conn)
+            if _unreachable(e):
+                raise Unreachable(f"PostgreSQL unavailable: {e}") from e
             raise
         leases.release(conn)
         return rows
