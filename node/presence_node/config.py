@@ -68,6 +68,15 @@ class Limits(_Strict):
 
     max_message_size: int = Field(65535, ge=1024, le=1_048_576)
     max_body_size: int = Field(60000, ge=256, le=1_048_576)
+    #: A request whose header section is longer, or that carries more Via
+    #: values, gets 513 (70: the Max-Forwards a UAC starts with, so an
+    #: honest request never went through more proxies).
+    max_header_bytes: int = Field(16384, ge=1024, le=1_048_576)
+    max_vias: int = Field(70, ge=1, le=1000)
+    #: Bytes the server transactions may hold for Timer J (64*T1 over UDP)
+    #: to answer retransmissions; beyond it the oldest are forgotten first.
+    #: An entry takes 400-600 bytes: the default holds 32 s of 2000 req/s.
+    retained_response_bytes: int = Field(32 * 1024 * 1024, ge=65536)
     #: Messages per second one source IP may send (token bucket), 0 = no
     #: limit.  Beyond it, datagrams are dropped unread.  The default sits
     #: above what one SIPp load generator sends in the benchmarks.

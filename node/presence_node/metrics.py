@@ -56,6 +56,8 @@ class Metrics:
         self.subscriptions = 0
         self.presentities = 0
         self.peers_up = 0
+        #: The server transaction table (entries, bytes held, evictions), set before a scrape.
+        self.transactions = (0, 0, 0)
         #: Group commit of the storage (Storage.batch_counts), set before a scrape.
         self.batches: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
@@ -130,6 +132,15 @@ class Metrics:
             "presence_presentities", "Presentities with live publications", value=self.presentities
         )
         yield GaugeMetricFamily("cluster_peers_up", "Federation peers heard from recently", value=self.peers_up)
+        entries, held, evicted = self.transactions
+        yield GaugeMetricFamily("sip_transactions", "Server transactions held (in progress or in Timer J)", value=entries)
+        yield GaugeMetricFamily(
+            "sip_transactions_retained_bytes", "Bytes the completed server transactions hold", value=held
+        )
+        yield CounterMetricFamily(
+            "sip_transactions_evicted", "Completed server transactions forgotten early for the byte budget",
+            value=evicted,
+        )
         for i, (name, doc) in enumerate((
             ("storage_batches", "Database statements that carried several requests, by request kind"),
             ("storage_batched_requests", "Requests carried by those statements, by request kind"),
