@@ -75,7 +75,8 @@ class Limits(_Strict):
     max_vias: int = Field(70, ge=1, le=1000)
     #: Bytes the server transactions may hold for Timer J (64*T1 over UDP)
     #: to answer retransmissions; beyond it the oldest are forgotten first.
-    #: An entry takes 400-600 bytes: the default holds 32 s of 2000 req/s.
+    #: An entry counts 550-900 bytes: the default holds Timer J's 32 s of
+    #: about 1500 requests/s.
     retained_response_bytes: int = Field(32 * 1024 * 1024, ge=65536)
     #: Messages per second one source IP may send (token bucket), 0 = no
     #: limit.  Beyond it, datagrams are dropped unread.  The default sits

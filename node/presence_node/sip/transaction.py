@@ -47,11 +47,13 @@ MERGED = b"\x00merged"
 
 #: Longest key or origin held as is; longer ones are held as a digest.
 MAX_KEY = 96
-#: Bytes counted per completed entry beyond its key, origin and response:
-#: the dict slots, the expiry record, the objects' headers.  Measured with
-#: tracemalloc, an OPTIONS or PUBLISH entry holds a little less than it is
-#: counted with this (590 and 380 bytes), so the budget bounds the memory.
-ENTRY_OVERHEAD = 250
+#: Bytes counted per completed entry beyond the characters of its key and
+#: response (the objects' headers, the dict slots, the expiry record), and
+#: for an origin beyond its characters (two more dict slots).  Measured with
+#: tracemalloc, a PUBLISH or in-dialog SUBSCRIBE entry holds about 510
+#: bytes and an out-of-dialog OPTIONS 850, a little less than counted.
+ENTRY_OVERHEAD = 400
+ORIGIN_OVERHEAD = 150
 
 
 def _bounded(s: str) -> str:
@@ -129,7 +131,7 @@ class ServerTransactions:
         counted = size + len(key) + ENTRY_OVERHEAD
         origin = self._origin_of.get(key)
         if origin is not None:
-            counted += len(origin)
+            counted += len(origin) + ORIGIN_OVERHEAD
         self._expiry.append((now + 64 * self.t1, key, counted))
         self.retained += counted
         exp = self._expiry
