@@ -262,6 +262,10 @@ async def test_database_outage_is_503_json(http, make_node, pg_server):
     with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
         admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
+        for _ in range(100):  # the backends exit asynchronously
+            if admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (dbname,)).fetchone() == (0,):
+                break
+            await asyncio.sleep(0.05)
     async with http.get(url(n, "/tags"), headers=AUTH) as r:
         assert r.status == 503, await r.text()
         assert r.content_type == "application/json"
