@@ -249,15 +249,18 @@ async def test_unexpected_exception_is_500_json_and_logged(http, node, caplog):
     assert rec.levelno == logging.ERROR
 
 
-async def test_database_outage_is_503_json(http, make_node, pg_server):
-    """#13.5: a storage that cannot be reached is a 503 with a reason, as JSON."""
+@pytest.mark.parametrize(("method", "path"), [("GET", "/tags"), ("POST", "/tags/vip/activate")])
+async def test_database_outage_is_503_json(http, make_node, pg_server, method, path):
+    """#13.5: a storage that cannot be reached is a 503 with a reason, as
+    JSON, for a statement (GET /tags) as for a transaction (activate)."""
     import psycopg
 
     from presence_node.storage.postgres import PostgresStorage
 
     dsn = pg_server.create_database()
     dbname = dsn.rsplit("dbname=", 1)[1]
-    n = await make_node(storage_override=PostgresStorage(dsn, min_size=1, max_size=2))
+    n = await make_node(storage_override=PostgresStorage(dsn, min_size=1, max_size=2),
+                        cluster_id="c1", sharing_tags={"vip": "backup"})
     await get_json(http, n, "/tags")  # a connection is held and idle
     with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
         admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
@@ -266,7 +269,7 @@ async def test_database_outage_is_503_json(http, make_node, pg_server):
             if admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (dbname,)).fetchone() == (0,):
                 break
             await asyncio.sleep(0.05)
-    async with http.get(url(n, "/tags"), headers=AUTH) as r:
+    async with http.request(method, url(n, path), headers=AUTH) as r:
         assert r.status == 503, await r.text()
         assert r.content_type == "application/json"
         assert "storage unavailable" in (await r.json())["error"]

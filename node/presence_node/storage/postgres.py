@@ -144,6 +144,11 @@ def _unreachable(e: BaseException) -> bool:
     return not state or state[:2] == "08" or state in _GONE
 
 
+def _raise_if_unreachable(e: BaseException) -> None:
+    if _unreachable(e):
+        raise Unreachable(f"PostgreSQL unavailable: {e}") from e
+
+
 def _batcher(one: Any, many: Any) -> Batcher[Any, Any]:
     """Group commit for one kind of hot statement, with this backend's bounds."""
     return Batcher(
@@ -283,11 +288,16 @@ class Leases:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
-        conn = await self.acquire()
+        try:
+            conn = await self.acquire()
+        except Exception as e:
+            _raise_if_unreachable(e)
+            raise
         try:
             yield conn
-        except BaseException:
+        except BaseException as e:
             self.done(conn)
+            _raise_if_unreachable(e)
             raise
         self.done(conn)
 
@@ -348,8 +358,7 @@ class PostgresStorage:
         try:
             conn = await leases.acquire()
         except Exception as e:
-            if _unreachable(e):
-                raise Unreachable(f"PostgreSQL unavailable: {e}") from e
+            _raise_if_unreachable(e)
             raise
         try:
             cur = leases.cursor(conn, raw)
@@ -364,8 +373,7 @@ class PostgresStorage:
             # A failed statement leaves a healthy connection idle (autocommit);
             # a broken or cancelled one goes back to the pool.
             leases.done(conn)
-            if _unreachable(e):
-                raise Unreachable(f"PostgreSQL unavailable: {e}") from e
+            _raise_if_unreachable(e)
             raise
         leases.release(conn)
         return rows
