@@ -4,6 +4,8 @@ paging, strict query parameters, and metrics that match what was done."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -179,3 +181,95 @@ async def test_metrics_match_what_was_done(http, node, make_client):
     assert delta("sip_processing_seconds_sum", method="PUBLISH") > 0
     assert delta("presence_publication_changes_total", event="presence", kind="new") == 1
     assert delta("presence_publication_changes_total", event="presence", kind="modify") == 1
+
+
+async def raw_http(node, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request written byte for byte (a client library would refuse or
+    re-encode what these tests send), the connection closed after it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.admin_port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("token", ["é".encode(), "é".encode("latin-1"), b"\xff\xfe", "秘密".encode()],
+                         ids=["utf8", "latin1", "invalid-utf8", "cjk"])
+async def test_non_ascii_bearer_token_is_401_json(node, token):
+    status, headers, body = await raw_http(
+        node, b"GET /presentities HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + b"\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 401, body
+    assert headers["content-type"].startswith("application/json")
+    assert "error" in json.loads(body)
+
+
+@pytest.mark.parametrize("path", ["/presentities", "/subscriptions"])
+@pytest.mark.parametrize("query", ["limit=" + "1" * 4301, "offset=" + "9" * 5000, "limit=" + "0" * 4000 + "5"])
+async def test_huge_numeric_query_parameter_is_400(http, node, path, query):
+    body = await get_json(http, node, f"{path}?{query}", 400)
+    assert query.split("=")[0] in body["error"]
+
+
+async def test_unknown_parameter_names_are_quoted_as_json(http, node):
+    body = await get_json(http, node, '/presentities?a%22b%5C=1', 400)
+    assert 'a"b\\' in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "data"),
+    [("GET", "/nope", 404, None), ("DELETE", "/presentities", 405, None), ("GET", "/tags/x/activate", 405, None),
+     ("POST", "/tags/x/activate", 413, b"{" + b" " * 70_000 + b"}")],
+    ids=["404", "405", "405-post-only", "413"],
+)
+async def test_aiohttp_errors_are_json(http, node, method, path, status, data):
+    async with http.request(method, url(node, path), headers=AUTH, data=data) as r:
+        assert r.status == status
+        assert r.content_type == "application/json"
+        assert (await r.json())["error"]
+        if status == 405:
+            assert r.headers["Allow"]
+
+
+async def test_unexpected_exception_is_500_json_and_logged(http, node, caplog):
+    async def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("boom-1234")
+
+    node.storage.list_presentities = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR):
+        body = await get_json(http, node, "/presentities", 500)
+    assert body == {"error": "internal error"}  # no internals in the answer
+    [rec] = [r for r in caplog.records if r.exc_info and "boom-1234" in str(r.exc_info[1])]
+    assert rec.levelno == logging.ERROR
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/tags"), ("POST", "/tags/vip/activate")])
+async def test_database_outage_is_503_json(http, make_node, pg_server, method, path):
+    """#13.5: a storage that cannot be reached is a 503 with a reason, as
+    JSON, for a statement (GET /tags) as for a transaction (activate)."""
+    import psycopg
+
+    from presence_node.storage.postgres import PostgresStorage
+
+    dsn = pg_server.create_database()
+    dbname = dsn.rsplit("dbname=", 1)[1]
+    n = await make_node(storage_override=PostgresStorage(dsn, min_size=1, max_size=2),
+                        cluster_id="c1", sharing_tags={"vip": "backup"})
+    await get_json(http, n, "/tags")  # a connection is held and idle
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
+        for _ in range(100):  # the backends exit asynchronously
+            if admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (dbname,)).fetchone() == (0,):
+                break
+            await asyncio.sleep(0.05)
+    async with http.request(method, url(n, path), headers=AUTH) as r:
+        assert r.status == 503, await r.text()
+        assert r.content_type == "application/json"
+        assert "storage unavailable" in (await r.json())["error"]

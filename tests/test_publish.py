@@ -283,3 +283,27 @@ async def test_s48_fresh_publish_after_412_is_accepted(make_client, node):
     assert pub.etag == fresh
     alice, d = await watch(make_client)
     assert basics(xml(alice.notifies_for(d)[0])) == ["open"]
+
+
+def neighbours(etag: str, spread: int = 8) -> list[str]:
+    """Guesses of the etags minted just before and after ``etag``: its last
+    field read as a hexadecimal counter, plus or minus up to ``spread``."""
+    head, _, last = etag.rpartition(".")
+    try:
+        n = int(last, 16)
+    except ValueError:
+        n = int.from_bytes(last.encode(), "big")
+    return [f"{head}.{n + d:x}" for d in range(-spread, spread + 1) if d] + [etag[:-1] + c for c in "0123456789abcdefAZ_-"]
+
+
+async def test_s39_a_neighbour_etag_guess_gets_412(make_client, node):
+    """S39, #12.11: knowing one's own etag does not reveal another's: guesses
+    built from it (previous+1 style) are unknown etags, and change nothing."""
+    mallory = await make_client("mallory")
+    mine = etag_of(await mallory.publish(pidf("sip:mallory@example.com")))
+    carol = await make_client("carol")
+    theirs = etag_of(await carol.publish(pidf("sip:carol@example.com")))
+    accepted = [g for g in dict.fromkeys(neighbours(mine))
+                if (await mallory.publish(None, etag=g, expires=0, uri="sip:carol@example.com")).code != 412]
+    assert accepted == []
+    assert sorted(p.etag for p in await publications(node)) == sorted([mine, theirs])

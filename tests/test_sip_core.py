@@ -687,3 +687,64 @@ def test_merged_request_detection_lasts_as_long_as_the_transaction():
     t.abandon("c")
     assert t.begin("d", o) is None
     assert t.begin("e", None) is None  # in-dialog requests are not checked
+
+
+def test_transaction_table_accounts_the_bytes_it_retains():
+    """#12.8: every completed entry counts its key and response; Timer J,
+    TCP and abandonment leave nothing counted."""
+    from presence_node.sip.transaction import ServerTransactions
+
+    t = ServerTransactions(t1=0.5, budget=1_000_000)
+    assert t.retained == 0
+    sizes = []
+    for i, n in enumerate((100, 1000, 10)):
+        key = f"k{i}"
+        assert t.begin(key) is None
+        assert t.retained == sum(sizes)  # in progress: nothing retained yet
+        t.complete(key, b"x" * n, now=float(i), reliable=False)
+        sizes.append(t.retained - sum(sizes))
+        assert sizes[-1] >= n + len(key)
+    assert sizes[1] - sizes[0] == 900  # the accounting follows the response's length
+    assert t.begin("tcp") is None
+    t.complete("tcp", b"x" * 5000, now=3.0, reliable=True)  # forgotten at once
+    assert t.begin("dropped") is None
+    t.abandon("dropped")
+    assert t.retained == sum(sizes)
+    t.sweep(0.5 * 64 + 0.5)  # k0's Timer J only
+    assert t.retained == sum(sizes[1:])
+    t.sweep(100.0)
+    assert t.retained == 0 and len(t) == 0 and t.evicted == 0
+
+
+def test_transaction_table_over_budget_forgets_the_oldest_first():
+    """#12.8: over the byte budget, the oldest completed responses go first
+    (the least likely to be asked for again); the newest are still resent."""
+    from presence_node.sip.transaction import ServerTransactions
+
+    t = ServerTransactions(t1=0.5, budget=3 * 1200)
+    for i in range(10):
+        assert t.begin(f"k{i}") is None
+        t.complete(f"k{i}", b"%d" % i * 1000, now=float(i), reliable=False)
+        assert t.retained <= t.budget
+    kept = [i for i in range(10) if t.exists(f"k{i}")]
+    assert kept == list(range(10 - len(kept), 10)) and 1 <= len(kept) <= 3
+    assert t.evicted == 10 - len(kept)
+    assert t.begin("k9") == b"9" * 1000  # a retransmission of a kept one: its response
+    assert t.begin("k0") is None  # an evicted one is a new request (now in progress)
+    assert t.begin("k0") is not None
+
+
+def test_transaction_table_keys_are_bounded():
+    """#12.8: keys and origins made of attacker-sized values (a 16 KB
+    branch or Call-ID) are held as a fixed-size digest, still distinct."""
+    from presence_node.sip.transaction import ServerTransactions
+
+    long_branch = "z9hG4bK" + "a" * 16000
+    k1 = ServerTransactions.key(long_branch, "h:5060", "OPTIONS", "")
+    k2 = ServerTransactions.key(long_branch + "b", "h:5060", "OPTIONS", "")
+    k3 = ServerTransactions.key(long_branch, "h:5060", "PUBLISH", "")
+    assert max(len(k1), len(k2), len(k3)) <= 100 and len({k1, k2, k3}) == 3
+    assert ServerTransactions.key("z9hG4bKshort", "h:5060", "OPTIONS", "") == "z9hG4bKshort\x00h:5060\x00OPTIONS"
+    o1 = ServerTransactions.origin("ft", "c" * 16000, 1, "SUBSCRIBE")
+    o2 = ServerTransactions.origin("ft", "c" * 16000, 2, "SUBSCRIBE")
+    assert max(len(o1), len(o2)) <= 100 and o1 != o2

@@ -85,6 +85,16 @@ class Limits(_Strict):
     max_xml_namespaces: int = Field(128, ge=1, le=100_000)
     max_xml_namespace_length: int = Field(256, ge=16, le=65535)
     max_xml_elements: int = Field(4096, ge=1, le=1_000_000)
+    #: A request whose header section is longer, or that carries more Via
+    #: values, gets 513 (70: the Max-Forwards a UAC starts with, so an
+    #: honest request never went through more proxies).
+    max_header_bytes: int = Field(16384, ge=1024, le=1_048_576)
+    max_vias: int = Field(70, ge=1, le=1000)
+    #: Bytes the server transactions may hold for Timer J (64*T1 over UDP)
+    #: to answer retransmissions; beyond it the oldest are forgotten first.
+    #: An entry counts 550-900 bytes: the default holds Timer J's 32 s of
+    #: about 1500 requests/s.
+    retained_response_bytes: int = Field(32 * 1024 * 1024, ge=65536)
     #: Messages per second one source IP may send (token bucket), 0 = no
     #: limit.  Beyond it, datagrams are dropped unread.  The default sits
     #: above what one SIPp load generator sends in the benchmarks.

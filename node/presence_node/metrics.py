@@ -72,6 +72,8 @@ class Metrics:
         self.notify_targets: dict[str, int] = {}
         #: Live records per kind (Storage.usage), set before a scrape.
         self.live: dict[str, int] = {}
+        #: The server transaction table (entries, bytes held, evictions), set before a scrape.
+        self.transactions = (0, 0, 0)
         #: Group commit of the storage (Storage.batch_counts), set before a scrape.
         self.batches: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
@@ -174,6 +176,15 @@ class Metrics:
             live.add_metric([kind], n)
         yield live
         yield GaugeMetricFamily("cluster_peers_up", "Federation peers heard from recently", value=self.peers_up)
+        entries, held, evicted = self.transactions
+        yield GaugeMetricFamily("sip_transactions", "Server transactions held (in progress or in Timer J)", value=entries)
+        yield GaugeMetricFamily(
+            "sip_transactions_retained_bytes", "Bytes the completed server transactions hold", value=held
+        )
+        yield CounterMetricFamily(
+            "sip_transactions_evicted", "Completed server transactions forgotten early for the byte budget",
+            value=evicted,
+        )
         for i, (name, doc) in enumerate((
             ("storage_batches", "Database statements that carried several requests, by request kind"),
             ("storage_batched_requests", "Requests carried by those statements, by request kind"),

@@ -201,6 +201,8 @@ class Node:
         self.metrics.subscriptions = subs
         self.metrics.presentities = pres
         self.metrics.batches = self.storage.batch_counts()
+        txns = self.dispatcher.txns
+        self.metrics.transactions = (len(txns), txns.retained, txns.evicted)
         if self.federation is not None:
             self.metrics.peers_up = self.federation.peers_up
         t = self.transports

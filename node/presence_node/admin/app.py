@@ -1,18 +1,23 @@
 """The admin API application.  Every path but health and readiness needs
 ``Authorization: Bearer <secret>``; bad query parameters get a 400 with a
-JSON error naming the parameter, and nothing here changes state."""
+JSON error naming the parameter, and nothing here changes state.  Every
+error is a JSON object ``{"error": ...}``, aiohttp's own (404, 405, 413)
+and unexpected exceptions included: scripts parse the body whatever the
+status."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ..service.tags import PrivateTag
-from ..storage import StaleEpoch, UnknownTag
+from ..storage import StaleEpoch, StorageUnavailable, UnknownTag
 from . import contract
 
 if TYPE_CHECKING:
@@ -22,12 +27,45 @@ if TYPE_CHECKING:
 SECRET: web.AppKey[str] = web.AppKey("secret", str)
 
 
+log = logging.getLogger(__name__)
+
+#: Longest ``offset``/``limit`` value read: int() of a few thousand digits
+#: raises (and costs), and no valid value is longer than this.
+_MAX_DIGITS = 10
+
 #: Seconds /readyz waits for the storage's answer.
 READY_PING_TIMEOUT = 0.3
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The outermost layer: whatever went wrong, the answer is JSON."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400 or e.content_type == "application/json":
+            raise
+        resp = _error(e.status, e.reason)
+        for name in ("Allow", "WWW-Authenticate", "Retry-After"):
+            if name in e.headers:
+                resp.headers[name] = e.headers[name]
+        return resp
+    except StorageUnavailable as e:
+        log.warning("admin request without storage", extra={"path": request.path, "error": str(e)})
+        resp = _error(503, f"storage unavailable: {e}")
+        resp.headers["Retry-After"] = "5"
+        return resp
+    except Exception:
+        log.exception("admin request failed", extra={"path": request.path})
+        return _error(500, "internal error")
 
 
 @web.middleware
@@ -37,7 +75,12 @@ async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     secret = request.app[SECRET]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), secret.encode()):
+    token = token.strip()
+    # Header bytes that are not UTF-8 reach us as lone surrogates, which a
+    # plain encode() refuses (that was a 500): compare the bytes received.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.encode("utf-8", "surrogateescape"), secret.encode("utf-8", "surrogateescape")
+    ):
         resp = _error(401, "missing or wrong bearer secret")
         resp.headers["WWW-Authenticate"] = 'Bearer realm="presence-node"'
         return resp
@@ -61,11 +104,9 @@ def _paging(request: web.Request) -> tuple[int, int]:
     out = []
     for name, default, hi in (("offset", 0, 10**9), ("limit", contract.DEFAULT_LIMIT, contract.MAX_LIMIT)):
         raw = request.query.get(name, str(default))
-        if not (raw.isascii() and raw.isdigit()) or int(raw) > hi or (name == "limit" and int(raw) == 0):
-            raise web.HTTPBadRequest(
-                text=f'{{"error": "{name} must be an integer in [{0 if name == "offset" else 1}, {hi}]"}}',
-                content_type="application/json",
-            )
+        ok = raw.isascii() and raw.isdigit() and len(raw) <= _MAX_DIGITS
+        if not ok or int(raw) > hi or (name == "limit" and int(raw) == 0):
+            raise _bad_request(f"{name} must be an integer in [{0 if name == 'offset' else 1}, {hi}]")
         out.append(int(raw))
     return out[0], out[1]
 
@@ -73,13 +114,11 @@ def _paging(request: web.Request) -> tuple[int, int]:
 def _known_params(request: web.Request, allowed: set[str]) -> None:
     unknown = sorted(set(request.query) - allowed)
     if unknown:
-        raise web.HTTPBadRequest(
-            text=f'{{"error": "unknown query parameter(s): {", ".join(unknown)}"}}', content_type="application/json"
-        )
+        raise _bad_request(f"unknown query parameter(s): {', '.join(unknown)}")
 
 
 def make_app(node: "Node", secret: str) -> web.Application:
-    app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_json_errors, _auth], client_max_size=64 * 1024)
     app[SECRET] = secret
 
     async def healthz(_: web.Request) -> web.Response:

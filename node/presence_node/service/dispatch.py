@@ -25,9 +25,9 @@ from ..sip.errors import ParseError, RemoteSipError
 from ..sip.headers import parse_cseq, parse_name_addr, parse_uri, parse_via
 from ..sip.message import Request, serialise
 from ..sip.parser import parse, peek_response
-from ..sip.response import ResponseBuilder, stamp_via
+from ..sip.response import Final, ResponseBuilder, final, stamp_via
 from ..sip.status import Status, reason
-from ..sip.transaction import IN_PROGRESS, MERGED, ServerTransactions
+from ..sip.transaction import MERGED, ServerTransactions
 from ..storage.base import RequestExpired, StorageUnavailable, request_deadline
 from . import eager
 from .context import Incoming, Service
@@ -86,11 +86,13 @@ class Dispatcher:
         self.local_hosts = local_hosts
         self.clock = clock
         cfg = service.config
-        self.txns = ServerTransactions(cfg.notify.t1)
+        self.txns = ServerTransactions(cfg.notify.t1, cfg.limits.retained_response_bytes)
         #: 64*T1: a client's non-INVITE transaction times out (Timer F) by then.
         self.txn_timeout = 64 * cfg.notify.t1
         self.limiter = SourceLimiter(cfg.limits.per_source_rate, cfg.limits.per_source_burst)
         self.max_size = cfg.limits.max_message_size
+        self.max_header = cfg.limits.max_header_bytes
+        self.max_vias = cfg.limits.max_vias
         self.max_in_progress = cfg.limits.max_in_progress
         self.in_progress = 0
         #: Set on SIGTERM: new requests get 503 while NOTIFYs in flight finish.
@@ -118,9 +120,12 @@ class Dispatcher:
             return
         self.txns.sweep(now)
         try:
-            msg = parse(data, datagram=transport == "udp", max_size=self.max_size)
+            msg = parse(
+                data, datagram=transport == "udp", max_size=self.max_size, max_header=self.max_header,
+                max_vias=self.max_vias,
+            )
         except ParseError as e:
-            self.metrics.dropped("malformed")
+            self.metrics.dropped("too-large" if e.status_hint == 513 else "malformed")
             answer = salvage(data, e, host, port, self.svc.ids.tag())
             if answer is not None:
                 send(answer)
@@ -173,8 +178,8 @@ class Dispatcher:
             return
         if stored is not None:
             self.metrics.dropped("retransmission")
-            if stored is not IN_PROGRESS and stored:
-                send(stored)
+            if isinstance(stored, Final):
+                send(rb.render(stored))
             return
         if self.draining or self.in_progress >= self.max_in_progress:
             self.txns.abandon(key)
@@ -247,9 +252,10 @@ class Dispatcher:
         now: float,
         phrase: str | None = None,
     ) -> None:
-        data = rb.build(reply.code, reply.headers, reply.body, to_tag=reply.to_tag or self.svc.ids.tag(), phrase=phrase)
-        self.txns.complete(key, data, now, reliable=transport != "udp")
-        self._send(send, method, data, reply.code)
+        response = final(reply.code, reply.headers, reply.body, to_tag=reply.to_tag or self.svc.ids.tag(), phrase=phrase)
+        # The table keeps only our part: a retransmission brings the rest.
+        self.txns.complete(key, response, now, reliable=transport != "udp", size=response.size)
+        self._send(send, method, rb.render(response), reply.code)
 
     def _send(self, send: Send, method: str, data: bytes, code: int | None = None) -> None:
         if code is None:
@@ -358,7 +364,9 @@ def salvage(data: bytes, err: ParseError, host: str, port: int, to_tag: str = ""
     headers += [("From", found[b"from"][0]), ("To", to)]
     headers += [("Call-ID", found[b"call-id"][0]), ("CSeq", found[b"cseq"][0])]
     phrase = f"Bad Request ({err.reason})"[:120].replace("\r", " ").replace("\n", " ")
-    code = err.status_hint if err.status_hint in (400, 413, 505) else 400
-    if code != 400:
+    code = err.status_hint if err.status_hint in (400, 413, 505, 513) else 400
+    if code == 513:
+        phrase = f"{reason(code)} ({err.reason})"
+    elif code != 400:
         phrase = reason(code)
     return serialise(f"SIP/2.0 {code} {phrase}", headers)

@@ -177,7 +177,16 @@ def serialise(start_line: str, headers: Iterable[tuple[str, str]], body: bytes =
     ``headers`` are (name, value) pairs written as given; any Content-Length
     among them is ignored so the framing can never disagree with the body.
     """
-    parts = [start_line]
+    return _serialise([start_line], headers, body)
+
+
+def serialise_tail(headers: Iterable[tuple[str, str]], body: bytes = b"") -> bytes:
+    """:func:`serialise` without the start line: what follows it (for a
+    response, its own headers after those it copies: see response.Final)."""
+    return _serialise([], headers, body)
+
+
+def _serialise(parts: list[str], headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
     for name, value in headers:
         if name.lower() in ("content-length", "l"):
             continue

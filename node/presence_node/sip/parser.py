@@ -2,7 +2,9 @@
 
 Lenient where interop demands it (bare LF line ends, a UDP datagram without
 Content-Length: S06) and strict where safety does (sizes, UTF-8 headers, a
-Content-Length that disagrees with the datagram).  Every failure is a
+Content-Length that disagrees with the datagram).  A header section or a
+Via list over its cap is a 513 (RFC 3261 §21.5.14 Message Too Large): what
+a request costs to parse and answer grows with them.  Every failure is a
 :class:`ParseError`; nothing else escapes for any input (a Hypothesis test
 feeds it arbitrary bytes).
 """
@@ -20,6 +22,10 @@ _FOLD = re.compile(r"\r?\n[ \t]+")
 
 #: Largest message we take (UDP datagrams are capped by the transport anyway).
 DEFAULT_MAX_SIZE = 65535
+#: Longest header section, and most Via values (the Max-Forwards a UAC
+#: starts with: an honest request has not been through more proxies).
+DEFAULT_MAX_HEADER = 16384
+DEFAULT_MAX_VIAS = 70
 
 
 #: Raw header names seen before → canonical name (bounded: names are
@@ -53,7 +59,14 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     raise ParseError("no end of headers")
 
 
-def parse(data: bytes, *, datagram: bool = True, max_size: int = DEFAULT_MAX_SIZE) -> Request | Response:
+def parse(
+    data: bytes,
+    *,
+    datagram: bool = True,
+    max_size: int = DEFAULT_MAX_SIZE,
+    max_header: int = DEFAULT_MAX_HEADER,
+    max_vias: int = DEFAULT_MAX_VIAS,
+) -> Request | Response:
     """Parse one whole message.
 
     For a datagram the body is the rest of the datagram when Content-Length is
@@ -67,6 +80,8 @@ def parse(data: bytes, *, datagram: bool = True, max_size: int = DEFAULT_MAX_SIZ
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")
     head, body = _split_head(data)
+    if len(head) > max_header:
+        raise ParseError(f"header section over {max_header} bytes", status=513)
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -96,6 +111,12 @@ def parse(data: bytes, *, datagram: bool = True, max_size: int = DEFAULT_MAX_SIZ
             hd[name] = [value]
         else:
             lst.append(value)
+
+    via = hd.get("via")
+    # Lines plus commas: exact but for a comma quoted in a Via parameter,
+    # which no proxy writes, and linear where split_commas is a Python loop.
+    if via is not None and len(via) + sum(v.count(",") for v in via) > max_vias:
+        raise ParseError(f"over {max_vias} Via values", status=513)
 
     cl = hd.get("content-length")
     if cl is not None:

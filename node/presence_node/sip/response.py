@@ -4,14 +4,18 @@ S01: every response copies all Via values in order, From, Call-ID and CSeq;
 final responses get a To tag when the request had none.  S02: with ``rport``
 in the top Via, ``received=`` and ``rport=`` are filled in.  S46: no
 Record-Route is ever copied.
+
+A response is the part it copies from its request and a :class:`Final`,
+the part that is ours; a server transaction keeps only the latter (S03).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from .errors import ParseError
-from .message import Request, serialise, split_commas
+from .message import Request, serialise_tail, split_commas
 from .status import reason
 
 _RPORT_EMPTY = re.compile(r";\s*rport(?=\s*(;|$))", re.IGNORECASE)
@@ -26,6 +30,26 @@ def stamp_via(top_via: str, src_host: str, src_port: int) -> str:
     if ";received=" not in out.lower():
         out = f"{out};received={src_host}"
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """A response less what it copies from its request (Via, From, To,
+    Call-ID, CSeq, Record-Route): what a server transaction keeps for Timer
+    J.  A retransmitted request brings those copies again, so the response
+    rendered from it is the same bytes, while the table holds no echo of
+    the request: kept whole, a request with 55 KB of Via cost 55 KB for
+    32 s."""
+
+    code: int
+    phrase: str
+    to_tag: str
+    #: Our headers, Content-Length, the blank line and the body.
+    tail: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.phrase) + len(self.to_tag) + len(self.tail)
 
 
 class ResponseBuilder:
@@ -62,20 +86,37 @@ class ResponseBuilder:
         to_tag: str | None = None,
         phrase: str | None = None,
     ) -> bytes:
-        out: list[tuple[str, str]] = [("Via", v) for v in self.vias]
+        return self.render(final(code, headers, body, to_tag=to_tag, phrase=phrase))
+
+    def render(self, response: Final) -> bytes:
+        """The whole response: the copies from this request, then ``response``."""
+        code = response.code
+        out = [f"SIP/2.0 {code} {response.phrase}"]
+        out.extend(f"Via: {v}" for v in self.vias)
         to = self.to
-        if code >= 200 and not self.has_to_tag and to_tag and to:
-            to = f"{to};tag={to_tag}"
+        if code >= 200 and not self.has_to_tag and response.to_tag and to:
+            to = f"{to};tag={response.to_tag}"
         if self.from_:
-            out.append(("From", self.from_))
+            out.append(f"From: {self.from_}")
         if to:
-            out.append(("To", to))
+            out.append(f"To: {to}")
         if self.call_id:
-            out.append(("Call-ID", self.call_id))
+            out.append(f"Call-ID: {self.call_id}")
         if self.cseq:
-            out.append(("CSeq", self.cseq))
+            out.append(f"CSeq: {self.cseq}")
         if self.record_route and 200 <= code < 300 and not self.has_to_tag:
-            out.extend(("Record-Route", rr) for rr in self.record_route)
-        if headers:
-            out.extend(headers)
-        return serialise(f"SIP/2.0 {code} {phrase or reason(code)}", out, body)
+            out.extend(f"Record-Route: {rr}" for rr in self.record_route)
+        out.append("")
+        return "\r\n".join(out).encode() + response.tail
+
+
+def final(
+    code: int,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    *,
+    to_tag: str | None = None,
+    phrase: str | None = None,
+) -> Final:
+    """Our part of a response (see :class:`Final`)."""
+    return Final(code, phrase or reason(code), to_tag or "", serialise_tail(headers or (), body))

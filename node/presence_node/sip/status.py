@@ -34,6 +34,8 @@ class Status(IntEnum):
     NOT_IMPLEMENTED = 501
     SERVICE_UNAVAILABLE = 503
     SERVER_TIMEOUT = 504
+    VERSION_NOT_SUPPORTED = 505
+    MESSAGE_TOO_LARGE = 513
     DOES_NOT_EXIST_ANYWHERE = 604
 
 
@@ -66,6 +68,8 @@ REASONS: dict[int, str] = {
     501: "Not Implemented",
     503: "Service Unavailable",
     504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
     604: "Does Not Exist Anywhere",
 }
 

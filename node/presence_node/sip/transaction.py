@@ -8,7 +8,15 @@ and keeps one wake-up at :meth:`ClientTransactions.next_deadline`.
 Server side (S03): a retransmitted request is matched by branch, sent-by and
 method and answered with the stored final response; while the first copy is
 still being processed, retransmissions are absorbed silently.  Completed
-entries are kept for Timer J (64*T1 over UDP, 0 over TCP).  A request
+entries are kept for Timer J (64*T1 over UDP, 0 over TCP), within a byte
+budget: what the table holds is counted (keys, responses and a fixed
+per-entry overhead), and over the budget the oldest completed entries are
+forgotten before their Timer J.  They are the least likely to be asked for
+again (a client retransmits at T1, 2*T1, ... T2), and the caller stores
+compact responses (response.Final), so that happens only under a flood; a
+retransmission of a forgotten request is then processed as a new request.
+Keys and origins are built from values the peer chooses: past
+:data:`MAX_KEY` characters they are held as a digest.  A request
 without a To tag whose From tag, Call-ID and CSeq (and method) are those of
 a transaction still held, but which is not that transaction, is a merged
 request (RFC 3261 §8.2.2.2: it forked and arrived again by another path):
@@ -21,6 +29,7 @@ Timer F (64*T1), which times the transaction out.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 from collections import deque
@@ -36,34 +45,61 @@ IN_PROGRESS = b""
 #: Returned by :meth:`ServerTransactions.begin` for a merged request (482).
 MERGED = b"\x00merged"
 
+#: Longest key or origin held as is; longer ones are held as a digest.
+MAX_KEY = 96
+#: Bytes counted per completed entry beyond the characters of its key and
+#: response (the objects' headers, the dict slots, the expiry record), and
+#: for an origin beyond its characters (two more dict slots).  Measured with
+#: tracemalloc, a PUBLISH or in-dialog SUBSCRIBE entry holds about 510
+#: bytes and an out-of-dialog OPTIONS 850, a little less than counted.
+ENTRY_OVERHEAD = 400
+ORIGIN_OVERHEAD = 150
+
+
+def _bounded(s: str) -> str:
+    if len(s) <= MAX_KEY:
+        return s
+    return "\x02" + hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
 
 class ServerTransactions:
-    """The non-INVITE server transaction table."""
+    """The non-INVITE server transaction table.
 
-    __slots__ = ("_table", "_expiry", "_origins", "_origin_of", "t1")
+    It holds what the caller hands to :meth:`complete` (bytes, or a compact
+    response), counted at ``size`` bytes, and hands it back on a
+    retransmission."""
 
-    def __init__(self, t1: float = T1) -> None:
-        self._table: dict[str, bytes] = {}
-        self._expiry: deque[tuple[float, str]] = deque()
+    __slots__ = ("_table", "_expiry", "_origins", "_origin_of", "t1", "budget", "retained", "evicted")
+
+    def __init__(self, t1: float = T1, budget: int = 32 * 1024 * 1024) -> None:
+        self._table: dict[str, object] = {}
+        #: Completed entries in completion order: (Timer J deadline, key, bytes counted).
+        self._expiry: deque[tuple[float, str, int]] = deque()
         #: Merged-request detection: origin (From tag, Call-ID, CSeq,
         #: method) of each held out-of-dialog transaction -> its key, and back.
         self._origins: dict[str, str] = {}
         self._origin_of: dict[str, str] = {}
         self.t1 = t1
+        #: Most bytes the completed entries may hold.
+        self.budget = budget
+        #: Bytes the completed entries hold now.
+        self.retained = 0
+        #: Completed entries forgotten before their Timer J, for the budget.
+        self.evicted = 0
 
     @staticmethod
     def key(branch: str | None, sent_by: str, method: str, fallback: str) -> str:
         """RFC 3261 §17.2.3: branch+sent-by+method, or RFC 2543 matching."""
         if branch and branch.startswith("z9hG4bK"):
-            return f"{branch}\x00{sent_by}\x00{method}"
-        return f"\x01{fallback}\x00{method}"
+            return _bounded(f"{branch}\x00{sent_by}\x00{method}")
+        return _bounded(f"\x01{fallback}\x00{method}")
 
     @staticmethod
     def origin(from_tag: str, call_id: str, cseq: int, method: str) -> str:
         """What identifies a request across forks (RFC 3261 §8.2.2.2)."""
-        return f"{from_tag}\x00{call_id}\x00{cseq}\x00{method}"
+        return _bounded(f"{from_tag}\x00{call_id}\x00{cseq}\x00{method}")
 
-    def begin(self, key: str, origin: str | None = None) -> bytes | None:
+    def begin(self, key: str, origin: str | None = None) -> object | None:
         """None for a new request (now in progress); otherwise the stored
         final response to resend, :data:`IN_PROGRESS` to absorb, or
         :data:`MERGED`.  ``origin``: for a request without a To tag."""
@@ -82,13 +118,28 @@ class ServerTransactions:
     def exists(self, key: str) -> bool:
         return key in self._table
 
-    def complete(self, key: str, response: bytes, now: float, reliable: bool) -> None:
-        """Record the final response; keep it for Timer J."""
+    def complete(self, key: str, response: object, now: float, reliable: bool, size: int | None = None) -> None:
+        """Record the final response (``size``: bytes it holds, default its
+        length); keep it for Timer J, within the budget."""
         if reliable:
             self._forget(key)
             return
         self._table[key] = response
-        self._expiry.append((now + 64 * self.t1, key))
+        if size is None:
+            assert isinstance(response, bytes), "give the size of anything but bytes"
+            size = len(response)
+        counted = size + len(key) + ENTRY_OVERHEAD
+        origin = self._origin_of.get(key)
+        if origin is not None:
+            counted += len(origin) + ORIGIN_OVERHEAD
+        self._expiry.append((now + 64 * self.t1, key, counted))
+        self.retained += counted
+        exp = self._expiry
+        while self.retained > self.budget:
+            _, old, n = exp.popleft()
+            self._forget(old)
+            self.retained -= n
+            self.evicted += 1
 
     def abandon(self, key: str) -> None:
         """Forget a request that got no response (dropped by policy)."""
@@ -98,8 +149,9 @@ class ServerTransactions:
     def sweep(self, now: float) -> None:
         exp = self._expiry
         while exp and exp[0][0] <= now:
-            _, key = exp.popleft()
+            _, key, n = exp.popleft()
             self._forget(key)
+            self.retained -= n
 
     def _forget(self, key: str) -> None:
         self._table.pop(key, None)

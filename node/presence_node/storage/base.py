@@ -25,7 +25,9 @@ from .records import Publication, Registration, Subscription, TagState, Usage
 
 class StorageUnavailable(OSError):
     """The storage cannot be reached (the node does not start, or is not
-    ready); a request that needs it is answered 503 with Retry-After."""
+    ready).  Any method may raise it when the backend is out of reach (a
+    lost connection, no connection within the pool's wait), as opposed to a
+    statement's own failure; callers answer it "try later" (SIP and admin API: 503 with Retry-After)."""
 
 
 class RequestExpired(StorageUnavailable):

@@ -166,6 +166,13 @@ def _statement_error(e: BaseException) -> bool:
     return isinstance(e, psycopg.Error) and (e.sqlstate or "")[:2] in _ITEM_ERRORS
 
 
+class Unreachable(StorageUnavailable, psycopg.OperationalError):
+    """The database is out of reach: a :class:`StorageUnavailable` for the
+    callers that know only the storage interface (SIP and admin API answer
+    503), and still a ``psycopg.OperationalError`` for those that know the
+    driver.  The driver's own error is its ``__cause__``."""
+
+
 def _batcher(one: Any, many: Any) -> Batcher[Any, Any]:
     """Group commit for one kind of hot statement, with this backend's bounds."""
     return Batcher(
@@ -289,7 +296,7 @@ class Leases:
         finally:
             self._wake()
 
-    def failed(self, conn: AsyncConnection[Any], e: psycopg.OperationalError) -> StorageUnavailable:
+    def failed(self, conn: AsyncConnection[Any], e: psycopg.OperationalError) -> Unreachable:
         """After an error on ``conn`` that says the database cannot serve
         (_unavailable: the connection is gone, the server is shutting down
         or out of resources): not the caller's fault and nothing to wait
@@ -297,7 +304,7 @@ class Leases:
         self.done(conn)
         if conn.broken or conn.closed:
             self.lost()
-        return StorageUnavailable(f"PostgreSQL unavailable: {e}")
+        return Unreachable(f"PostgreSQL unavailable: {e}")
 
     def lost(self) -> None:
         """A statement found its connection broken.  The database drops
