@@ -7,6 +7,7 @@ test_federation_procs.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -624,3 +625,52 @@ async def test_authentic_messages_with_bad_bodies_change_nothing(federation, mak
         async with s.get(f"http://127.0.0.1:{n1.admin_port}/presentities", headers=AUTH) as r:
             assert (await r.json())["items"] == []
     assert n1.federation.interest["n2"] == set() and "n2" not in n1.federation.remote_tags
+
+
+@contextlib.asynccontextmanager
+async def peer_link(node, sender: str = "n2"):
+    """The test plays peer ``sender`` towards ``node``'s cluster channel:
+    yields ``send(kind, body, **envelope fields)``, which seals with the
+    cluster secret and numbers the messages of the link."""
+    import time
+
+    from presence_node.federation.wire import Envelope, seal
+
+    boot = int(time.time() * 1000)
+    seq = 0
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"http://127.0.0.1:{node.federation.channel.port}/cluster") as ws:
+
+            async def send(kind: str, body: dict[str, Any], *, ts: float | None = None) -> None:
+                nonlocal seq
+                seq += 1
+                env = Envelope("fed", sender, node.config.node_id, boot, seq, time.time() if ts is None else ts, kind, body)
+                await ws.send_bytes(seal(CLUSTER_SECRET.encode(), env))
+
+            yield send
+
+
+def bob_publish(note: str) -> dict[str, Any]:
+    """The body of a ``publish`` message of bob's presence, from n2."""
+    import base64
+    import time
+
+    return {"key": ["bob@example.com", "presence"], "old": None, "pub": {
+        "p": "bob@example.com", "e": "presence", "etag": f"n2.{note}.1", "ct": "application/pidf+xml",
+        "body": base64.b64encode(pidf(BOB, "open", note=note)).decode(), "exp": time.time() + 60, "rcv": time.time()}}
+
+
+async def test_a_message_whose_timestamp_is_not_a_number_is_refused(federation, make_client):
+    """#12.14: ``ts`` NaN (or infinite) made the skew check pass (every
+    comparison with NaN is false); now it is malformed, counted, and
+    not applied."""
+    [n1] = await federation(2, only=[0])
+    w = await make_client("alice", target=n1)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    async with peer_link(n1) as send:
+        await send("publish", bob_publish("nan"), ts=float("nan"))
+        await send("publish", bob_publish("inf"), ts=float("inf"))
+        await asyncio.sleep(0.3)
+    assert len(w.notifies_for(d)) == 1
+    assert metric(await counters(n1), "cluster_messages_rejected_total", reason="malformed") == 2

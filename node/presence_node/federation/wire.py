@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,8 +105,10 @@ def _int(v: Any) -> int:
 
 
 def _num(v: Any) -> float:
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        raise TypeError("expected a number")
+    # json.loads accepts NaN and Infinity; NaN would pass any comparison
+    # (the skew check), so only finite numbers are timestamps.
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise TypeError("expected a finite number")
     return float(v)
 
 
