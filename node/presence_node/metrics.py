@@ -31,6 +31,8 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cluster_messages_rejected": ("Cluster messages refused and not applied, by reason", ("reason",)),
     "cluster_messages_lost": ("Cluster messages found missing by sequence number, by sender", ("peer",)),
     "cluster_messages_ignored": ("Cluster messages received but not acted upon, by reason", ("reason",)),
+    "cluster_connections_refused": ("Inbound cluster connections closed at accept, by cap", ("reason",)),
+    "cluster_connections_closed": ("Inbound cluster connections closed by this node, by reason", ("reason",)),
     "federation_queries": ("Presentity queries this node started", ("event",)),
     "federation_resyncs": ("Resyncs this node asked a peer for, by cause", ("cause",)),
 }
@@ -56,6 +58,8 @@ class Metrics:
         self.subscriptions = 0
         self.presentities = 0
         self.peers_up = 0
+        #: Inbound cluster channel connections by state, set before a scrape.
+        self.cluster_connections: dict[str, int] = {}
         #: Group commit of the storage (Storage.batch_counts), set before a scrape.
         self.batches: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
@@ -130,6 +134,10 @@ class Metrics:
             "presence_presentities", "Presentities with live publications", value=self.presentities
         )
         yield GaugeMetricFamily("cluster_peers_up", "Federation peers heard from recently", value=self.peers_up)
+        conns = GaugeMetricFamily("cluster_connections", "Inbound cluster channel connections", labels=["state"])
+        for state, n in sorted(self.cluster_connections.items()):
+            conns.add_metric([state], n)
+        yield conns
         for i, (name, doc) in enumerate((
             ("storage_batches", "Database statements that carried several requests, by request kind"),
             ("storage_batched_requests", "Requests carried by those statements, by request kind"),

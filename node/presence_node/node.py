@@ -157,6 +157,7 @@ class Node:
         self.metrics.batches = self.storage.batch_counts()
         if self.federation is not None:
             self.metrics.peers_up = self.federation.peers_up
+            self.metrics.cluster_connections = self.federation.channel.connections()
         return self.metrics.render()
 
     async def stop(self) -> None:
