@@ -852,3 +852,81 @@ async def test_forged_messages_are_counted_each_and_logged_once_per_source(feder
     await asyncio.sleep(0.3)
     assert metric(await counters(n1), "cluster_messages_rejected_total", reason="forged") == 10
     assert len([r for r in caplog.records if r.getMessage() == "cluster message refused"]) == 1
+
+
+# -- TLS (#12.14) ---------------------------------------------------------------------
+
+
+def make_pki(root, name: str) -> dict[str, str]:
+    """A CA and a certificate it signed for 127.0.0.1 (server and client
+    use), made with the openssl command at test time: no key is committed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    d = root / name
+    d.mkdir()
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", f"/CN={name}-ca")
+    run("req", *ec, "-keyout", "node.key", "-out", "node.csr", "-subj", f"/CN={name}-node")
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    run("x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "node.crt", "-days", "2", "-extfile", "ext")
+    return {"tls_cert_file": str(d / "node.crt"), "tls_key_file": str(d / "node.key"), "tls_ca_file": str(d / "ca.crt")}
+
+
+async def test_tls_channel_federates_and_refuses_plain_and_foreign_clients(federation, make_client, tmp_path):
+    """With tls_* set, the channel is TLS both ways (each side's certificate
+    checked against the CA file): the federation works as before; a client
+    speaking plain HTTP, or one whose certificate another CA signed, is
+    dropped during the handshake (counted) without reaching the channel."""
+    import ssl
+
+    pki, foreign = make_pki(tmp_path, "cluster"), make_pki(tmp_path, "other")
+    n1, n2 = await federation(2, **pki)
+    w, d = await watch_bob(make_client, n2, n1)
+    pub = await make_client("bob", target=n1)
+    assert (await pub.publish(pidf(BOB, "open", note="over tls"))).code == 200
+    [_, got] = await w.dialog_notifies(d, 2)
+    assert b"over tls" in got.body
+
+    port = n1.federation.channel.port
+    r, plain = await raw_connection(port)
+    plain.write(f"GET /cluster HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    assert await closed_within(r, 3.0)
+    plain.close()
+    assert metric(await counters(n1), "cluster_connections_closed_total", reason="tls") == 1
+    ctx = ssl.create_default_context(cafile=pki["tls_ca_file"])
+    ctx.load_cert_chain(foreign["tls_cert_file"], foreign["tls_key_file"])
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+            async with s.ws_connect(f"https://127.0.0.1:{port}/cluster", ssl=ctx) as ws:
+                await ws.receive()
+    await until(lambda: n1.federation.channel.connections().get("unauthenticated") == 0)
+    assert metric(await counters(n1), "cluster_connections_closed_total", reason="tls") >= 2  # aiohttp tries twice
+
+
+async def test_tls_files_are_read_again_when_they_change(federation, tmp_path):
+    """A rotated certificate (new files in place, as a Kubernetes Secret
+    update does) serves the next connection, without a restart."""
+    import shutil
+    import ssl
+
+    pki, rotated = make_pki(tmp_path, "cluster"), make_pki(tmp_path, "rotated")
+    [n1] = await federation(2, only=[0], **pki)
+    ctx = ssl.create_default_context(cafile=rotated["tls_ca_file"])
+    ctx.load_cert_chain(rotated["tls_cert_file"], rotated["tls_key_file"])
+    url = f"https://127.0.0.1:{n1.federation.channel.port}/cluster"
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+            async with s.ws_connect(url, ssl=ctx):
+                pass
+        for key, path in pki.items():
+            shutil.copy(rotated[key], path)
+        async with s.ws_connect(url, ssl=ctx) as ws:
+            assert (await ws.receive()).type == aiohttp.WSMsgType.BINARY  # the challenge: TLS is through

@@ -97,6 +97,9 @@ class _Connection(asyncio.Protocol):
         self.app_transport: asyncio.BaseTransport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.tls_task: asyncio.Task[None] | None = None
+        #: What TLS delivered before start_tls returned (the HTTP request
+        #: right behind the handshake), for the handler.
+        self.early = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -127,7 +130,7 @@ class _Connection(asyncio.Protocol):
             )
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
             self.gate.metrics.count("cluster_connections_closed", "tls")
-            log.debug("cluster channel TLS handshake with %s failed: %s", self.source, e)
+            log.debug("cluster channel TLS handshake with %s failed: %r", self.source, e)
             transport.abort()
             return
         if tls is None or tls.is_closing():
@@ -139,6 +142,9 @@ class _Connection(asyncio.Protocol):
         self.gate._by_transport[transport] = self
         self.inner = self.gate.handler()
         self.inner.connection_made(transport)
+        if self.early:
+            data, self.early = bytes(self.early), bytearray()
+            self.inner.data_received(data)
 
     def authenticated(self) -> None:
         if self.pending:
@@ -161,6 +167,10 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.inner is not None:
             self.inner.data_received(data)
+        elif len(self.early) + len(data) <= self.gate.config.max_frame:
+            self.early += data
+        elif self.transport is not None:
+            self.transport.abort()
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.inner is not None else None
