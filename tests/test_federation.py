@@ -930,3 +930,22 @@ async def test_tls_files_are_read_again_when_they_change(federation, tmp_path):
             shutil.copy(rotated[key], path)
         async with s.ws_connect(url, ssl=ctx) as ws:
             assert (await ws.receive()).type == aiohttp.WSMsgType.BINARY  # the challenge: TLS is through
+
+
+async def test_chunks_only_up_to_max_message_and_one_connection_per_peer(federation):
+    """#12.9: an authenticated peer's chunks are reassembled up to
+    max_message, beyond which the connection is closed; and a peer's newer
+    connection closes its older one (a peer has one)."""
+    [n1] = await federation(2, only=[0], max_message=65536)
+    async with peer_link(n1) as old:
+        async with peer_link(n1) as new:
+            msg = await asyncio.wait_for(old.ws.receive(), 2.0)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+            for _ in range(5):
+                await new.ws.send_bytes(b"\x00" + b"x" * 16000)  # MORE: 80 kB and counting
+            msg = await asyncio.wait_for(new.ws.receive(), 2.0)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    m = await counters(n1)
+    assert metric(m, "cluster_connections_closed_total", reason="replaced") == 1
+    assert metric(m, "cluster_connections_closed_total", reason="too-large") == 1
+    assert metric(m, "cluster_messages_rejected_total", reason="too-large") == 1
