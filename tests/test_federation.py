@@ -888,7 +888,7 @@ async def test_tls_channel_federates_and_refuses_plain_and_foreign_clients(feder
     import ssl
 
     pki, foreign = make_pki(tmp_path, "cluster"), make_pki(tmp_path, "other")
-    n1, n2 = await federation(2, **pki)
+    n1, n2 = await federation(2, auth_timeout=0.5, **pki)
     w, d = await watch_bob(make_client, n2, n1)
     pub = await make_client("bob", target=n1)
     assert (await pub.publish(pidf(BOB, "open", note="over tls"))).code == 200
@@ -909,6 +909,9 @@ async def test_tls_channel_federates_and_refuses_plain_and_foreign_clients(feder
                 await ws.receive()
     await until(lambda: n1.federation.channel.connections().get("unauthenticated") == 0)
     assert metric(await counters(n1), "cluster_connections_closed_total", reason="tls") >= 2  # aiohttp tries twice
+    # n2's link authenticated over TLS, so auth_timeout did not cut it.
+    assert n1.federation.channel.connections() == {"unauthenticated": 0, "authenticated": 1}
+    assert metric(await counters(n1), "cluster_connections_closed_total", reason="auth-timeout") == 0
 
 
 async def test_tls_files_are_read_again_when_they_change(federation, tmp_path):

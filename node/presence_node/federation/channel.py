@@ -163,7 +163,7 @@ class Channel:
     async def start(self) -> None:
         app = web.Application(client_max_size=1024)
         app.router.add_get(PATH, self._accept)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, **HTTP_LIMITS)  # type: ignore[arg-type]
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, **HTTP_LIMITS)
         await self._runner.setup()
         server = self._runner.server
         assert server is not None
