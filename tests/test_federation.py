@@ -942,11 +942,11 @@ async def test_chunks_only_up_to_max_message_and_one_connection_per_peer(federat
     [n1] = await federation(2, only=[0], max_message=65536)
     async with peer_link(n1) as old:
         async with peer_link(n1) as new:
-            msg = await asyncio.wait_for(old.ws.receive(), 2.0)
+            msg = await asyncio.wait_for(old.ws.receive(), 5.0)
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
             for _ in range(5):
                 await new.ws.send_bytes(b"\x00" + b"x" * 16000)  # MORE: 80 kB and counting
-            msg = await asyncio.wait_for(new.ws.receive(), 2.0)
+            msg = await asyncio.wait_for(new.ws.receive(), 5.0)
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
     m = await counters(n1)
     assert metric(m, "cluster_connections_closed_total", reason="replaced") == 1
