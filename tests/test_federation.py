@@ -952,3 +952,19 @@ async def test_chunks_only_up_to_max_message_and_one_connection_per_peer(federat
     assert metric(m, "cluster_connections_closed_total", reason="replaced") == 1
     assert metric(m, "cluster_connections_closed_total", reason="too-large") == 1
     assert metric(m, "cluster_messages_rejected_total", reason="too-large") == 1
+
+
+async def test_unreadable_tls_files_stop_start_up_with_a_clear_error(tmp_path, monkeypatch):
+    """A missing or bad TLS file is a configuration error at start-up
+    (exit code 2), not a failure at the first connection."""
+    from presence_node.admin.secret import SecretError
+    from presence_node.config import Config
+    from presence_node.node import Node
+
+    monkeypatch.setenv("PRESENCE_CLUSTER_SECRET", CLUSTER_SECRET)
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    for cert in (tmp_path / "missing.pem", tmp_path / "garbage.pem"):
+        cfg = Config.model_validate({"cluster_id": "fed", "state_dir": str(tmp_path), "federation": {
+            "mode": "full-sharing", "tls_cert_file": str(cert), "tls_key_file": str(cert), "tls_ca_file": str(cert)}})
+        with pytest.raises(SecretError, match="TLS"):
+            Node(cfg)

@@ -16,6 +16,8 @@ import os
 import ssl
 from pathlib import Path
 
+from ..admin.secret import SecretError
+
 log = logging.getLogger(__name__)
 
 
@@ -25,7 +27,10 @@ class TlsFiles:
         self._stamp: tuple[int, ...] | None = None
         self._server: ssl.SSLContext | None = None
         self._client: ssl.SSLContext | None = None
-        self.load()  # a bad file stops start-up, not the first connection
+        try:
+            self.load()  # a bad file stops start-up, not the first connection
+        except (OSError, ssl.SSLError) as e:
+            raise SecretError(f"federation TLS files ({cert}, {key}, {ca}) cannot be used: {e}") from e
 
     def load(self) -> None:
         server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca))
