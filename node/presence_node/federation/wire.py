@@ -128,15 +128,16 @@ def _num(v: Any) -> float:
 
 MORE = 0
 LAST = 1
+_MORE, _LAST = bytes([MORE]), bytes([LAST])
 
 
 def frames(data: bytes, max_frame: int) -> list[bytes]:
     """``data`` as frames of at most ``max_frame`` bytes, flag included."""
     size = max_frame - 1
     if len(data) <= size:
-        return [b"\x01" + data]
+        return [_LAST + data]
     n = -(-len(data) // size)
-    return [(b"\x01" if i == n - 1 else b"\x00") + data[i * size : (i + 1) * size] for i in range(n)]
+    return [(_LAST if i == n - 1 else _MORE) + data[i * size : (i + 1) * size] for i in range(n)]
 
 
 def challenge(nonce: str, max_frame: int) -> bytes:
