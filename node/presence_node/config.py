@@ -179,6 +179,8 @@ class Federation(_Strict):
             raise ValueError("peer ids must be unique")
         if self.max_unauthenticated_per_source > self.max_unauthenticated:
             raise ValueError("max_unauthenticated_per_source must not exceed max_unauthenticated")
+        if self.max_frame > self.max_message:
+            raise ValueError("max_frame must not exceed max_message")
         if len({self.tls_cert_file is None, self.tls_key_file is None, self.tls_ca_file is None}) > 1:
             raise ValueError("tls_cert_file, tls_key_file and tls_ca_file go together")
         return self
