@@ -62,6 +62,11 @@ CASES = {
          ("ConfigMap", "pres-west-config"), ("Service", "pres-east-nodes"), ("Service", "pres-west-nodes"),
          ("Service", "pres-sip-east"), ("Service", "pres-sip-west"), ("ServiceAccount", "pres-node")},
     ),
+    "federation-tls": (
+        owner("federation", [{"name": "east", "nodes": 2}], federationTls={"secretRef": {"name": "channel-tls"}}),
+        {("StatefulSet", "pres-east"), ("ConfigMap", "pres-east-config"), ("Service", "pres-east-nodes"),
+         ("Service", "pres-sip-east"), ("ServiceAccount", "pres-node")},
+    ),
 }
 
 
@@ -166,6 +171,12 @@ def check_federation(o: builders.Owner, n: specs.NodeSpec, cfg: Config) -> None:
                         "fullSharing": "full-sharing"}[o.spec.federation_mode]
     assert fed.listen == "0.0.0.0:7060"
     assert str(fed.secret_file) == "/etc/presence/cluster/cluster"
+    # #12.14: TLS files from the spec's Secret, mounted at /etc/presence/cluster-tls.
+    tls = (fed.tls_cert_file, fed.tls_key_file, fed.tls_ca_file)
+    if o.spec.federation_tls is None:
+        assert tls == (None, None, None)
+    else:
+        assert tuple(map(str, tls)) == tuple(f"/etc/presence/cluster-tls/{k}" for k in ("tls.crt", "tls.key", "ca.crt"))
     # federation: every node its own location; federationRedundancy: the spec location.
     own_location = (lambda x: x.name) if o.spec.mode == "federation" else (lambda x: x.location)
     assert cfg.location == own_location(n)
@@ -225,6 +236,14 @@ def test_secrets_are_mounted_by_reference(case):
                                                 "readOnly": True}
         else:
             assert "cluster-secret" not in vols
+        if o.spec.federation_tls is not None:
+            keys = ["tls.crt", "tls.key", "ca.crt"]
+            assert vols["cluster-tls"]["secret"] == {"secretName": o.spec.federation_tls.secret_ref.name, "defaultMode": 0o400,
+                                                     "items": [{"key": k, "path": k} for k in keys]}
+            mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+            assert mounts["cluster-tls"] == {"name": "cluster-tls", "mountPath": "/etc/presence/cluster-tls", "readOnly": True}
+        else:
+            assert "cluster-tls" not in vols
         if loc.database is None:
             assert "db" not in vols
         else:

@@ -104,6 +104,10 @@ def test_unknown_keys_are_errors_naming_the_dotted_key(tmp_path, text, key):
         ("log_level: loud\n", "log_level"),
         ("expiry_interval: 0\n", "expiry_interval"),
         ("storage: {backend: sqlite}\n", "storage.backend"),
+        ("federation: {tls_cert_file: /c.pem, tls_key_file: /k.pem}\n", "federation"),
+        ("federation: {max_frame: 100}\n", "federation.max_frame"),
+        ("federation: {max_unauthenticated: 4, max_unauthenticated_per_source: 8}\n", "federation"),
+        ("federation: {max_frame: 1048576, max_message: 65536}\n", "federation"),
     ],
 )
 def test_bad_values_are_errors_naming_the_dotted_key(tmp_path, text, key):

@@ -7,6 +7,7 @@ test_federation_procs.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -293,12 +294,15 @@ async def test_full_sharing_restarted_node_serves_what_it_never_received(federat
 
 class Cut:
     """A TCP proxy standing between two nodes' cluster channel, which the
-    test can cut (connections closed, new ones refused) and heal."""
+    test can cut (connections closed, new ones refused) and heal; it
+    records what each connection carried towards the target (an
+    eavesdropper's capture)."""
 
     def __init__(self, target_port: int) -> None:
         self.target = target_port
         self.port = free_port(["127.0.0.1"])
         self.open = True
+        self.captured: list[bytearray] = []
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
 
@@ -316,10 +320,14 @@ class Cut:
             writer.close()
             return
         self._writers |= {writer, up_w}
+        capture = bytearray()
+        self.captured.append(capture)
 
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, record: bytearray | None = None) -> None:
             try:
                 while data := await r.read(65536):
+                    if record is not None:
+                        record += data
                     w.write(data)
                     await w.drain()
             except (OSError, asyncio.CancelledError):
@@ -327,7 +335,7 @@ class Cut:
             finally:
                 w.close()
 
-        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+        await asyncio.gather(pipe(reader, up_w, capture), pipe(up_r, writer))
 
     def cut(self) -> None:
         self.open = False
@@ -411,35 +419,36 @@ async def test_forged_replayed_stale_wrong_cluster_and_malformed_messages_are_re
     body = {"key": ["bob@example.com", "presence"], "old": None, "pub": {
         "p": "bob@example.com", "e": "presence", "etag": "n2.x.1", "body": base64.b64encode(doc).decode(),
         "ct": "application/pidf+xml", "exp": time.time() + 60, "rcv": time.time()}}
-    boot = int(time.time() * 1000)
-
-    def env(seq: int, *, cluster: str = "fed", ts: float | None = None, receiver: str = "n1", sender: str = "n2") -> Envelope:
-        return Envelope(cluster, sender, receiver, boot, seq, ts if ts is not None else time.time(), "publish", body)
-
     good = CLUSTER_SECRET.encode()
-    bad = [
-        (seal(b"not-the-cluster-secret-at-all", env(1)), "forged"),
-        (seal(good, env(1))[:-5] + b"XXXXX", "forged"),  # altered after sealing
-        (seal(good, env(1, cluster="other")), "wrong-cluster"),
-        (seal(good, env(1, receiver="n3")), "misdirected"),
-        (seal(good, env(1, sender="n9")), "unknown-peer"),
-        (seal(good, env(1, ts=time.time() - 3600)), "stale"),
-        (b"\x00" * 10, "malformed"),
-    ]
     before = await counters(n1)
-    async with aiohttp.ClientSession() as s:
-        async with s.ws_connect(f"http://127.0.0.1:{n1.federation.channel.port}/cluster") as ws:
-            for data, _ in bad:
-                await ws.send_bytes(data)
-            await asyncio.sleep(0.3)
-            assert len(w.notifies_for(d)) == 1  # nothing applied
-            replayable = seal(good, env(1))
-            await ws.send_bytes(replayable)  # authentic: applied once
-            await w.dialog_notifies(d, 2)
-            await ws.send_bytes(replayable)  # the same bytes again
-            await asyncio.sleep(0.3)
+    async with peer_link(n1) as peer:  # its hello is seq 1
+
+        def env(*, cluster: str = "fed", ts: float | None = None, receiver: str = "n1", sender: str = "n2",
+                nonce: str = peer.nonce) -> Envelope:
+            return Envelope(cluster, sender, receiver, nonce, peer.boot, 2, ts if ts is not None else time.time(),
+                            "publish", body)
+
+        bad = [
+            (seal(b"not-the-cluster-secret-at-all", env()), "forged"),
+            (seal(good, env())[:-5] + b"XXXXX", "forged"),  # altered after sealing
+            (seal(good, env(cluster="other")), "wrong-cluster"),
+            (seal(good, env(receiver="n3")), "misdirected"),
+            (seal(good, env(sender="n9")), "unknown-peer"),
+            (seal(good, env(ts=time.time() - 3600)), "stale"),
+            (seal(good, env(nonce="another-connection")), "replayed"),
+            (b"\x00" * 10, "malformed"),
+        ]
+        for data, _ in bad:
+            await peer.send_raw(data)
+        await asyncio.sleep(0.3)
+        assert len(w.notifies_for(d)) == 1  # nothing applied
+        replayable = seal(good, env())
+        await peer.send_raw(replayable)  # authentic: applied once
+        await w.dialog_notifies(d, 2)
+        await peer.send_raw(replayable)  # the same bytes again
+        await asyncio.sleep(0.3)
     after = await counters(n1)
-    for reason in {r for _, r in bad} | {"replayed"}:
+    for reason in {r for _, r in bad}:
         want = sum(1 for _, r in bad if r == reason) + (reason == "replayed")
         got = metric(after, "cluster_messages_rejected_total", reason=reason) - metric(
             before, "cluster_messages_rejected_total", reason=reason)
@@ -593,8 +602,6 @@ async def test_authentic_messages_with_bad_bodies_change_nothing(federation, mak
     counted, no NOTIFY, nothing stored; the link stays usable."""
     import time
 
-    from presence_node.federation.wire import Envelope, seal
-
     [n1] = await federation(2, only=[0])
     w = await make_client("alice", target=n1)
     _, d = await w.subscribe(BOB)
@@ -610,12 +617,10 @@ async def test_authentic_messages_with_bad_bodies_change_nothing(federation, mak
         ("interest", {"add": [["a@b", "presence", "extra"]], "remove": []}),
         ("teleport", {}),
     ]
-    boot = int(time.time() * 1000)
-    async with aiohttp.ClientSession() as s:
-        async with s.ws_connect(f"http://127.0.0.1:{n1.federation.channel.port}/cluster") as ws:
-            for seq, (kind, body) in enumerate(bodies, start=1):
-                await ws.send_bytes(seal(CLUSTER_SECRET.encode(), Envelope("fed", "n2", "n1", boot, seq, time.time(), kind, body)))
-            await asyncio.sleep(0.3)
+    async with peer_link(n1) as peer:
+        for kind, body in bodies:
+            await peer.send(kind, body)
+        await asyncio.sleep(0.3)
     m = await counters(n1)
     assert metric(m, "cluster_messages_ignored_total", reason="malformed") == 6
     assert metric(m, "cluster_messages_ignored_total", reason="unknown-kind") == 1
@@ -624,3 +629,342 @@ async def test_authentic_messages_with_bad_bodies_change_nothing(federation, mak
         async with s.get(f"http://127.0.0.1:{n1.admin_port}/presentities", headers=AUTH) as r:
             assert (await r.json())["items"] == []
     assert n1.federation.interest["n2"] == set() and "n2" not in n1.federation.remote_tags
+
+
+class FakePeer:
+    """The test playing peer ``sender`` on one connection to a node's
+    cluster channel, after the node's challenge."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, node, sender: str, nonce: str) -> None:
+        import time
+
+        self.ws, self.node, self.sender, self.nonce = ws, node, sender, nonce
+        self.boot = int(time.time() * 1000)
+        self.seq = 0
+
+    def envelope(self, kind: str, body: dict[str, Any], **fields: Any):
+        """The next envelope of the link; ``fields`` override its fields."""
+        import dataclasses
+        import time
+
+        from presence_node.federation.wire import Envelope
+
+        self.seq += 1
+        env = Envelope("fed", self.sender, self.node.config.node_id, self.nonce, self.boot, self.seq, time.time(), kind, body)
+        return dataclasses.replace(env, **fields)
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.ws.send_bytes(b"\x01" + data)  # one frame: the LAST flag, then the message
+
+    async def send(self, kind: str, body: dict[str, Any], *, secret: bytes = CLUSTER_SECRET.encode(), **fields: Any) -> None:
+        from presence_node.federation.wire import seal
+
+        await self.send_raw(seal(secret, self.envelope(kind, body, **fields)))
+
+
+@contextlib.asynccontextmanager
+async def peer_link(node, sender: str = "n2", *, hello: bool = True):
+    """A :class:`FakePeer` connected to ``node``'s channel, its hello sent
+    (unless ``hello`` is False)."""
+    from presence_node.federation.wire import read_challenge
+
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"http://127.0.0.1:{node.federation.channel.port}/cluster") as ws:
+            msg = await asyncio.wait_for(ws.receive(), 2.0)
+            nonce, _ = read_challenge(msg.data)
+            peer = FakePeer(ws, node, sender, nonce)
+            if hello:
+                await peer.send("hello", {})
+            yield peer
+
+
+def bob_publish(note: str) -> dict[str, Any]:
+    """The body of a ``publish`` message of bob's presence, from n2."""
+    import base64
+    import time
+
+    return {"key": ["bob@example.com", "presence"], "old": None, "pub": {
+        "p": "bob@example.com", "e": "presence", "etag": f"n2.{note}.1", "ct": "application/pidf+xml",
+        "body": base64.b64encode(pidf(BOB, "open", note=note)).decode(), "exp": time.time() + 60, "rcv": time.time()}}
+
+
+async def test_a_message_whose_timestamp_is_not_a_number_is_refused(federation, make_client):
+    """#12.14: ``ts`` NaN (or infinite) made the skew check pass (every
+    comparison with NaN is false); now it is malformed, counted, and
+    not applied."""
+    [n1] = await federation(2, only=[0])
+    w = await make_client("alice", target=n1)
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    async with peer_link(n1) as peer:
+        await peer.send("publish", bob_publish("nan"), ts=float("nan"))
+        await peer.send("publish", bob_publish("inf"), ts=float("inf"))
+        await asyncio.sleep(0.3)
+    assert len(w.notifies_for(d)) == 1
+    assert metric(await counters(n1), "cluster_messages_rejected_total", reason="malformed") == 2
+
+
+async def test_a_captured_link_replayed_after_the_receiver_restarts_is_refused(proxied_pair, make_node, cluster_secret_file, make_client):
+    """#12.14: an eavesdropper records n1's link to n2 (a PUBLISH of bob in
+    it), n2 restarts (its memory of sequence numbers is gone) and the
+    recording is played to it within the skew window.  Every message is
+    bound to the connection's challenge from the receiver, so nothing of
+    it is applied: counted as replayed."""
+    n1, n2, proxy = await proxied_pair("full-sharing")
+    await until(lambda: n1.federation.channel.connected("n2") and n2.federation.channel.up("n1"))
+    pub = await make_client("bob", target=n1)
+    assert (await pub.publish(pidf(BOB, "open", note="captured"))).code == 200
+
+    async def held(node) -> list[str]:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{node.admin_port}/presentities", headers=AUTH) as r:
+                return [i["presentity"] for i in (await r.json())["items"]]
+
+    for _ in range(100):
+        if await held(n2):
+            break
+        await asyncio.sleep(0.05)
+    assert await held(n2) == ["bob@example.com"]
+    proxy.cut()  # n1 cannot reach the new n2: only the recording will
+    await n2.stop()
+    n2b = await make_node(node_id="n2", cluster_id="fed", federation={
+        "mode": "full-sharing", "listen": f"127.0.0.1:{proxy.target}", "secret_file": str(cluster_secret_file),
+        "heartbeat": 0.2, "peer_timeout": 1.0, "peers": [{"id": "n1", "address": f"127.0.0.1:{n1.federation.channel.port}"}]})
+    recording = bytes(max(proxy.captured, key=len))
+    _, w = await asyncio.open_connection("127.0.0.1", proxy.target)
+    w.write(recording)
+    await w.drain()
+    await asyncio.sleep(0.5)
+    w.close()
+    assert await held(n2b) == []
+    assert metric(await counters(n2b), "cluster_messages_rejected_total", reason="replayed") >= 1
+
+
+# -- before authentication (#12.9) ----------------------------------------------------
+
+
+async def raw_connection(port: int, source: str = "127.0.0.1", *, upgrade: bool = False):
+    """A TCP connection to a cluster channel from ``source`` (any address of
+    127.0.0.0/8), upgraded to a WebSocket by hand when asked, so the test
+    can send what no WebSocket library would (a frame cut short)."""
+    import base64
+    import os
+
+    r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    if upgrade:
+        key = base64.b64encode(os.urandom(16)).decode()
+        w.write(f"GET /cluster HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 2.0)
+        assert b" 101 " in head.split(b"\r\n")[0], head
+    return r, w
+
+
+async def closed_within(r: asyncio.StreamReader, seconds: float) -> bool:
+    """Whether the node closed the connection within ``seconds``, whatever
+    it sent before."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    try:
+        while (left := end - loop.time()) > 0:
+            if not await asyncio.wait_for(r.read(65536), left):
+                return True
+    except asyncio.TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return False
+
+
+async def test_a_large_frame_before_authentication_closes_the_connection(federation):
+    """#12.9: a WebSocket frame announcing 1 MiB from a client that has not
+    authenticated (the channel accepted up to 16 MiB, and held what came of
+    it) closes the connection at its header, before the payload is read."""
+    [n1] = await federation(2, only=[0])
+    r, w = await raw_connection(n1.federation.channel.port, upgrade=True)
+    w.write(b"\x82\xff" + (1 << 20).to_bytes(8, "big") + b"mask" + b"x" * 4000)  # binary, masked, 1 MiB announced
+    assert await closed_within(r, 3.0)
+    w.close()
+    m = await counters(n1)
+    assert metric(m, "cluster_connections_closed_total", reason="frame-too-large") == 1
+
+
+async def test_a_connection_that_does_not_authenticate_in_time_is_closed(federation):
+    """#12.9: a TCP connection that sends nothing, and a WebSocket that
+    sends no hello, are closed ``auth_timeout`` after accept; a peer that
+    authenticates stays."""
+    [n1] = await federation(2, only=[0], auth_timeout=0.5)
+    port = n1.federation.channel.port
+    silent, w1 = await raw_connection(port)
+    upgraded, w2 = await raw_connection(port, upgrade=True)
+    async with peer_link(n1):
+        assert await closed_within(silent, 3.0) and await closed_within(upgraded, 1.0)
+        await asyncio.sleep(0.5)
+        assert n1.federation.channel.connections() == {"unauthenticated": 0, "authenticated": 1}
+    w1.close()
+    w2.close()
+    assert metric(await counters(n1), "cluster_connections_closed_total", reason="auth-timeout") == 2
+
+
+async def test_unauthenticated_connections_are_capped_per_source_and_in_all(federation):
+    """#12.9: at most 3 unauthenticated connections from one address and
+    5 in all here; beyond, a connection is closed at accept and counted;
+    a peer can authenticate once the others have gone."""
+    [n1] = await federation(2, only=[0], max_unauthenticated=5, max_unauthenticated_per_source=3, auth_timeout=10)
+    port = n1.federation.channel.port
+    held = []
+    for source, expected in [("127.0.0.1", 3), ("127.0.0.2", 5)]:
+        for _ in range(3 if source == "127.0.0.1" else 2):
+            held.append(await raw_connection(port, source))
+        await until(lambda: n1.federation.channel.connections().get("unauthenticated") == expected)
+    over_source, w1 = await raw_connection(port, "127.0.0.1")
+    over_total, w2 = await raw_connection(port, "127.0.0.3")
+    assert await closed_within(over_source, 2.0) and await closed_within(over_total, 2.0)
+    w1.close()
+    w2.close()
+    assert not any([await closed_within(r, 0.1) for r, _ in held])
+    m = await counters(n1)
+    assert metric(m, "cluster_connections_refused_total", reason="per-source") == 1
+    assert metric(m, "cluster_connections_refused_total", reason="total") == 1
+    assert metric(m, "cluster_connections", state="unauthenticated") == 5
+    for _, w in held:
+        w.close()
+    await until(lambda: n1.federation.channel.connections().get("unauthenticated") == 0)
+    async with peer_link(n1) as peer:
+        await peer.send("heartbeat", {})
+        await until(lambda: n1.federation.channel.up("n2"))
+
+
+async def test_forged_messages_are_counted_each_and_logged_once_per_source(federation, caplog):
+    """#12.14: ten connections each sending a forged message: ten counted,
+    one warning line (the log is not the attacker's to fill)."""
+    import os
+
+    [n1] = await federation(2, only=[0])
+    forged = b"\x01" + os.urandom(32) + b'{"v":2}'  # a LAST frame whose MAC is wrong
+    async with aiohttp.ClientSession() as s:
+        for _ in range(10):
+            async with s.ws_connect(f"http://127.0.0.1:{n1.federation.channel.port}/cluster") as ws:
+                await ws.send_bytes(forged)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(ws.receive(), 1.0)  # the challenge
+    await until(lambda: len([r for r in caplog.records if r.getMessage() == "cluster message refused"]) >= 1)
+    await asyncio.sleep(0.3)
+    assert metric(await counters(n1), "cluster_messages_rejected_total", reason="forged") == 10
+    assert len([r for r in caplog.records if r.getMessage() == "cluster message refused"]) == 1
+
+
+# -- TLS (#12.14) ---------------------------------------------------------------------
+
+
+def make_pki(root, name: str) -> dict[str, str]:
+    """A CA and a certificate it signed for 127.0.0.1 (server and client
+    use), made with the openssl command at test time: no key is committed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    d = root / name
+    d.mkdir()
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", f"/CN={name}-ca")
+    run("req", *ec, "-keyout", "node.key", "-out", "node.csr", "-subj", f"/CN={name}-node")
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    run("x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "node.crt", "-days", "2", "-extfile", "ext")
+    return {"tls_cert_file": str(d / "node.crt"), "tls_key_file": str(d / "node.key"), "tls_ca_file": str(d / "ca.crt")}
+
+
+async def test_tls_channel_federates_and_refuses_plain_and_foreign_clients(federation, make_client, tmp_path):
+    """With tls_* set, the channel is TLS both ways (each side's certificate
+    checked against the CA file): the federation works as before; a client
+    speaking plain HTTP, or one whose certificate another CA signed, is
+    dropped during the handshake (counted) without reaching the channel."""
+    import ssl
+
+    pki, foreign = make_pki(tmp_path, "cluster"), make_pki(tmp_path, "other")
+    n1, n2 = await federation(2, auth_timeout=0.5, **pki)
+    w, d = await watch_bob(make_client, n2, n1)
+    pub = await make_client("bob", target=n1)
+    assert (await pub.publish(pidf(BOB, "open", note="over tls"))).code == 200
+    [_, got] = await w.dialog_notifies(d, 2)
+    assert b"over tls" in got.body
+
+    port = n1.federation.channel.port
+    r, plain = await raw_connection(port)
+    plain.write(f"GET /cluster HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    assert await closed_within(r, 3.0)
+    plain.close()
+    assert metric(await counters(n1), "cluster_connections_closed_total", reason="tls") == 1
+    ctx = ssl.create_default_context(cafile=pki["tls_ca_file"])
+    ctx.load_cert_chain(foreign["tls_cert_file"], foreign["tls_key_file"])
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+            async with s.ws_connect(f"https://127.0.0.1:{port}/cluster", ssl=ctx) as ws:
+                await ws.receive()
+    await until(lambda: n1.federation.channel.connections().get("unauthenticated") == 0)
+    assert metric(await counters(n1), "cluster_connections_closed_total", reason="tls") >= 2  # aiohttp tries twice
+    # n2's link authenticated over TLS, so auth_timeout did not cut it.
+    assert n1.federation.channel.connections() == {"unauthenticated": 0, "authenticated": 1}
+    assert metric(await counters(n1), "cluster_connections_closed_total", reason="auth-timeout") == 0
+
+
+async def test_tls_files_are_read_again_when_they_change(federation, tmp_path):
+    """A rotated certificate (new files in place, as a Kubernetes Secret
+    update does) serves the next connection, without a restart."""
+    import shutil
+    import ssl
+
+    pki, rotated = make_pki(tmp_path, "cluster"), make_pki(tmp_path, "rotated")
+    [n1] = await federation(2, only=[0], **pki)
+    ctx = ssl.create_default_context(cafile=rotated["tls_ca_file"])
+    ctx.load_cert_chain(rotated["tls_cert_file"], rotated["tls_key_file"])
+    url = f"https://127.0.0.1:{n1.federation.channel.port}/cluster"
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+            async with s.ws_connect(url, ssl=ctx):
+                pass
+        for key, path in pki.items():
+            shutil.copy(rotated[key], path)
+        async with s.ws_connect(url, ssl=ctx) as ws:
+            assert (await ws.receive()).type == aiohttp.WSMsgType.BINARY  # the challenge: TLS is through
+
+
+async def test_chunks_only_up_to_max_message_and_one_connection_per_peer(federation):
+    """#12.9: an authenticated peer's chunks are reassembled up to
+    max_message, beyond which the connection is closed; and a peer's newer
+    connection closes its older one (a peer has one)."""
+    [n1] = await federation(2, only=[0], max_message=65536)
+    async with peer_link(n1) as old:
+        async with peer_link(n1) as new:
+            msg = await asyncio.wait_for(old.ws.receive(), 5.0)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+            for _ in range(5):
+                await new.ws.send_bytes(b"\x00" + b"x" * 16000)  # MORE: 80 kB and counting
+            msg = await asyncio.wait_for(new.ws.receive(), 5.0)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    m = await counters(n1)
+    assert metric(m, "cluster_connections_closed_total", reason="replaced") == 1
+    assert metric(m, "cluster_connections_closed_total", reason="too-large") == 1
+    assert metric(m, "cluster_messages_rejected_total", reason="too-large") == 1
+
+
+async def test_unreadable_tls_files_stop_start_up_with_a_clear_error(tmp_path, monkeypatch):
+    """A missing or bad TLS file is a configuration error at start-up
+    (exit code 2), not a failure at the first connection."""
+    from presence_node.admin.secret import SecretError
+    from presence_node.config import Config
+    from presence_node.node import Node
+
+    monkeypatch.setenv("PRESENCE_CLUSTER_SECRET", CLUSTER_SECRET)
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    for cert in (tmp_path / "missing.pem", tmp_path / "garbage.pem"):
+        cfg = Config.model_validate({"cluster_id": "fed", "state_dir": str(tmp_path), "federation": {
+            "mode": "full-sharing", "tls_cert_file": str(cert), "tls_key_file": str(cert), "tls_ca_file": str(cert)}})
+        with pytest.raises(SecretError, match="TLS"):
+            Node(cfg)

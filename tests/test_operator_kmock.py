@@ -101,6 +101,8 @@ CEL = [
      "generates its tags"),
     ("federation-mode-only-federation", "self.mode in ['federation', 'federationRedundancy']",
      with_spec(federationMode="fullSharing"), "only valid in modes federation"),
+    ("federation-tls-only-federation", "!has(self.federationTls)",
+     with_spec(federationTls={"secretRef": {"name": "tls"}}), "federationTls is only valid in modes federation"),
 ]
 
 

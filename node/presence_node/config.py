@@ -209,6 +209,27 @@ class Federation(_Strict):
     peer_timeout: float = Field(3.0, gt=0, le=600)
     #: Seconds a message's timestamp may differ from our clock (replay window).
     max_skew: float = Field(30.0, gt=0, le=3600)
+    # Inbound connections before authentication (#12.9): a peer proves it
+    # holds the secret in its first message (the hello), so until then a
+    # connection holds little and not for long.
+    #: Seconds from TCP accept (TLS handshake included) to the hello.
+    auth_timeout: float = Field(5.0, gt=0, le=300)
+    #: Unauthenticated inbound connections in all, and from one address.
+    max_unauthenticated: int = Field(64, ge=1, le=100_000)
+    max_unauthenticated_per_source: int = Field(8, ge=1, le=100_000)
+    #: Largest WebSocket message, in bytes, also before authentication;
+    #: larger cluster messages travel in chunks of this size.
+    max_frame: int = Field(16384, ge=1024, le=16 * 1024 * 1024)
+    #: Largest cluster message once reassembled (authenticated peers only).
+    #: The largest are a resync's, listing every watched presentity (about
+    #: 40 bytes each): 64 MiB is some 1.5 million presentities.
+    max_message: int = Field(64 * 1024 * 1024, ge=65536, le=1024 * 1024 * 1024)
+    #: TLS for the channel (all three or none): this node's certificate
+    #: chain and key (PEM), and the CA that peers' certificates must chain
+    #: to, both ways (mutual TLS).  Re-read when the files change.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
 
     @field_validator("listen")
     @classmethod
@@ -221,7 +242,17 @@ class Federation(_Strict):
         ids = [p.id for p in self.peers]
         if len(ids) != len(set(ids)):
             raise ValueError("peer ids must be unique")
+        if self.max_unauthenticated_per_source > self.max_unauthenticated:
+            raise ValueError("max_unauthenticated_per_source must not exceed max_unauthenticated")
+        if self.max_frame > self.max_message:
+            raise ValueError("max_frame must not exceed max_message")
+        if len({self.tls_cert_file is None, self.tls_key_file is None, self.tls_ca_file is None}) > 1:
+            raise ValueError("tls_cert_file, tls_key_file and tls_ca_file go together")
         return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
 
     @property
     def enabled(self) -> bool:

@@ -41,6 +41,8 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cluster_messages_rejected": ("Cluster messages refused and not applied, by reason", ("reason",)),
     "cluster_messages_lost": ("Cluster messages found missing by sequence number, by sender", ("peer",)),
     "cluster_messages_ignored": ("Cluster messages received but not acted upon, by reason", ("reason",)),
+    "cluster_connections_refused": ("Inbound cluster connections closed at accept, by cap", ("reason",)),
+    "cluster_connections_closed": ("Inbound cluster connections closed by this node, by reason", ("reason",)),
     "federation_queries": ("Presentity queries this node started", ("event",)),
     "federation_resyncs": ("Resyncs this node asked a peer for, by cause", ("cause",)),
 }
@@ -74,6 +76,8 @@ class Metrics:
         self.live: dict[str, int] = {}
         #: The server transaction table (entries, bytes held, evictions), set before a scrape.
         self.transactions = (0, 0, 0)
+        #: Inbound cluster channel connections by state, set before a scrape.
+        self.cluster_connections: dict[str, int] = {}
         #: Group commit of the storage (Storage.batch_counts), set before a scrape.
         self.batches: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
@@ -185,6 +189,10 @@ class Metrics:
             "sip_transactions_evicted", "Completed server transactions forgotten early for the byte budget",
             value=evicted,
         )
+        conns = GaugeMetricFamily("cluster_connections", "Inbound cluster channel connections", labels=["state"])
+        for state, n in sorted(self.cluster_connections.items()):
+            conns.add_metric([state], n)
+        yield conns
         for i, (name, doc) in enumerate((
             ("storage_batches", "Database statements that carried several requests, by request kind"),
             ("storage_batched_requests", "Requests carried by those statements, by request kind"),

@@ -205,6 +205,7 @@ class Node:
         self.metrics.transactions = (len(txns), txns.retained, txns.evicted)
         if self.federation is not None:
             self.metrics.peers_up = self.federation.peers_up
+            self.metrics.cluster_connections = self.federation.channel.connections()
         t = self.transports
         self.metrics.tcp_connections = len(t.connections)
         self.metrics.tcp_queued_bytes = t.queued_total

@@ -48,6 +48,7 @@ OPERATOR_SET_NODE_KEYS = frozenset({
     "cluster_pres_events", "admin_secret_file", "state_dir",
     "storage.backend", "storage.dsn_file",
     "federation.mode", "federation.listen", "federation.location", "federation.peers", "federation.secret_file",
+    "federation.tls_cert_file", "federation.tls_key_file", "federation.tls_ca_file",
 })
 
 
@@ -71,6 +72,20 @@ class SecretRef(_Model):
     operator when absent)."""
 
     name: str = Field(pattern=_K8S_NAME)
+
+
+class FederationTls(_Model):
+    """TLS for the cluster channel: a Secret in the layout cert-manager
+    writes (``tls.crt``, ``tls.key``, ``ca.crt``), mounted on every node.
+    Nodes check each other's certificate against ``ca.crt`` and the peer's
+    address, so the certificate must name every pod's DNS name (e.g. one
+    wildcard per location, ``*.<cluster>-<location>-nodes.<namespace>.svc``)."""
+
+    secret_ref: SecretRef
+
+
+#: The keys of the federationTls Secret, in the order cert, key, CA.
+TLS_KEYS = ("tls.crt", "tls.key", "ca.crt")
 
 
 class Database(_Model):
@@ -138,6 +153,9 @@ class PresenceClusterSpec(_Model):
                     and not isinstance(value, dict):
                 raise ValueError(f"{key} must be a mapping")
         return v
+    #: TLS for the cluster channel (federation modes only; default none:
+    #: messages are authenticated, not encrypted).
+    federation_tls: FederationTls | None = None
 
     @field_validator("events")
     @classmethod
@@ -152,6 +170,9 @@ class PresenceClusterSpec(_Model):
         names = [loc.name for loc in self.locations]
         if self.federation_mode is not None and self.mode not in FEDERATION_MODES:
             raise ValueError(f"federationMode is only valid in modes federation and federationRedundancy "
+                             f"(mode is {self.mode})")
+        if self.federation_tls is not None and self.mode not in FEDERATION_MODES:
+            raise ValueError(f"federationTls is only valid in modes federation and federationRedundancy "
                              f"(mode is {self.mode})")
         if len(set(names)) != len(names):
             raise ValueError("location names must be unique")
@@ -250,13 +271,18 @@ def federation_location(spec: PresenceClusterSpec, node: NodeSpec) -> str:
 
 
 def federation(spec: PresenceClusterSpec, node: NodeSpec, *, listen: str, address: Callable[[NodeSpec], str],
-               secret_file: str) -> dict[str, Any] | None:
+               secret_file: str, tls_dir: str | None = None) -> dict[str, Any] | None:
     """The ``federation`` section of a node's configuration (None outside
     the federation modes): its channel's ``listen`` address, its location,
     and every other node of the cluster as a peer, reached at
-    ``address(peer)``; the cluster secret is read from ``secret_file``."""
+    ``address(peer)``; the cluster secret is read from ``secret_file``, and
+    with ``federationTls`` the TLS files from ``tls_dir`` (where the Secret
+    is mounted; local mode has none and runs the channel without TLS)."""
     if spec.mode not in FEDERATION_MODES:
         return None
+    tls = {}
+    if spec.federation_tls is not None and tls_dir is not None:
+        tls = {f"tls_{kind}_file": f"{tls_dir}/{key}" for kind, key in zip(("cert", "key", "ca"), TLS_KEYS)}
     return {
         "mode": NODE_FEDERATION_MODES[spec.federation_mode or "onDemandSharing"],
         "listen": listen,
@@ -264,6 +290,7 @@ def federation(spec: PresenceClusterSpec, node: NodeSpec, *, listen: str, addres
         "peers": [{"id": p.name, "address": address(p), "location": federation_location(spec, p)}
                   for p in nodes(spec) if p.name != node.name],
         "secret_file": secret_file,
+        **tls,
     }
 
 

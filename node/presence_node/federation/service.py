@@ -98,6 +98,7 @@ class Federation:
         self.remote_tags: dict[str, list[dict[str, Any]]] = {}
         self.channel = Channel(config, secret, self._on_message, self._on_connected, metrics, clock)
         self._handlers: dict[str, Callable[[Envelope], Awaitable[None]]] = {
+            "hello": self._noop,  # the channel's authentication; only its sequence number counts
             "heartbeat": self._noop,
             "state": self._state,
             "interest": self._interest,

@@ -2,8 +2,12 @@
 
 A message is ``MAC || JSON``: a 32-byte HMAC-SHA256, keyed with the cluster
 secret, over the JSON envelope.  The envelope names the cluster, the sender,
-the one receiver it is meant for, the sender's boot (start time in ms), a
-per-link sequence number and a timestamp.  So a receiver can refuse, and
+the one receiver it is meant for, the receiver's challenge for this
+connection (``nonce``, fresh random bytes sent when the connection opens),
+the sender's boot (start time in ms), a per-link sequence number and a
+timestamp.  The nonce binds every message to one connection of one run of
+the receiver: a recording played again, even to a receiver that restarted
+and forgot the sequence numbers, is refused.  So a receiver can refuse, and
 count, each kind of bad input without applying it:
 
 - ``malformed``: not ``MAC || JSON`` of the right shape;
@@ -12,8 +16,9 @@ count, each kind of bad input without applying it:
   message of another cluster, meant for another node, or from a node not
   in our membership;
 - ``stale``: its timestamp is outside the skew window;
-- ``replayed``: its (boot, sequence) is not above the last one delivered
-  from that sender, or its boot is older than the sender's current one.
+- ``replayed``: sealed for another connection (another nonce), or its
+  (boot, sequence) is not above the last one delivered from that sender, or
+  its boot is older than the sender's current one.
 
 Sequence numbers run per link (sender, receiver), over every message, so a
 receiver that sees one skipped knows it lost something (a message sent while
@@ -26,11 +31,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 MAC_SIZE = 32
-VERSION = 1
+VERSION = 2
 
 
 class Rejected(ValueError):
@@ -46,6 +52,7 @@ class Envelope:
     cluster: str
     sender: str
     receiver: str
+    nonce: str
     boot: int
     seq: int
     ts: float
@@ -60,6 +67,7 @@ def seal(secret: bytes, env: Envelope) -> bytes:
             "cluster": env.cluster,
             "from": env.sender,
             "to": env.receiver,
+            "nonce": env.nonce,
             "boot": env.boot,
             "seq": env.seq,
             "ts": env.ts,
@@ -81,7 +89,7 @@ def unseal(secret: bytes, data: bytes) -> Envelope:
     try:
         d = json.loads(payload)
         env = Envelope(
-            _str(d["cluster"]), _str(d["from"]), _str(d["to"]), _int(d["boot"]), _int(d["seq"]),
+            _str(d["cluster"]), _str(d["from"]), _str(d["to"]), _str(d["nonce"]), _int(d["boot"]), _int(d["seq"]),
             _num(d["ts"]), _str(d["kind"]), d["body"],
         )
     except (ValueError, KeyError, TypeError) as e:
@@ -104,9 +112,49 @@ def _int(v: Any) -> int:
 
 
 def _num(v: Any) -> float:
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        raise TypeError("expected a number")
+    # json.loads accepts NaN and Infinity; NaN would pass any comparison
+    # (the skew check), so only finite numbers are timestamps.
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise TypeError("expected a finite number")
     return float(v)
+
+
+# -- framing -------------------------------------------------------------------
+#
+# The receiver's WebSocket accepts messages of at most ``max_frame`` bytes,
+# a bound set before the peer is known.  Each frame starts with a flag byte:
+# MORE (a chunk, the message continues) or LAST; a sender cuts a larger
+# message into chunks, and only an authenticated connection may send them.
+
+MORE = 0
+LAST = 1
+_MORE, _LAST = bytes([MORE]), bytes([LAST])
+
+
+def frames(data: bytes, max_frame: int) -> list[bytes]:
+    """``data`` as frames of at most ``max_frame`` bytes, flag included."""
+    size = max_frame - 1
+    if len(data) <= size:
+        return [_LAST + data]
+    n = -(-len(data) // size)
+    return [(_LAST if i == n - 1 else _MORE) + data[i * size : (i + 1) * size] for i in range(n)]
+
+
+def challenge(nonce: str, max_frame: int) -> bytes:
+    """The receiver's first frame on a new connection: the nonce every
+    message on it must carry, and the frame size it accepts."""
+    return json.dumps({"v": VERSION, "nonce": nonce, "max_frame": max_frame}).encode()
+
+
+def read_challenge(data: bytes) -> tuple[str, int]:
+    try:
+        d = json.loads(data)
+        nonce, max_frame = _str(d["nonce"]), _int(d["max_frame"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise Rejected("malformed", f"challenge: {e}") from e
+    if d.get("v") != VERSION or max_frame < 64:
+        raise Rejected("malformed", "challenge: unknown version or frame size")
+    return nonce, max_frame
 
 
 @dataclass(slots=True)
@@ -131,13 +179,16 @@ class Admission:
     max_skew: float
     _links: dict[str, _Inbound] = field(default_factory=dict)
 
-    def admit(self, env: Envelope, now: float) -> int:
+    def admit(self, env: Envelope, now: float, nonce: str) -> int:
+        """``nonce``: the challenge this connection's receiver sent."""
         if env.cluster != self.cluster:
             raise Rejected("wrong-cluster", env.cluster)
         if env.receiver != self.node:
             raise Rejected("misdirected", env.receiver)
         if env.sender not in self.peers:
             raise Rejected("unknown-peer", env.sender)
+        if env.nonce != nonce:
+            raise Rejected("replayed", f"{env.sender}: sealed for another connection")
         if abs(env.ts - now) > self.max_skew:
             raise Rejected("stale", f"{now - env.ts:.1f}s")
         link = self._links.get(env.sender)

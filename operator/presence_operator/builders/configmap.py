@@ -36,10 +36,12 @@ def node_config(owner: meta.Owner, node: specs.NodeSpec) -> dict[str, Any]:
         "log_format": "json",
     }
     # Federation modes: every other node is a peer, reached at its pod's
-    # stable DNS name; the cluster secret is a file from the cluster's Secret.
+    # stable DNS name; the cluster secret is a file from the cluster's Secret,
+    # and the TLS files (with federationTls) from the spec's.
     fed = specs.federation(spec, node, listen=f"0.0.0.0:{meta.CLUSTER_PORT}",
                            address=lambda p: f"{meta.pod_host(owner, p)}:{meta.CLUSTER_PORT}",
-                           secret_file=f"{meta.CLUSTER_SECRET_DIR}/{meta.CLUSTER_SECRET_KEY}")
+                           secret_file=f"{meta.CLUSTER_SECRET_DIR}/{meta.CLUSTER_SECRET_KEY}",
+                           tls_dir=meta.CLUSTER_TLS_DIR)
     if fed is not None:
         cfg["federation"] = fed
     return specs.with_node_config(spec, cfg)

@@ -1,7 +1,8 @@
 """One StatefulSet per location: stable pod names (``<cluster>-<location>-<i>``
 is node ``<location>-<i>``), each pod reading ``node-<i>.yaml`` from the
 location's ConfigMap.  The DSN, the admin secret and (federation modes) the
-cluster secret are files mounted from Secrets (only the needed key of each)."""
+cluster secret and the channel's TLS files are mounted from Secrets (only
+the needed keys of each)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def build(owner: meta.Owner, location: specs.Location) -> dict[str, Any]:
             "secretName": meta.secret_name(owner), "defaultMode": 0o400,
             "items": [{"key": meta.CLUSTER_SECRET_KEY, "path": meta.CLUSTER_SECRET_KEY}]}})
         mounts.append({"name": "cluster-secret", "mountPath": meta.CLUSTER_SECRET_DIR, "readOnly": True})
+    if federated and spec.federation_tls is not None:
+        volumes.append({"name": "cluster-tls", "secret": {
+            "secretName": spec.federation_tls.secret_ref.name, "defaultMode": 0o400,
+            "items": [{"key": k, "path": k} for k in specs.TLS_KEYS]}})
+        mounts.append({"name": "cluster-tls", "mountPath": meta.CLUSTER_TLS_DIR, "readOnly": True})
     if location.database is not None:
         ref = location.database.secret_ref
         volumes.append({"name": "db", "secret": {"secretName": ref.name, "defaultMode": 0o400,
