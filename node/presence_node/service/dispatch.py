@@ -26,6 +26,7 @@ from ..sip.transaction import IN_PROGRESS, MERGED, ServerTransactions
 from . import eager
 from .context import Incoming, Service
 from .limits import SourceLimiter
+from .overload import OverloadControl
 from .publish import handle_publish
 from .register import handle_register
 from .reply import Reply
@@ -57,6 +58,8 @@ class DispatchMetrics:
 
     def dropped(self, why: str) -> None: ...
 
+    def queue_delay(self, seconds: float) -> None: ...
+
 
 class Dispatcher:
     def __init__(
@@ -79,12 +82,21 @@ class Dispatcher:
         self.max_size = cfg.limits.max_message_size
         self.max_in_progress = cfg.limits.max_in_progress
         self.in_progress = 0
+        self.overload = OverloadControl(cfg.limits.overload_target, cfg.limits.overload_interval)
+        self.retry_after = str(cfg.limits.overload_retry_after)
+        #: A request older than this has outlived its client transaction
+        #: (Timer F, 64*T1, taking the client's T1 to be ours): its client
+        #: has given up, so serving it would apply what it thinks failed.
+        self.max_age = 64 * cfg.notify.t1
         #: Set on SIGTERM: new requests get 503 while NOTIFYs in flight finish.
         self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def receive(self, data: bytes, host: str, port: int, transport: str, send: Send) -> None:
-        """Handle one datagram or one framed stream message."""
+    def receive(
+        self, data: bytes, host: str, port: int, transport: str, send: Send, arrived: float | None = None
+    ) -> None:
+        """Handle one datagram or one framed stream message, received by the
+        kernel at ``arrived`` (time.time(); None: now)."""
         if data[:1] in (b"\r", b"\n"):
             data = data.lstrip(b"\r\n")  # keep-alive CRLFs (RFC 5626 §4.4.1)
             if not data:
@@ -97,10 +109,19 @@ class Dispatcher:
                 self.metrics.dropped("malformed")
             return
         now = self.clock()
+        waited = now - arrived if arrived is not None and arrived < now else 0.0
+        if waited > self.max_age:
+            self.metrics.dropped("too-old")
+            return
         if not self.limiter.allow(host, now):
             # Over its budget: dropped before any parsing, so a flooding
             # source costs us as little as possible and others keep service.
             self.metrics.dropped("rate-limit")
+            return
+        delay = self.overload.delay(waited)
+        self.metrics.queue_delay(delay)
+        if not self.overload.admit(delay, now):
+            self._shed(data, host, port, send)
             return
         self.txns.sweep(now)
         try:
@@ -165,7 +186,7 @@ class Dispatcher:
         if self.draining or self.in_progress >= self.max_in_progress:
             self.txns.abandon(key)
             self.metrics.dropped("overload")
-            self._send(send, method, rb.build(503, [("Retry-After", "5")], to_tag=self.svc.ids.tag()))
+            self._send(send, method, rb.build(503, [("Retry-After", self.retry_after)], to_tag=self.svc.ids.tag()))
             return
         pre = self._precheck(req)
         if pre is not None:
@@ -187,17 +208,17 @@ class Dispatcher:
     ) -> None:
         t0 = time.perf_counter()
         try:
+            phrase = None
             try:
                 reply = await handler(self.svc, inc)
             except RemoteSipError as e:
                 reply = Reply(e.status_hint, list(e.headers), to_tag=self.svc.ids.tag())
                 phrase = f"{reason(e.status_hint)} ({e.reason})" if e.reason else None
-                self._finish(key, send, inc.request.method, rb, reply, transport, inc.now, phrase)
-                return
             except Exception:
                 log.exception("handler failed", extra={"method": inc.request.method})
                 reply = Reply(500, to_tag=self.svc.ids.tag())
-            self._finish(key, send, inc.request.method, rb, reply, transport, inc.now)
+            self.overload.answered(time.perf_counter() - t0)
+            self._finish(key, send, inc.request.method, rb, reply, transport, inc.now, phrase)
             if reply.then is not None:
                 try:
                     await reply.then()
@@ -221,6 +242,36 @@ class Dispatcher:
         data = rb.build(reply.code, reply.headers, reply.body, to_tag=reply.to_tag or self.svc.ids.tag(), phrase=phrase)
         self.txns.complete(key, data, now, reliable=transport != "udp")
         self._send(send, method, data, reply.code)
+
+    def _shed(self, data: bytes, host: str, port: int, send: Send) -> None:
+        """Overloaded: answer 503 from a scan of the few headers a response
+        needs, without parsing the request or running its handler.  A
+        retransmission of a request in progress is dropped (its answer is
+        coming), of one answered gets that answer again."""
+        sp = data.find(b" ")
+        method = data[:sp].decode("ascii", "replace")
+        if method == "ACK":
+            return
+        end = data.find(b"\r\n\r\n")
+        found = _scan(data[: end if end > 0 else 8192])
+        try:
+            if found is None:
+                raise ParseError("missing headers")
+            via = parse_via(found[b"via"][0].split(",")[0])
+        except ParseError:
+            self.metrics.dropped("malformed")
+            return
+        uri = data[sp + 1 : data.find(b" ", sp + 1)].decode("utf-8", "replace")
+        fallback = "\x00".join((uri, found[b"call-id"][0], found[b"cseq"][0], found[b"from"][0]))
+        stored = self.txns.get(ServerTransactions.key(via.branch, via.sent_by, method, fallback))
+        if stored is not None:
+            self.metrics.dropped("retransmission")
+            if stored:
+                send(stored)
+            return
+        self.metrics.dropped("overload-queue")
+        answer = _answer(found, host, port, self.svc.ids.tag(), "503 Service Unavailable", [("Retry-After", self.retry_after)])
+        self._send(send, method, answer, 503)
 
     def _send(self, send: Send, method: str, data: bytes, code: int | None = None) -> None:
         if code is None:
@@ -298,13 +349,11 @@ _SALVAGE = re.compile(rb"(?im)^(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*([
 _LONG = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 
 
-def salvage(data: bytes, err: ParseError, host: str, port: int, to_tag: str = "") -> bytes | None:
-    """A 400 for a request we could not parse, if it names enough to answer
-    (with ``to_tag`` added to a To without one: S01)."""
-    if data.startswith(b"SIP/"):
-        return None  # never answer a response
+def _scan(data: bytes) -> dict[bytes, list[str]] | None:
+    """The headers any response needs (Via, From, To, Call-ID, CSeq), by a
+    regular expression over raw bytes; None if one is missing or unusable."""
     found: dict[bytes, list[str]] = {}
-    for m in _SALVAGE.finditer(data[:8192]):
+    for m in _SALVAGE.finditer(data):
         name = m.group(1).lower()
         name = _LONG.get(name, name)
         try:
@@ -316,10 +365,14 @@ def salvage(data: bytes, err: ParseError, host: str, port: int, to_tag: str = ""
         found.setdefault(name, []).append(value)
     if not all(k in found for k in (b"via", b"from", b"to", b"call-id", b"cseq")):
         return None
-    try:
-        parse_via(found[b"via"][0].split(",")[0])
-    except ParseError:
-        return None
+    return found
+
+
+def _answer(
+    found: dict[bytes, list[str]], host: str, port: int, to_tag: str, status: str, extra: list[tuple[str, str]]
+) -> bytes:
+    """A response from :func:`_scan`'s headers (with ``to_tag`` added to a
+    To without one: S01)."""
     vias = [v.strip() for line in found[b"via"] for v in line.split(",") if v.strip()]
     vias[0] = stamp_via(vias[0], host, port)
     headers = [("Via", v) for v in vias]
@@ -328,8 +381,23 @@ def salvage(data: bytes, err: ParseError, host: str, port: int, to_tag: str = ""
         to = f"{to};tag={to_tag}"
     headers += [("From", found[b"from"][0]), ("To", to)]
     headers += [("Call-ID", found[b"call-id"][0]), ("CSeq", found[b"cseq"][0])]
+    return serialise(f"SIP/2.0 {status}", headers + extra)
+
+
+def salvage(data: bytes, err: ParseError, host: str, port: int, to_tag: str = "") -> bytes | None:
+    """A 400 for a request we could not parse, if it names enough to answer
+    (with ``to_tag`` added to a To without one: S01)."""
+    if data.startswith(b"SIP/"):
+        return None  # never answer a response
+    found = _scan(data[:8192])
+    if found is None:
+        return None
+    try:
+        parse_via(found[b"via"][0].split(",")[0])
+    except ParseError:
+        return None
     phrase = f"Bad Request ({err.reason})"[:120].replace("\r", " ").replace("\n", " ")
     code = err.status_hint if err.status_hint in (400, 413, 505) else 400
     if code != 400:
         phrase = reason(code)
-    return serialise(f"SIP/2.0 {code} {phrase}", headers)
+    return _answer(found, host, port, to_tag, f"{code} {phrase}", [])
