@@ -120,9 +120,7 @@ class Dispatcher:
             return
         delay = self.overload.delay(waited)
         self.metrics.queue_delay(delay)
-        if not self.overload.admit(delay, now):
-            self._shed(data, host, port, send)
-            return
+        admitted = self.overload.admit(delay, now)
         self.txns.sweep(now)
         try:
             msg = parse(data, datagram=transport == "udp", max_size=self.max_size)
@@ -145,6 +143,9 @@ class Dispatcher:
             return  # nowhere to send an answer
         if method == "ACK":
             return  # ACKs to our non-2xx final responses: nothing to do
+        if not admitted:
+            self._shed(req, via, rb, send)
+            return
         missing = [h for h in ("from", "to", "call-id", "cseq") if h not in req.headers]
         bad: str | None = f"missing {', '.join(missing)}" if missing else None
         if bad is None:
@@ -243,35 +244,19 @@ class Dispatcher:
         self.txns.complete(key, data, now, reliable=transport != "udp")
         self._send(send, method, data, reply.code)
 
-    def _shed(self, data: bytes, host: str, port: int, send: Send) -> None:
-        """Overloaded: answer 503 from a scan of the few headers a response
-        needs, without parsing the request or running its handler.  A
+    def _shed(self, req: Request, via: Any, rb: ResponseBuilder, send: Send) -> None:
+        """Overloaded: a 503 before any validation, state or handler.  A
         retransmission of a request in progress is dropped (its answer is
         coming), of one answered gets that answer again."""
-        sp = data.find(b" ")
-        method = data[:sp].decode("ascii", "replace")
-        if method == "ACK":
-            return
-        end = data.find(b"\r\n\r\n")
-        found = _scan(data[: end if end > 0 else 8192])
-        try:
-            if found is None:
-                raise ParseError("missing headers")
-            via = parse_via(found[b"via"][0].split(",")[0])
-        except ParseError:
-            self.metrics.dropped("malformed")
-            return
-        uri = data[sp + 1 : data.find(b" ", sp + 1)].decode("utf-8", "replace")
-        fallback = "\x00".join((uri, found[b"call-id"][0], found[b"cseq"][0], found[b"from"][0]))
-        stored = self.txns.get(ServerTransactions.key(via.branch, via.sent_by, method, fallback))
+        key = ServerTransactions.key(via.branch, via.sent_by, req.method, _fallback_key(req))
+        stored = self.txns.get(key)
         if stored is not None:
             self.metrics.dropped("retransmission")
             if stored:
                 send(stored)
             return
         self.metrics.dropped("overload-queue")
-        answer = _answer(found, host, port, self.svc.ids.tag(), "503 Service Unavailable", [("Retry-After", self.retry_after)])
-        self._send(send, method, answer, 503)
+        self._send(send, req.method, rb.build(503, [("Retry-After", self.retry_after)], to_tag=self.svc.ids.tag()))
 
     def _send(self, send: Send, method: str, data: bytes, code: int | None = None) -> None:
         if code is None:
@@ -349,11 +334,13 @@ _SALVAGE = re.compile(rb"(?im)^(via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[ \t]*([
 _LONG = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 
 
-def _scan(data: bytes) -> dict[bytes, list[str]] | None:
-    """The headers any response needs (Via, From, To, Call-ID, CSeq), by a
-    regular expression over raw bytes; None if one is missing or unusable."""
+def salvage(data: bytes, err: ParseError, host: str, port: int, to_tag: str = "") -> bytes | None:
+    """A 400 for a request we could not parse, if it names enough to answer
+    (with ``to_tag`` added to a To without one: S01)."""
+    if data.startswith(b"SIP/"):
+        return None  # never answer a response
     found: dict[bytes, list[str]] = {}
-    for m in _SALVAGE.finditer(data):
+    for m in _SALVAGE.finditer(data[:8192]):
         name = m.group(1).lower()
         name = _LONG.get(name, name)
         try:
@@ -365,14 +352,10 @@ def _scan(data: bytes) -> dict[bytes, list[str]] | None:
         found.setdefault(name, []).append(value)
     if not all(k in found for k in (b"via", b"from", b"to", b"call-id", b"cseq")):
         return None
-    return found
-
-
-def _answer(
-    found: dict[bytes, list[str]], host: str, port: int, to_tag: str, status: str, extra: list[tuple[str, str]]
-) -> bytes:
-    """A response from :func:`_scan`'s headers (with ``to_tag`` added to a
-    To without one: S01)."""
+    try:
+        parse_via(found[b"via"][0].split(",")[0])
+    except ParseError:
+        return None
     vias = [v.strip() for line in found[b"via"] for v in line.split(",") if v.strip()]
     vias[0] = stamp_via(vias[0], host, port)
     headers = [("Via", v) for v in vias]
@@ -381,23 +364,8 @@ def _answer(
         to = f"{to};tag={to_tag}"
     headers += [("From", found[b"from"][0]), ("To", to)]
     headers += [("Call-ID", found[b"call-id"][0]), ("CSeq", found[b"cseq"][0])]
-    return serialise(f"SIP/2.0 {status}", headers + extra)
-
-
-def salvage(data: bytes, err: ParseError, host: str, port: int, to_tag: str = "") -> bytes | None:
-    """A 400 for a request we could not parse, if it names enough to answer
-    (with ``to_tag`` added to a To without one: S01)."""
-    if data.startswith(b"SIP/"):
-        return None  # never answer a response
-    found = _scan(data[:8192])
-    if found is None:
-        return None
-    try:
-        parse_via(found[b"via"][0].split(",")[0])
-    except ParseError:
-        return None
     phrase = f"Bad Request ({err.reason})"[:120].replace("\r", " ").replace("\n", " ")
     code = err.status_hint if err.status_hint in (400, 413, 505) else 400
     if code != 400:
         phrase = reason(code)
-    return _answer(found, host, port, to_tag, f"{code} {phrase}", [])
+    return serialise(f"SIP/2.0 {code} {phrase}", headers)
