@@ -20,6 +20,7 @@ from ..sip.errors import ParseError, RemoteSipError
 from ..sip.headers import parse_cseq, parse_name_addr, parse_uri, parse_via
 from ..sip.message import Request, serialise
 from ..sip.parser import parse, peek_response
+from ..sip.quick import reject
 from ..sip.response import ResponseBuilder, stamp_via
 from ..sip.status import Status, reason
 from ..sip.transaction import IN_PROGRESS, MERGED, ServerTransactions
@@ -84,6 +85,7 @@ class Dispatcher:
         self.in_progress = 0
         self.overload = OverloadControl(cfg.limits.overload_target, cfg.limits.overload_interval)
         self.retry_after = str(cfg.limits.overload_retry_after)
+        self._retry_after_line = f"Retry-After: {self.retry_after}\r\n".encode()
         #: A request older than this has outlived its client transaction
         #: (Timer F, 64*T1, taking the client's T1 to be ours): its client
         #: has given up, so serving it would apply what it thinks failed.
@@ -118,9 +120,17 @@ class Dispatcher:
             # source costs us as little as possible and others keep service.
             self.metrics.dropped("rate-limit")
             return
-        delay = self.overload.delay(waited)
+        delay = waited + self.svc.storage.queue_delay()
         self.metrics.queue_delay(delay)
         admitted = self.overload.admit(delay, now)
+        if not admitted:
+            quick = reject(data, host, port, b"503 Service Unavailable", self._retry_after_line, self.svc.ids.tag())
+            if quick is not None:  # else the parser's turn, and the 503 below
+                method, key, answer = quick
+                self.metrics.request(method)
+                if method != "ACK":
+                    self._shed(method, key, answer, send)
+                return
         self.txns.sweep(now)
         try:
             msg = parse(data, datagram=transport == "udp", max_size=self.max_size)
@@ -144,7 +154,8 @@ class Dispatcher:
         if method == "ACK":
             return  # ACKs to our non-2xx final responses: nothing to do
         if not admitted:
-            self._shed(req, via, rb, send)
+            key = ServerTransactions.key(via.branch, via.sent_by, method, _fallback_key(req))
+            self._shed(method, key, rb.build(503, [("Retry-After", self.retry_after)], to_tag=self.svc.ids.tag()), send)
             return
         missing = [h for h in ("from", "to", "call-id", "cseq") if h not in req.headers]
         bad: str | None = f"missing {', '.join(missing)}" if missing else None
@@ -218,7 +229,6 @@ class Dispatcher:
             except Exception:
                 log.exception("handler failed", extra={"method": inc.request.method})
                 reply = Reply(500, to_tag=self.svc.ids.tag())
-            self.overload.answered(time.perf_counter() - t0)
             self._finish(key, send, inc.request.method, rb, reply, transport, inc.now, phrase)
             if reply.then is not None:
                 try:
@@ -244,11 +254,10 @@ class Dispatcher:
         self.txns.complete(key, data, now, reliable=transport != "udp")
         self._send(send, method, data, reply.code)
 
-    def _shed(self, req: Request, via: Any, rb: ResponseBuilder, send: Send) -> None:
-        """Overloaded: a 503 before any validation, state or handler.  A
-        retransmission of a request in progress is dropped (its answer is
-        coming), of one answered gets that answer again."""
-        key = ServerTransactions.key(via.branch, via.sent_by, req.method, _fallback_key(req))
+    def _shed(self, method: str, key: str, answer: bytes, send: Send) -> None:
+        """Overloaded: ``answer`` (a 503) before any validation, state or
+        handler.  A retransmission of a request in progress is dropped (its
+        answer is coming), of one answered gets that answer again."""
         stored = self.txns.get(key)
         if stored is not None:
             self.metrics.dropped("retransmission")
@@ -256,7 +265,7 @@ class Dispatcher:
                 send(stored)
             return
         self.metrics.dropped("overload-queue")
-        self._send(send, req.method, rb.build(503, [("Retry-After", self.retry_after)], to_tag=self.svc.ids.tag()))
+        self._send(send, method, answer, 503)
 
     def _send(self, send: Send, method: str, data: bytes, code: int | None = None) -> None:
         if code is None:

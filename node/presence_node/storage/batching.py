@@ -88,6 +88,13 @@ class Batcher(Generic[Item, Result]):
             self._timer = loop.call_later(self.max_wait, self._overdue)
         return await fut
 
+    def backlog(self, now: float) -> float:
+        """How long the requests the next statement cannot carry have
+        waited (loop time): waiting for the statement under way is group
+        commit at work, waiting beyond it is a standing queue."""
+        queue = self._queue
+        return now - queue[self.max_batch][2] if len(queue) > self.max_batch else 0.0
+
     def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
         """Up to max_batch queued requests (those cancelled while queued never run)."""
         batch: list[tuple[Item, asyncio.Future[Result]]] = []

@@ -373,5 +373,8 @@ class MemoryStorage:
     async def counts(self) -> tuple[int, int]:
         return len(self._subs), len({k[0] for k in self._pubs})
 
+    def queue_delay(self) -> float:
+        return 0.0  # nothing queues: every call completes at once
+
     def batch_counts(self) -> dict[str, tuple[int, int, int, int]]:
         return {}  # every step is a dict operation: nothing to group

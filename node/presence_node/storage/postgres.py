@@ -770,6 +770,10 @@ class PostgresStorage:
         assert row is not None
         return int(row[0]), int(row[1])
 
+    def queue_delay(self) -> float:
+        now = asyncio.get_running_loop().time()
+        return max(self.publishes.backlog(now), self.subscribes.backlog(now), self.notifies.backlog(now))
+
     def batch_counts(self) -> dict[str, tuple[int, int, int, int]]:
         return {
             kind: (b.batches, b.batched, b.retried, b.overdue)
