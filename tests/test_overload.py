@@ -86,3 +86,39 @@ async def test_request_older_than_its_transaction_timeout_is_never_applied(make_
     assert (await node.storage.counts())[1] == 0
     assert 'sip_dropped_total{reason="too-old"} 10.0' in node.metrics.render().decode()
     assert (await c.request(_publish(c, "fresh"))).code == 200
+
+
+async def test_shed_503_copies_the_headers_however_they_are_written(make_node, open_clients) -> None:
+    """The 503s are made from the raw header lines where they are plain and
+    through the parser where not (two Via values on a line, compact names,
+    a folded line): either way a well-formed answer with every Via (S01)."""
+    node = await make_node(limits={"overload_target": 0.01, "overload_interval": 0.001})
+    c = await _client(node, open_clients)
+    proxy_via = "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKproxy1"
+
+    def variants(i: int) -> list[bytes]:
+        plain = _publish(c, f"v{i}")
+        top = plain.split(b"\r\n")[1]  # the Via line
+        return [
+            plain,
+            plain.replace(top, top + b", " + proxy_via.encode()),
+            plain.replace(b"\r\nFrom: ", b"\r\nf: ").replace(b"\r\nTo: ", b"\r\nt: ").replace(b"\r\nCall-ID: ", b"\r\ni: "),
+            plain.replace(b"\r\nCSeq: 1 PUBLISH", b"\r\nCSeq:\r\n 1 PUBLISH"),
+        ]
+
+    sent = [v for i in range(40) for v in variants(i)]
+    for data in sent:
+        c.send_bytes(data)
+    time.sleep(0.3)
+
+    answers = await _drain(c)
+    assert len(answers) == len(sent)
+    shed = [r for r in answers if r.code == 503]
+    assert len(shed) >= len(sent) // 2
+    for r in shed:
+        h = r.headers
+        assert h.get("retry-after") == "5" and ";tag=" in (h.get("to") or "")
+        assert h.get("cseq") == "1 PUBLISH" and h.get("call-id") and h.get("from")
+        assert "received=127.0.0.1" in h.values("via")[0]
+    two_vias = [r for r in shed if proxy_via in ",".join(r.headers.values("via"))]
+    assert two_vias, "the second Via value is kept"
