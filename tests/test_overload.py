@@ -12,8 +12,11 @@ import asyncio
 import socket
 import time
 
+import psycopg
 from bodies import PIDF_TYPE, pidf
 from sipclient import SipClient
+
+from presence_node.storage.postgres import PostgresStorage
 
 
 def _publish(c: SipClient, user: str) -> bytes:
@@ -122,3 +125,43 @@ async def test_shed_503_copies_the_headers_however_they_are_written(make_node, o
         assert "received=127.0.0.1" in h.values("via")[0]
     two_vias = [r for r in shed if proxy_via in ",".join(r.headers.values("via"))]
     assert two_vias, "the second Via value is kept"
+
+
+async def test_database_backlog_sheds_new_requests_and_drops_retransmissions(make_node, open_clients, pg_dsn) -> None:
+    """Shared-database mode: requests waiting for a stalled database are a
+    standing queue; new requests get a 503 at once (the database is not
+    touched), a retransmission of a waiting one gets nothing, and the
+    waiting ones are served once the database is back."""
+    node = await make_node(
+        storage_override=PostgresStorage(pg_dsn), limits={"overload_target": 0.02, "overload_interval": 0.1}
+    )
+    c = await _client(node, open_clients)
+    waiting = [_publish(c, f"q{i}") for i in range(40)]  # more than the next statement carries
+    new = [_publish(c, f"new{i}") for i in range(10)]
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as other:
+        async with other.transaction():
+            await other.execute("LOCK TABLE publications IN ACCESS EXCLUSIVE MODE")  # the database stalls
+            for data in waiting:
+                c.send_bytes(data)
+            await asyncio.sleep(0.5)
+            for data in new:  # a steady trickle: a standing queue, not a burst
+                c.send_bytes(data)
+                c.send_bytes(waiting[-1])  # a retransmission of a request still waiting
+                await asyncio.sleep(0.05)
+            early = await _drain(c, 0.3)
+            assert {r.code for r in early} == {503}
+            shed = {r.headers.get("call-id") for r in early}
+            assert shed <= {_call_id(d) for d in new}, "only new requests are answered, with 503"
+            assert len(shed) >= len(new) // 2
+        # The lock is gone: the rest are served, once each.
+        late = await _drain(c, 1.0)
+    served = [r.headers.get("call-id") for r in late]
+    assert sorted(served) == sorted({_call_id(d) for d in waiting + new} - shed)
+    assert {r.code for r in late} == {200}
+    assert (await node.storage.counts())[1] == len(served)
+    await asyncio.sleep(0.15)
+    assert (await c.request(_publish(c, "after"))).code == 200
+
+
+def _call_id(data: bytes) -> str:
+    return data.split(b"\r\nCall-ID: ", 1)[1].split(b"\r\n", 1)[0].decode()

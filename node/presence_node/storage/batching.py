@@ -65,6 +65,9 @@ class Batcher(Generic[Item, Result]):
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        #: Statements started for overdue requests and still running -> when
+        #: their first request was queued.
+        self._stalled: dict[asyncio.Task[None], float] = {}
         #: Statements of several items, the items they carried, the batches
         #: refused as a whole and run again one by one, and the statements
         #: started for requests queued longer than max_wait.
@@ -89,11 +92,15 @@ class Batcher(Generic[Item, Result]):
         return await fut
 
     def backlog(self, now: float) -> float:
-        """How long the requests the next statement cannot carry have
-        waited (loop time): waiting for the statement under way is group
-        commit at work, waiting beyond it is a standing queue."""
+        """How long requests have queued beyond what the database keeps up
+        with (loop time): those the next statement cannot carry, and those
+        of statements started for overdue requests that are still running.
+        Waiting for the statement under way is group commit at work."""
         queue = self._queue
-        return now - queue[self.max_batch][2] if len(queue) > self.max_batch else 0.0
+        waited = now - queue[self.max_batch][2] if len(queue) > self.max_batch else 0.0
+        if self._stalled:
+            waited = max(waited, now - min(self._stalled.values()))
+        return waited
 
     def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
         """Up to max_batch queued requests (those cancelled while queued never run)."""
@@ -104,11 +111,12 @@ class Batcher(Generic[Item, Result]):
                 batch.append((item, fut))
         return batch
 
-    def _start(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+    def _start(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> "asyncio.Task[None]":
         self._inflight += 1
         task = asyncio.ensure_future(self._flush(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _next(self) -> None:
         """Start statements for the queue while a slot is free."""
@@ -124,10 +132,13 @@ class Batcher(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         waited = loop.time() - self._queue[0][2]
         if waited >= self.max_wait * 0.99:
+            since = self._queue[0][2]
             batch = self._take()
             if batch:
                 self.overdue += 1
-                self._start(batch)
+                task = self._start(batch)
+                self._stalled[task] = since
+                task.add_done_callback(self._stalled.pop)
         if self._queue:
             waited = loop.time() - self._queue[0][2]
             self._timer = loop.call_later(max(self.max_wait - waited, 0.001), self._overdue)
