@@ -58,27 +58,21 @@ class UdpSocket:
     we read it, the part of its delay an overloaded node never sees
     otherwise (a 4 MB buffer holds seconds of requests)."""
 
-    def __init__(self, sock: socket.socket, receive: Receive, max_size: int) -> None:
+    def __init__(self, sock: socket.socket, receive: Receive) -> None:
         self.sock = sock
         self.receive = receive
-        self.bufsize = max(max_size, 65535) + 1
-        self._timestamps = True
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        except OSError:
-            self._timestamps = False
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        for opt, value in ((SO_TIMESTAMPNS, 1), (socket.SO_RCVBUF, SOCKET_BUFFER), (socket.SO_SNDBUF, SOCKET_BUFFER)):
             try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, opt, value)
             except OSError:
-                pass
+                pass  # without timestamps a request's wait counts from when we read it
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
         sock = self.sock
         for _ in range(READ_BATCH):
             try:
-                data, ancillary, _, addr = sock.recvmsg(self.bufsize, _ANCILLARY)
+                data, ancillary, _, addr = sock.recvmsg(65536, _ANCILLARY)  # the largest datagram
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -201,7 +195,7 @@ class Transports:
                 if port:
                     raise
                 continue
-            self.udp = UdpSocket(sock, self.receive, self.max_size)
+            self.udp = UdpSocket(sock, self.receive)
             self.port = bound
             self._sweeper = loop.call_later(5.0, self._sweep_idle)
             return bound
