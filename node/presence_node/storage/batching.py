@@ -66,8 +66,8 @@ class Batcher(Generic[Item, Result]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         #: Statements started for overdue requests and still running -> when
-        #: their first request was queued.
-        self._stalled: dict[asyncio.Task[None], float] = {}
+        #: they started.
+        self._overdue_running: dict[asyncio.Task[None], float] = {}
         #: Statements of several items, the items they carried, the batches
         #: refused as a whole and run again one by one, and the statements
         #: started for requests queued longer than max_wait.
@@ -92,14 +92,15 @@ class Batcher(Generic[Item, Result]):
         return await fut
 
     def backlog(self, now: float) -> float:
-        """How long requests have queued beyond what the database keeps up
-        with (loop time): those the next statement cannot carry, and those
-        of statements started for overdue requests that are still running.
-        Waiting for the statement under way is group commit at work."""
+        """How long requests have waited beyond what the database keeps up
+        with (loop time): those the next statement cannot carry, and, when
+        a statement started for overdue requests has itself run longer
+        than ``max_wait``, the database is stalled: for how long.  Waiting
+        for the statement under way is group commit at work."""
         queue = self._queue
         waited = now - queue[self.max_batch][2] if len(queue) > self.max_batch else 0.0
-        if self._stalled:
-            waited = max(waited, now - min(self._stalled.values()))
+        if self._overdue_running:
+            waited = max(waited, now - min(self._overdue_running.values()) - self.max_wait)
         return waited
 
     def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
@@ -132,13 +133,12 @@ class Batcher(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         waited = loop.time() - self._queue[0][2]
         if waited >= self.max_wait * 0.99:
-            since = self._queue[0][2]
             batch = self._take()
             if batch:
                 self.overdue += 1
                 task = self._start(batch)
-                self._stalled[task] = since
-                task.add_done_callback(self._stalled.pop)
+                self._overdue_running[task] = loop.time()
+                task.add_done_callback(self._overdue_running.pop)
         if self._queue:
             waited = loop.time() - self._queue[0][2]
             self._timer = loop.call_later(max(self.max_wait - waited, 0.001), self._overdue)
