@@ -4,7 +4,7 @@ Offered more than it can take, a node that serves requests in arrival
 order serves every one of them late: the backlog sits in the socket's
 receive buffer (seconds of requests) or in front of the database, clients
 retransmit, and the node's whole capacity goes into answers nobody waits
-for any more.  Answering the excess with a 503 that costs a tenth of
+for any more.  Answering the excess with a 503 that costs a sixth of
 serving it keeps the queue short, so what is served is served in time.
 
 Which requests are excess is CoDel's question (RFC 8289): a queue that
