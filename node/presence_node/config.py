@@ -102,6 +102,16 @@ class Limits(_Strict):
     per_source_burst: int = Field(5000, ge=1)
     #: Requests in progress beyond which new ones get 503 Retry-After.
     max_in_progress: int = Field(20000, ge=1)
+    #: Overload control (CoDel-like): a request's queueing delay is the
+    #: time since the kernel received it, or the age of the oldest request
+    #: still in progress if more.  Once that delay stays above the target
+    #: for a whole interval, new requests that waited longer than the
+    #: target get a 503 Retry-After from a header scan (no parse, no
+    #: handler), until a whole interval passes without such a delay.
+    overload_target: float = Field(0.02, ge=0.001, le=10)
+    overload_interval: float = Field(0.1, ge=0.001, le=10)
+    #: Seconds a client is told to wait after that 503.
+    overload_retry_after: int = Field(5, ge=1, le=3600)
     #: TCP connections idle longer than this are closed.
     tcp_idle_timeout: float = Field(300.0, gt=0)
     max_tcp_connections: int = Field(4096, ge=1)

@@ -57,6 +57,15 @@ class _Histogram:
         self.n = 0
 
 
+def _buckets(h: _Histogram) -> list[tuple[str, int]]:
+    cumulative = 0
+    buckets = []
+    for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), h.counts):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    return buckets
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -64,6 +73,9 @@ class Metrics:
             name: defaultdict(float) for name in _COUNTERS
         }
         self._latency: dict[str, _Histogram] = {}
+        self._queue_delay = _Histogram()
+        #: Whether overload control sheds requests now, set before a scrape.
+        self.shedding = False
         #: Gauges set just before a scrape.
         self.subscriptions = 0
         self.presentities = 0
@@ -103,6 +115,12 @@ class Metrics:
         h = self._latency.get(method)
         if h is None:
             h = self._latency[method] = _Histogram()
+        h.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        h.total += seconds
+        h.n += 1
+
+    def queue_delay(self, seconds: float) -> None:
+        h = self._queue_delay
         h.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         h.total += seconds
         h.n += 1
@@ -150,13 +168,18 @@ class Metrics:
             labels=["method"],
         )
         for method, h in sorted(self._latency.items()):
-            cumulative = 0
-            buckets = []
-            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), h.counts):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            hist.add_metric([method], buckets, h.total)
+            hist.add_metric([method], _buckets(h), h.total)
         yield hist
+        delay = HistogramMetricFamily(
+            "sip_queue_delay_seconds",
+            "Queueing delay of each request as overload control sees it: time in the receive buffer"
+            " plus the time requests spend inside the node",
+        )
+        delay.add_metric([], _buckets(self._queue_delay), self._queue_delay.total)
+        yield delay
+        yield GaugeMetricFamily(
+            "sip_overload_shedding", "1 while requests delayed beyond the target are shed", value=int(self.shedding)
+        )
         yield GaugeMetricFamily("presence_subscriptions", "Live subscriptions", value=self.subscriptions)
         yield GaugeMetricFamily(
             "presence_presentities", "Presentities with live publications", value=self.presentities

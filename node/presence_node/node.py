@@ -105,9 +105,9 @@ class Node:
         self.sip_port = 0
         self.admin_port = 0
 
-    def _receive(self, data: bytes, host: str, port: int, transport: str, send) -> None:  # type: ignore[no-untyped-def]
+    def _receive(self, data: bytes, host: str, port: int, transport: str, send, arrived: float | None) -> None:  # type: ignore[no-untyped-def]
         try:
-            self.dispatcher.receive(data, host, port, transport, send)
+            self.dispatcher.receive(data, host, port, transport, send, arrived)
         except Exception:  # never let one message take the listener down
             log.exception("unexpected error handling a message", extra={"source": f"{host}:{port}"})
 
@@ -203,6 +203,7 @@ class Node:
         self.metrics.batches = self.storage.batch_counts()
         txns = self.dispatcher.txns
         self.metrics.transactions = (len(txns), txns.retained, txns.evicted)
+        self.metrics.shedding = self.dispatcher.overload.shedding
         if self.federation is not None:
             self.metrics.peers_up = self.federation.peers_up
             self.metrics.cluster_connections = self.federation.channel.connections()

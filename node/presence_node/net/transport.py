@@ -21,7 +21,9 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from typing import Any, Callable, Protocol
+import struct
+from functools import partial
+from typing import Any, Callable, Optional, Protocol
 
 from ..sip.errors import ParseError
 from ..sip.headers import parse_name_addr, parse_uri
@@ -33,7 +35,9 @@ from .targets import SEND, WAIT, Targets
 
 log = logging.getLogger(__name__)
 
-Receive = Callable[[bytes, str, int, str, Callable[[bytes], None]], None]
+#: (data, source host, source port, transport, send, when the kernel received
+#: it as time.time() or None when unknown)
+Receive = Callable[[bytes, str, int, str, Callable[[bytes], None], Optional[float]], None]
 OnDone = Callable[[int], None]
 SOCKET_BUFFER = 4 * 1024 * 1024
 #: Seconds between sweeps of the TCP connections at most (idle, slow message).
@@ -61,28 +65,74 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, receive: Receive) -> None:
+#: SO_TIMESTAMPNS (Linux; Python 3.11 has no constant): the kernel stamps
+#: each datagram with the time it was received (CLOCK_REALTIME).
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+#: Datagrams read per readiness event before other work gets a turn.
+READ_BATCH = 64
+
+
+class UdpSocket:
+    """The UDP listener, read with recvmsg rather than through a
+    DatagramProtocol: only recvmsg gives the kernel's receive time, and
+    that time is how long a request waited in the receive buffer before
+    we read it, the part of its delay an overloaded node never sees
+    otherwise (a 4 MB buffer holds seconds of requests)."""
+
+    def __init__(self, sock: socket.socket, receive: Receive) -> None:
+        self.sock = sock
         self.receive = receive
-        self.transport: asyncio.DatagramTransport | None = None
+        for opt, value in ((SO_TIMESTAMPNS, 1), (socket.SO_RCVBUF, SOCKET_BUFFER), (socket.SO_SNDBUF, SOCKET_BUFFER)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, value)
+            except OSError:
+                pass  # without timestamps a request's wait counts from when we read it
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-                except OSError:
-                    pass
+    def _readable(self) -> None:
+        sock = self.sock
+        for _ in range(READ_BATCH):
+            try:
+                data, ancillary, _, addr = sock.recvmsg(65536, _ANCILLARY)  # the largest datagram
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("udp error", extra={"error": str(e)})
+                return
+            arrived = None
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                    sec, nsec = _TIMESPEC.unpack_from(value)
+                    arrived = sec + nsec * 1e-9
+            self.receive(data, addr[0], addr[1], "udp", partial(self._reply, addr=addr), arrived)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        t = self.transport
-        assert t is not None
-        self.receive(data, addr[0], addr[1], "udp", lambda d: t.sendto(d, addr))
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Send now or not at all: UDP is unreliable anyway, and a full
+        4 MB send buffer means the peer is not reading.  An address this
+        socket cannot use at all raises (#12.3: the NOTIFY sender fails
+        that one transaction)."""
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            log.debug("udp send buffer full", extra={"peer": f"{addr[0]}:{addr[1]}"})
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp error", extra={"error": str(exc)})
+    def _reply(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A response to where a request came from: nothing to fail."""
+        try:
+            self.sendto(data, addr)
+        except OSError as e:
+            log.debug("udp error", extra={"error": str(e)})
+
+    def close(self) -> None:
+        if self.sock.fileno() < 0:
+            return  # closed already
+        try:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        except RuntimeError:
+            pass
+        self.sock.close()
 
 
 class TcpConnection(asyncio.Protocol):
@@ -124,7 +174,7 @@ class TcpConnection(asyncio.Protocol):
         elif messages or self.message_started is None:
             self.message_started = now
         for msg in messages:
-            self.owner.receive(msg, self.peer[0], self.peer[1], "tcp", self.write)
+            self.owner.receive(msg, self.peer[0], self.peer[1], "tcp", self.write, None)
 
     def write(self, data: bytes) -> None:
         t = self.transport
@@ -164,7 +214,7 @@ class Transports:
         self.receive = receive
         self.host = advertised_host
         self.port = 0
-        self.udp: asyncio.DatagramTransport | None = None
+        self.udp: UdpSocket | None = None
         self.tcp_server: asyncio.base_events.Server | None = None
         self.client = ClientTransactions(t1, t2)
         self.udp_max_size = udp_max_size
@@ -194,21 +244,27 @@ class Transports:
     async def start(self, host: str, port: int) -> int:
         """Bind UDP and TCP on the same port (port 0: pick one free for both)."""
         loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for _ in range(20):
-            udp, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self.receive), local_addr=(host, port))
-            bound = udp.get_extra_info("sockname")[1]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                raise
+            bound = sock.getsockname()[1]
             try:
                 self.tcp_server = await loop.create_server(
                     lambda: TcpConnection(self), host, bound, reuse_address=True, backlog=1024
                 )
             except OSError:
-                udp.close()
+                sock.close()
                 if port:
                     raise
                 continue
-            self.udp = udp  # type: ignore[assignment]
+            self.udp = UdpSocket(sock, self.receive)
             self.port = bound
-            sock = udp.get_extra_info("socket")
             self._family = sock.family
             if sock.family == socket.AF_INET6:
                 # Bound to :: without IPV6_V6ONLY: IPv4 too, as ::ffff:a.b.c.d.

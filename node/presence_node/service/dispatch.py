@@ -25,6 +25,7 @@ from ..sip.errors import ParseError, RemoteSipError
 from ..sip.headers import parse_cseq, parse_name_addr, parse_uri, parse_via
 from ..sip.message import Request, serialise
 from ..sip.parser import parse, peek_response
+from ..sip.quick import reject
 from ..sip.response import Final, ResponseBuilder, final, stamp_via
 from ..sip.status import Status, reason
 from ..sip.transaction import MERGED, ServerTransactions
@@ -32,6 +33,7 @@ from ..storage.base import RequestExpired, StorageUnavailable, request_deadline
 from . import eager
 from .context import Incoming, Service
 from .limits import SourceLimiter
+from .overload import OverloadControl
 from .publish import handle_publish
 from .register import handle_register
 from .reply import Reply
@@ -50,8 +52,6 @@ HANDLERS: dict[str, Handler] = {
 }
 
 Send = Callable[[bytes], None]
-#: Retry-After of a 503 for overload, draining or an unavailable storage.
-RETRY_AFTER = "5"
 
 
 class DispatchMetrics:
@@ -68,6 +68,8 @@ class DispatchMetrics:
     def storage_refused(self, why: str) -> None:
         """A request answered 503 because the storage could not serve it
         (``unavailable``) or its client had given up (``expired``)."""
+
+    def queue_delay(self, seconds: float) -> None: ...
 
 
 class Dispatcher:
@@ -95,12 +97,22 @@ class Dispatcher:
         self.max_vias = cfg.limits.max_vias
         self.max_in_progress = cfg.limits.max_in_progress
         self.in_progress = 0
+        self.overload = OverloadControl(cfg.limits.overload_target, cfg.limits.overload_interval)
+        self.retry_after = str(cfg.limits.overload_retry_after)
+        self._retry_after_line = f"Retry-After: {self.retry_after}\r\n".encode()
+        #: A request older than this has outlived its client transaction
+        #: (Timer F, 64*T1, taking the client's T1 to be ours): its client
+        #: has given up, so serving it would apply what it thinks failed.
+        self.max_age = 64 * cfg.notify.t1
         #: Set on SIGTERM: new requests get 503 while NOTIFYs in flight finish.
         self.draining = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def receive(self, data: bytes, host: str, port: int, transport: str, send: Send) -> None:
-        """Handle one datagram or one framed stream message."""
+    def receive(
+        self, data: bytes, host: str, port: int, transport: str, send: Send, arrived: float | None = None
+    ) -> None:
+        """Handle one datagram or one framed stream message, received by the
+        kernel at ``arrived`` (time.time(); None: now)."""
         if data[:1] in (b"\r", b"\n"):
             data = data.lstrip(b"\r\n")  # keep-alive CRLFs (RFC 5626 §4.4.1)
             if not data:
@@ -113,11 +125,27 @@ class Dispatcher:
                 self.metrics.dropped("malformed")
             return
         now = self.clock()
+        waited = now - arrived if arrived is not None and arrived < now else 0.0
+        if waited > self.max_age:
+            self.metrics.dropped("too-old")
+            return
         if not self.limiter.allow(host, now):
             # Over its budget: dropped before any parsing, so a flooding
             # source costs us as little as possible and others keep service.
             self.metrics.dropped("rate-limit")
             return
+        delay = waited + self.svc.storage.queue_delay()
+        self.metrics.queue_delay(delay)
+        admitted = self.overload.admit(delay, now)
+        if not admitted:
+            quick = reject(data, host, port, b"503 Service Unavailable", self._retry_after_line, self.svc.ids.tag())
+            if quick is not None:  # else the parser's turn, and the 503 below
+                method, key, answer = quick
+                if method == "ACK" or self._shed(method, key, answer, send):
+                    self.metrics.request(method)
+                    return
+                # A retransmission of an answered request: the parser's turn
+                # too (the stored answer takes the request's own headers).
         self.txns.sweep(now)
         try:
             msg = parse(
@@ -143,6 +171,10 @@ class Dispatcher:
             return  # nowhere to send an answer
         if method == "ACK":
             return  # ACKs to our non-2xx final responses: nothing to do
+        if not admitted:
+            key = ServerTransactions.key(via.branch, via.sent_by, method, _fallback_key(req))
+            self._shed(method, key, rb.build(503, [("Retry-After", self.retry_after)], to_tag=self.svc.ids.tag()), send, rb)
+            return
         missing = [h for h in ("from", "to", "call-id", "cseq") if h not in req.headers]
         bad: str | None = f"missing {', '.join(missing)}" if missing else None
         if bad is None:
@@ -184,7 +216,7 @@ class Dispatcher:
         if self.draining or self.in_progress >= self.max_in_progress:
             self.txns.abandon(key)
             self.metrics.dropped("overload")
-            self._send(send, method, rb.build(503, [("Retry-After", RETRY_AFTER)], to_tag=self.svc.ids.tag()))
+            self._send(send, method, rb.build(503, [("Retry-After", self.retry_after)], to_tag=self.svc.ids.tag()))
             return
         pre = self._precheck(req)
         if pre is not None:
@@ -212,6 +244,7 @@ class Dispatcher:
     ) -> None:
         t0 = time.perf_counter()
         try:
+            phrase = None
             try:
                 reply = await handler(self.svc, inc)
             except RemoteSipError as e:
@@ -223,14 +256,14 @@ class Dispatcher:
                 why = "expired" if isinstance(e, RequestExpired) else "unavailable"
                 self.metrics.storage_refused(why)
                 log.warning("storage unavailable", extra={"method": inc.request.method, "error": str(e)})
-                reply = Reply(503, [("Retry-After", RETRY_AFTER)], to_tag=self.svc.ids.tag())
+                reply = Reply(503, [("Retry-After", self.retry_after)], to_tag=self.svc.ids.tag())
                 phrase = "Service Unavailable (storage unavailable)"
                 self._finish(key, send, inc.request.method, rb, reply, transport, inc.now, phrase)
                 return
             except Exception:
                 log.exception("handler failed", extra={"method": inc.request.method})
                 reply = Reply(500, to_tag=self.svc.ids.tag())
-            self._finish(key, send, inc.request.method, rb, reply, transport, inc.now)
+            self._finish(key, send, inc.request.method, rb, reply, transport, inc.now, phrase)
             if reply.then is not None:
                 request_deadline.set(None)  # answered: what follows is the node's own work
                 try:
@@ -256,6 +289,25 @@ class Dispatcher:
         # The table keeps only our part: a retransmission brings the rest.
         self.txns.complete(key, response, now, reliable=transport != "udp", size=response.size)
         self._send(send, method, rb.render(response), reply.code)
+
+    def _shed(self, method: str, key: str, answer: bytes, send: Send, rb: ResponseBuilder | None = None) -> bool:
+        """Overloaded: ``answer`` (a 503) before any validation, state or
+        handler.  A retransmission of a request in progress is dropped (its
+        answer is coming), of one answered gets that answer again, which
+        needs the request parsed (``rb``): without it, False (not handled)."""
+        stored = self.txns.get(key)
+        if isinstance(stored, Final):
+            if rb is None:
+                return False
+            self.metrics.dropped("retransmission")
+            send(rb.render(stored))
+            return True
+        if stored is not None:
+            self.metrics.dropped("retransmission")
+            return True
+        self.metrics.dropped("overload-queue")
+        self._send(send, method, answer, 503)
+        return True
 
     def _send(self, send: Send, method: str, data: bytes, code: int | None = None) -> None:
         if code is None:

@@ -115,6 +115,12 @@ class ServerTransactions:
         self._table[key] = IN_PROGRESS
         return None
 
+    def get(self, key: str) -> object | None:
+        """What :meth:`begin` would return for a retransmission, without
+        starting a transaction: the stored final response,
+        :data:`IN_PROGRESS`, or None when there is no such transaction."""
+        return self._table.get(key)
+
     def exists(self, key: str) -> bool:
         return key in self._table
 

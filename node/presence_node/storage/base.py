@@ -275,6 +275,12 @@ class Storage(Protocol):
     async def counts(self) -> tuple[int, int]:
         """(live subscriptions, presentities with a live publication)."""
 
+    def queue_delay(self) -> float:
+        """Seconds requests have waited for the database beyond the
+        statements under way (0 for a backend without such a queue): part
+        of a request's delay for overload control."""
+        return 0.0
+
     def batch_counts(self) -> dict[str, tuple[int, int, int, int]]:
         """Group commit so far, per request kind: statements that carried
         several requests, the requests they carried, those statements

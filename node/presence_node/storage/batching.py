@@ -71,6 +71,9 @@ class Batcher(Generic[Item, Result]):
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        #: Statements started for overdue requests and still running -> when
+        #: they started.
+        self._overdue_running: dict[asyncio.Task[None], float] = {}
         #: Statements of several items, the items they carried, the batches
         #: refused as a whole and run again one by one, and the statements
         #: started for requests queued longer than max_wait.
@@ -94,6 +97,18 @@ class Batcher(Generic[Item, Result]):
             self._timer = loop.call_later(self.max_wait, self._overdue)
         return await fut
 
+    def backlog(self, now: float) -> float:
+        """How long requests have waited beyond what the database keeps up
+        with (loop time): those the next statement cannot carry, and, when
+        a statement started for overdue requests has itself run longer
+        than ``max_wait``, the database is stalled: for how long.  Waiting
+        for the statement under way is group commit at work."""
+        queue = self._queue
+        waited = now - queue[self.max_batch][2] if len(queue) > self.max_batch else 0.0
+        if self._overdue_running:
+            waited = max(waited, now - min(self._overdue_running.values()) - self.max_wait)
+        return waited
+
     def _take(self) -> list[tuple[Item, asyncio.Future[Result], float | None]]:
         """Up to max_batch queued requests (those cancelled while queued never run)."""
         batch: list[tuple[Item, asyncio.Future[Result], float | None]] = []
@@ -103,11 +118,12 @@ class Batcher(Generic[Item, Result]):
                 batch.append((item, fut, deadline))
         return batch
 
-    def _start(self, batch: list[tuple[Item, asyncio.Future[Result], float | None]]) -> None:
+    def _start(self, batch: list[tuple[Item, asyncio.Future[Result], float | None]]) -> "asyncio.Task[None]":
         self._inflight += 1
         task = asyncio.ensure_future(self._flush(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _next(self) -> None:
         """Start statements for the queue while a slot is free."""
@@ -126,7 +142,9 @@ class Batcher(Generic[Item, Result]):
             batch = self._take()
             if batch:
                 self.overdue += 1
-                self._start(batch)
+                task = self._start(batch)
+                self._overdue_running[task] = loop.time()
+                task.add_done_callback(self._overdue_running.pop)
         if self._queue:
             waited = loop.time() - self._queue[0][2]
             self._timer = loop.call_later(max(self.max_wait - waited, 0.001), self._overdue)

@@ -486,5 +486,8 @@ class MemoryStorage:
     async def refresh_usage(self, source_floor: int) -> None:
         return None  # the counters are exact already
 
+    def queue_delay(self) -> float:
+        return 0.0  # nothing queues: every call completes at once
+
     def batch_counts(self) -> dict[str, tuple[int, int, int, int]]:
         return {}  # every step is a dict operation: nothing to group

@@ -957,6 +957,10 @@ class PostgresStorage:
         self._counts = [totals[k] for k in ("presentities", "publications", "subscriptions", "registrations")]
         self._by_source = {r[1]: int(r[2]) for r in rows if r[0] == "source"}
 
+    def queue_delay(self) -> float:
+        now = asyncio.get_running_loop().time()
+        return max(self.publishes.backlog(now), self.subscribes.backlog(now), self.notifies.backlog(now))
+
     def batch_counts(self) -> dict[str, tuple[int, int, int, int]]:
         return {
             kind: (b.batches, b.batched, b.retried, b.overdue)
