@@ -56,6 +56,9 @@ class Metrics:
         self.subscriptions = 0
         self.presentities = 0
         self.peers_up = 0
+        #: Shared database: whether the LISTEN connection that wakes this
+        #: node for its NOTIFYs is open (None: no shared database).
+        self.listener_up: int | None = None
         #: Group commit of the storage (Storage.batch_counts), set before a scrape.
         self.batches: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
@@ -130,6 +133,12 @@ class Metrics:
             "presence_presentities", "Presentities with live publications", value=self.presentities
         )
         yield GaugeMetricFamily("cluster_peers_up", "Federation peers heard from recently", value=self.peers_up)
+        if self.listener_up is not None:
+            yield GaugeMetricFamily(
+                "presence_notify_listener_up",
+                "Whether the connection that wakes this node for the NOTIFYs it owns is open (else it polls)",
+                value=self.listener_up,
+            )
         for i, (name, doc) in enumerate((
             ("storage_batches", "Database statements that carried several requests, by request kind"),
             ("storage_batched_requests", "Requests carried by those statements, by request kind"),

@@ -30,6 +30,7 @@ from .service.dispatch import Dispatcher
 from .service.expiry import Expirer
 from .service.ids import Ids
 from .service.notify import Notifier
+from .service.owners import Owners
 from .net.transport import Transports
 from .service.tags import SharingTags
 from .federation import Federation
@@ -65,6 +66,10 @@ class Node:
         )
         self.expirer = Expirer(self.storage, self.notifier, config.node_id, self.metrics.expired, time.time)
         self.tags = SharingTags(config, self.storage)
+        self.owners: Owners | None = None
+        if self.storage.shared:
+            self.owners = Owners(config.node_id, self.storage, self.notifier)
+            self.notifier.owners = self.service.owners = self.owners
         self.federation: Federation | None = None
         if config.federation.enabled:
             self.federation = Federation(
@@ -77,13 +82,20 @@ class Node:
             self.service.federation = self.federation
             self.expirer.listener = self.federation
             self.notifier.listener = self.federation
-            self.tags.on_change = self.federation.tags_changed
+        self.tags.on_change = self._tags_changed
         self._secret = secret
         self._runner: web.AppRunner | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self.ready = False
         self.sip_port = 0
         self.admin_port = 0
+
+    def _tags_changed(self) -> None:
+        """This node activated or gave up a tag."""
+        if self.federation is not None:
+            self.federation.tags_changed()
+        if self.owners is not None:
+            self.owners.wake(tags=True)  # a tag taken over: what waited for its owner
 
     def _receive(self, data: bytes, host: str, port: int, transport: str, send) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -102,6 +114,10 @@ class Node:
         cfg = self.config
         await self.storage.start()
         await self.tags.start()
+        if self.owners is not None:
+            from .storage.changes import ChangeFeed  # psycopg only when used
+
+            await self.owners.start(ChangeFeed(self.storage, cfg.node_id, self.owners.wake))  # type: ignore[arg-type]
         host, port = cfg.sip_address
         self.sip_port = await self.transports.start(host, port)
         self.service.sip_port = self.sip_port
@@ -127,6 +143,8 @@ class Node:
             await asyncio.sleep(self.config.expiry_interval)
             # Timer J also runs when no request arrives to sweep it.
             self.dispatcher.txns.sweep(time.time())
+            if self.owners is not None:
+                self.owners.poll()
             try:
                 await self.expirer.sweep()
             except Exception:
@@ -157,6 +175,8 @@ class Node:
         self.metrics.batches = self.storage.batch_counts()
         if self.federation is not None:
             self.metrics.peers_up = self.federation.peers_up
+        if self.owners is not None:
+            self.metrics.listener_up = int(self.owners.listening)
         return self.metrics.render()
 
     async def stop(self) -> None:
@@ -175,6 +195,8 @@ class Node:
         if not self.storage.shared and self.sip_port:
             await self._deactivate()
         await self.notifier.drain(max(0.0, deadline - (time.monotonic() - t0)))
+        if self.owners is not None:
+            await self.owners.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.federation is not None:

@@ -58,7 +58,7 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
         new = svc.ids.etag()
         pub = Publication(presentity, key, new, stored, ctype, now + expires, now, svc.config.tag_for(key))
         # The watchers come with the insert: one storage step, not two.
-        watchers = await svc.storage.insert_publication_watched(pub, now)
+        watchers = await svc.storage.insert_publication_watched(pub, now, svc.notifier.sender_id)
         svc.metrics.publication_change(key, "new")
         if svc.federation is not None:
             svc.federation.published(presentity, key, None, pub)

@@ -89,6 +89,12 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         # which is this dialog's first (terminated() counts it itself).
         sub.cseq, sub.version = FIRST_CSEQ - 1, FIRST_VERSION
         return Reply(Status.OK, headers, to_tag=sub.id, then=lambda: svc.notifier.terminated(sub, "timeout"))
+    owners = svc.owners
+    first_here = owners is None or owners.sends(sub.tag)
+    if not first_here:
+        # Stored with no NOTIFY counted: the first one is the owner's (or
+        # ours if it does not listen), CSeq FIRST_CSEQ from storage.
+        sub.cseq, sub.version = FIRST_CSEQ - 1, FIRST_VERSION
     if event.key == WINFO:
         # Its first document lists the presence watchers: read after the insert.
         await svc.storage.insert_subscription(sub)
@@ -103,11 +109,15 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         current = state
         try:
             if svc.federation is not None:
-                svc.notifier.hold(sub)
+                if first_here:
+                    svc.notifier.hold(sub)
                 if await svc.federation.subscribed(sub, state or []):
                     current = None  # it waited for a query answer: read the state anew
         finally:
-            await svc.notifier.first(sub, current)
+            if first_here:
+                await svc.notifier.first(sub, current)
+            else:
+                await owners.pass_on([sub])  # type: ignore[union-attr]
         if winfo_watchers:
             await svc.notifier.watcher_changed(sub, "active", "subscribe")
 
@@ -133,13 +143,19 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
     contact_hdr = req.headers.values("contact")
     contact = _contact_uri(contact_hdr[0]) if contact_hdr else None
     headers = [("Expires", str(expires)), ("Contact", f"<{svc.contact[inc.transport]}>")]
+    owners = svc.owners
+    here = owners is None or owners.sends(sub.tag)
     if expires == 0:
-        removed = await svc.storage.delete_subscription(sub.id)
+        if here:
+            removed, handed = await svc.storage.delete_subscription(sub.id), False
+        else:
+            removed, handed = await owners.end(sub.id, "timeout")  # type: ignore[union-attr]
         if removed is None:
             raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
 
         async def last_notify() -> None:
-            await svc.notifier.terminated(removed, "timeout")
+            if not handed:  # else the owner of its tag sends it
+                await svc.notifier.terminated(removed, "timeout")
             await svc.notifier.watcher_changed(removed, "terminated", "timeout")
             if svc.federation is not None:
                 await svc.federation.unwatched([(removed.presentity, removed.event)])
@@ -150,6 +166,8 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
     )
     if refreshed is None:
         raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
+    if not here:
+        return Reply(Status.OK, headers, then=lambda: owners.pass_on([refreshed]))  # type: ignore[union-attr]
     return Reply(Status.OK, headers, then=lambda: svc.notifier.notify([refreshed]))
 
 

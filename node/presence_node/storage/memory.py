@@ -51,7 +51,9 @@ class MemoryStorage:
         self._pubs.setdefault((pub.presentity, pub.event), {})[pub.etag] = pub
         heapq.heappush(self._pub_heap, (pub.expires_at, pub.presentity, pub.event, pub.etag))
 
-    async def insert_publication_watched(self, pub: Publication, now: float) -> list[Subscription]:
+    async def insert_publication_watched(
+        self, pub: Publication, now: float, sender: str | None = None
+    ) -> list[Subscription]:
         await self.insert_publication(pub)
         return await self.watchers(pub.presentity, pub.event, now)
 
@@ -241,7 +243,8 @@ class MemoryStorage:
                 self._by_presentity[key] = next(iter(group.values()))
         return sub
 
-    async def watchers(self, presentity: str, event: str, now: float) -> list[Subscription]:
+    async def watchers(self, presentity: str, event: str, now: float, sender: str | None = None) -> list[Subscription]:
+        # One node holds them all: ``sender`` sends to every one.
         group = self._by_presentity.get(presentity)
         if group is None:
             return []

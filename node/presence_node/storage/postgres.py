@@ -70,7 +70,7 @@ MAX_INFLIGHT = 2
 #: starts one of its own (those under way may be stuck on locks).
 MAX_WAIT = 0.1
 
-_PUBLISH_ONE = f"SELECT {_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_PUBLISH_ONE = f"SELECT {_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _SUBSCRIBE_ONE = f"SELECT * FROM presence_subscribe({', '.join(['%s'] * 23)})"
 _NOTIFY_ONE = "SELECT * FROM presence_next_notify(%s, %s, %s, %s)"
 
@@ -290,7 +290,7 @@ class PostgresStorage:
         )
         #: Connections for every statement and transaction (see Leases).
         self.pool = Leases(self._pool, max_size)
-        self.publishes: Batcher[tuple[Publication, float], list[Subscription]] = _batcher(
+        self.publishes: Batcher[tuple[Publication, float, str | None], list[Subscription]] = _batcher(
             self._publish_one, self._publish_many
         )
         self.notifies: Batcher[
@@ -364,26 +364,36 @@ class PostgresStorage:
             _pub_params(pub),
         )
 
-    async def insert_publication_watched(self, pub: Publication, now: float) -> list[Subscription]:
+    async def insert_publication_watched(
+        self, pub: Publication, now: float, sender: str | None = None
+    ) -> list[Subscription]:
         # One statement: the insert and the watcher lookup in presence_publish
-        # (migration 3; the presentity lock orders it against subscribe),
-        # shared with other PUBLISHes under load.
-        return await self.publishes.run((pub, now))
+        # (migration 3; the presentity lock orders it against subscribe;
+        # migration 6 routes the watchers), shared with other PUBLISHes
+        # under load.
+        return await self.publishes.run((pub, now, sender))
 
     @staticmethod
-    def _publish_params(pub: Publication, now: float) -> tuple[Any, ...]:
+    def _publish_params(pub: Publication, now: float, sender: str | None) -> tuple[Any, ...]:
         return (pub.presentity, pub.event, pub.etag, pub.body, pub.content_type, pub.expires_at, pub.received_at,
-                pub.tag, now)
+                pub.tag, now, sender)
 
-    async def _publish_one(self, item: tuple[Publication, float]) -> list[Subscription]:
+    async def _publish_one(self, item: tuple[Publication, float, str | None]) -> list[Subscription]:
         return [_sub(r) for r in await self._rows(_PUBLISH_ONE, self._publish_params(*item))]
 
-    async def _publish_many(self, items: list[tuple[Publication, float]]) -> list[list[Subscription]]:
+    async def _publish_many(self, items: list[tuple[Publication, float, str | None]]) -> list[list[Subscription]]:
+        # In presentity order, as _notify_many: the calls may row-lock
+        # notify_queue rows (migration 6), so two nodes' batches take them
+        # in the same order.
+        order = sorted(range(len(items)), key=lambda i: (items[i][0].presentity, items[i][0].event))
         per_call = await self._batch(
-            "presence_publish", _SUB_COLUMNS, 21, [self._publish_params(*item) for item in items],
-            "shared", [pub.presentity for pub, _ in items],
+            "presence_publish", _SUB_COLUMNS, 21, [self._publish_params(*items[i]) for i in order],
+            "shared", [items[i][0].presentity for i in order],
         )
-        return [[_sub(r) for r in rows] for rows in per_call]
+        out: list[list[Subscription]] = [[]] * len(items)
+        for position, i in enumerate(order):
+            out[i] = [_sub(r) for r in per_call[position]]
+        return out
 
     async def replace_publication(
         self,
@@ -591,11 +601,16 @@ class PostgresStorage:
             )
         return _sub(row) if row else None
 
-    async def watchers(self, presentity: str, event: str, now: float) -> list[Subscription]:
-        rows = await self._rows(
-            f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE presentity = %s AND event = %s AND expires_at > %s",
-            (presentity, event, now),
-        )
+    async def watchers(self, presentity: str, event: str, now: float, sender: str | None = None) -> list[Subscription]:
+        if sender is not None:  # one statement, the others queued (migration 6)
+            rows = await self._rows(
+                f"SELECT {_SUB_COLUMNS} FROM presence_route(%s, %s, %s, %s)", (presentity, event, now, sender)
+            )
+        else:
+            rows = await self._rows(
+                f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE presentity = %s AND event = %s AND expires_at > %s",
+                (presentity, event, now),
+            )
         return [_sub(r) for r in rows]
 
     async def next_notify(self, sub_ids: Collection[str]) -> dict[str, tuple[int, int]]:
