@@ -18,6 +18,7 @@ from ..sip.status import Status
 from ..storage import Subscription
 from .context import Incoming, Service
 from .notify import FIRST_CSEQ, FIRST_VERSION, WINFO
+from .owners import Owners
 from .reply import Reply
 
 #: Dialog-package event parameters that select dialogs (RFC 4235 §3.2, S65).
@@ -89,9 +90,8 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         # which is this dialog's first (terminated() counts it itself).
         sub.cseq, sub.version = FIRST_CSEQ - 1, FIRST_VERSION
         return Reply(Status.OK, headers, to_tag=sub.id, then=lambda: svc.notifier.terminated(sub, "timeout"))
-    owners = svc.owners
-    first_here = owners is None or owners.sends(sub.tag)
-    if not first_here:
+    elsewhere = _sender_elsewhere(svc, sub)
+    if elsewhere is not None:
         # Stored with no NOTIFY counted: the first one is the owner's (or
         # ours if it does not listen), CSeq FIRST_CSEQ from storage.
         sub.cseq, sub.version = FIRST_CSEQ - 1, FIRST_VERSION
@@ -109,15 +109,15 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         current = state
         try:
             if svc.federation is not None:
-                if first_here:
+                if elsewhere is None:
                     svc.notifier.hold(sub)
                 if await svc.federation.subscribed(sub, state or []):
                     current = None  # it waited for a query answer: read the state anew
         finally:
-            if first_here:
+            if elsewhere is None:
                 await svc.notifier.first(sub, current)
             else:
-                await owners.pass_on([sub])  # type: ignore[union-attr]
+                await elsewhere.pass_on([sub])
         if winfo_watchers:
             await svc.notifier.watcher_changed(sub, "active", "subscribe")
 
@@ -143,13 +143,12 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
     contact_hdr = req.headers.values("contact")
     contact = _contact_uri(contact_hdr[0]) if contact_hdr else None
     headers = [("Expires", str(expires)), ("Contact", f"<{svc.contact[inc.transport]}>")]
-    owners = svc.owners
-    here = owners is None or owners.sends(sub.tag)
+    elsewhere = _sender_elsewhere(svc, sub)
     if expires == 0:
-        if here:
+        if elsewhere is None:
             removed, handed = await svc.storage.delete_subscription(sub.id), False
         else:
-            removed, handed = await owners.end(sub.id, "timeout")  # type: ignore[union-attr]
+            removed, handed = await elsewhere.end(sub.id, "timeout")
         if removed is None:
             raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
 
@@ -166,9 +165,16 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
     )
     if refreshed is None:
         raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
-    if not here:
-        return Reply(Status.OK, headers, then=lambda: owners.pass_on([refreshed]))  # type: ignore[union-attr]
+    if elsewhere is not None:
+        return Reply(Status.OK, headers, then=lambda: elsewhere.pass_on([refreshed]))
     return Reply(Status.OK, headers, then=lambda: svc.notifier.notify([refreshed]))
+
+
+def _sender_elsewhere(svc: Service, sub: Subscription) -> Owners | None:
+    """The owners when another node, the owner of the subscription's tag,
+    sends its NOTIFYs (shared database); None when this node does."""
+    owners = svc.owners
+    return owners if owners is not None and not owners.sends(sub.tag) else None
 
 
 def _contact_uri(value: str) -> str:

@@ -97,7 +97,7 @@ class ChangeFeed:
                             self.on_wake(True)
                         elif n.payload == self.node:
                             self.on_wake(False)
-            except (psycopg.Error, OSError) as e:
+            except Exception as e:  # whatever broke it, listen again
                 if self.up:
                     log.warning("LISTEN connection lost; polling the notify queue", extra={"error": str(e)})
             finally:
