@@ -23,9 +23,13 @@ database (storage/changes.py):
 This node keeps the names of the tags it owns for those decisions, re-read
 whenever a tag changes owner (the database wakes every node) and after each
 of its own activations; whatever the owner takes from its queue is fenced
-by the database (only rows of tags it owns at that moment).  A change made
-while a tag has no owner, or a dead one, waits in the queue for the next
-owner.
+by the database (only rows of tags it owns at that moment).  The database
+queues only for an owner that listens: for a tag with no owner, or one
+that is dead, stopped or cut off, the node that handles the change or
+request sends, as nobody else can be sending (the behaviour before this
+rule, so a dead owner's watchers are not left silent until a failover).
+What was queued for an owner that died since waits for the tag's next
+owner, which takes it when it activates the tag.
 """
 
 from __future__ import annotations
