@@ -17,7 +17,7 @@ import pytest
 from bodies import pidf
 from presence_node.storage.postgres import PostgresStorage
 from sipclient import Dialog, SipClient
-from wire import cseq_num, sub_state
+from wire import cseq_num, parse_metrics, sub_state
 
 BOB = "sip:bob@example.com"
 LB = ({"n1": "active", "n2": "backup"}, {"n1": "backup", "n2": "active"})
@@ -162,6 +162,9 @@ async def test_ha_requests_through_the_backup_are_notified_by_the_active_node(cl
     assert w.senders_for(d) == [address(a)] * 4
     await asyncio.sleep(0.3)
     assert len(w.notifies_for(d)) == 4
+    m = parse_metrics((await a.metrics_text()).decode())
+    assert m[("presence_notify_queue_taken_total", (("kind", "notify"),))] >= 3
+    assert m[("presence_notify_queue_taken_total", (("kind", "terminated"),))] == 1
 
 
 async def listening(node) -> bool:

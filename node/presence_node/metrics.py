@@ -31,6 +31,10 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cluster_messages_rejected": ("Cluster messages refused and not applied, by reason", ("reason",)),
     "cluster_messages_lost": ("Cluster messages found missing by sequence number, by sender", ("peer",)),
     "cluster_messages_ignored": ("Cluster messages received but not acted upon, by reason", ("reason",)),
+    "presence_notify_queue_taken": (
+        "NOTIFYs this node sent for a change or request another node saw (taken from the shared queue), by kind",
+        ("kind",),
+    ),
     "federation_queries": ("Presentity queries this node started", ("event",)),
     "federation_resyncs": ("Resyncs this node asked a peer for, by cause", ("cause",)),
 }

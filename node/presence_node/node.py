@@ -68,7 +68,7 @@ class Node:
         self.tags = SharingTags(config, self.storage)
         self.owners: Owners | None = None
         if self.storage.shared:
-            self.owners = Owners(config.node_id, self.storage, self.notifier)
+            self.owners = Owners(config.node_id, self.storage, self.notifier, self.metrics)
             self.notifier.owners = self.service.owners = self.owners
         self.federation: Federation | None = None
         if config.federation.enabled:

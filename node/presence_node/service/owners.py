@@ -61,11 +61,18 @@ class NotifyQueue(Protocol):
     async def end(self, sub_id: str, reason: str) -> tuple[Subscription | None, bool]: ...
 
 
+class Counting(Protocol):
+    def count(self, name: str, label: str, n: int = 1) -> None: ...
+
+
 class Owners:
-    def __init__(self, node: str, storage: Storage, notifier: Notifier, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, node: str, storage: Storage, notifier: Notifier, metrics: Counting, clock: Callable[[], float] = time.time
+    ) -> None:
         self.node = node
         self.storage = storage
         self.notifier = notifier
+        self.metrics = metrics
         self.clock = clock
         self.queue: NotifyQueue | None = None
         #: Tags this node owned when last read.
@@ -133,6 +140,10 @@ class Owners:
     async def _take(self) -> None:
         assert self.queue is not None
         live, ended = await self.queue.take(self.clock())
+        if live:
+            self.metrics.count("presence_notify_queue_taken", "notify", len(live))
+        if ended:
+            self.metrics.count("presence_notify_queue_taken", "terminated", len(ended))
         groups: dict[tuple[str, str], dict[str, Subscription]] = {}
         for s in live:
             groups.setdefault((s.presentity, s.event), {})[s.id] = s
