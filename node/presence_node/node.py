@@ -1,9 +1,12 @@
 """The node: builds the parts from a :class:`Config`, starts and stops them.
 
-Start order: storage, sharing tags, SIP sockets (UDP and TCP on one port),
+Start order: storage, sharing tags, (shared database) the connection that
+listens for the NOTIFYs of its tags, SIP sockets (UDP and TCP on one port),
 the cluster channel (federation), the expiry timer, then the admin API, and
 only then ready.  Stop order
-(SIGTERM): not ready, new SIP requests answered 503 (the sockets stay open,
+(SIGTERM): not ready, on a shared database no longer listening for the
+NOTIFYs of its tags (other nodes send them from then on) after taking what
+was queued for it, new SIP requests answered 503 (the sockets stay open,
 since the responses to NOTIFYs in flight arrive on them), handlers in
 flight finish, subscriptions that die with the node are ended with
 ``deactivated`` (S30), NOTIFYs in flight finish (all bounded by
@@ -191,12 +194,12 @@ class Node:
                 pass
         deadline = self.config.drain_timeout
         t0 = time.monotonic()
-        await self.dispatcher.drain(deadline)
+        if self.owners is not None:
+            await self.owners.close(deadline)
+        await self.dispatcher.drain(max(0.0, deadline - (time.monotonic() - t0)))
         if not self.storage.shared and self.sip_port:
             await self._deactivate()
         await self.notifier.drain(max(0.0, deadline - (time.monotonic() - t0)))
-        if self.owners is not None:
-            await self.owners.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.federation is not None:

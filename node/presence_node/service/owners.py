@@ -82,6 +82,7 @@ class Owners:
         #: The last take failed (the database was away): the next poll retries.
         self._failed = False
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def sends(self, tag: str) -> bool:
         """Whether this node sends the NOTIFYs of subscriptions under ``tag``."""
@@ -92,14 +93,18 @@ class Owners:
         await self._read_tags()
         await queue.start()
 
-    async def close(self) -> None:
+    async def close(self, timeout: float) -> None:
+        """Stop listening, so that other nodes send this node's NOTIFYs
+        from now on (as for a dead owner), then take what was queued for it
+        before (bounded by ``timeout``)."""
         if self.queue is not None:
             await self.queue.close()
+            self.wake()
+        self._closed = True
         if self._task is not None:
-            self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
+                await asyncio.wait_for(self._task, timeout)
+            except (TimeoutError, asyncio.CancelledError):
                 pass
 
     @property
@@ -112,7 +117,7 @@ class Owners:
         one more take, so under load one statement takes many."""
         self._wanted = True
         self._tags_wanted |= tags
-        if self._task is None or self._task.done():
+        if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.ensure_future(self._run())
 
     def poll(self) -> None:
