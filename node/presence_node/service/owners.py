@@ -145,13 +145,14 @@ class Owners:
     async def _take(self) -> None:
         assert self.queue is not None
         live, ended = await self.queue.take(self.clock())
-        if live:
-            self.metrics.count("presence_notify_queue_taken", "notify", len(live))
-        if ended:
-            self.metrics.count("presence_notify_queue_taken", "terminated", len(ended))
+        # A subscription may come twice (a change and a refresh): one NOTIFY.
         groups: dict[tuple[str, str], dict[str, Subscription]] = {}
         for s in live:
             groups.setdefault((s.presentity, s.event), {})[s.id] = s
+        if groups:
+            self.metrics.count("presence_notify_queue_taken", "notify", sum(map(len, groups.values())))
+        if ended:
+            self.metrics.count("presence_notify_queue_taken", "terminated", len(ended))
         # Concurrently: their CSeq statements share a batch.
         await asyncio.gather(
             *(self.notifier.notify(list(g.values())) for g in groups.values()),
