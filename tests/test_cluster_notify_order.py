@@ -167,6 +167,25 @@ async def test_ha_requests_through_the_backup_are_notified_by_the_active_node(cl
     assert m[("presence_notify_queue_taken_total", (("kind", "terminated"),))] == 1
 
 
+async def test_ha_backup_serves_a_dialog_itself_while_the_active_node_is_down(cluster, make_client):
+    """An owner that does not listen (here stopped, vip not moved) leaves
+    its dialogs to the node that handles their requests: nobody else can
+    be sending (the watchers are not left silent until a failover)."""
+    a, b = await cluster("ha")
+    await a.stop()
+    w = await make_client("alice", target=b)
+    resp, d = await w.subscribe(BOB)
+    assert resp.code == 200
+    await w.dialog_notifies(d, 1)
+    pub = await make_client("bob", target=b)
+    assert (await pub.publish(body("p", "owner-down"))).code == 200
+    await last_note_is(w, d, ["owner-down"])
+    assert (await w.resubscribe(d, 0)).code == 200
+    notes = await w.dialog_notifies(d, 3)
+    assert [cseq_num(n) for n in notes] == [1, 2, 3] and sub_state(notes[-1])[0] == "terminated"
+    assert w.senders_for(d) == [address(b)] * 3
+
+
 async def listening(node) -> bool:
     return re.search(r"^presence_notify_listener_up 1\.0$", (await node.metrics_text()).decode(), re.M) is not None
 
