@@ -4,7 +4,9 @@ Two nodes on one real PostgreSQL, in one event loop, over real sockets.
 Only the owner of a subscription's sharing tag sends its NOTIFYs, whichever
 node received the request that caused them, so the NOTIFYs of one dialog
 leave one node, one at a time (D7), in CSeq order (S09: a watcher answers
-a lower CSeq with 500, and some phones then drop the dialog)."""
+a lower CSeq with 500, and some phones then drop the dialog).  An owner
+that does not listen (stopped, its connection cut) or no owner at all
+leaves them to the node that handles the change: nobody else sends."""
 
 from __future__ import annotations
 
