@@ -51,6 +51,8 @@ class SipClient:
         self.domain = domain
         self.inbox: asyncio.Queue[Request | Response] = asyncio.Queue()
         self.notifies: list[Request] = []
+        #: Where each of ``notifies`` came from ((host, port) over UDP, None over TCP).
+        self.notify_sources: list[tuple[str, int] | None] = []
         self.raw: list[bytes] = []
         #: Code to answer NOTIFYs with; None = do not answer.
         self.notify_answer: int | None = 200
@@ -97,6 +99,7 @@ class SipClient:
         msg = parse(data, datagram=self.transport == "udp")
         if isinstance(msg, Request) and msg.method == "NOTIFY":
             self.notifies.append(msg)
+            self.notify_sources.append(source[:2] if source else None)
             self._notify_event.set()
             if self.notify_answer is not None:
                 # Answer where the NOTIFY came from: in a cluster that may
@@ -254,6 +257,10 @@ class SipClient:
 
     def notifies_for(self, d: Dialog) -> list[Request]:
         return [n for n in self.notifies if n.headers.get("call-id") == d.call_id]
+
+    def senders_for(self, d: Dialog) -> list[tuple[str, int] | None]:
+        """The source address of each of :meth:`notifies_for` (the node that sent it)."""
+        return [s for n, s in zip(self.notifies, self.notify_sources) if n.headers.get("call-id") == d.call_id]
 
     async def dialog_notifies(self, d: Dialog, n: int, timeout: float = 3.0) -> list[Request]:
         return await self.wait_notifies(n, timeout, lambda m: m.headers.get("call-id") == d.call_id)

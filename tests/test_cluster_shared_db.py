@@ -152,6 +152,9 @@ async def test_failed_notify_seen_by_a_non_owner_keeps_the_subscription(cluster,
     _, d = await w.subscribe(BOB)
     await w.dialog_notifies(d, 1)
     w.notify_answer = 481
+    # A backup sends only while the owner does not listen for its NOTIFYs.
+    assert a.owners is not None and a.owners.queue is not None
+    await a.owners.queue.close()
     pub = await make_client("bob", target=b)
     await pub.publish(pidf(BOB))  # B notifies; the watcher answers 481
     await w.dialog_notifies(d, 2)

@@ -2,11 +2,13 @@
 """Cross-node NOTIFY latency and the four cross-node behaviours, for our
 2-node cluster and for the Kamailio shared-DB cluster (stdlib only).
 
-    crossnode.py [--cluster node|kamailio|both] [-w 20] [-p 200] [-k K] [--rate 50]
+    crossnode.py [--cluster node|kamailio|both] [--mode ha|lb] [-w 20] [-p 200] [-k K] [--rate 50]
                  [--no-start] [--skip-behaviours] [--out FILE]
 
 For each cluster (default both: ours, then Kamailio's), started fresh with
-nodes.sh (--mode ha: vip active on node 1) or kamailio.sh unless --no-start:
+nodes.sh (--mode ha: vip active on node 1, so node 1 sends every NOTIFY;
+--mode lb: each node's own tag, so node 2 sends the NOTIFYs of its watchers,
+woken through the database) or kamailio.sh unless --no-start:
 
 latency  W watchers SUBSCRIBE through node 2 (Expires 3600) to K presentities
          (default K = W: one watcher each; -k 1: all on one presentity); each
@@ -271,7 +273,9 @@ def expiry(c, a, window):
 
 
 def run_cluster(name, a):
-    c = CLUSTERS[name]
+    c = dict(CLUSTERS[name])
+    if name == "node":
+        c["start"] = c["start_expiry"] = c["start"][:-1] + [a.mode]
     rec = {"cluster": name, "ports": [c["n1"], c["n2"]]}
     timeout = a.timeout if a.timeout is not None else c["timeout"]
     c = dict(c, timeout=timeout)
@@ -359,6 +363,7 @@ def run_all(names, run_cluster, a, prefix):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cluster", choices=["node", "kamailio", "both"], default="both")
+    ap.add_argument("--mode", choices=["ha", "lb"], default="ha", help="our cluster's mode (nodes.sh)")
     ap.add_argument("-w", "--watchers", type=int, default=20)
     ap.add_argument("-p", "--publishes", type=int, default=200)
     ap.add_argument("-k", "--presentities", type=int, default=0, help="default: one per watcher")

@@ -43,6 +43,10 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cluster_messages_ignored": ("Cluster messages received but not acted upon, by reason", ("reason",)),
     "cluster_connections_refused": ("Inbound cluster connections closed at accept, by cap", ("reason",)),
     "cluster_connections_closed": ("Inbound cluster connections closed by this node, by reason", ("reason",)),
+    "presence_notify_queue_taken": (
+        "NOTIFYs this node sent for a change or request another node saw (taken from the shared queue), by kind",
+        ("kind",),
+    ),
     "federation_queries": ("Presentity queries this node started", ("event",)),
     "federation_resyncs": ("Resyncs this node asked a peer for, by cause", ("cause",)),
 }
@@ -90,6 +94,9 @@ class Metrics:
         self.transactions = (0, 0, 0)
         #: Inbound cluster channel connections by state, set before a scrape.
         self.cluster_connections: dict[str, int] = {}
+        #: Shared database: whether the LISTEN connection that wakes this
+        #: node for its NOTIFYs is open (None: no shared database).
+        self.listener_up: int | None = None
         #: Group commit of the storage (Storage.batch_counts), set before a scrape.
         self.batches: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
@@ -216,6 +223,12 @@ class Metrics:
         for state, n in sorted(self.cluster_connections.items()):
             conns.add_metric([state], n)
         yield conns
+        if self.listener_up is not None:
+            yield GaugeMetricFamily(
+                "presence_notify_listener_up",
+                "Whether the connection that wakes this node for the NOTIFYs it owns is open (else it polls)",
+                value=self.listener_up,
+            )
         for i, (name, doc) in enumerate((
             ("storage_batches", "Database statements that carried several requests, by request kind"),
             ("storage_batched_requests", "Requests carried by those statements, by request kind"),

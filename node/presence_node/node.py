@@ -1,12 +1,15 @@
 """The node: builds the parts from a :class:`Config`, starts and stops them.
 
 Start order: storage, sharing tags, a first count of the live records (the
-limits read it), SIP sockets (UDP and TCP on one port), the cluster channel
-(federation), the expiry timer (and, with a shared database, the periodic
-recount), then the admin API, and only then ready.  Stop order (SIGTERM):
-not ready, new SIP requests answered 503 (the sockets stay open, since the
-responses to NOTIFYs in flight arrive on them), handlers in flight finish,
-subscriptions that die with the node are ended with
+limits read it), (shared database) the connection that listens for the
+NOTIFYs of its tags, SIP sockets (UDP and TCP on one port), the cluster
+channel (federation), the expiry timer (and, with a shared database, the
+periodic recount), then the admin API, and only then ready.  Stop order
+(SIGTERM): not ready, on a shared database no longer listening for the
+NOTIFYs of its tags (other nodes send them from then on) after taking what
+was queued for it, new SIP requests answered 503 (the sockets stay open,
+since the responses to NOTIFYs in flight arrive on them), handlers in
+flight finish, subscriptions that die with the node are ended with
 ``deactivated`` (S30), NOTIFYs in flight finish (all bounded by
 ``drain_timeout``), then admin, sockets and storage.
 """
@@ -33,6 +36,7 @@ from .service.expiry import Expirer
 from .service.ids import Ids
 from .service.notify import Notifier
 from .net.targets import Targets
+from .service.owners import Owners
 from .net.transport import Transports
 from .service.tags import SharingTags
 from .federation import Federation
@@ -84,6 +88,10 @@ class Node:
         )
         self.expirer = Expirer(self.storage, self.notifier, config.node_id, self.metrics.expired, time.time)
         self.tags = SharingTags(config, self.storage)
+        self.owners: Owners | None = None
+        if self.storage.shared:
+            self.owners = Owners(config.node_id, self.storage, self.notifier, self.metrics)
+            self.notifier.owners = self.service.owners = self.owners
         self.federation: Federation | None = None
         if config.federation.enabled:
             self.federation = Federation(
@@ -96,7 +104,7 @@ class Node:
             self.service.federation = self.federation
             self.expirer.listener = self.federation
             self.notifier.listener = self.federation
-            self.tags.on_change = self.federation.tags_changed
+        self.tags.on_change = self._tags_changed
         self._secret = secret
         self._runner: web.AppRunner | None = None
         self._expiry_task: asyncio.Task[None] | None = None
@@ -104,6 +112,13 @@ class Node:
         self.ready = False
         self.sip_port = 0
         self.admin_port = 0
+
+    def _tags_changed(self) -> None:
+        """This node activated or gave up a tag."""
+        if self.federation is not None:
+            self.federation.tags_changed()
+        if self.owners is not None:
+            self.owners.wake(tags=True)  # a tag taken over: what waited for its owner
 
     def _receive(self, data: bytes, host: str, port: int, transport: str, send, arrived: float | None) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -123,6 +138,10 @@ class Node:
         await self.storage.start()
         await self.tags.start()
         await self._recount()
+        if self.owners is not None:
+            from .storage.changes import ChangeFeed  # psycopg only when used
+
+            await self.owners.start(ChangeFeed(self.storage, cfg.node_id, self.owners.wake))  # type: ignore[arg-type]
         host, port = cfg.sip_address
         self.sip_port = await self.transports.start(host, port)
         self.service.sip_port = self.sip_port
@@ -150,6 +169,8 @@ class Node:
             await asyncio.sleep(self.config.expiry_interval)
             # Timer J also runs when no request arrives to sweep it.
             self.dispatcher.txns.sweep(time.time())
+            if self.owners is not None:
+                self.owners.poll()
             try:
                 await self.expirer.sweep()
             except Exception:
@@ -211,6 +232,8 @@ class Node:
         self.metrics.tcp_connections = len(t.connections)
         self.metrics.tcp_queued_bytes = t.queued_total
         self.metrics.notify_targets = {"proven": t.targets.proven, "unproven": t.targets.unproven}
+        if self.owners is not None:
+            self.metrics.listener_up = int(self.owners.listening)
         return self.metrics.render()
 
     async def stop(self) -> None:
@@ -226,7 +249,9 @@ class Node:
                     pass
         deadline = self.config.drain_timeout
         t0 = time.monotonic()
-        await self.dispatcher.drain(deadline)
+        if self.owners is not None:
+            await self.owners.close(deadline)
+        await self.dispatcher.drain(max(0.0, deadline - (time.monotonic() - t0)))
         if not self.storage.shared and self.sip_port:
             await self._deactivate()
         await self.notifier.drain(max(0.0, deadline - (time.monotonic() - t0)))

@@ -15,6 +15,7 @@ from ..storage import Publication, Storage, Subscription
 from .capacity import Capacity
 from .ids import Ids
 from .notify import Notifier, Unwatching
+from .owners import Owners
 
 
 @dataclass(slots=True)
@@ -74,6 +75,8 @@ class Service:
         self.contact: dict[str, str] = {}
         self.sip_port = config.sip_address[1]
         self.federation: Federating | None = None
+        #: Shared database: only the owner of a subscription's tag sends its NOTIFYs.
+        self.owners: Owners | None = None
 
     def resource(self, req: Request) -> str:
         """The canonical AOR named by the Request-URI (D2, S49); 404 for a

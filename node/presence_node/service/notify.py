@@ -38,6 +38,16 @@ class Unwatching(Protocol):
     async def unwatched(self, keys: Iterable[tuple[str, str]]) -> None: ...
 
 
+class Ownership(Protocol):
+    """Who sends whose NOTIFYs on a shared database (service/owners.py)."""
+
+    node: str
+
+    def sends(self, tag: str) -> bool: ...
+
+    async def pass_on(self, subs: list[Subscription]) -> None: ...
+
+
 class Sender(Protocol):
     """The network side, as the notifier sees it."""
 
@@ -104,6 +114,9 @@ class Notifier:
         self.clock = clock
         #: Told of subscriptions dropped after a failed NOTIFY (S26).
         self.listener: Unwatching | None = None
+        #: Shared database: this node sends only to subscriptions under the
+        #: tags it owns (None: to every one, the node holds them all).
+        self.owners: Ownership | None = None
         self._busy: dict[str, int | _Terminal] = {}
         self._last_sent: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -174,6 +187,10 @@ class Notifier:
                 busy.pop(s.id, None)
                 continue
             d = doc
+            if d is not None and n[0] == FIRST_CSEQ:
+                # A partial winfo document never opens a dialog (its first
+                # NOTIFY was left to this node, the owner: owners.py).
+                d = None
             if d is None:
                 k = (s.presentity, s.event, s.event_params)
                 d = docs.get(k)
@@ -203,7 +220,7 @@ class Notifier:
     async def state_changed(self, presentity: str, event: str) -> None:
         """A publication of (presentity, event) changed: tell every watcher (S57)."""
         now = self.clock()
-        await self.notify(await self.storage.watchers(presentity, event, now))
+        await self.notify(await self.storage.watchers(presentity, event, now, self.sender_id))
 
     async def terminated(self, sub: Subscription, reason: str, doc: Document | None = None) -> None:
         """Send the final NOTIFY of a subscription already removed from
@@ -279,10 +296,19 @@ class Notifier:
         elif pending == _DIRTY:
             self._spawn(self._resend(sub))
 
+    @property
+    def sender_id(self) -> str | None:
+        """Who reads a change's watchers (Storage.watchers ``sender``)."""
+        return self.owners.node if self.owners is not None else None
+
     async def _resend(self, sub: Subscription) -> None:
         current = await self.storage.subscription(sub.id)
-        if current is not None:
-            await self.notify([current])
+        if current is None:
+            return
+        if self.owners is not None and not self.owners.sends(current.tag):
+            await self.owners.pass_on([current])  # its tag moved meanwhile: the new owner sends it
+            return
+        await self.notify([current])
 
     async def _drop(self, sub: Subscription, code: int) -> None:
         # Only the owner of the subscription's tag acts on a failed NOTIFY: a
@@ -305,7 +331,7 @@ class Notifier:
         if sub.event != "presence" or self.packages.get(WINFO) is None:
             return
         now = self.clock()
-        winfo_subs = await self.storage.watchers(sub.presentity, WINFO, now)
+        winfo_subs = await self.storage.watchers(sub.presentity, WINFO, now, self.sender_id)
         if winfo_subs:
             view = WatcherView(sub.id, f"sip:{sub.watcher}", status, event)
             await self.notify(winfo_subs, self.winfo_document(sub.presentity, [view], full=False))

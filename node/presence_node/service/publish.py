@@ -75,7 +75,7 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
         # The watchers come with the insert: one storage step, not two.
         try:
             watchers = await svc.storage.insert_publication_watched(
-                pub, now, cap=svc.config.limits.max_publications_per_presentity
+                pub, now, svc.notifier.sender_id, cap=svc.config.limits.max_publications_per_presentity
             )
         except PresentityFull:
             raise svc.capacity.presentity_full(presentity, key) from None

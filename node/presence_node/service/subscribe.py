@@ -21,6 +21,7 @@ from ..sip.status import Status
 from ..storage import Subscription
 from .context import Incoming, Service
 from .notify import FIRST_CSEQ, FIRST_VERSION, WINFO
+from .owners import Owners
 from .reply import Reply
 
 #: Why a SUBSCRIBE whose NOTIFYs could not be sent at all is refused (#12.3).
@@ -98,6 +99,11 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         sub.cseq, sub.version = FIRST_CSEQ - 1, FIRST_VERSION
         return Reply(Status.OK, headers, to_tag=sub.id, then=lambda: svc.notifier.terminated(sub, "timeout"))
     svc.capacity.admit("subscription", inc.host)
+    elsewhere = _sender_elsewhere(svc, sub)
+    if elsewhere is not None:
+        # Stored with no NOTIFY counted: the first one is the owner's (or
+        # ours if it does not listen), CSeq FIRST_CSEQ from storage.
+        sub.cseq, sub.version = FIRST_CSEQ - 1, FIRST_VERSION
     if event.key == WINFO:
         # Its first document lists the presence watchers: read after the insert.
         await svc.storage.insert_subscription(sub)
@@ -112,11 +118,15 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         current = state
         try:
             if svc.federation is not None:
-                svc.notifier.hold(sub)
+                if elsewhere is None:
+                    svc.notifier.hold(sub)
                 if await svc.federation.subscribed(sub, state or []):
                     current = None  # it waited for a query answer: read the state anew
         finally:
-            await svc.notifier.first(sub, current)
+            if elsewhere is None:
+                await svc.notifier.first(sub, current)
+            else:
+                await elsewhere.pass_on([sub])
         if winfo_watchers:
             await svc.notifier.watcher_changed(sub, "active", "subscribe")
 
@@ -145,13 +155,18 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
         if not svc.notifier.sender.reachable(replace(sub, contact=contact)):
             raise RemoteSipError(UNREACHABLE, status=Status.BAD_REQUEST)
     headers = [("Expires", str(expires)), ("Contact", f"<{svc.contact[inc.transport]}>")]
+    elsewhere = _sender_elsewhere(svc, sub)
     if expires == 0:
-        removed = await svc.storage.delete_subscription(sub.id)
+        if elsewhere is None:
+            removed, handed = await svc.storage.delete_subscription(sub.id), False
+        else:
+            removed, handed = await elsewhere.end(sub.id, "timeout")
         if removed is None:
             raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
 
         async def last_notify() -> None:
-            await svc.notifier.terminated(removed, "timeout")
+            if not handed:  # else the owner of its tag sends it
+                await svc.notifier.terminated(removed, "timeout")
             await svc.notifier.watcher_changed(removed, "terminated", "timeout")
             if svc.federation is not None:
                 await svc.federation.unwatched([(removed.presentity, removed.event)])
@@ -162,7 +177,16 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
     )
     if refreshed is None:
         raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
+    if elsewhere is not None:
+        return Reply(Status.OK, headers, then=lambda: elsewhere.pass_on([refreshed]))
     return Reply(Status.OK, headers, then=lambda: svc.notifier.notify([refreshed]))
+
+
+def _sender_elsewhere(svc: Service, sub: Subscription) -> Owners | None:
+    """The owners when another node, the owner of the subscription's tag,
+    sends its NOTIFYs (shared database); None when this node does."""
+    owners = svc.owners
+    return owners if owners is not None and not owners.sends(sub.tag) else None
 
 
 def _contact_uri(value: str) -> str:

@@ -95,12 +95,13 @@ class Storage(Protocol):
         """Store a new publication (its etag is fresh and unique)."""
 
     async def insert_publication_watched(
-        self, pub: Publication, now: float, *, cap: int | None = None
+        self, pub: Publication, now: float, sender: str | None = None, *, cap: int | None = None
     ) -> list[Subscription]:
         """:meth:`insert_publication`, then the live watchers of its
-        presentity and package (:meth:`watchers`), as one step: a
-        subscription made concurrently (:meth:`insert_subscription_state`)
-        is either returned here or sees this publication.
+        presentity and package (:meth:`watchers`, routed for ``sender``),
+        as one step: a subscription made concurrently
+        (:meth:`insert_subscription_state`) is either returned here or sees
+        this publication.
 
         With ``cap``: :class:`PresentityFull`, and nothing stored, when the
         presentity and package already hold ``cap`` publications (counted
@@ -190,8 +191,14 @@ class Storage(Protocol):
         """Remove a subscription; with ``owner``, only if that node owns its
         tag (a failed NOTIFY seen by a non-owner changes nothing)."""
 
-    async def watchers(self, presentity: str, event: str, now: float) -> list[Subscription]:
-        """Live subscriptions to one presentity and package."""
+    async def watchers(self, presentity: str, event: str, now: float, sender: str | None = None) -> list[Subscription]:
+        """Live subscriptions to one presentity and package.
+
+        ``sender``: the node about to NOTIFY them for a change.  A shared
+        storage returns only those under tags that node owns and, in the
+        same step, queues the change for the owners of the others (only the
+        owner of a subscription's tag sends its NOTIFYs: storage/changes.py);
+        a storage of one node returns them all."""
 
     async def next_notify(self, sub_ids: Collection[str]) -> dict[str, tuple[int, int]]:
         """Atomically increment CSeq and document version of each subscription.

@@ -101,7 +101,7 @@ class MemoryStorage:
                 del self._pub_wheel[second]
 
     async def insert_publication_watched(
-        self, pub: Publication, now: float, *, cap: int | None = None
+        self, pub: Publication, now: float, sender: str | None = None, *, cap: int | None = None
     ) -> list[Subscription]:
         if cap is not None and len(self._pubs.get((pub.presentity, pub.event), ())) >= cap:
             raise PresentityFull(pub.presentity, pub.event)
@@ -304,7 +304,8 @@ class MemoryStorage:
                 self._by_presentity[key] = next(iter(group.values()))
         return sub
 
-    async def watchers(self, presentity: str, event: str, now: float) -> list[Subscription]:
+    async def watchers(self, presentity: str, event: str, now: float, sender: str | None = None) -> list[Subscription]:
+        # One node holds them all: ``sender`` sends to every one.
         group = self._by_presentity.get(presentity)
         if group is None:
             return []

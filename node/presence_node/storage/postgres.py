@@ -87,7 +87,7 @@ MAX_INFLIGHT = 2
 #: starts one of its own (those under way may be stuck on locks).
 MAX_WAIT = 0.1
 
-_PUBLISH_ONE = f"SELECT {_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_PUBLISH_ONE = f"SELECT {_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 #: The recount behind usage(): the totals, then each source IP holding at
 #: least %s live records (a subscription's source is host:port, grouped
 #: first, then cut to the IP: one regexp per distinct source, not per row).
@@ -398,7 +398,7 @@ class PostgresStorage:
         )
         #: Connections for every statement and transaction (see Leases).
         self.pool = Leases(self._pool, max_size, acquire_timeout)
-        self.publishes: Batcher[tuple[Publication, float, int], list[Subscription] | None] = _batcher(
+        self.publishes: Batcher[tuple[Publication, float, int, str | None], list[Subscription] | None] = _batcher(
             self._publish_one, self._publish_many
         )
         self.notifies: Batcher[
@@ -491,21 +491,22 @@ class PostgresStorage:
         self._added(1, pub.source)
 
     async def insert_publication_watched(
-        self, pub: Publication, now: float, *, cap: int | None = None
+        self, pub: Publication, now: float, sender: str | None = None, *, cap: int | None = None
     ) -> list[Subscription]:
         # One statement: the cap, the insert and the watcher lookup in
         # presence_publish (migrations 3 and 6; the presentity lock orders
-        # it against subscribe), shared with other PUBLISHes under load.
-        watchers = await self.publishes.run((pub, now, NO_CAP if cap is None else cap))
+        # it against subscribe; migration 6 routes the watchers), shared
+        # with other PUBLISHes under load.
+        watchers = await self.publishes.run((pub, now, NO_CAP if cap is None else cap, sender))
         if watchers is None:
             raise PresentityFull(pub.presentity, pub.event)
         self._added(1, pub.source)
         return watchers
 
     @staticmethod
-    def _publish_params(pub: Publication, now: float, cap: int) -> tuple[Any, ...]:
+    def _publish_params(pub: Publication, now: float, cap: int, sender: str | None) -> tuple[Any, ...]:
         return (pub.presentity, pub.event, pub.etag, pub.body, pub.content_type, pub.expires_at, pub.received_at,
-                pub.tag, now, pub.source, Int8(cap))
+                pub.tag, now, pub.source, Int8(cap), sender)
 
     @staticmethod
     def _publish_result(rows: list[tuple[Any, ...]]) -> list[Subscription] | None:
@@ -514,15 +515,24 @@ class PostgresStorage:
             return None
         return [_sub(r) for r in rows]
 
-    async def _publish_one(self, item: tuple[Publication, float, int]) -> list[Subscription] | None:
+    async def _publish_one(self, item: tuple[Publication, float, int, str | None]) -> list[Subscription] | None:
         return self._publish_result(await self._rows(_PUBLISH_ONE, self._publish_params(*item)))
 
-    async def _publish_many(self, items: list[tuple[Publication, float, int]]) -> list[list[Subscription] | None]:
+    async def _publish_many(
+        self, items: list[tuple[Publication, float, int, str | None]]
+    ) -> list[list[Subscription] | None]:
+        # In presentity order, as _notify_many: the calls may row-lock
+        # notify_queue rows (migration 6), so two nodes' batches take them
+        # in the same order.
+        order = sorted(range(len(items)), key=lambda i: (items[i][0].presentity, items[i][0].event))
         per_call = await self._batch(
-            "presence_publish", _SUB_COLUMNS, 21, [self._publish_params(*item) for item in items],
-            "shared", [item[0].presentity for item in items],
+            "presence_publish", _SUB_COLUMNS, 21, [self._publish_params(*items[i]) for i in order],
+            "shared", [items[i][0].presentity for i in order],
         )
-        return [self._publish_result(rows) for rows in per_call]
+        out: list[list[Subscription] | None] = [None] * len(items)
+        for position, i in enumerate(order):
+            out[i] = self._publish_result(per_call[position])
+        return out
 
     async def replace_publication(
         self,
@@ -733,11 +743,16 @@ class PostgresStorage:
             )
         return _sub(row) if row else None
 
-    async def watchers(self, presentity: str, event: str, now: float) -> list[Subscription]:
-        rows = await self._rows(
-            f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE presentity = %s AND event = %s AND expires_at > %s",
-            (presentity, event, now),
-        )
+    async def watchers(self, presentity: str, event: str, now: float, sender: str | None = None) -> list[Subscription]:
+        if sender is not None:  # one statement, the others queued (migration 6)
+            rows = await self._rows(
+                f"SELECT {_SUB_COLUMNS} FROM presence_route(%s, %s, %s, %s)", (presentity, event, now, sender)
+            )
+        else:
+            rows = await self._rows(
+                f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE presentity = %s AND event = %s AND expires_at > %s",
+                (presentity, event, now),
+            )
         return [_sub(r) for r in rows]
 
     async def next_notify(self, sub_ids: Collection[str]) -> dict[str, tuple[int, int]]:

@@ -12,6 +12,19 @@ MIGRATION_LOCK = 0x5052_4553  # "PRES"
 #: First key of the presentity bucket locks (migration 3); the second is the bucket.
 PRESENTITY_LOCK = 0x5052_4554
 PRESENTITY_BUCKETS = 128
+#: LISTEN channels (migration 6): "a NOTIFY waits for you" (payload: the
+#: owner's node id) and "a tag changed owner".
+NOTIFY_CHANNEL = "presence_notify"
+TAGS_CHANNEL = "presence_tags"
+#: First key of the session lock a node's LISTEN connection holds while it
+#: listens (migration 6); the second is hashtext(node id).
+LISTENER_LOCK = 0x5052_4555
+
+#: The subscription columns as of migration 6 (the ended-subscription copies).
+_SUB6 = (
+    "id, call_id, remote_tag, presentity, event, event_header, event_params, watcher, remote_uri, local_uri, "
+    "contact, routes, transport, source, accept, expires_at, remote_cseq, cseq, version, status, tag"
+)
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -226,14 +239,83 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE registrations ADD COLUMN source text NOT NULL DEFAULT ''",
         "ALTER TABLE registrations ADD COLUMN tag text REFERENCES sharing_tags (name)",
         "CREATE INDEX registrations_expiry ON registrations (tag, expires_at)",
-        # presence_publish of migration 3 with the publication's source and
-        # the per-presentity cap, counted in the same statement (an index
-        # range of at most p_cap rows): at the cap nothing is written and
-        # the one row returned is all NULL.  An overload, so nodes not yet
-        # upgraded keep calling the old one.
+        # Only the owner of a subscription's tag sends its NOTIFYs (service/
+        # owners.py): one sender per dialog, so CSeqs go out in order and
+        # rate control (D7) holds cluster-wide.  A change seen by another
+        # node leaves a row here for the owner of each watcher tag it does
+        # not own, and wakes that owner (pg_notify, delivered at commit); the
+        # owner takes the rows and notifies.  sub_id "" means every watcher of
+        # (presentity, event) under the tag; otherwise one subscription (its
+        # first NOTIFY, or a refresh's).  Only a listening owner is queued
+        # for; a row left by an owner that died since waits for the tag's
+        # next owner.
+        """CREATE TABLE notify_queue (
+            tag text NOT NULL,
+            presentity text NOT NULL,
+            event text NOT NULL,
+            sub_id text NOT NULL,
+            changes bigint NOT NULL DEFAULT 1,
+            PRIMARY KEY (tag, presentity, event, sub_id)
+        )""",
+        # Subscriptions ended by a node that does not own their tag (an
+        # unsubscribe through the HA backup), waiting for the owner to send
+        # the terminated NOTIFY after any NOTIFY of its own in flight.
+        f"CREATE TABLE ended_subscriptions AS SELECT {_SUB6}, NULL::text AS reason FROM subscriptions WITH NO DATA",
+        "ALTER TABLE ended_subscriptions ADD PRIMARY KEY (id)",
+        "CREATE INDEX ended_subscriptions_tag ON ended_subscriptions (tag)",
+        # Whether a node listens (its LISTEN connection holds its lock): a
+        # change for a tag whose owner does not (dead, stopped, cut off) is
+        # sent by the node that saw it, as nobody else can be sending.  The
+        # test takes the lock shared, so concurrent tests never fail each
+        # other; an owner (re)connecting waits for them to commit.
+        f"""CREATE FUNCTION presence_listening(p_node text) RETURNS boolean LANGUAGE sql AS $$
+            SELECT NOT pg_try_advisory_xact_lock_shared({LISTENER_LOCK}, hashtext(p_node)) $$""",
+        # The queue row of a change, for one tag.  DO UPDATE, not DO NOTHING:
+        # it row-locks a row already queued, so an owner taking it
+        # concurrently skips it (SKIP LOCKED) and takes it again once this
+        # change commits, instead of reading the state before it.
+        f"""CREATE FUNCTION presence_queue(p_tag text, p_presentity text, p_event text, p_sub_id text,
+                p_owner text) RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO notify_queue (tag, presentity, event, sub_id) VALUES (p_tag, p_presentity, p_event, p_sub_id)
+                ON CONFLICT (tag, presentity, event, sub_id) DO UPDATE SET changes = notify_queue.changes + 1;
+            PERFORM pg_notify('{NOTIFY_CHANNEL}', p_owner);
+        END $$""",
+        # The watchers of a change that p_node sends to: those under tags it
+        # owns, or whose owner is not listening (every one when p_node is
+        # NULL).  The others are queued for their owners, tag by tag in
+        # order (as every node does, so two batches lock queue rows in the
+        # same order).
+        """CREATE FUNCTION presence_route(p_presentity text, p_event text, p_now double precision, p_node text)
+            RETURNS SETOF subscriptions LANGUAGE plpgsql AS $$
+        DECLARE
+            t text;
+            o text;
+            unattended text[] := '{}';
+        BEGIN
+            IF p_node IS NOT NULL THEN
+                FOR t, o IN SELECT DISTINCT s.tag, g.owner FROM subscriptions s JOIN sharing_tags g ON g.name = s.tag
+                        WHERE s.presentity = p_presentity AND s.event = p_event AND s.expires_at > p_now
+                          AND g.owner IS DISTINCT FROM p_node ORDER BY 1 LOOP
+                    IF o IS NOT NULL AND presence_listening(o) THEN
+                        PERFORM presence_queue(t, p_presentity, p_event, '', o);
+                    ELSE
+                        unattended := unattended || t;
+                    END IF;
+                END LOOP;
+            END IF;
+            RETURN QUERY SELECT s.* FROM subscriptions s JOIN sharing_tags g ON g.name = s.tag
+                WHERE s.presentity = p_presentity AND s.event = p_event AND s.expires_at > p_now
+                  AND (p_node IS NULL OR g.owner = p_node OR s.tag = ANY(unattended));
+        END $$""",
+        # presence_publish of migration 3 with the publication's source, the
+        # per-presentity cap (#12), counted in the same statement (an index
+        # range of at most p_cap rows; at the cap nothing is written and the
+        # one row returned is all NULL), and its watchers routed (#13.1).
+        # An overload, so nodes not yet upgraded keep calling the old one.
         """CREATE FUNCTION presence_publish(p_presentity text, p_event text, p_etag text, p_body bytea,
                 p_content_type text, p_expires_at double precision, p_received_at double precision, p_tag text,
-                p_now double precision, p_source text, p_cap bigint)
+                p_now double precision, p_source text, p_cap bigint, p_node text)
             RETURNS SETOF subscriptions LANGUAGE plpgsql AS $$
         BEGIN
             IF (SELECT count(*) FROM (SELECT 1 FROM publications q WHERE q.presentity = p_presentity
@@ -245,8 +327,85 @@ MIGRATIONS: list[list[str]] = [
                     source)
                 VALUES (p_presentity, p_event, p_etag, p_body, p_content_type, p_expires_at, p_received_at, p_tag,
                     p_source);
-            RETURN QUERY SELECT * FROM subscriptions s
-                WHERE s.presentity = p_presentity AND s.event = p_event AND s.expires_at > p_now;
+            RETURN QUERY SELECT * FROM presence_route(p_presentity, p_event, p_now, p_node);
         END $$""",
+        # NOTIFYs of single subscriptions (a first NOTIFY, a refresh's)
+        # requested by p_node: queued for the owners of their tags, except
+        # the ids returned, whose owner is p_node, nobody, or not listening:
+        # p_node sends those.
+        """CREATE FUNCTION presence_pass_on(p_ids text[], p_node text) RETURNS SETOF text LANGUAGE plpgsql AS $$
+        DECLARE
+            r record;
+        BEGIN
+            FOR r IN SELECT s.id, s.tag, s.presentity, s.event, g.owner FROM subscriptions s
+                    JOIN sharing_tags g ON g.name = s.tag WHERE s.id = ANY(p_ids)
+                    ORDER BY s.tag, s.presentity, s.event, s.id LOOP
+                IF r.owner IS DISTINCT FROM p_node AND r.owner IS NOT NULL AND presence_listening(r.owner) THEN
+                    PERFORM presence_queue(r.tag, r.presentity, r.event, r.id, r.owner);
+                ELSE
+                    RETURN NEXT r.id;
+                END IF;
+            END LOOP;
+        END $$""",
+        # Remove a subscription for p_node (an unsubscribe).  Returned with
+        # its reason when the owner of its tag, listening, sends the
+        # terminated NOTIFY (after any of its own in flight); with reason
+        # NULL when p_node sends it (as presence_pass_on).
+        f"""CREATE FUNCTION presence_end_subscription(p_id text, p_reason text, p_node text)
+            RETURNS SETOF ended_subscriptions LANGUAGE plpgsql AS $$
+        DECLARE
+            s subscriptions;
+            o text;
+        BEGIN
+            DELETE FROM subscriptions WHERE id = p_id RETURNING * INTO s;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+            o := (SELECT owner FROM sharing_tags WHERE name = s.tag);
+            IF o IS DISTINCT FROM p_node AND o IS NOT NULL AND presence_listening(o) THEN
+                INSERT INTO ended_subscriptions ({_SUB6}, reason)
+                    VALUES ({', '.join('s.' + c for c in _SUB6.split(', '))}, p_reason);
+                PERFORM pg_notify('{NOTIFY_CHANNEL}', o);
+                RETURN QUERY SELECT {', '.join('s.' + c for c in _SUB6.split(', '))}, p_reason;
+            ELSE
+                RETURN QUERY SELECT {', '.join('s.' + c for c in _SUB6.split(', '))}, NULL::text;
+            END IF;
+        END $$""",
+        # What waits for p_node under the tags it owns now: the live
+        # subscriptions to notify (reason NULL) and the ended ones (reason
+        # set).  Rows a change still holds are skipped: its commit wakes
+        # the owner again.
+        f"""CREATE FUNCTION presence_take_notifies(p_node text, p_now double precision)
+            RETURNS SETOF ended_subscriptions LANGUAGE plpgsql AS $$
+        BEGIN
+            RETURN QUERY
+                WITH owned AS (SELECT name FROM sharing_tags WHERE owner = p_node FOR SHARE),
+                mine AS (
+                    SELECT n.tag, n.presentity, n.event, n.sub_id FROM notify_queue n JOIN owned ON n.tag = owned.name
+                    FOR UPDATE OF n SKIP LOCKED
+                ),
+                taken AS (
+                    DELETE FROM notify_queue n USING mine WHERE (n.tag, n.presentity, n.event, n.sub_id)
+                        = (mine.tag, mine.presentity, mine.event, mine.sub_id)
+                    RETURNING n.tag, n.presentity, n.event, n.sub_id
+                )
+                SELECT {', '.join('s.' + c for c in _SUB6.split(', '))}, NULL::text
+                FROM taken q JOIN subscriptions s ON s.presentity = q.presentity AND s.event = q.event
+                WHERE q.sub_id = '' AND s.tag = q.tag AND s.expires_at > p_now
+                UNION ALL
+                SELECT {', '.join('s.' + c for c in _SUB6.split(', '))}, NULL::text
+                FROM taken q JOIN subscriptions s ON s.id = q.sub_id;
+            RETURN QUERY
+                DELETE FROM ended_subscriptions e USING sharing_tags g
+                WHERE g.name = e.tag AND g.owner = p_node RETURNING e.*;
+        END $$""",
+        # Every node re-reads which tags it owns when one changes owner.
+        f"""CREATE FUNCTION sharing_tags_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('{TAGS_CHANNEL}', NEW.name);
+            RETURN NULL;
+        END $$""",
+        """CREATE TRIGGER sharing_tags_changed AFTER INSERT OR UPDATE OF owner ON sharing_tags
+            FOR EACH ROW EXECUTE FUNCTION sharing_tags_changed()""",
     ],
 ]
