@@ -15,7 +15,7 @@ import pytest
 
 from bodies import pidf
 from conftest import SECRET
-from kube import free_port
+from kube import eventually, free_port
 from wire import Samples, parse_metrics
 
 BOB = "sip:bob@example.com"
@@ -941,6 +941,9 @@ async def test_chunks_only_up_to_max_message_and_one_connection_per_peer(federat
     connection closes its older one (a peer has one)."""
     [n1] = await federation(2, only=[0], max_message=65536)
     async with peer_link(n1) as old:
+        # The old link's hello handled first: which link is newer is the
+        # order the node authenticates them in, not the order they were sent.
+        await eventually(lambda: n1.federation.channel.connections().get("authenticated") == 1, 5.0, "the old link authenticated")
         async with peer_link(n1) as new:
             msg = await asyncio.wait_for(old.ws.receive(), 5.0)
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
