@@ -21,6 +21,7 @@ from presence_node.storage import Subscription
 
 from bodies import pidf
 from sipclient import SipClient
+from wire import silent_udp
 from test_pg_presentity_lock import sub
 
 
@@ -77,9 +78,7 @@ def _watcher(contact: str, i: int) -> Subscription:
 
 
 async def _send_error_scenario() -> tuple[dict[str, int], int]:
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
-    sink.setblocking(False)
+    sink = silent_udp()
     port = sink.getsockname()[1]
     t = Transports(
         lambda *a: None, advertised_host="127.0.0.1", t1=0.005, t2=0.02, udp_max_size=1300,
@@ -203,9 +202,7 @@ async def test_a_burst_to_a_tcp_peer_that_reads_keeps_its_connection(make_node, 
 
 async def test_reflection_to_a_silent_contact_is_bounded_and_resolves(make_node):
     node = await make_node(notify={"t1": 0.05, "t2": 0.2, "unproven_budget": 2000})
-    victim = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    victim.bind(("127.0.0.2", 0))
-    victim.setblocking(False)
+    victim = silent_udp("127.0.0.2")
     vhost, vport = victim.getsockname()
     attacker = await SipClient(("127.0.0.1", node.sip_port)).open()
     try:
@@ -240,11 +237,10 @@ async def test_reflection_to_a_silent_contact_is_bounded_and_resolves(make_node)
 
 async def test_the_table_of_unanswered_addresses_is_bounded(make_node):
     node = await make_node(notify={"t1": 0.05, "t2": 0.2, "max_unproven_targets": 2})
-    victims = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    victims = [silent_udp("127.0.0.2") for _ in range(3)]
     attacker = await SipClient(("127.0.0.1", node.sip_port)).open()
     try:
         for v in victims:
-            v.bind(("127.0.0.2", 0))
             vhost, vport = v.getsockname()
             await attacker.request(subscribe_with_contact(attacker, f"sip:v@{vhost}:{vport}", expires=0))
         await asyncio.sleep(0.1)
@@ -272,9 +268,7 @@ async def test_a_busy_watcher_that_answers_gets_every_first_notify(make_node, op
 
 async def test_a_forged_answer_from_another_address_does_not_prove_a_target(make_node):
     node = await make_node(notify={"t1": 0.05, "t2": 0.2, "unproven_budget": 2000})
-    victim = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    victim.bind(("127.0.0.2", 0))
-    victim.setblocking(False)
+    victim = silent_udp("127.0.0.2")
     vhost, vport = victim.getsockname()
     attacker = await SipClient(("127.0.0.1", node.sip_port)).open()
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 
 import uvloop
 
@@ -16,6 +15,7 @@ from presence_node.net.transport import Transports
 from presence_node.storage import Subscription
 
 from test_pg_presentity_lock import sub
+from wire import silent_udp
 
 
 def watcher(port: int, i: int) -> Subscription:
@@ -24,9 +24,7 @@ def watcher(port: int, i: int) -> Subscription:
 
 
 async def scenario() -> tuple[int, list[int]]:
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
-    sink.setblocking(False)
+    sink = silent_udp()
     port = sink.getsockname()[1]
     # T1 below uvloop's 0.5 ms rounding: every arm gets a plain Handle.
     t = Transports(

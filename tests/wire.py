@@ -5,6 +5,7 @@ and a raw request builder for bytes our own client would never send."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from typing import Any
@@ -125,3 +126,12 @@ def parse_metrics(text: str) -> Samples:
         for s in fam.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+def silent_udp(host: str = "127.0.0.1") -> socket.socket:
+    """A bound, non-blocking UDP socket that never answers: a Contact that
+    does not reply (a dead phone, or a third party the node is aimed at)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    return sock
