@@ -11,6 +11,15 @@ import time
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    """The call's ``extra={...}`` fields, as JSON-ready values."""
+    return {
+        k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+        for k, v in record.__dict__.items()
+        if k not in _STANDARD and not k.startswith("_")
+    }
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -18,13 +27,34 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            **_fields(record),
         }
-        for k, v in record.__dict__.items():
-            if k not in _STANDARD and not k.startswith("_"):
-                out[k] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
+
+
+class TextFormatter(logging.Formatter):
+    """Plain text that keeps the structured fields: ``key=value`` after the
+    message (a value with spaces or quotes JSON-quoted), so ``--log-format
+    text`` loses nothing the JSON lines carry."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = _fields(record)
+        if not fields:
+            return line
+        pairs = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+        head, sep, rest = line.partition("\n")  # a traceback stays below the fields
+        return f"{head} {pairs}{sep}{rest}"
+
+
+def _text_value(v: object) -> str:
+    text = "" if v is None else str(v)
+    return json.dumps(text) if not text or any(c in text for c in ' "=\n\t') else text
 
 
 def json_line(msg: str, *, logger: str, **fields: object) -> str:
@@ -40,7 +70,7 @@ def setup(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
