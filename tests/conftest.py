@@ -31,6 +31,9 @@ FAST = {
     "publication_expiry": {"min": 1, "default": 3600, "max": 3600},
     "expiry_interval": 0.2,
     "notify": {"t1": 0.1, "t2": 0.4},
+    # A stopping node waits this long at most for NOTIFYs nobody answers
+    # (a test's client already closed): not the production 5 s per node.
+    "drain_timeout": 1.0,
 }
 
 
