@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -68,6 +68,14 @@ def _buckets(h: _Histogram) -> list[tuple[str, int]]:
         cumulative += count
         buckets.append((bound, cumulative))
     return buckets
+
+
+class Counting(Protocol):
+    """What the transport, the cluster channel and the NOTIFY owners report
+    through: one of the counters above by name and label
+    (:meth:`Metrics.count`); tests may pass anything with this method."""
+
+    def count(self, name: str, label: str, n: int = 1) -> None: ...
 
 
 class Metrics:

@@ -35,13 +35,14 @@ import aiohttp
 from aiohttp import web
 
 from ..config import Config, split_hostport
-from .gate import ChannelMetrics, Gate
+from ..metrics import Counting
+from .gate import Gate
 from .tls import TlsFiles
 from .wire import LAST, MORE, Admission, Envelope, Rejected, challenge, frames, read_challenge, seal, unseal
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Channel", "ChannelMetrics"]
+__all__ = ["Channel"]
 
 PATH = "/cluster"
 #: Bad messages on one authenticated inbound connection before it is closed.
@@ -94,7 +95,7 @@ class Channel:
         secret: bytes,
         on_message: Callable[[Envelope, int], Awaitable[None]],
         on_connected: Callable[[str], None],
-        metrics: ChannelMetrics,
+        metrics: Counting,
         clock: Callable[[], float] = time.time,
     ) -> None:
         fed = config.federation

@@ -21,15 +21,12 @@ import asyncio
 import logging
 import ssl
 from collections import Counter
-from typing import Callable, Protocol
+from typing import Callable
 
 from ..config import Federation as FederationConfig
+from ..metrics import Counting
 
 log = logging.getLogger(__name__)
-
-
-class ChannelMetrics(Protocol):
-    def count(self, name: str, label: str, n: int = 1) -> None: ...
 
 
 class Gate:
@@ -38,7 +35,7 @@ class Gate:
         handler: Callable[[], asyncio.Protocol],
         config: FederationConfig,
         tls: Callable[[], ssl.SSLContext | None],
-        metrics: ChannelMetrics,
+        metrics: Counting,
     ) -> None:
         self.handler = handler
         self.config = config

@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
 from ..config import Config
+from ..metrics import Counting
 from ..service.notify import Notifier
 from ..storage import Publication, Storage, Subscription
 from ..storage.base import outside_request
-from .channel import Channel, ChannelMetrics
+from .channel import Channel
 from .wire import Envelope
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class Federation:
         config: Config,
         storage: Storage,
         notifier: Notifier,
-        metrics: ChannelMetrics,
+        metrics: Counting,
         secret: bytes,
         clock: Callable[[], float] = time.time,
     ) -> None:

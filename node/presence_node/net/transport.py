@@ -23,8 +23,9 @@ import logging
 import socket
 import struct
 from functools import partial
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
+from ..metrics import Counting
 from ..sip.errors import ParseError
 from ..sip.headers import parse_name_addr, parse_uri
 from ..sip.message import split_commas
@@ -44,10 +45,6 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 SWEEP = 5.0
 #: What sendto may raise for an address it cannot use (uvloop: ValueError).
 SEND_ERRORS = (OSError, ValueError)
-
-
-class TransportMetrics(Protocol):
-    def count(self, name: str, label: str, n: int = 1) -> None: ...
 
 
 class _NoMetrics:
@@ -209,7 +206,7 @@ class Transports:
         write_timeout: float = SWEEP,
         max_queued_total: int | None = None,
         targets: Targets | None = None,
-        metrics: TransportMetrics | None = None,
+        metrics: Counting | None = None,
     ) -> None:
         self.receive = receive
         self.host = advertised_host
@@ -228,7 +225,7 @@ class Transports:
         self.max_queued_total = max_queued_total
         #: Anti-reflection (#12.10); without one, every address is proven.
         self.targets = targets or Targets(None, 1, 1)
-        self.metrics: TransportMetrics = metrics or _NoMetrics()
+        self.metrics: Counting = metrics or _NoMetrics()
         self.connections: dict[tuple[str, int], TcpConnection] = {}
         self._per_source: dict[str, int] = {}
         #: Bytes in every connection's write buffer (as last looked at).

@@ -39,6 +39,7 @@ import logging
 import time
 from typing import Callable, Protocol
 
+from ..metrics import Counting
 from ..storage import Storage, Subscription
 from .notify import Notifier
 
@@ -59,10 +60,6 @@ class NotifyQueue(Protocol):
     async def pass_on(self, sub_ids: list[str]) -> set[str]: ...
 
     async def end(self, sub_id: str, reason: str) -> tuple[Subscription | None, bool]: ...
-
-
-class Counting(Protocol):
-    def count(self, name: str, label: str, n: int = 1) -> None: ...
 
 
 class Owners:
