@@ -443,3 +443,33 @@ async def test_federation_sigkill_leaves_the_tag_with_its_dead_node_and_others_s
         for cl in clients:
             cl.close()
         await asyncio.to_thread(c.close)
+
+
+def test_rendered_pods_keep_run_as_non_root_as_the_kubelet_would(tmp_path):
+    """#16: ``local/pods.py`` refuses runAsNonRoot with runAsUser 0, and with
+    no runAsUser asks for the image's own user to be checked."""
+    import copy
+
+    from presence_operator import builders, spec as specs
+    from presence_operator.builders import meta
+    from presence_operator.local import pods
+
+    manifest = specs.load_manifest(yaml.safe_load((ROOT / "examples" / "03-federation" / "cluster.yaml").read_text()))
+    owner = meta.Owner(manifest.name, "local", "local", manifest.spec)
+    objects = builders.render(owner)
+    ips = {meta.pod_name(owner, n): f"127.0.1.{n.ordinal + 1}" for n in specs.nodes(manifest.spec)}
+    secrets = {meta.secret_name(owner): {"admin": b"a" * 32, "cluster": b"c" * 32}}
+    assert not any(p.image_user_must_be_non_root for p in pods.pods(objects, secrets, ips, "local", tmp_path))
+    for uid, expect in ((None, True), (0, "runAsUser 0")):
+        changed = copy.deepcopy(objects)
+        for o in changed:
+            if o["kind"] == "StatefulSet":
+                sc = o["spec"]["template"]["spec"]["securityContext"]
+                sc.pop("runAsUser")
+                if uid is not None:
+                    sc["runAsUser"] = uid
+        if expect is True:
+            assert all(p.image_user_must_be_non_root for p in pods.pods(changed, secrets, ips, "local", tmp_path))
+        else:
+            with pytest.raises(pods.PodError, match=expect):
+                pods.pods(changed, secrets, ips, "local", tmp_path)

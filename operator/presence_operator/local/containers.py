@@ -62,26 +62,19 @@ def _run(pm: podman.Podman, name: str, argv: list[str]) -> int:
     return int(pm.run("inspect", "--format", "{{.State.Pid}}", name).strip())
 
 
-def check_image(pm: podman.Podman, pod: pods.Pod, image: str) -> None:
-    """``runAsNonRoot``: refused as the kubelet refuses it."""
-    if "--user" in " ".join(pod.argv):
-        return
-    user = pm.run("image", "inspect", "--format", "{{.Config.User}}", image).strip()
-    if not pods.runs_as_non_root(user):
-        raise pods.PodError(f"{pod.name}: runAsNonRoot, but image {image} runs as {user or 'root'!r}")
-
-
 def up(manifest: specs.Manifest, d: Path, admin_secret: str, cluster_secret: str | None, dsns: dict[str, str],
        log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Start every pod; the run record's ``nodes``."""
     pm = podman.Podman(log=log)
     nodes: dict[str, dict[str, Any]] = {}
     by_name = {n.name: n for n in specs.nodes(manifest.spec)}
+    image = manifest.spec.image
+    if not pm.exists(image):
+        raise pods.PodError(f"image {image} not found: build it with 'presence-cluster images'")
+    image_user = pm.run("image", "inspect", "--format", "{{.Config.User}}", image).strip()
     for pod in render(manifest, d, admin_secret, cluster_secret, dsns):
-        image = manifest.spec.image
-        if not pm.exists(image):
-            raise pods.PodError(f"image {image} not found: build it with 'presence-cluster images'")
-        check_image(pm, pod, image)
+        if pod.image_user_must_be_non_root and not pods.runs_as_non_root(image_user):
+            raise pods.PodError(f"{pod.name}: runAsNonRoot, but image {image} runs as {image_user or 'root'!r}")
         _write(pod)
         pid = _run(pm, pod.name, pod.argv)
         nodes[pod.node] = {"pid": pid, "location": by_name[pod.node].location, "sip": pod.sip, "admin": pod.admin,

@@ -131,19 +131,20 @@ def up(manifest: specs.Manifest, manifest_path: Path, d: Path, *, host: str, sip
             run["nodes"] = containers.up(manifest, d, secret_file(d).read_text().strip(), cluster_secret, dsns,
                                          log)
             write_json(run_file(d), run)
-        exe = node_exe()
-        for n in specs.nodes(spec) if runtime == "process" else ():
-            sip, admin = f"{host}:{sip_base + n.ordinal}", f"{host}:{admin_base + n.ordinal}"
-            work = d / "nodes" / n.name
-            work.mkdir(parents=True, exist_ok=True)
-            cfg = work / "node.yaml"
-            cfg.write_text(yaml.safe_dump(node_config(manifest, n, d, sip, admin, dsn_files.get(n.location),
-                                                      cluster)))
-            pid = _spawn(exe, d, n.name)
-            run["nodes"][n.name] = {"pid": pid, "location": n.location, "sip": sip, "admin": admin}
-            if cluster is not None:
-                run["nodes"][n.name]["cluster"] = cluster[n.name]
-            write_json(run_file(d), run)
+        else:
+            exe = node_exe()
+            for n in specs.nodes(spec):
+                sip, admin = f"{host}:{sip_base + n.ordinal}", f"{host}:{admin_base + n.ordinal}"
+                work = d / "nodes" / n.name
+                work.mkdir(parents=True, exist_ok=True)
+                cfg = work / "node.yaml"
+                cfg.write_text(yaml.safe_dump(node_config(manifest, n, d, sip, admin, dsn_files.get(n.location),
+                                                          cluster)))
+                pid = _spawn(exe, d, n.name)
+                run["nodes"][n.name] = {"pid": pid, "location": n.location, "sip": sip, "admin": admin}
+                if cluster is not None:
+                    run["nodes"][n.name]["cluster"] = cluster[n.name]
+                write_json(run_file(d), run)
         for name, n in run["nodes"].items():
             _wait_ready(name, n, d)
             channel = f", cluster channel {n['cluster']}" if "cluster" in n else ""

@@ -48,6 +48,9 @@ class Pod:
     files: dict[Path, tuple[bytes, int, int]] = field(default_factory=dict)  # path -> (data, mode, gid)
     dirs: dict[Path, int] = field(default_factory=dict)  # path -> mode
     ready_url: str = ""
+    #: ``runAsNonRoot`` with no ``runAsUser``: the image's own user must not
+    #: be root (the kubelet checks that at start).
+    image_user_must_be_non_root: bool = False
     sip: str = ""
     admin: str = ""
     grace: int = 30
@@ -150,6 +153,10 @@ def _pod(sts: dict[str, Any], ordinal: int, configmaps: dict[str, dict[str, Any]
         argv.append("--security-opt=no-new-privileges")
     uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
     gid = sc.get("runAsGroup", pod_sc.get("runAsGroup"))
+    if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+        if uid is not None and int(uid) == 0:
+            raise PodError(f"{name}: runAsNonRoot with runAsUser 0")
+        pod.image_user_must_be_non_root = uid is None
     if uid is not None:
         argv.append(f"--user={uid}" + (f":{gid}" if gid is not None else ""))
     if fs_group is not None:
