@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 
+import psycopg
 import pytest
 
 from bodies import PIDF_NS, pidf, xml
@@ -155,6 +156,15 @@ async def test_failed_notify_seen_by_a_non_owner_keeps_the_subscription(cluster,
     # A backup sends only while the owner does not listen for its NOTIFYs.
     assert a.owners is not None and a.owners.queue is not None
     await a.owners.queue.close()
+    # Its LISTEN session ends on the server a moment after the close: until
+    # then the database still counts it as listening and queues for it.
+    async with await psycopg.AsyncConnection.connect(a.storage.dsn, autocommit=True) as conn:
+        for _ in range(100):
+            listening = (await (await conn.execute("SELECT presence_listening(%s)", (a.config.node_id,))).fetchone())[0]
+            if not listening:
+                break
+            await asyncio.sleep(0.05)
+        assert not listening, "the closed LISTEN session still holds its lock"
     pub = await make_client("bob", target=b)
     await pub.publish(pidf(BOB))  # B notifies; the watcher answers 481
     await w.dialog_notifies(d, 2)
