@@ -1,7 +1,7 @@
-"""The pure layers stay pure: the SIP core, the event packages and the XML
-guard import no event loop, socket, HTTP or database module, and the
-operator's decision core (spec, planner, health) not even the clock, the OS
-or the node it drives."""
+"""The pure layers stay pure: the SIP core, the event packages, the XML
+guard and the cluster channel's wire format import no event loop, socket,
+HTTP or database module, and the operator's decision core (spec, planner,
+health) not even the clock, the OS or the node it drives."""
 
 import ast
 from pathlib import Path
@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "node" / "presence_node"
-PURE = [*sorted((ROOT / "sip").glob("*.py")), *sorted((ROOT / "packages").glob("*.py")), ROOT / "xmlsafe.py"]
+PURE = [
+    *sorted((ROOT / "sip").glob("*.py")),
+    *sorted((ROOT / "packages").glob("*.py")),
+    ROOT / "xmlsafe.py",
+    ROOT / "federation" / "wire.py",
+]
 FORBIDDEN = {"asyncio", "socket", "selectors", "aiohttp", "psycopg", "psycopg_pool", "uvloop", "kopf", "kubernetes"}
 OPERATOR = ROOT.parents[1] / "operator" / "presence_operator"
 DECISIONS = [*(OPERATOR / f for f in ("spec.py", "planner.py", "health.py")), *sorted((OPERATOR / "builders").glob("*.py"))]

@@ -35,13 +35,11 @@ cluster converges without waiting for the next PUBLISH.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from ..config import Config
 from ..metrics import Counting
@@ -49,11 +47,9 @@ from ..service.notify import Notifier
 from ..storage import Publication, Storage, Subscription
 from ..storage.base import outside_request
 from .channel import Channel
-from .wire import Envelope
+from .wire import Envelope, Interest, Key, Message, Pub, Publications, Publish, Query, Rejected, State, SyncRequest, Tag, decode
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, str]  # (presentity, event)
 
 #: Keys per ``sync`` message: a full sync of 100k presentities is many
 #: messages of ~100 KiB, not one too large for the channel.
@@ -64,10 +60,6 @@ SYNC_BATCH = 256
 class _Query:
     sent: float
     answered: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class BadBody(ValueError):
-    """A cluster message whose body does not have the expected shape."""
 
 
 class Federation:
@@ -96,19 +88,8 @@ class Federation:
         self.interest: dict[str, set[Key]] = {p: set() for p in self.others}
         self.announced: set[Key] = set()
         self.pending: dict[Key, _Query] = {}
-        self.remote_tags: dict[str, list[dict[str, Any]]] = {}
+        self.remote_tags: dict[str, tuple[Tag, ...]] = {}
         self.channel = Channel(config, secret, self._on_message, self._on_connected, metrics, clock)
-        self._handlers: dict[str, Callable[[Envelope], Awaitable[None]]] = {
-            "hello": self._noop,  # the channel's authentication; only its sequence number counts
-            "heartbeat": self._noop,
-            "state": self._state,
-            "interest": self._interest,
-            "publish": self._publish,
-            "query": self._query,
-            "sync_request": self._sync_request,
-            "answer": self._pubs,
-            "sync": self._pubs,
-        }
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
 
@@ -133,9 +114,9 @@ class Federation:
         if event not in self.events:
             return
         key = (presentity, event)
-        body = {"key": [presentity, event], "old": old_etag, "pub": _wire(pub) if pub is not None else None}
+        msg = Publish(key, old_etag, _pub(pub) if pub is not None else None)
         for peer in self._targets(key, old_etag):
-            self.channel.send(peer, "publish", body)
+            self._send(peer, msg)
 
     def _targets(self, key: Key, old_etag: str | None) -> list[str]:
         if self.full:
@@ -168,9 +149,9 @@ class Federation:
         if key not in self.announced:
             # One message: the new interest, carrying the query when there is one.
             self.announced.add(key)
-            self._broadcast("interest", {"add": [list(key)], "remove": [], "query": ask})
+            self._broadcast(Interest(add=(key,), remove=(), query=ask))
         elif ask:
-            self._broadcast("query", {"keys": [list(key)]})
+            self._broadcast(Query((key,)))
         if query is None or query.answered.is_set() or self.config.federation.query_wait <= 0:
             return False
         with contextlib.suppress(asyncio.TimeoutError):
@@ -187,7 +168,7 @@ class Federation:
             key = (presentity, event)
             if key in self.announced:
                 self.announced.discard(key)
-                self._broadcast("interest", {"add": [], "remove": [list(key)]})
+                self._broadcast(Interest(add=(), remove=(key,)))
             if not self.full:
                 self.pending.pop(key, None)
                 await self.storage.forget_replicas(presentity, event)
@@ -222,30 +203,28 @@ class Federation:
         for peer in peers:
             await self._resync(peer, cause, watched)
 
-    async def _watched(self) -> list[list[str]]:
-        return [list(k) for k in sorted(await self.storage.watched_keys(self.events, self.clock()))]
+    async def _watched(self) -> tuple[Key, ...]:
+        return tuple(sorted(await self.storage.watched_keys(self.events, self.clock())))
 
-    async def _send_state(self, peers: list[str], watched: list[list[str]] | None = None) -> None:
+    async def _send_state(self, peers: list[str], watched: tuple[Key, ...] | None = None) -> None:
         """Our interest (``watched``, read now when None) and tags."""
         if not peers:
             return
         if watched is None:
             watched = await self._watched()
-        tags = [
-            {"tag": t.name, "owner": t.owner, "epoch": t.epoch, "since": t.since} for t in await self.storage.tags()
-        ]
-        body = {"location": self.location, "interest": watched, "tags": tags}
+        tags = tuple(Tag(t.name, t.owner, t.epoch, t.since) for t in await self.storage.tags())
+        msg = State(self.location, watched, tags)
         for peer in peers:
-            self.channel.send(peer, "state", body)
+            self._send(peer, msg)
 
-    async def _resync(self, peer: str, cause: str, watched: list[list[str]] | None = None) -> None:
+    async def _resync(self, peer: str, cause: str, watched: tuple[Key, ...] | None = None) -> None:
         """Ask ``peer`` for what its location holds of what we watch
         (``watched``, read now when None; everything in full sharing)."""
         if not await self._acting():
             return
         self.metrics.count("federation_resyncs", cause)
         keys = None if self.full else (watched if watched is not None else await self._watched())
-        self.channel.send(peer, "sync_request", {"keys": keys})
+        self._send(peer, SyncRequest(keys))
 
     async def _acting(self, event: str | None = None) -> bool:
         """Whether this node is where its location's tag for ``event`` is
@@ -257,110 +236,100 @@ class Federation:
 
     async def _on_message(self, env: Envelope, skipped: int) -> None:
         try:
-            handler = self._handlers.get(env.kind)
-            if handler is None:
-                self.metrics.count("cluster_messages_ignored", "unknown-kind")
-            else:
-                await handler(env)
-        except BadBody as e:
-            self.metrics.count("cluster_messages_ignored", "malformed")
+            msg = decode(env.kind, env.body, events=self.events, max_body=self.config.limits.max_body_size)
+            if msg is not None:
+                await self._handle(env.sender, msg)
+        except Rejected as e:
+            self.metrics.count("cluster_messages_ignored", e.reason)
             log.warning("cluster message ignored", extra={"kind": env.kind, "reason": str(e)})
         finally:
             # Whatever this message was, the ones before it were lost.
             if skipped and env.sender in self.interest:
                 await self._resync(env.sender, "gap")
 
-    async def _noop(self, env: Envelope) -> None:
-        return None
+    async def _handle(self, sender: str, msg: Message) -> None:
+        match msg:
+            case State():
+                self._state(sender, msg)
+            case Interest():
+                await self._interest(sender, msg)
+            case Publish():
+                await self._publish(sender, msg)
+            case Query():
+                await self._answer(sender, msg.keys)
+            case SyncRequest():
+                await self._sync_request(sender, msg)
+            case Publications():
+                await self._publications(sender, msg)
 
-    async def _state(self, env: Envelope) -> None:
-        keys = self._keys(env.body.get("interest"))
-        tags = [_tag(t) for t in _list(env.body.get("tags"))]
-        if env.sender in self.interest:
-            self.interest[env.sender] = set(keys)
-        self.remote_tags[env.sender] = tags
+    def _state(self, sender: str, msg: State) -> None:
+        if sender in self.interest:
+            self.interest[sender] = set(msg.interest)
+        self.remote_tags[sender] = msg.tags
 
-    async def _interest(self, env: Envelope) -> None:
-        add, remove = self._keys(env.body.get("add")), self._keys(env.body.get("remove"))
-        query = env.body.get("query", False)
-        if not isinstance(query, bool):
-            raise BadBody("query")
-        keys = self.interest.get(env.sender)
+    async def _interest(self, sender: str, msg: Interest) -> None:
+        keys = self.interest.get(sender)
         if keys is not None:
-            keys.difference_update(remove)
-            keys.update(add)
-        if query and add:
-            await self._answer(env.sender, add)
+            keys.difference_update(msg.remove)
+            keys.update(msg.add)
+        if msg.query and msg.add:
+            await self._answer(sender, msg.add)
 
-    async def _publish(self, env: Envelope) -> None:
-        (key,) = self._keys([env.body.get("key")])
-        old = env.body.get("old")
-        if old is not None and not isinstance(old, str):
-            raise BadBody("old")
-        raw = env.body.get("pub")
-        pub = self._publication(raw, env.sender) if raw is not None else None
-        if pub is not None and (pub.presentity, pub.event) != key:
-            raise BadBody("key")
+    async def _publish(self, sender: str, msg: Publish) -> None:
+        key = msg.key
         if not await self._acting(key[1]):
             self.metrics.count("cluster_messages_ignored", "backup")
             return
         presentity, event = key
+        pub = self._record(msg.pub, sender) if msg.pub is not None else None
         watchers = await self.storage.watchers(presentity, event, self.clock())
         if self.full or watchers:
             query = self.pending.pop(key, None)
             if query is not None:
                 query.answered.set()
-            if await self.storage.apply_remote(presentity, event, old, pub):
+            if await self.storage.apply_remote(presentity, event, msg.old, pub):
                 await self.notifier.notify(watchers)
             return
         # Nobody here watches it: keep nothing, but drop what it replaces.
         self.metrics.count("cluster_messages_ignored", "no-watchers")
-        await self.storage.apply_remote(presentity, event, old, None)
+        await self.storage.apply_remote(presentity, event, msg.old, None)
         await self.storage.forget_replicas(presentity, event)
 
-    async def _query(self, env: Envelope) -> None:
-        await self._answer(env.sender, self._keys(env.body.get("keys")))
-
-    async def _answer(self, peer: str, keys: list[Key]) -> None:
+    async def _answer(self, peer: str, keys: Iterable[Key]) -> None:
         """A query: only the acting node of a location holding ``keys`` by
         SIP answers, with every live publication of them."""
         if not await self._acting():
             self.metrics.count("cluster_messages_ignored", "backup")
             return
-        held = await self.storage.held_publications(keys, self.clock())
+        held = await self.storage.held_publications(list(keys), self.clock())
         if held:  # only holders answer
-            answered = sorted({(p.presentity, p.event) for p in held})
-            self.channel.send(peer, "answer", {"keys": [list(k) for k in answered], "pubs": [_wire(p) for p in held]})
+            answered = tuple(sorted({(p.presentity, p.event) for p in held}))
+            self._send(peer, Publications("answer", answered, tuple(_pub(p) for p in held)))
 
-    async def _sync_request(self, env: Envelope) -> None:
+    async def _sync_request(self, sender: str, msg: SyncRequest) -> None:
         """Send what this location holds of ``keys`` (all: None) in batches
         of :data:`SYNC_BATCH` keys, each saying "exactly these for these
         keys"; a full sync ends with the list of every key held, so the
         peer drops its copies of the others."""
-        raw = env.body.get("keys")
-        keys = None if raw is None else self._keys(raw)
+        keys = None if msg.keys is None else list(msg.keys)
         held = await self.storage.held_publications(keys, self.clock())
-        await self._send_state([env.sender])
+        await self._send_state([sender])
         by_key: dict[Key, list[Publication]] = {k: [] for k in keys or ()}
         for p in held:
             by_key.setdefault((p.presentity, p.event), []).append(p)
         batch = sorted(by_key)
         for i in range(0, len(batch), SYNC_BATCH):
-            part = batch[i : i + SYNC_BATCH]
-            self.channel.send(
-                env.sender, "sync", {"keys": [list(k) for k in part], "pubs": [_wire(p) for k in part for p in by_key[k]]}
-            )
+            part = tuple(batch[i : i + SYNC_BATCH])
+            self._send(sender, Publications("sync", part, tuple(_pub(p) for k in part for p in by_key[k])))
         if keys is None:
-            self.channel.send(env.sender, "sync", {"keys": [], "pubs": [], "complete": [list(k) for k in batch]})
+            self._send(sender, Publications("sync", (), (), complete=tuple(batch)))
 
-    async def _pubs(self, env: Envelope) -> None:
+    async def _publications(self, sender: str, msg: Publications) -> None:
         """An ``answer`` to our query or a ``sync`` we asked for: the
         sender's location holds exactly ``pubs`` for ``keys``; a full sync's
         last message names every key it holds (``complete``)."""
-        keys = self._keys(env.body.get("keys"))
-        pubs = [self._publication(p, env.sender) for p in _list(env.body.get("pubs"))]
-        complete = env.body.get("complete")
-        if env.kind == "answer":
+        keys = list(msg.keys)
+        if msg.kind == "answer":
             # Our own question: applied by whoever asked, if still waiting.
             asked = [k for k in keys if k in self.pending and not self.pending[k].answered.is_set()]
             if not asked:
@@ -370,11 +339,11 @@ class Federation:
         elif not await self._acting():
             self.metrics.count("cluster_messages_ignored", "backup")
             return
-        origin = self.peer_location[env.sender]
-        if complete is not None:
-            keys = sorted(await self.storage.replica_keys(origin) - set(self._keys(complete)))
+        origin = self.peer_location[sender]
+        if msg.complete is not None:
+            keys = sorted(await self.storage.replica_keys(origin) - set(msg.complete))
         wanted = set(keys)
-        pubs = [p for p in pubs if (p.presentity, p.event) in wanted]
+        pubs = [self._record(p, sender) for p in msg.pubs if (p.presentity, p.event) in wanted]
         changed = await self.storage.replace_replicas(origin, keys, pubs, self.clock())
         for key in keys:
             query = self.pending.get(key)
@@ -385,36 +354,19 @@ class Federation:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _broadcast(self, kind: str, body: dict[str, Any]) -> None:
+    def _send(self, peer: str, msg: Message) -> None:
+        self.channel.send(peer, msg.kind, msg.body())
+
+    def _broadcast(self, msg: Message) -> None:
         for peer in self.others:
-            self.channel.send(peer, kind, body)
+            self._send(peer, msg)
 
-    def _keys(self, raw: Any) -> list[Key]:
-        out = []
-        for item in _list(raw):
-            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
-                raise BadBody("keys")
-            if item[1] not in self.events:
-                raise BadBody(f"event {item[1]!r} is not federated here")
-            out.append((item[0], item[1]))
-        return out
-
-    def _publication(self, raw: Any, sender: str) -> Publication:
-        if not isinstance(raw, dict):
-            raise BadBody("pub")
-        try:
-            presentity, event, etag, ctype = (raw[k] for k in ("p", "e", "etag", "ct"))
-            body = base64.b64decode(raw["body"], validate=True)
-            expires_at, received_at = float(raw["exp"]), float(raw["rcv"])
-        except (KeyError, TypeError, ValueError, binascii.Error) as e:
-            raise BadBody(f"pub: {e}") from e
-        if not all(isinstance(x, str) for x in (presentity, event, etag, ctype)) or event not in self.events:
-            raise BadBody("pub fields")
-        if len(body) > self.config.limits.max_body_size:
-            raise BadBody("pub body too large")
+    def _record(self, pub: Pub, sender: str) -> Publication:
+        """A received publication as this location stores it: under its
+        package's sharing tag, replicated from the sender's location."""
         return Publication(
-            presentity, event, etag, body, ctype, expires_at, received_at, self.config.tag_for(event),
-            self.peer_location[sender],
+            pub.presentity, pub.event, pub.etag, pub.body, pub.content_type, pub.expires_at, pub.received_at,
+            self.config.tag_for(pub.event), self.peer_location[sender],
         )
 
     def _spawn(self, coro: Any) -> None:
@@ -453,37 +405,11 @@ class Federation:
         best: dict[str, dict[str, Any]] = {}
         for peer, tags in sorted(self.remote_tags.items()):
             for t in tags:
-                name = t["tag"]
-                if name not in best or t["epoch"] > best[name]["epoch"]:
-                    best[name] = dict(t, node=peer)
+                if t.name not in best or t.epoch > best[t.name]["epoch"]:
+                    best[t.name] = dict(t.encode(), node=peer)
         return [best[n] for n in sorted(best)]
 
 
-def _tag(raw: Any) -> dict[str, Any]:
-    if not (
-        isinstance(raw, dict)
-        and isinstance(raw.get("tag"), str)
-        and (raw.get("owner") is None or isinstance(raw.get("owner"), str))
-        and isinstance(raw.get("epoch"), int)
-        and isinstance(raw.get("since"), (int, float))
-    ):
-        raise BadBody("tags")
-    return {"tag": raw["tag"], "owner": raw["owner"], "epoch": raw["epoch"], "since": raw["since"]}
 
-
-def _list(raw: Any) -> list[Any]:
-    if not isinstance(raw, list):
-        raise BadBody("expected a list")
-    return raw
-
-
-def _wire(p: Publication) -> dict[str, Any]:
-    return {
-        "p": p.presentity,
-        "e": p.event,
-        "etag": p.etag,
-        "body": base64.b64encode(p.body).decode(),
-        "ct": p.content_type,
-        "exp": p.expires_at,
-        "rcv": p.received_at,
-    }
+def _pub(p: Publication) -> Pub:
+    return Pub(p.presentity, p.event, p.etag, p.body, p.content_type, p.expires_at, p.received_at)
