@@ -48,7 +48,7 @@ async def test_concurrent_subscribes_share_statements_and_each_gets_its_own_stat
     s = await started(pg_dsn)
     try:
         for i in range(0, 40, 3):
-            await s.insert_publication(publication(i, f"e{i}"))
+            await s.insert_publication_watched(publication(i, f"e{i}"), NOW)
         # presence.winfo-style count: how many presence watchers already exist.
         results = await asyncio.gather(*(s.insert_subscription_state(sub(i, name(i)), NOW, "presence") for i in range(40)))
         assert s.subscribes.batches > 0 and s.subscribes.batched > s.subscribes.batches
@@ -127,7 +127,7 @@ async def test_the_expiry_sweep_takes_its_bucket_locks_in_order_before_any_row(p
         for etag, who in (("high", high), ("low", low)):  # table order: the higher bucket first
             p = pub(etag, who)
             p.expires_at = NOW - 1
-            await a.insert_publication(p)
+            await a.insert_publication_watched(p, NOW)
         lock = "SELECT pg_advisory_xact_lock(%s, presence_bucket(%s))"
         async with await psycopg.AsyncConnection.connect(pg_dsn) as batch:
             await batch.execute(lock, (PRESENTITY_LOCK, low))
@@ -182,7 +182,7 @@ async def test_concurrent_state_changes_share_statements_and_each_gets_its_numbe
                 x = sub(i * 10 + k, name(i))
                 x.id = sid
                 await s.insert_subscription_state(x, NOW)
-            await s.insert_publication(publication(i, f"e{i}"))
+            await s.insert_publication_watched(publication(i, f"e{i}"), NOW)
         calls = [i for i in range(30)] + [0, 0]  # bob... user0 changes three times
         results = await asyncio.gather(
             *(s.next_notify_state(watchers[i], name(i), "presence", NOW) for i in calls)

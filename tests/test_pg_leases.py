@@ -1,4 +1,4 @@
-"""PostgresStorage's connection leases (storage/postgres.py ``Leases``):
+"""PostgresStorage's connection leases (storage/leases.py ``Leases``):
 statements reuse connections kept out of the pool, and the pool's
 robustness is kept (a broken connection is replaced, a failed statement
 does not cost the connection, waiting beyond max_size is bounded)."""

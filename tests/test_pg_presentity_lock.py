@@ -70,8 +70,8 @@ async def test_subscribe_waits_for_an_uncommitted_publication_and_then_sees_it(p
 async def test_subscribe_waits_for_an_uncommitted_modify_and_removal(pg_dsn):
     s = await started(pg_dsn)
     try:
-        await s.insert_publication(pub("e1"))
-        await s.insert_publication(pub("gone"))
+        await s.insert_publication_watched(pub("e1"), NOW)
+        await s.insert_publication_watched(pub("gone"), NOW)
         async with await psycopg.AsyncConnection.connect(pg_dsn) as other:
             await other.execute("UPDATE publications SET body = '<y/>' WHERE etag = 'e1'")
             await other.execute("DELETE FROM publications WHERE etag = 'gone'")

@@ -260,7 +260,7 @@ async def test_a_refresh_flood_does_not_grow_the_memory_backend(kind):
     s = MemoryStorage()
     etag = "e0"
     if kind == "publication":
-        await s.insert_publication(Publication("bob@example.com", "presence", etag, b"<x/>", "t", 10.0, 0.0, "A"))
+        await s.insert_publication_watched(Publication("bob@example.com", "presence", etag, b"<x/>", "t", 10.0, 0.0, "A"), 0.0)
     elif kind == "subscription":
         await s.insert_subscription(sub(1, expires=10.0))
     tracemalloc.start()

@@ -76,7 +76,7 @@ async def test_s09_next_notify_counts_up_by_one_per_call(storage):
 
 
 async def test_s39_replace_needs_the_live_etag(storage):
-    await storage.insert_publication(pub("e1"))
+    await storage.insert_publication_watched(pub("e1"), NOW)
     assert await storage.replace_publication("bob@example.com", "presence", "nope", NOW, new_etag="x", expires_at=NOW + 5) is None
     new = await storage.replace_publication("bob@example.com", "presence", "e1", NOW, new_etag="e2", expires_at=NOW + 5, body=b"<y/>")
     assert new is not None and new.etag == "e2" and new.body == b"<y/>"
@@ -86,21 +86,21 @@ async def test_s39_replace_needs_the_live_etag(storage):
 
 
 async def test_refresh_keeps_body_and_order(storage):
-    await storage.insert_publication(pub("e1", at=NOW))
-    await storage.insert_publication(pub("e2", at=NOW + 1))
+    await storage.insert_publication_watched(pub("e1", at=NOW), NOW)
+    await storage.insert_publication_watched(pub("e2", at=NOW + 1), NOW)
     await storage.replace_publication("bob@example.com", "presence", "e1", NOW + 2, new_etag="e1b", expires_at=NOW + 50)
     assert [p.etag for p in await storage.publications("bob@example.com", "presence", NOW + 2)] == ["e1b", "e2"]
 
 
 async def test_expired_publication_is_not_live_and_cannot_be_refreshed(storage):
-    await storage.insert_publication(pub("e1", expires=NOW + 1))
+    await storage.insert_publication_watched(pub("e1", expires=NOW + 1), NOW)
     assert await storage.publications("bob@example.com", "presence", NOW + 2) == []
     assert await storage.replace_publication("bob@example.com", "presence", "e1", NOW + 2, new_etag="e2", expires_at=NOW + 9) is None
 
 
 async def test_expiry_returns_each_record_once_and_only_for_owned_tags(storage):
-    await storage.insert_publication(pub("a", expires=NOW + 1, tag="A"))
-    await storage.insert_publication(pub("b", expires=NOW + 1, tag="B"))
+    await storage.insert_publication_watched(pub("a", expires=NOW + 1, tag="A"), NOW)
+    await storage.insert_publication_watched(pub("b", expires=NOW + 1, tag="B"), NOW)
     await storage.insert_subscription(sub(1, expires=NOW + 1, tag="A"))
     await storage.insert_subscription(sub(2, expires=NOW + 1, tag="B"))
     later = NOW + 2
@@ -124,8 +124,8 @@ async def test_refreshed_subscription_does_not_expire_at_its_old_time(storage):
 
 
 async def test_counts_and_listings(storage):
-    await storage.insert_publication(pub("e1"))
-    await storage.insert_publication(pub("e2", "carol@example.com"))
+    await storage.insert_publication_watched(pub("e1"), NOW)
+    await storage.insert_publication_watched(pub("e2", "carol@example.com"), NOW)
     for i in range(5):
         await storage.insert_subscription(sub(i, f"p{i}@example.com"))
     assert await storage.counts() == (5, 2)
@@ -190,9 +190,9 @@ async def test_insert_publication_watched_stores_it_and_returns_the_live_watcher
 
 
 async def test_insert_subscription_state_stores_it_and_returns_state_and_watcher_count(storage):
-    await storage.insert_publication(pub("e2", at=NOW + 1))
-    await storage.insert_publication(pub("e1", at=NOW))
-    await storage.insert_publication(pub("old", expires=NOW - 1))
+    await storage.insert_publication_watched(pub("e2", at=NOW + 1), NOW)
+    await storage.insert_publication_watched(pub("e1", at=NOW), NOW)
+    await storage.insert_publication_watched(pub("old", expires=NOW - 1), NOW)
     await storage.insert_subscription(sub(7, event="presence.winfo"))
     await storage.insert_subscription(sub(8, event="presence.winfo", expires=NOW - 1))
     pubs, count = await storage.insert_subscription_state(sub(1), NOW, "presence.winfo")
@@ -208,10 +208,10 @@ async def test_insert_subscription_state_stores_it_and_returns_state_and_watcher
 async def test_next_notify_state_counts_up_and_returns_the_live_state_oldest_first(storage):
     await storage.insert_subscription(sub(1))
     await storage.insert_subscription(sub(2))
-    await storage.insert_publication(pub("e2", at=NOW + 1))
-    await storage.insert_publication(pub("e1", at=NOW))
-    await storage.insert_publication(pub("old", expires=NOW - 1))
-    await storage.insert_publication(pub("c1", "carol@example.com"))
+    await storage.insert_publication_watched(pub("e2", at=NOW + 1), NOW)
+    await storage.insert_publication_watched(pub("e1", at=NOW), NOW)
+    await storage.insert_publication_watched(pub("old", expires=NOW - 1), NOW)
+    await storage.insert_publication_watched(pub("c1", "carol@example.com"), NOW)
     numbers, pubs = await storage.next_notify_state(["s1", "s2", "gone"], "bob@example.com", "presence", NOW)
     assert numbers == {"s1": (1, 0), "s2": (1, 0)}
     assert [p.etag for p in pubs] == ["e1", "e2"] and pubs[0].body == b"<x/>"
@@ -238,9 +238,9 @@ async def test_insert_publication_watched_refuses_beyond_the_per_presentity_cap(
 
 
 async def test_usage_counts_live_records_per_kind_and_per_source(storage):
-    await storage.insert_publication(pub("e1", source="10.0.0.1"))
-    await storage.insert_publication(pub("e2", source="10.0.0.1"))
-    await storage.insert_publication(pub("c1", "carol@example.com", source="10.0.0.2"))
+    await storage.insert_publication_watched(pub("e1", source="10.0.0.1"), NOW)
+    await storage.insert_publication_watched(pub("e2", source="10.0.0.1"), NOW)
+    await storage.insert_publication_watched(pub("c1", "carol@example.com", source="10.0.0.2"), NOW)
     for i in range(3):
         await storage.insert_subscription(sub(i, f"p{i}@example.com"))  # source 127.0.0.1:5000
     await storage.set_binding(reg("alice@example.com", "sip:a@10.0.0.1"))
@@ -261,8 +261,8 @@ async def test_usage_counts_live_records_per_kind_and_per_source(storage):
 
 async def test_refresh_usage_reports_only_sources_at_or_above_the_floor(storage):
     for i in range(3):
-        await storage.insert_publication(pub(f"e{i}", f"p{i}@example.com", source="10.0.0.1"))
-    await storage.insert_publication(pub("x", "q@example.com", source="10.0.0.2"))
+        await storage.insert_publication_watched(pub(f"e{i}", f"p{i}@example.com", source="10.0.0.1"), NOW)
+    await storage.insert_publication_watched(pub("x", "q@example.com", source="10.0.0.2"), NOW)
     await storage.refresh_usage(2)
     usage = storage.usage()
     assert usage.source("10.0.0.1") == 3
@@ -299,3 +299,27 @@ async def test_list_registrations_pages_and_filters_by_aor(storage):
     only = await storage.list_registrations(NOW, aor="u1@example.com", offset=0, limit=10)
     assert [r.contact for r in only] == ["sip:u1@h", "sip:u1@other"]
     assert only[0].tag == "A" and only[0].expires_at == NOW + 100
+
+
+def test_every_storage_method_is_used_by_the_node():
+    """The Storage protocol holds what the node needs, nothing only tests
+    call: each method is called somewhere outside the backends."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "node" / "presence_node"
+    backends = {root / "storage" / f for f in ("base.py", "memory.py", "postgres.py", "leases.py")}
+    called = {
+        n.func.attr
+        for path in root.rglob("*.py")
+        if path not in backends
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+    }
+    [protocol] = [
+        n for n in ast.parse((root / "storage" / "base.py").read_text()).body
+        if isinstance(n, ast.ClassDef) and n.name == "Storage"
+    ]
+    methods = {n.name for n in protocol.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    assert len(methods) > 30
+    assert methods - called == set()

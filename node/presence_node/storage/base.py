@@ -91,15 +91,12 @@ class Storage(Protocol):
 
     # -- publications ------------------------------------------------------
 
-    async def insert_publication(self, pub: Publication) -> None:
-        """Store a new publication (its etag is fresh and unique)."""
-
     async def insert_publication_watched(
         self, pub: Publication, now: float, sender: str | None = None, *, cap: int | None = None
     ) -> list[Subscription]:
-        """:meth:`insert_publication`, then the live watchers of its
-        presentity and package (:meth:`watchers`, routed for ``sender``),
-        as one step: a subscription made concurrently
+        """Store a new publication (its etag is fresh and unique), then
+        return the live watchers of its presentity and package
+        (:meth:`watchers`, routed for ``sender``), as one step: a subscription made concurrently
         (:meth:`insert_subscription_state`) is either returned here or sees
         this publication.
 

@@ -77,7 +77,8 @@ class MemoryStorage:
         else:
             self._by_source.pop(source, None)
 
-    async def insert_publication(self, pub: Publication) -> None:
+    def _store(self, pub: Publication) -> None:
+        """Store ``pub`` (replacing one with its etag) and schedule its expiry."""
         pubs = self._pubs.setdefault((pub.presentity, pub.event), {})
         old = pubs.get(pub.etag)
         if old is None:
@@ -105,7 +106,7 @@ class MemoryStorage:
     ) -> list[Subscription]:
         if cap is not None and len(self._pubs.get((pub.presentity, pub.event), ())) >= cap:
             raise PresentityFull(pub.presentity, pub.event)
-        await self.insert_publication(pub)
+        self._store(pub)
         return await self.watchers(pub.presentity, pub.event, now)
 
     def _live_pub(self, presentity: str, event: str, etag: str, now: float) -> Publication | None:
@@ -179,7 +180,7 @@ class MemoryStorage:
             self._drop_pub(pubs[old_etag])
             changed = True
         if new is not None:
-            await self.insert_publication(new)
+            self._store(new)
             changed = True
         return changed
 
@@ -193,7 +194,7 @@ class MemoryStorage:
                 self._drop_pub(p)
         for p in pubs:
             if (p.presentity, p.event) in changed:
-                await self.insert_publication(p)
+                self._store(p)
         return changed
 
     async def replica_keys(self, origin: str) -> set[Key]:

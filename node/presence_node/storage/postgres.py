@@ -32,13 +32,14 @@ where the cross-node guarantees come from:
   node stored since; the per-presentity cap is counted inside the PUBLISH
   statement itself (migration 6).
 
-When the database is gone nothing waits for it: a connection not had
-within ``acquire_timeout``, or one lost, is :class:`StorageUnavailable`
-at once (the request's answer is 503 with Retry-After), and a request
-whose client has given up is never applied (``base.request_deadline``,
-checked right before its statement).  Lost connections are retried every
-``reconnect_timeout`` seconds instead of psycopg_pool's back-off (1, 2,
-4, ... s, which kept nodes away for 8 s after a 20 s outage).
+When the database is gone nothing waits for it (connections are leased
+in :mod:`.leases`): a connection not had within ``acquire_timeout``, or
+one lost, is :class:`StorageUnavailable` at once (the request's answer is
+503 with Retry-After), and a request whose client has given up is never
+applied (``base.request_deadline``, checked right before its statement).
+Lost connections are retried every ``reconnect_timeout`` seconds instead
+of psycopg_pool's back-off (1, 2, 4, ... s, which kept nodes away for 8 s
+after a 20 s outage).
 
 The schema is created and migrated at start, under an advisory lock so that
 nodes starting together do not race; start-up never deletes anything.
@@ -49,32 +50,54 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import deque
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Collection, Mapping, Sequence
-from weakref import WeakKeyDictionary
+from operator import attrgetter
+from typing import Any, Collection, Mapping, Sequence
 
 import psycopg
-from psycopg import AsyncConnection, AsyncCursor, AsyncRawCursor
-from psycopg.pq import TransactionStatus
+from psycopg import AsyncConnection
 from psycopg.types.numeric import Int8
-from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from .base import PresentityFull, StaleEpoch, StorageUnavailable, UnknownTag, check_deadline, request_deadline
 from .batching import Batcher
+from .leases import Leases, unavailable
 from .records import Publication, Registration, Subscription, TagState, Usage, differing_keys, source_ip
 from .schema import MIGRATIONS, MIGRATION_LOCK
 
 log = logging.getLogger(__name__)
 
-_SUB_COLUMNS = (
-    "id, call_id, remote_tag, presentity, event, event_header, event_params, watcher, remote_uri, "
-    "local_uri, contact, routes, transport, source, accept, expires_at, remote_cseq, cseq, version, "
-    "status, tag"
+#: Each record's columns, in its dataclass's field order (rows map onto the
+#: records positionally), and the same as a select list.
+SUB_FIELDS = (
+    "id", "call_id", "remote_tag", "presentity", "event", "event_header", "event_params", "watcher", "remote_uri",
+    "local_uri", "contact", "routes", "transport", "source", "accept", "expires_at", "remote_cseq", "cseq", "version",
+    "status", "tag",
 )
-_PUB_COLUMNS = "presentity, event, etag, body, content_type, expires_at, received_at, tag, origin"
-#: Bindings from before migration 6 have no tag (NULL).
-_REG_COLUMNS = "aor, contact, expires_at, call_id, cseq, coalesce(tag, ''), source"
+PUB_FIELDS = ("presentity", "event", "etag", "body", "content_type", "expires_at", "received_at", "tag", "origin")
+REG_FIELDS = ("aor", "contact", "expires_at", "call_id", "cseq", "tag", "source")
+TAG_FIELDS = ("name", "owner", "epoch", "since")
+
+
+def _columns(fields: Sequence[str], alias: str = "") -> str:
+    """A select list; ``alias``: of that table (``s`` gives ``s.id, ...``)."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + f for f in fields)
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+def _reg_columns(alias: str = "") -> str:
+    """Bindings from before migration 6 have no tag (NULL): read as ''."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f"coalesce({prefix}{f}, '')" if f == "tag" else prefix + f for f in REG_FIELDS)
+
+
+_SUB_COLUMNS = _columns(SUB_FIELDS)
+_PUB_COLUMNS = _columns(PUB_FIELDS)
+_TAG_COLUMNS = _columns(TAG_FIELDS)
+_REG_COLUMNS = _reg_columns()
 #: The per-presentity cap when none is asked for (presence_publish takes one).
 NO_CAP = 2**62
 #: Rows one expiry sweep takes at most; the next sweep takes the rest.
@@ -87,7 +110,11 @@ MAX_INFLIGHT = 2
 #: starts one of its own (those under way may be stuck on locks).
 MAX_WAIT = 0.1
 
-_PUBLISH_ONE = f"SELECT {_SUB_COLUMNS} FROM presence_publish(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+#: presence_publish's arguments: a publication's fields but its origin (a
+#: SIP publication's is ''), then now, source, cap and the sending node.
+_PUBLISH_FIELDS = tuple(f for f in PUB_FIELDS if f != "origin")
+_PUBLISH_NARGS = len(_PUBLISH_FIELDS) + 4
+_PUBLISH_ONE = f"SELECT {_SUB_COLUMNS} FROM presence_publish({_placeholders(_PUBLISH_NARGS)})"
 #: The recount behind usage(): the totals, then each source IP holding at
 #: least %s live records (a subscription's source is host:port, grouped
 #: first, then cut to the IP: one regexp per distinct source, not per row).
@@ -106,8 +133,19 @@ _RECOUNT = """
         UNION ALL SELECT source, count(*) FROM registrations WHERE source <> '' GROUP BY source
     ) s GROUP BY ip HAVING sum(n) >= %s
 """
-_SUBSCRIBE_ONE = f"SELECT * FROM presence_subscribe({', '.join(['%s'] * 23)})"
+#: presence_subscribe's arguments: a subscription's fields, then now and
+#: watchers_of; its rows: the watcher count, then a publication's columns.
+_SUBSCRIBE_NARGS = len(SUB_FIELDS) + 2
+_SUBSCRIBE_NCOLUMNS = 1 + len(PUB_FIELDS)
+_SUBSCRIBE_ONE = f"SELECT * FROM presence_subscribe({_placeholders(_SUBSCRIBE_NARGS)})"
+#: presence_next_notify's rows: id, cseq, version, then a publication's columns.
+_NOTIFY_NCOLUMNS = 3 + len(PUB_FIELDS)
 _NOTIFY_ONE = "SELECT * FROM presence_next_notify(%s, %s, %s, %s)"
+#: The one INSERT of each table (the publications' takes ON CONFLICT clauses
+#: after it).
+_INSERT_PUB = f"INSERT INTO publications ({_PUB_COLUMNS}) VALUES ({_placeholders(len(PUB_FIELDS))})"
+_INSERT_SUB = f"INSERT INTO subscriptions ({_SUB_COLUMNS}) VALUES ({_placeholders(len(SUB_FIELDS))})"
+_INSERT_REG = f"INSERT INTO registrations ({_columns(REG_FIELDS)}) VALUES ({_placeholders(len(REG_FIELDS))})"
 
 
 @functools.cache
@@ -150,27 +188,9 @@ def _by_index(rows: list[tuple[Any, ...]], n: int) -> list[list[tuple[Any, ...]]
 _ITEM_ERRORS = frozenset({"22", "23", "40", "P0"})
 
 
-#: SQLSTATE classes of an OperationalError that mean the database cannot
-#: serve now, whatever the statement ("": the client lost or never had the
-#: connection; connection exceptions, resources, shutdown or cancellation,
-#: system errors).  Others (class 40: a deadlock) stay the statement's.
-_UNAVAILABLE = frozenset({"", "08", "53", "57", "58"})
-
-
-def _unavailable(e: psycopg.OperationalError) -> bool:
-    return (e.sqlstate or "")[:2] in _UNAVAILABLE
-
-
 def _statement_error(e: BaseException) -> bool:
     """May this batch error be one request's fault (try them one by one)?"""
     return isinstance(e, psycopg.Error) and (e.sqlstate or "")[:2] in _ITEM_ERRORS
-
-
-class Unreachable(StorageUnavailable, psycopg.OperationalError):
-    """The database is out of reach: a :class:`StorageUnavailable` for the
-    callers that know only the storage interface (SIP and admin API answer
-    503), and still a ``psycopg.OperationalError`` for those that know the
-    driver.  The driver's own error is its ``__cause__``."""
 
 
 def _batcher(one: Any, many: Any) -> Batcher[Any, Any]:
@@ -190,191 +210,26 @@ def _pub(row: tuple[Any, ...]) -> Publication:
     return p
 
 
-def _pub_params(p: Publication) -> tuple[Any, ...]:
-    return (p.presentity, p.event, p.etag, p.body, p.content_type, p.expires_at, p.received_at, p.tag, p.origin)
+#: A record's values in its columns' order (attrgetter: C, on the hot path).
+_pub_params = attrgetter(*PUB_FIELDS)
+_publish_fields = attrgetter(*_PUBLISH_FIELDS)
+_reg_params = attrgetter(*REG_FIELDS)
+
+
+def _sub_params(sub: Subscription) -> tuple[Any, ...]:
+    return (
+        sub.id, sub.call_id, sub.remote_tag, sub.presentity, sub.event, sub.event_header, sub.event_params,
+        sub.watcher, sub.remote_uri, sub.local_uri, sub.contact, sub.routes, sub.transport, sub.source,
+        # int8 whatever the value: psycopg sends a small int as int2 and
+        # keys prepared statements by parameter types, so mixed widths
+        # would re-prepare nearly every batch.
+        sub.accept, sub.expires_at, Int8(sub.remote_cseq), Int8(sub.cseq), Int8(sub.version), sub.status,
+        sub.tag,
+    )
 
 
 def _tag(row: tuple[Any, ...]) -> TagState:
     return TagState(*row)
-
-
-class Leases:
-    """Connections borrowed from a psycopg pool and kept between statements.
-
-    ``AsyncConnectionPool.connection()`` costs about 0.1 ms of CPU per use
-    (two asyncio locks, logging calls, the connection's own context
-    manager), as much as the statement itself.  Here a statement takes an
-    idle connection from a list and puts it back, with no await unless all
-    ``max_size`` connections are busy.  A connection that breaks, or comes
-    back inside a transaction or mid-statement, goes back to the pool, which
-    rolls it back or replaces it (so database loss and return behave as
-    with the pool alone); a new one is then taken from the pool.
-    ``connection()`` has the pool's interface, for the multi-statement
-    transactions."""
-
-    def __init__(self, pool: AsyncConnectionPool[Any], max_size: int, timeout: float = 30.0) -> None:
-        self._pool = pool
-        self._max = max_size
-        #: Seconds a caller waits for a connection (then StorageUnavailable).
-        self.timeout = timeout
-        self._idle: list[AsyncConnection[Any]] = []
-        self._leased = 0  # connections taken from the pool, idle or busy
-        self._waiters: deque[asyncio.Future[AsyncConnection[Any] | None]] = deque()
-        self._cursors: WeakKeyDictionary[AsyncConnection[Any], AsyncCursor[Any]] = WeakKeyDictionary()
-        self._raw_cursors: WeakKeyDictionary[AsyncConnection[Any], AsyncRawCursor[Any]] = WeakKeyDictionary()
-        self._closed = False
-        self._checking: asyncio.Future[None] | None = None
-
-    async def acquire(self) -> AsyncConnection[Any]:
-        """An idle connection, else one within ``timeout`` seconds in all
-        (waiting for a free slot, then for the pool), else
-        :class:`StorageUnavailable`."""
-        if self._idle:
-            return self._idle.pop()
-        if self._closed:
-            raise PoolClosed("the storage is closed")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        if self._leased < self._max:
-            return await self._from_pool(self.timeout)
-        fut: asyncio.Future[AsyncConnection[Any] | None] = loop.create_future()
-        self._waiters.append(fut)
-        try:
-            # wait_for, not asyncio.timeout: handlers run eagerly, outside
-            # a task, until they first suspend (service/eager.py).
-            conn = await asyncio.wait_for(fut, self.timeout)
-        except BaseException as e:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                got = fut.result()  # handed over just as we gave up: pass it on
-                if got is not None:
-                    self.release(got)
-                else:
-                    self._wake()
-            if isinstance(e, TimeoutError):
-                raise StorageUnavailable(f"no database connection within {self.timeout:.1f} s") from None
-            raise
-        return conn if conn is not None else await self._from_pool(deadline - loop.time())
-
-    async def _from_pool(self, timeout: float) -> AsyncConnection[Any]:
-        self._leased += 1
-        try:
-            return await self._pool.getconn(max(timeout, 0.001))
-        except BaseException as e:
-            self._leased -= 1
-            self._wake()
-            if isinstance(e, PoolTimeout):
-                raise StorageUnavailable(f"no database connection within {self.timeout:.1f} s") from None
-            raise
-
-    def release(self, conn: AsyncConnection[Any]) -> None:
-        """Put back a connection that is idle and healthy."""
-        if self._closed:
-            self._leased -= 1
-            asyncio.ensure_future(self._pool.putconn(conn))  # the closed pool closes it
-            return
-        while self._waiters:
-            w = self._waiters.popleft()
-            if not w.done():
-                w.set_result(conn)
-                return
-        self._idle.append(conn)
-
-    def done(self, conn: AsyncConnection[Any]) -> None:
-        """After use: keep an idle connection, give any other back to the pool."""
-        if conn.pgconn.transaction_status == TransactionStatus.IDLE:
-            self.release(conn)
-        else:
-            asyncio.ensure_future(self.discard(conn))
-
-    async def discard(self, conn: AsyncConnection[Any]) -> None:
-        """Give a connection back to the pool (it resets or replaces it)."""
-        self._leased -= 1
-        self._cursors.pop(conn, None)
-        self._raw_cursors.pop(conn, None)
-        try:
-            await self._pool.putconn(conn)
-        finally:
-            self._wake()
-
-    def failed(self, conn: AsyncConnection[Any], e: psycopg.OperationalError) -> Unreachable:
-        """After an error on ``conn`` that says the database cannot serve
-        (_unavailable: the connection is gone, the server is shutting down
-        or out of resources): not the caller's fault and nothing to wait
-        for, so the error to raise."""
-        self.done(conn)
-        if conn.broken or conn.closed:
-            self.lost()
-        return Unreachable(f"PostgreSQL unavailable: {e}")
-
-    def lost(self) -> None:
-        """A statement found its connection broken.  The database drops
-        every connection at once (a restart, a failover), so the idle ones
-        are closed and replaced too, rather than each failing one more
-        request, and the pool checks those it holds."""
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            asyncio.ensure_future(self._replace(conn))
-        if not self._closed and (self._checking is None or self._checking.done()):
-            self._checking = asyncio.ensure_future(self._check_pool())
-
-    async def _replace(self, conn: AsyncConnection[Any]) -> None:
-        await conn.close()  # the pool replaces a closed connection
-        await self.discard(conn)
-
-    async def _check_pool(self) -> None:
-        try:
-            await self._pool.check()
-        except Exception as e:  # best effort: the next statement finds out anyway
-            log.debug("pool check failed", extra={"error": repr(e)})
-
-    def _wake(self) -> None:
-        # A slot is free: the first waiter takes a connection from the pool.
-        while self._waiters:
-            w = self._waiters.popleft()
-            if not w.done():
-                w.set_result(None)
-                return
-
-    def cursor(self, conn: AsyncConnection[Any], raw: bool = False) -> AsyncCursor[Any]:
-        """The connection's reused cursor; ``raw``: the one for ``$n``
-        placeholders, which psycopg passes through unparsed (it caches its
-        parse of a ``%s`` query only up to 50 parameters, and re-parsing a
-        batch statement would cost a quarter of the node's CPU)."""
-        if raw:
-            rcur = self._raw_cursors.get(conn)
-            if rcur is None:
-                rcur = self._raw_cursors[conn] = AsyncRawCursor(conn)
-            return rcur
-        cur = self._cursors.get(conn)
-        if cur is None:
-            cur = self._cursors[conn] = conn.cursor()
-        return cur
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
-        conn = await self.acquire()
-        try:
-            yield conn
-        except psycopg.OperationalError as e:
-            if not _unavailable(e):
-                self.done(conn)
-                raise
-            raise self.failed(conn, e) from e
-        except BaseException:
-            self.done(conn)
-            raise
-        self.done(conn)
-
-    async def close(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await self.discard(conn)
-        for w in self._waiters:
-            if not w.done():
-                w.set_exception(PoolClosed("the storage is closed"))
-        self._waiters.clear()
-        await self._pool.close()
 
 
 class PostgresStorage:
@@ -396,7 +251,7 @@ class PostgresStorage:
             dsn, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True},
             reconnect_timeout=reconnect_timeout,
         )
-        #: Connections for every statement and transaction (see Leases).
+        #: Connections for every statement and transaction (leases.Leases).
         self.pool = Leases(self._pool, max_size, acquire_timeout)
         self.publishes: Batcher[tuple[Publication, float, int, str | None], list[Subscription] | None] = _batcher(
             self._publish_one, self._publish_many
@@ -446,7 +301,7 @@ class PostgresStorage:
             res = cur.pgresult
             rows = await cur.fetchall() if res is not None and res.nfields else []
         except psycopg.OperationalError as e:
-            if not _unavailable(e):
+            if not unavailable(e):
                 leases.done(conn)
                 raise
             raise leases.failed(conn, e) from e
@@ -483,13 +338,6 @@ class PostgresStorage:
         if source:
             self._by_source[source] = self._by_source.get(source, 0) + 1
 
-    async def insert_publication(self, pub: Publication) -> None:
-        await self._rows(
-            f"INSERT INTO publications ({_PUB_COLUMNS}, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (*_pub_params(pub), pub.source),
-        )
-        self._added(1, pub.source)
-
     async def insert_publication_watched(
         self, pub: Publication, now: float, sender: str | None = None, *, cap: int | None = None
     ) -> list[Subscription]:
@@ -505,8 +353,7 @@ class PostgresStorage:
 
     @staticmethod
     def _publish_params(pub: Publication, now: float, cap: int, sender: str | None) -> tuple[Any, ...]:
-        return (pub.presentity, pub.event, pub.etag, pub.body, pub.content_type, pub.expires_at, pub.received_at,
-                pub.tag, now, pub.source, Int8(cap), sender)
+        return (*_publish_fields(pub), now, pub.source, Int8(cap), sender)
 
     @staticmethod
     def _publish_result(rows: list[tuple[Any, ...]]) -> list[Subscription] | None:
@@ -526,7 +373,7 @@ class PostgresStorage:
         # in the same order.
         order = sorted(range(len(items)), key=lambda i: (items[i][0].presentity, items[i][0].event))
         per_call = await self._batch(
-            "presence_publish", _SUB_COLUMNS, 21, [self._publish_params(*items[i]) for i in order],
+            "presence_publish", _SUB_COLUMNS, len(SUB_FIELDS), [self._publish_params(*items[i]) for i in order],
             "shared", [items[i][0].presentity for i in order],
         )
         out: list[list[Subscription] | None] = [None] * len(items)
@@ -587,8 +434,7 @@ class PostgresStorage:
                 changed = cur.rowcount > 0
             if new is not None:
                 await conn.execute(
-                    f"INSERT INTO publications ({_PUB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (etag) DO UPDATE SET body = excluded.body, content_type = excluded.content_type,"
+                    _INSERT_PUB + " ON CONFLICT (etag) DO UPDATE SET body = excluded.body, content_type = excluded.content_type,"
                     " expires_at = excluded.expires_at, received_at = excluded.received_at, origin = excluded.origin",
                     _pub_params(new),
                 )
@@ -616,11 +462,7 @@ class PostgresStorage:
                 await conn.execute("DELETE FROM publications WHERE etag = ANY(%s)", (gone,))
             for p in pubs:
                 if (p.presentity, p.event) in changed:
-                    await conn.execute(
-                        f"INSERT INTO publications ({_PUB_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                        " ON CONFLICT (etag) DO NOTHING",
-                        _pub_params(p),
-                    )
+                    await conn.execute(_INSERT_PUB + " ON CONFLICT (etag) DO NOTHING", _pub_params(p))
             return changed
 
     async def replica_keys(self, origin: str) -> set[tuple[str, str]]:
@@ -666,14 +508,7 @@ class PostgresStorage:
     # -- subscriptions -----------------------------------------------------
 
     async def insert_subscription(self, sub: Subscription) -> None:
-        await self._rows(
-            f"INSERT INTO subscriptions ({_SUB_COLUMNS}) VALUES ({', '.join(['%s'] * 21)})",
-            (
-                sub.id, sub.call_id, sub.remote_tag, sub.presentity, sub.event, sub.event_header, sub.event_params,
-                sub.watcher, sub.remote_uri, sub.local_uri, sub.contact, sub.routes, sub.transport, sub.source,
-                sub.accept, sub.expires_at, sub.remote_cseq, sub.cseq, sub.version, sub.status, sub.tag,
-            ),
-        )
+        await self._rows(_INSERT_SUB, _sub_params(sub))
         self._added(2, source_ip(sub.source))
 
     async def insert_subscription_state(
@@ -687,15 +522,7 @@ class PostgresStorage:
 
     @staticmethod
     def _subscribe_params(sub: Subscription, now: float, watchers_of: str | None) -> tuple[Any, ...]:
-        return (
-            sub.id, sub.call_id, sub.remote_tag, sub.presentity, sub.event, sub.event_header, sub.event_params,
-            sub.watcher, sub.remote_uri, sub.local_uri, sub.contact, sub.routes, sub.transport, sub.source,
-            # int8 whatever the value: psycopg sends a small int as int2 and
-            # keys prepared statements by parameter types, so mixed widths
-            # would re-prepare nearly every batch.
-            sub.accept, sub.expires_at, Int8(sub.remote_cseq), Int8(sub.cseq), Int8(sub.version), sub.status,
-            sub.tag, now, watchers_of,
-        )
+        return (*_sub_params(sub), now, watchers_of)
 
     @staticmethod
     def _subscribe_result(rows: list[tuple[Any, ...]]) -> tuple[list[Publication], int]:
@@ -710,7 +537,7 @@ class PostgresStorage:
         self, items: list[tuple[Subscription, float, str | None]]
     ) -> list[tuple[list[Publication], int]]:
         per_call = await self._batch(
-            "presence_subscribe", "*", 10, [self._subscribe_params(*item) for item in items],
+            "presence_subscribe", "*", _SUBSCRIBE_NCOLUMNS, [self._subscribe_params(*item) for item in items],
             "exclusive", [sub.presentity for sub, _, _ in items],
         )
         return [self._subscribe_result(rows) for rows in per_call]
@@ -737,7 +564,7 @@ class PostgresStorage:
                 f"""
                 DELETE FROM subscriptions s USING sharing_tags t
                 WHERE s.id = %s AND t.name = s.tag AND t.owner = %s
-                RETURNING {', '.join('s.' + c.strip() for c in _SUB_COLUMNS.split(','))}
+                RETURNING {_columns(SUB_FIELDS, "s")}
                 """,
                 (sub_id, owner),
             )
@@ -797,14 +624,13 @@ class PostgresStorage:
         # (stable, so one presentity's keep their order), which two nodes'
         # batches share, so they cannot deadlock on those rows.
         order = sorted(range(len(items)), key=lambda i: (items[i][1], items[i][2]))
-        split = await self._batch("presence_next_notify", "*", 12, [items[i] for i in order])
+        split = await self._batch("presence_next_notify", "*", _NOTIFY_NCOLUMNS, [items[i] for i in order])
         out: list[tuple[dict[str, tuple[int, int]], list[Publication]]] = [({}, [])] * len(items)
         for position, i in enumerate(order):
             out[i] = self._notify_result(split[position])
         return out
 
     async def expire_subscriptions(self, now: float, node: str) -> list[Subscription]:
-        cols = ", ".join("s." + c.strip() for c in _SUB_COLUMNS.split(","))
         rows = await self._rows(
             f"""
             WITH owned AS (SELECT name FROM sharing_tags WHERE owner = %(node)s FOR SHARE),
@@ -812,7 +638,7 @@ class PostgresStorage:
                 SELECT s.id FROM subscriptions s JOIN owned ON s.tag = owned.name
                 WHERE s.expires_at <= %(now)s LIMIT {EXPIRY_BATCH} FOR UPDATE OF s SKIP LOCKED
             )
-            DELETE FROM subscriptions s USING victims WHERE s.id = victims.id RETURNING {cols}
+            DELETE FROM subscriptions s USING victims WHERE s.id = victims.id RETURNING {_columns(SUB_FIELDS, "s")}
             """,
             {"node": node, "now": now},
         )
@@ -823,12 +649,10 @@ class PostgresStorage:
     async def set_binding(self, reg: Registration) -> None:
         # xmax = 0: the row is new (not a refresh), for usage().
         row = await self._one(
-            "INSERT INTO registrations (aor, contact, expires_at, call_id, cseq, tag, source)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (aor, contact) DO UPDATE SET expires_at = EXCLUDED.expires_at,"
+            _INSERT_REG + " ON CONFLICT (aor, contact) DO UPDATE SET expires_at = EXCLUDED.expires_at,"
             " call_id = EXCLUDED.call_id, cseq = EXCLUDED.cseq, tag = EXCLUDED.tag, source = EXCLUDED.source"
             " RETURNING xmax = 0",
-            (reg.aor, reg.contact, reg.expires_at, reg.call_id, reg.cseq, reg.tag, reg.source),
+            _reg_params(reg),
         )
         if row is not None and row[0]:
             self._added(3, reg.source)
@@ -860,7 +684,7 @@ class PostgresStorage:
             ),
             victims AS (SELECT * FROM mine UNION ALL SELECT * FROM untagged)
             DELETE FROM registrations r USING victims v WHERE r.aor = v.aor AND r.contact = v.contact
-            RETURNING r.aor, r.contact, r.expires_at, r.call_id, r.cseq, coalesce(r.tag, ''), r.source
+            RETURNING {_reg_columns("r")}
             """,
             {"node": node, "now": now},
         )
@@ -879,8 +703,8 @@ class PostgresStorage:
     async def ensure_tags(self, configured: Mapping[str, bool], node: str, now: float) -> None:
         for name, active in configured.items():
             await self._rows(
-                """
-                INSERT INTO sharing_tags (name, owner, epoch, since) VALUES (%(name)s, %(owner)s, %(epoch)s, %(now)s)
+                f"""
+                INSERT INTO sharing_tags ({_TAG_COLUMNS}) VALUES (%(name)s, %(owner)s, %(epoch)s, %(now)s)
                 ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, epoch = sharing_tags.epoch + 1,
                     since = EXCLUDED.since
                 WHERE sharing_tags.owner IS NULL AND EXCLUDED.owner IS NOT NULL
@@ -889,13 +713,13 @@ class PostgresStorage:
             )
 
     async def tags(self) -> list[TagState]:
-        return [_tag(r) for r in await self._rows("SELECT name, owner, epoch, since FROM sharing_tags ORDER BY name")]
+        return [_tag(r) for r in await self._rows(f"SELECT {_TAG_COLUMNS} FROM sharing_tags ORDER BY name")]
 
     async def activate_tag(self, name: str, node: str, now: float, epoch: int | None = None) -> TagState:
         async with self.pool.connection() as conn:
             async with conn.transaction():
                 cur = await conn.execute(
-                    "SELECT name, owner, epoch, since FROM sharing_tags WHERE name = %s FOR UPDATE", (name,)
+                    f"SELECT {_TAG_COLUMNS} FROM sharing_tags WHERE name = %s FOR UPDATE", (name,)
                 )
                 row = await cur.fetchone()
                 if row is None:
@@ -906,7 +730,7 @@ class PostgresStorage:
                 new_epoch = current.epoch + 1 if epoch is None else epoch
                 cur = await conn.execute(
                     "UPDATE sharing_tags SET owner = %s, epoch = %s, since = %s WHERE name = %s"
-                    " RETURNING name, owner, epoch, since",
+                    f" RETURNING {_TAG_COLUMNS}",
                     (node, new_epoch, now, name),
                 )
                 updated = await cur.fetchone()
@@ -916,12 +740,12 @@ class PostgresStorage:
     async def deactivate_tag(self, name: str, node: str, now: float) -> TagState:
         row = await self._one(
             "UPDATE sharing_tags SET owner = NULL, epoch = epoch + 1, since = %s WHERE name = %s AND owner = %s"
-            " RETURNING name, owner, epoch, since",
+            f" RETURNING {_TAG_COLUMNS}",
             (now, name, node),
         )
         if row is not None:
             return _tag(row)
-        row = await self._one("SELECT name, owner, epoch, since FROM sharing_tags WHERE name = %s", (name,))
+        row = await self._one(f"SELECT {_TAG_COLUMNS} FROM sharing_tags WHERE name = %s", (name,))
         if row is None:
             raise UnknownTag(name)
         return _tag(row)
