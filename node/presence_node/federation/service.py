@@ -47,7 +47,9 @@ from ..service.notify import Notifier
 from ..storage import Publication, Storage, Subscription
 from ..storage.base import outside_request
 from .channel import Channel
-from .wire import Envelope, Interest, Key, Message, Pub, Publications, Publish, Query, Rejected, State, SyncRequest, Tag, decode
+from .wire import (
+    Envelope, Interest, Key, Message, Pub, Publications, Publish, Query, Rejected, State, SyncRequest, Tag, decode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +116,7 @@ class Federation:
         if event not in self.events:
             return
         key = (presentity, event)
-        msg = Publish(key, old_etag, _pub(pub) if pub is not None else None)
-        for peer in self._targets(key, old_etag):
-            self._send(peer, msg)
+        self._send(self._targets(key, old_etag), Publish(key, old_etag, _pub(pub) if pub is not None else None))
 
     def _targets(self, key: Key, old_etag: str | None) -> list[str]:
         if self.full:
@@ -213,9 +213,7 @@ class Federation:
         if watched is None:
             watched = await self._watched()
         tags = tuple(Tag(t.name, t.owner, t.epoch, t.since) for t in await self.storage.tags())
-        msg = State(self.location, watched, tags)
-        for peer in peers:
-            self._send(peer, msg)
+        self._send(peers, State(self.location, watched, tags))
 
     async def _resync(self, peer: str, cause: str, watched: tuple[Key, ...] | None = None) -> None:
         """Ask ``peer`` for what its location holds of what we watch
@@ -224,7 +222,7 @@ class Federation:
             return
         self.metrics.count("federation_resyncs", cause)
         keys = None if self.full else (watched if watched is not None else await self._watched())
-        self._send(peer, SyncRequest(keys))
+        self._send([peer], SyncRequest(keys))
 
     async def _acting(self, event: str | None = None) -> bool:
         """Whether this node is where its location's tag for ``event`` is
@@ -304,7 +302,7 @@ class Federation:
         held = await self.storage.held_publications(list(keys), self.clock())
         if held:  # only holders answer
             answered = tuple(sorted({(p.presentity, p.event) for p in held}))
-            self._send(peer, Publications("answer", answered, tuple(_pub(p) for p in held)))
+            self._send([peer], Publications("answer", answered, tuple(_pub(p) for p in held)))
 
     async def _sync_request(self, sender: str, msg: SyncRequest) -> None:
         """Send what this location holds of ``keys`` (all: None) in batches
@@ -320,9 +318,9 @@ class Federation:
         batch = sorted(by_key)
         for i in range(0, len(batch), SYNC_BATCH):
             part = tuple(batch[i : i + SYNC_BATCH])
-            self._send(sender, Publications("sync", part, tuple(_pub(p) for k in part for p in by_key[k])))
+            self._send([sender], Publications("sync", part, tuple(_pub(p) for k in part for p in by_key[k])))
         if keys is None:
-            self._send(sender, Publications("sync", (), (), complete=tuple(batch)))
+            self._send([sender], Publications("sync", (), (), complete=tuple(batch)))
 
     async def _publications(self, sender: str, msg: Publications) -> None:
         """An ``answer`` to our query or a ``sync`` we asked for: the
@@ -354,12 +352,13 @@ class Federation:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _send(self, peer: str, msg: Message) -> None:
-        self.channel.send(peer, msg.kind, msg.body())
+    def _send(self, peers: Iterable[str], msg: Message) -> None:
+        body = msg.body()  # encoded once for all: a publication's body is base64 in it
+        for peer in peers:
+            self.channel.send(peer, msg.kind, body)
 
     def _broadcast(self, msg: Message) -> None:
-        for peer in self.others:
-            self._send(peer, msg)
+        self._send(self.others, msg)
 
     def _record(self, pub: Pub, sender: str) -> Publication:
         """A received publication as this location stores it: under its

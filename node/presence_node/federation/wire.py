@@ -187,7 +187,11 @@ class State:
     tags: tuple[Tag, ...]
 
     def body(self) -> dict[str, Any]:
-        return {"location": self.location, "interest": _encode_keys(self.interest), "tags": [t.encode() for t in self.tags]}
+        return {
+            "location": self.location,
+            "interest": _encode_keys(self.interest),
+            "tags": [t.encode() for t in self.tags],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +286,8 @@ class _Bad(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Fields:
+    """A received body, and what checking its fields needs to know."""
+
     kind: str
     body: dict[str, Any]
     events: frozenset[str]
