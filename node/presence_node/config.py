@@ -71,6 +71,14 @@ class Notify(_Strict):
     max_unproven_targets: int = Field(65536, ge=1)
 
 
+class Dialog(_Strict):
+    """How dialog documents (BLF, shared lines) are written for phones."""
+
+    #: One terminated placeholder ``<dialog>`` in an idle document, for the
+    #: phones that show nothing without one (Kamailio's ``force_dummy_dialog``).
+    idle_placeholder: bool = False
+
+
 class Limits(_Strict):
     """Protection against floods and oversized input."""
 
@@ -280,6 +288,7 @@ class Config(_Strict):
     #: SIP domains served (D2); empty = any.
     domains: tuple[str, ...] = ()
     packages: tuple[str, ...] = KNOWN_PACKAGES
+    dialog: Dialog = Dialog()
     subscription_expiry: Expiry = Expiry()
     publication_expiry: Expiry = Expiry()
     registration_expiry: Expiry = Expiry(min=60, default=3600, max=7200)

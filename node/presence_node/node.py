@@ -28,7 +28,7 @@ from .admin.app import make_app
 from .admin.secret import cluster_secret, load_secret
 from .config import Config
 from .metrics import Metrics
-from .packages.registry import PackageRegistry
+from .packages.registry import PackageOptions, PackageRegistry
 from .xmlsafe import XmlLimits
 from .service.context import Service
 from .service.dispatch import Dispatcher
@@ -52,10 +52,13 @@ class Node:
         self.storage: Storage = storage or make_storage(config)
         self.packages = PackageRegistry(
             list(config.packages),
-            XmlLimits(
-                max_namespaces=config.limits.max_xml_namespaces,
-                max_namespace_length=config.limits.max_xml_namespace_length,
-                max_elements=config.limits.max_xml_elements,
+            PackageOptions(
+                XmlLimits(
+                    max_namespaces=config.limits.max_xml_namespaces,
+                    max_namespace_length=config.limits.max_xml_namespace_length,
+                    max_elements=config.limits.max_xml_elements,
+                ),
+                idle_dialog_placeholder=config.dialog.idle_placeholder,
             ),
         )
         self.ids = Ids(config.node_id)
