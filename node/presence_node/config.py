@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-KNOWN_PACKAGES = ("presence", "presence.winfo", "dialog", "dialog;sla")
+KNOWN_PACKAGES = ("presence", "presence.winfo", "dialog", "dialog;sla", "message-summary")
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _HOSTPORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")

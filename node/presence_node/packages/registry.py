@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..xmlsafe import XmlLimits
 from .base import EventPackage
 from .dialog import DialogPackage
+from .message_summary import MessageSummaryPackage
 from .presence import PresencePackage
 from .winfo import WatcherInfoPackage
 
@@ -39,6 +40,7 @@ _FACTORIES: dict[str, Callable[[PackageOptions], Package]] = {
                                             idle_placeholder=options.idle_dialog_placeholder),
     "dialog;sla": lambda options: DialogPackage("dialog;sla", options.limits,
                                                 idle_placeholder=options.idle_dialog_placeholder),
+    "message-summary": lambda options: MessageSummaryPackage(),
 }
 
 #: Every package name a node can enable, in Allow-Events order.
