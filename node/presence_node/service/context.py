@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import Config, Expiry
+from ..packages.base import EventPackage
 from ..packages.registry import PackageRegistry
 from ..sip.errors import ParseError, RemoteSipError
 from ..sip.headers import Event, NameAddr, parse_event, parse_expires, parse_uri
@@ -81,8 +82,12 @@ class Service:
     def resource(self, req: Request) -> str:
         """The canonical AOR named by the Request-URI (D2, S49); 404 for a
         domain this node does not serve, 416 for a scheme it cannot."""
+        return self.resource_of(req.uri)
+
+    def resource_of(self, text: str) -> str:
+        """:meth:`resource` for a URI given as text (the admin API's)."""
         try:
-            uri = parse_uri(req.uri)
+            uri = parse_uri(text)
         except ParseError as e:
             raise RemoteSipError("bad Request-URI", status=Status.BAD_REQUEST) from e
         if uri.scheme not in ("sip", "sips", "pres"):
@@ -96,6 +101,14 @@ class Service:
 
     def bad_event(self) -> RemoteSipError:
         return RemoteSipError("unsupported event package", status=Status.BAD_EVENT, headers=[("Allow-Events", self.allow_events)])
+
+    def publishable(self, key: str) -> EventPackage:
+        """The package PUBLISH ``key`` goes to; 489 for one not served or
+        not publishable (winfo)."""
+        package = self.packages.get(key)
+        if package is None or not package.publishable:
+            raise self.bad_event()
+        return package  # type: ignore[return-value]  # publishable: an EventPackage
 
     def event_of(self, req: Request) -> Event:
         raw = req.headers.get("event")
@@ -113,6 +126,11 @@ class Service:
             asked = parse_expires(req.headers.get("expires"))
         except ParseError as e:
             raise RemoteSipError("bad Expires", status=Status.BAD_REQUEST) from e
+        return self.grant(asked, bounds)
+
+    @staticmethod
+    def grant(asked: int | None, bounds: Expiry) -> int:
+        """:meth:`granted_expiry` for an interval already read."""
         if asked is None:
             return bounds.default
         if asked == 0:
