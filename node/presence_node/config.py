@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-KNOWN_PACKAGES = ("presence", "presence.winfo", "dialog", "dialog;sla", "message-summary")
+KNOWN_PACKAGES = ("presence", "presence.winfo", "dialog", "dialog;sla", "message-summary", "as-feature-event")
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _HOSTPORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
@@ -77,6 +77,19 @@ class Dialog(_Strict):
     #: One terminated placeholder ``<dialog>`` in an idle document, for the
     #: phones that show nothing without one (Kamailio's ``force_dummy_dialog``).
     idle_placeholder: bool = False
+
+
+class Features(_Strict):
+    """Feature key synchronisation (``as-feature-event``): who hears of a change."""
+
+    #: POSTed a JSON object for each DND or forwarding change a phone makes
+    #: (README "as-feature-event"); none: the change is only stored and notified.
+    webhook_url: str | None = Field(None, pattern=r"^https?://")
+    #: A file holding the bearer secret sent with each call.
+    webhook_secret_file: Path | None = None
+    webhook_timeout: float = Field(2.0, gt=0, le=60)
+    #: Calls in flight at most; a change beyond it is not posted (counted).
+    webhook_max_in_flight: int = Field(100, ge=1, le=10000)
 
 
 class Limits(_Strict):
@@ -289,6 +302,7 @@ class Config(_Strict):
     domains: tuple[str, ...] = ()
     packages: tuple[str, ...] = KNOWN_PACKAGES
     dialog: Dialog = Dialog()
+    features: Features = Features()
     subscription_expiry: Expiry = Expiry()
     publication_expiry: Expiry = Expiry()
     registration_expiry: Expiry = Expiry(min=60, default=3600, max=7200)

@@ -33,6 +33,7 @@ from .xmlsafe import XmlLimits
 from .service.context import Service
 from .service.dispatch import Dispatcher
 from .service.expiry import Expirer
+from .service.features import FeatureHook
 from .service.ids import Ids
 from .service.notify import Notifier
 from .net.targets import Targets
@@ -86,6 +87,8 @@ class Node:
             self.storage, self.packages, self.transports, self.ids, self.metrics, min_interval=config.notify.min_interval
         )
         self.service = Service(config, self.storage, self.packages, self.notifier, self.ids, self.metrics)
+        if config.features.webhook_url is not None:
+            self.service.feature_hook = FeatureHook(config.features, self.metrics)
         self.dispatcher = Dispatcher(
             self.service, self.metrics, self.transports.on_response, local_hosts=_local_hosts(config)
         )
@@ -262,6 +265,8 @@ class Node:
             await self._runner.cleanup()
         if self.federation is not None:
             await self.federation.close()
+        if self.service.feature_hook is not None:
+            await self.service.feature_hook.close()
         await self.transports.close()
         await self.storage.close()
         log.info("node stopped", extra={"node": self.config.node_id})

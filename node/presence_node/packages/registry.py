@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..xmlsafe import XmlLimits
 from .base import EventPackage
 from .dialog import DialogPackage
+from .features import FeaturePackage
 from .message_summary import MessageSummaryPackage
 from .presence import PresencePackage
 from .winfo import WatcherInfoPackage
@@ -41,6 +42,7 @@ _FACTORIES: dict[str, Callable[[PackageOptions], Package]] = {
     "dialog;sla": lambda options: DialogPackage("dialog;sla", options.limits,
                                                 idle_placeholder=options.idle_dialog_placeholder),
     "message-summary": lambda options: MessageSummaryPackage(),
+    "as-feature-event": lambda options: FeaturePackage(options.limits),
 }
 
 #: Every package name a node can enable, in Allow-Events order.

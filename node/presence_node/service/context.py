@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import Config, Expiry
 from ..packages.base import EventPackage
@@ -17,6 +17,9 @@ from .capacity import Capacity
 from .ids import Ids
 from .notify import Notifier, Unwatching
 from .owners import Owners
+
+if TYPE_CHECKING:
+    from .features import FeatureHook
 
 
 @dataclass(slots=True)
@@ -78,6 +81,8 @@ class Service:
         self.federation: Federating | None = None
         #: Shared database: only the owner of a subscription's tag sends its NOTIFYs.
         self.owners: Owners | None = None
+        #: Tells the PBX of feature key changes (``features.webhook_url``).
+        self.feature_hook: FeatureHook | None = None
 
     def resource(self, req: Request) -> str:
         """The canonical AOR named by the Request-URI (D2, S49); 404 for a

@@ -20,6 +20,7 @@ from ..sip.message import Request
 from ..sip.status import Status
 from ..storage import Subscription
 from .context import Incoming, Service
+from .features import FEATURES, check_own, feature_subscribe
 from .notify import FIRST_CSEQ, FIRST_VERSION, WINFO
 from .owners import Owners
 from .reply import Reply
@@ -57,6 +58,8 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         raise RemoteSipError("bad From URI", status=Status.BAD_REQUEST) from e
     if event.key == WINFO and watcher != presentity:
         raise RemoteSipError("a watcher list is only for its presentity", status=Status.FORBIDDEN)
+    if event.key == FEATURES:
+        check_own(watcher, presentity)
     contacts = req.headers.values("contact")
     if not contacts:
         raise RemoteSipError("SUBSCRIBE without Contact", status=Status.BAD_REQUEST)
@@ -99,6 +102,7 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         sub.cseq, sub.version = FIRST_CSEQ - 1, FIRST_VERSION
         return Reply(Status.OK, headers, to_tag=sub.id, then=lambda: svc.notifier.terminated(sub, "timeout"))
     svc.capacity.admit("subscription", inc.host)
+    changed = await feature_subscribe(svc, inc, presentity) if event.key == FEATURES else None
     elsewhere = _sender_elsewhere(svc, sub)
     if elsewhere is not None:
         # Stored with no NOTIFY counted: the first one is the owner's (or
@@ -115,6 +119,8 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         state, winfo_watchers = await svc.storage.insert_subscription_state(sub, inc.now, winfo)
 
     async def first_notify() -> None:
+        if changed is not None:
+            await changed()
         current = state
         try:
             if svc.federation is not None:
@@ -172,11 +178,14 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
                 await svc.federation.unwatched([(removed.presentity, removed.event)])
 
         return Reply(Status.OK, headers, then=last_notify)
+    changed = await feature_subscribe(svc, inc, sub.presentity) if event.key == FEATURES else None
     refreshed = await svc.storage.refresh_subscription(
         sub.id, expires_at=inc.now + expires, remote_cseq=cseq, contact=contact
     )
     if refreshed is None:
         raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
+    if changed is not None:
+        return Reply(Status.OK, headers, then=changed)  # notifies this dialog too
     if elsewhere is not None:
         return Reply(Status.OK, headers, then=lambda: elsewhere.pass_on([refreshed]))
     return Reply(Status.OK, headers, then=lambda: svc.notifier.notify([refreshed]))
