@@ -167,6 +167,10 @@ class Limits(_Strict):
     #: statement over every table, 0.3-0.8 s of database time at 100k rows
     #: per table).
     count_refresh_interval: float = Field(30.0, gt=0, le=3600)
+    #: Resource lists the node holds (RFC 4662) and members per list: a
+    #: list NOTIFY composes every member, so its size bounds the work of one.
+    max_resource_lists: int = Field(10_000, ge=1)
+    max_list_members: int = Field(500, ge=1, le=10_000)
 
 
 class Storage(_Strict):
@@ -330,6 +334,8 @@ class Config(_Strict):
     #: Packages whose records are clustered (stamped with ``default_tag``);
     #: the others stay this node's own duty (its private tag).
     cluster_pres_events: tuple[str, ...] = ("presence", "dialog;sla")
+    #: Resource lists (RFC 4662): list URI → member URIs (README "Resource lists").
+    resource_lists: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     federation: Federation = Federation()
 
     @field_validator("sip", "admin")
@@ -382,6 +388,9 @@ class Config(_Strict):
                 raise ValueError("federation needs cluster_id")
             if any(p.id == self.node_id for p in self.federation.peers):
                 raise ValueError("federation.peers must not list this node")
+        from .service.lists import ResourceLists  # the same checks as the admin API's
+
+        ResourceLists(self.limits.max_resource_lists, self.limits.max_list_members, self.resource_lists)
         return self
 
     @property

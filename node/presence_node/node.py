@@ -34,6 +34,7 @@ from .service.context import Service
 from .service.dispatch import Dispatcher
 from .service.expiry import Expirer
 from .service.features import FeatureHook
+from .service.lists import ResourceLists
 from .service.ids import Ids
 from .service.notify import Notifier
 from .net.targets import Targets
@@ -85,6 +86,9 @@ class Node:
         )
         self.notifier = Notifier(
             self.storage, self.packages, self.transports, self.ids, self.metrics, min_interval=config.notify.min_interval
+        )
+        self.notifier.lists = ResourceLists(
+            config.limits.max_resource_lists, config.limits.max_list_members, config.resource_lists
         )
         self.service = Service(config, self.storage, self.packages, self.notifier, self.ids, self.metrics)
         if config.features.webhook_url is not None:

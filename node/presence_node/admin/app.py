@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..service.lists import ListRefused
+from ..service.lists import canonical as canonical_list
 from ..service.publish import PublishAsk, publish
 from ..service.tags import PrivateTag
 from ..sip.errors import RemoteSipError
@@ -294,6 +296,43 @@ def make_app(node: "Node", secret: str) -> web.Application:
             raise _bad_request("If-Match must name the entity tag of the state to clear")
         return await push(request, 0, b"", etag)
 
+    async def lists(request: web.Request) -> web.Response:
+        _known_params(request, set())
+        table = node.notifier.lists
+        assert table is not None
+        return web.json_response({"items": [{"list": aor, "members": list(members)} for aor, members in table.items()]})
+
+    async def set_list(request: web.Request) -> web.Response:
+        _known_params(request, set())
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 'body must be JSON: {"members": ["sip:…", …]}')
+        if not isinstance(body, dict) or set(body) != {"members"} or not isinstance(body["members"], list) \
+                or not all(isinstance(m, str) for m in body["members"]):
+            return _error(400, 'body must be {"members": [<SIP URI>, …]} and nothing else')
+        table = node.notifier.lists
+        assert table is not None
+        try:
+            aor, members = table.set(request.match_info["uri"], body["members"])
+        except ListRefused as e:
+            return _error(400, str(e))
+        await node.notifier.list_redefined(aor)
+        return web.json_response({"list": aor, "members": list(members)})
+
+    async def delete_list(request: web.Request) -> web.Response:
+        _known_params(request, set())
+        table = node.notifier.lists
+        assert table is not None
+        try:
+            aor = canonical_list(request.match_info["uri"])
+        except ListRefused as e:
+            return _error(400, str(e))
+        if not table.delete(aor):
+            return _error(404, f"no resource list {aor}")
+        await node.notifier.list_redefined(aor)
+        return web.json_response({"list": aor, "deleted": True})
+
     async def metrics(_: web.Request) -> web.Response:
         body = await node.metrics_text()
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
@@ -333,6 +372,9 @@ def make_app(node: "Node", secret: str) -> web.Application:
     app.router.add_get(contract.PRESENTITIES, presentities)
     app.router.add_put(contract.PRESENTITY_STATE, set_state)
     app.router.add_delete(contract.PRESENTITY_STATE, clear_state)
+    app.router.add_get(contract.LISTS, lists)
+    app.router.add_put(contract.LIST, set_list)
+    app.router.add_delete(contract.LIST, delete_list)
     app.router.add_get(contract.SUBSCRIPTIONS, subscriptions)
     app.router.add_get(contract.REGISTRATIONS, registrations)
     app.router.add_get(contract.METRICS, metrics)

@@ -114,7 +114,11 @@ async def publish(svc: Service, ask: PublishAsk) -> Reply:
         svc.metrics.publication_change(key, "new")
         if svc.federation is not None:
             svc.federation.published(presentity, key, None, pub)
-        return Reply(Status.OK, [("SIP-ETag", new), *ok], then=lambda: svc.notifier.notify(watchers))
+        async def tell() -> None:
+            await svc.notifier.notify(watchers)
+            await svc.notifier.lists_changed(presentity, key)
+
+        return Reply(Status.OK, [("SIP-ETag", new), *ok], then=tell)
 
     if expires == 0:
         removed = await svc.storage.delete_publication(presentity, key, etag, now)

@@ -24,6 +24,7 @@ from .features import FEATURES, check_own, feature_subscribe
 from .notify import FIRST_CSEQ, FIRST_VERSION, WINFO
 from .owners import Owners
 from .reply import Reply
+from ..packages.rlmi import EVENTLIST, RLMI_TYPE
 
 #: Why a SUBSCRIBE whose NOTIFYs could not be sent at all is refused (#12.3).
 UNREACHABLE = "Contact (or Record-Route) of an address family this node does not serve"
@@ -48,7 +49,15 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
     presentity = svc.resource(req)
     package = svc.packages.get(event.key)
     assert package is not None
-    accept = _negotiate(req, package.content_types)
+    members = svc.notifier.lists.get(presentity) if svc.notifier.lists is not None else None
+    if members is not None and event.key != WINFO:
+        if EVENTLIST not in _option_tags(req, "supported"):
+            # RFC 4662 §5.1: a list is only for a subscriber that can read one.
+            raise RemoteSipError("a resource list needs eventlist", status=Status.EXTENSION_REQUIRED,
+                                 headers=[("Require", EVENTLIST)])
+        accept = _negotiate(req, (*package.content_types, "multipart/related", RLMI_TYPE))
+    else:
+        accept = _negotiate(req, package.content_types)
     frm = inc.from_
     if not frm.tag:
         raise RemoteSipError("From has no tag", status=Status.BAD_REQUEST)
@@ -96,6 +105,8 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
     if not svc.notifier.sender.reachable(sub):
         raise RemoteSipError(UNREACHABLE, status=Status.BAD_REQUEST)
     headers = [("Expires", str(expires)), ("Contact", f"<{svc.contact[inc.transport]}>")]
+    if members is not None and event.key != WINFO:
+        headers.append(("Require", EVENTLIST))
     if expires == 0:
         # S24: a poll; nothing is stored, exactly one terminated NOTIFY,
         # which is this dialog's first (terminated() counts it itself).
@@ -179,6 +190,7 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
 
         return Reply(Status.OK, headers, then=last_notify)
     changed = await feature_subscribe(svc, inc, sub.presentity) if event.key == FEATURES else None
+    svc.notifier.full_state_next(sub.id)  # a list's NOTIFY after a refresh carries every member
     refreshed = await svc.storage.refresh_subscription(
         sub.id, expires_at=inc.now + expires, remote_cseq=cseq, contact=contact
     )
@@ -189,6 +201,11 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
     if elsewhere is not None:
         return Reply(Status.OK, headers, then=lambda: elsewhere.pass_on([refreshed]))
     return Reply(Status.OK, headers, then=lambda: svc.notifier.notify([refreshed]))
+
+
+def _option_tags(req: Request, header: str) -> set[str]:
+    """The option tags of every ``Supported`` (or ``Require``) header."""
+    return {t.strip().lower() for v in req.headers.values(header) for t in v.split(",") if t.strip()}
 
 
 def _sender_elsewhere(svc: Service, sub: Subscription) -> Owners | None:
