@@ -12,7 +12,8 @@
 #                     pairs; each call needs the 2xx AND the initial NOTIFY (answered 200)
 #   fanout            COUNT watchers SUBSCRIBE (at RATE/s) to ONE presentity; once all
 #                     have their initial NOTIFY, one PUBLISH is sent; counts the
-#                     NOTIFYs it causes and their spread in time
+#                     NOTIFYs it causes and their spread in time (FANOUT_EVENT=
+#                     message-summary: MWI watchers and a voicemail PUBLISH)
 #   dialog-publish    PUBLISH Event: dialog, application/dialog-info+xml body
 #   dialog-subscribe  SUBSCRIBE Event: dialog (+ initial NOTIFY)
 #   winfo-subscribe   SUBSCRIBE Event: presence.winfo (+ initial NOTIFY)
@@ -196,7 +197,13 @@ case "$WORKLOAD" in
             -key event presence.winfo -key accept application/watcherinfo+xml; run_fg main ;;
     fanout)
         PRES_USER=${PRES_PREFIX}1
-        sipp_cmd watchers fanout_watch.xml "$COUNT" "$RATE" "$MAX_CALLS" -key pres_user "$PRES_USER"
+        case "${FANOUT_EVENT:-presence}" in
+            presence) FAN_KEYS=(-key event presence -key accept application/pidf+xml); FAN_PUB=publish.xml ;;
+            message-summary) FAN_KEYS=(-key event message-summary -key accept application/simple-message-summary)
+                             FAN_PUB=publish_mwi.xml ;;
+            *) echo "load.sh: FANOUT_EVENT must be presence or message-summary" >&2; exit 2 ;;
+        esac
+        sipp_cmd watchers fanout_watch.xml "$COUNT" "$RATE" "$MAX_CALLS" -key pres_user "$PRES_USER" "${FAN_KEYS[@]}"
         WCMD=("${CMD[@]}")
         (cd "$OUT_DIR/watchers" && exec timeout -k 5 $(( SIPP_TIMEOUT + 10 )) "${WCMD[@]}" >screen.log 2>&1) &
         WPID=$!
@@ -224,7 +231,7 @@ PY
         done
         echo "fanout: $subscribed/$COUNT watchers have their initial NOTIFY" | tee "$OUT_DIR/fanout.log"
         sleep 1
-        sipp_cmd publisher publish.xml 1 1 10
+        sipp_cmd publisher "$FAN_PUB" 1 1 10
         run_fg publisher
         rc=0; wait "$WPID" || rc=$?
         SIPP_RC+=("watchers=$rc")

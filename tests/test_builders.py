@@ -343,6 +343,8 @@ def test_node_config_refuses_what_the_operator_sets(tuned, why):
     ({"subscription_expiry": {"min": 9000}}, r"spec\.nodeConfig\.subscription_expiry: .*min <= default <= max"),
     ({"notify": {"t1": 0}}, r"spec\.nodeConfig\.notify\.t1: Input should be greater than 0"),
     ({"bogus": 1}, r"spec\.nodeConfig\.bogus: Extra inputs"),
+    # #17.2: resource lists are node settings, checked as the admin API checks them.
+    ({"resource_lists": {"sip:blf@example.com": ["example.com"]}}, r"spec\.nodeConfig: .*names no user@domain"),
 ])
 def test_node_config_is_checked_against_the_node_model(tuned, why):
     """The operator and local mode refuse a manifest whose node settings the

@@ -185,7 +185,7 @@ async def test_s68_dialog_attributes_and_state_kept(make_client):
 async def test_s68_invalid_dialog_publication_rejected(make_client, node):
     bob = await make_client("bob")
     bad_bodies = [
-        dialog_info(BOB, dialog("d1", "ringing")),  # not a state
+        dialog_info(BOB, dialog("d1", " ")),  # empty state
         dialog_info(BOB, "<dialog><state>confirmed</state></dialog>"),  # no id
         dialog_info(BOB, dialog("d1"), dialog("d1", "early")),  # id not unique
         dialog_info(BOB, '<dialog id="d1"/>'),  # no state
@@ -196,6 +196,31 @@ async def test_s68_invalid_dialog_publication_rejected(make_client, node):
         r = await bob.publish(body, event="dialog", ctype=DIALOG_TYPE)
         assert r.code == 400, body
     assert await publications(node) == []
+
+
+async def test_s68_unknown_state_reaches_watchers(make_client, node):
+    """A state outside RFC 4235's five (its schema allows any string; #17.5)
+    is stored and sent on, not refused with 400."""
+    bob = await make_client("bob")
+    etag_of(await bob.publish(dialog_info(BOB, dialog("d1", "ringing")), event="dialog", ctype=DIALOG_TYPE))
+    alice, d = await blf(make_client)
+    assert xml(alice.notifies_for(d)[0]).findtext("d:dialog/d:state", namespaces=NS) == "ringing"
+
+
+async def test_d3_idle_placeholder_dialog_when_configured(make_node, make_client):
+    """``dialog.idle_placeholder`` gives an idle BLF document one terminated
+    ``<dialog>`` for the phones that expect one (#17.5); a real dialog replaces it."""
+    n = await make_node(dialog={"idle_placeholder": True})
+    alice = await make_client("alice", target=n)
+    resp, d = await alice.subscribe(BOB, event="dialog")
+    assert resp.code == 200
+    await alice.dialog_notifies(d, 1)
+    [idle] = check_doc(xml(alice.notifies_for(d)[0]))
+    assert idle.findtext(f"{DI}state") == "terminated"
+    bob = await make_client("bob", target=n)
+    etag_of(await bob.publish(dialog_info(BOB, dialog("d1", "early")), event="dialog", ctype=DIALOG_TYPE))
+    await alice.dialog_notifies(d, 2)
+    assert ids_of(ordered(alice, d)[1]) == ["d1"]
 
 
 async def test_s70_min_interval_limits_dialog_notify_rate(make_node, make_client):

@@ -80,7 +80,7 @@ def test_s44_wrong_content_type_is_415(pkg: DialogPackage) -> None:
     [
         (b"<dialog><state>confirmed</state></dialog>", "without an id"),
         (b'<dialog id="x"></dialog>', "<state>"),
-        (b'<dialog id="x"><state>ringing</state></dialog>', "'ringing'"),
+        (b'<dialog id="x"><state>  </state></dialog>', "<state>"),
         (
             b'<dialog id="x"><state>early</state></dialog><dialog id="x"><state>early</state></dialog>',
             "unique",
@@ -259,3 +259,47 @@ def test_s66_composition_cost_is_linear_in_the_body_size(pkg: DialogPackage) -> 
     assert cost_large < 12 * cost_small, f"1x {cost_small * 1000:.1f} ms, 4x {cost_large * 1000:.1f} ms"
     root = parse(pkg.compose(ENTITY, [large]).render(1))
     assert len(root) == 2000 and root[5][1].prefix == "p5"
+
+
+def test_s68_unknown_state_value_passes_through(pkg: DialogPackage) -> None:
+    """RFC 4235's schema types ``<state>`` as a string, and RFC 7463's own
+    examples use values outside the five (#17.5): such a dialog is kept as
+    published, not refused."""
+    body = DESK.replace(b"<state>confirmed</state>", b'<state event="x-hold">held</state>')
+    assert pkg.check_publication(body, CTYPE) == body
+    root = parse(pkg.compose(ENTITY, [body]).render(0))
+    state = root.find("d:dialog/d:state", NS)
+    assert (state.text, state.get("event")) == ("held", "x-hold")
+
+
+def test_s68_remote_identity_and_target_kept_for_pickup(pkg: DialogPackage) -> None:
+    """Call pickup dials the remote target and shows the remote identity:
+    both reach the watcher as published (#17.5)."""
+    body = DESK.replace(
+        b'<remote><identity display="Carol">sip:carol@example.com</identity>',
+        b'<remote><identity display="Carol">sip:carol@example.com</identity>'
+        b'<target uri="sip:carol@192.0.2.9:5060"><param pname="+sip.rendering" pval="yes"/></target>',
+    ).replace(b"<local><identity>", b'<local><target uri="sip:200@192.0.2.1"/><identity>')
+    root = parse(pkg.compose(ENTITY, [body]).render(0))
+    remote = root.find("d:dialog/d:remote", NS)
+    assert remote.find("d:identity", NS).get("display") == "Carol"
+    assert remote.findtext("d:identity", namespaces=NS) == "sip:carol@example.com"
+    target = remote.find("d:target", NS)
+    assert target.get("uri") == "sip:carol@192.0.2.9:5060"
+    assert target.find("d:param", NS).get("pname") == "+sip.rendering"
+    assert root.find("d:dialog/d:local/d:target", NS).get("uri") == "sip:200@192.0.2.1"
+
+
+def test_idle_placeholder_dialog_only_when_asked_and_idle() -> None:
+    """Some phones light nothing until a document holds a ``<dialog>``: with
+    ``idle_placeholder`` an idle document carries one terminated placeholder
+    (D3 otherwise: none), and a busy document never does (#17.5)."""
+    assert parse(DialogPackage().compose(ENTITY, []).render(0)).findall("d:dialog", NS) == []
+    placeholder = DialogPackage(idle_placeholder=True)
+    [idle] = parse(placeholder.compose(ENTITY, []).render(4)).findall("d:dialog", NS)
+    assert idle.findtext("d:state", namespaces=NS) == "terminated"
+    assert idle.get("id") and idle.get("call-id") is None
+    filtered = parse(placeholder.compose(ENTITY, [DESK], {"call-id": "nope"}).render(0))
+    assert [d.findtext("d:state", namespaces=NS) for d in filtered.findall("d:dialog", NS)] == ["terminated"]
+    busy = parse(placeholder.compose(ENTITY, [DESK]).render(0))
+    assert [d.get("id") for d in busy.findall("d:dialog", NS)] == ["d1"]

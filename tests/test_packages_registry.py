@@ -12,7 +12,7 @@ from presence_node.packages.winfo import WatcherInfoPackage
 
 def test_s29_allow_events_lists_tokens_once() -> None:
     registry = PackageRegistry(list(KNOWN))
-    assert registry.names == ("presence", "presence.winfo", "dialog")
+    assert registry.names == ("presence", "presence.winfo", "dialog", "message-summary", "as-feature-event")
     assert PackageRegistry(["dialog;sla"]).names == ("dialog",)
 
 

@@ -218,7 +218,7 @@ async def test_s04_options_lists_allow_and_allow_events(make_client):
     allow = {m.strip().upper() for m in resp.headers.values("allow")}
     assert {"SUBSCRIBE", "NOTIFY", "PUBLISH"} <= allow
     events = [e.strip() for e in resp.headers.values("allow-events")]
-    assert set(events) == {"presence", "presence.winfo", "dialog"}
+    assert set(events) == {"presence", "presence.winfo", "dialog", "message-summary", "as-feature-event"}
     assert len(events) == len(set(events))
 
 

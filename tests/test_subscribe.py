@@ -140,7 +140,7 @@ async def test_s17_missing_or_unknown_event_gets_489(node, make_client, event):
     resp = await c.request(raw_request(c, "SUBSCRIBE", BOB, hs))
     assert resp.code == 489
     events = {e.strip() for e in resp.headers.values("allow-events")}
-    assert events == {"presence", "presence.winfo", "dialog"}
+    assert events == {"presence", "presence.winfo", "dialog", "message-summary", "as-feature-event"}
     await asyncio.sleep(0.1)
     assert await snapshot(node) == before
     assert c.notifies == []

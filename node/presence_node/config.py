@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-KNOWN_PACKAGES = ("presence", "presence.winfo", "dialog", "dialog;sla")
+KNOWN_PACKAGES = ("presence", "presence.winfo", "dialog", "dialog;sla", "message-summary", "as-feature-event")
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _HOSTPORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
@@ -69,6 +69,27 @@ class Notify(_Strict):
     #: Addresses remembered as proven, and addresses being probed.
     max_proven_targets: int = Field(65536, ge=1)
     max_unproven_targets: int = Field(65536, ge=1)
+
+
+class Dialog(_Strict):
+    """How dialog documents (BLF, shared lines) are written for phones."""
+
+    #: One terminated placeholder ``<dialog>`` in an idle document, for the
+    #: phones that show nothing without one (Kamailio's ``force_dummy_dialog``).
+    idle_placeholder: bool = False
+
+
+class Features(_Strict):
+    """Feature key synchronisation (``as-feature-event``): who hears of a change."""
+
+    #: POSTed a JSON object for each DND or forwarding change a phone makes
+    #: (README "as-feature-event"); none: the change is only stored and notified.
+    webhook_url: str | None = Field(None, pattern=r"^https?://")
+    #: A file holding the bearer secret sent with each call.
+    webhook_secret_file: Path | None = None
+    webhook_timeout: float = Field(2.0, gt=0, le=60)
+    #: Calls in flight at most; a change beyond it is not posted (counted).
+    webhook_max_in_flight: int = Field(100, ge=1, le=10000)
 
 
 class Limits(_Strict):
@@ -146,6 +167,10 @@ class Limits(_Strict):
     #: statement over every table, 0.3-0.8 s of database time at 100k rows
     #: per table).
     count_refresh_interval: float = Field(30.0, gt=0, le=3600)
+    #: Resource lists the node holds (RFC 4662) and members per list: a
+    #: list NOTIFY composes every member, so its size bounds the work of one.
+    max_resource_lists: int = Field(10_000, ge=1)
+    max_list_members: int = Field(500, ge=1, le=10_000)
 
 
 class Storage(_Strict):
@@ -280,6 +305,8 @@ class Config(_Strict):
     #: SIP domains served (D2); empty = any.
     domains: tuple[str, ...] = ()
     packages: tuple[str, ...] = KNOWN_PACKAGES
+    dialog: Dialog = Dialog()
+    features: Features = Features()
     subscription_expiry: Expiry = Expiry()
     publication_expiry: Expiry = Expiry()
     registration_expiry: Expiry = Expiry(min=60, default=3600, max=7200)
@@ -307,6 +334,8 @@ class Config(_Strict):
     #: Packages whose records are clustered (stamped with ``default_tag``);
     #: the others stay this node's own duty (its private tag).
     cluster_pres_events: tuple[str, ...] = ("presence", "dialog;sla")
+    #: Resource lists (RFC 4662): list URI → member URIs (README "Resource lists").
+    resource_lists: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     federation: Federation = Federation()
 
     @field_validator("sip", "admin")
@@ -359,6 +388,9 @@ class Config(_Strict):
                 raise ValueError("federation needs cluster_id")
             if any(p.id == self.node_id for p in self.federation.peers):
                 raise ValueError("federation.peers must not list this node")
+        from .service.lists import ResourceLists  # the same checks as the admin API's
+
+        ResourceLists(self.limits.max_resource_lists, self.limits.max_list_members, self.resource_lists)
         return self
 
     @property

@@ -47,6 +47,7 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "NOTIFYs this node sent for a change or request another node saw (taken from the shared queue), by kind",
         ("kind",),
     ),
+    "feature_webhook_calls": ("Feature key changes posted to features.webhook_url, by result", ("result",)),
     "federation_queries": ("Presentity queries this node started", ("event",)),
     "federation_resyncs": ("Resyncs this node asked a peer for, by cause", ("cause",)),
 }

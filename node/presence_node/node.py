@@ -28,11 +28,13 @@ from .admin.app import make_app
 from .admin.secret import cluster_secret, load_secret
 from .config import Config
 from .metrics import Metrics
-from .packages.registry import PackageRegistry
+from .packages.registry import PackageOptions, PackageRegistry
 from .xmlsafe import XmlLimits
 from .service.context import Service
 from .service.dispatch import Dispatcher
 from .service.expiry import Expirer
+from .service.features import FeatureHook
+from .service.lists import ResourceLists
 from .service.ids import Ids
 from .service.notify import Notifier
 from .net.targets import Targets
@@ -52,10 +54,13 @@ class Node:
         self.storage: Storage = storage or make_storage(config)
         self.packages = PackageRegistry(
             list(config.packages),
-            XmlLimits(
-                max_namespaces=config.limits.max_xml_namespaces,
-                max_namespace_length=config.limits.max_xml_namespace_length,
-                max_elements=config.limits.max_xml_elements,
+            PackageOptions(
+                XmlLimits(
+                    max_namespaces=config.limits.max_xml_namespaces,
+                    max_namespace_length=config.limits.max_xml_namespace_length,
+                    max_elements=config.limits.max_xml_elements,
+                ),
+                idle_dialog_placeholder=config.dialog.idle_placeholder,
             ),
         )
         self.ids = Ids(config.node_id)
@@ -82,7 +87,12 @@ class Node:
         self.notifier = Notifier(
             self.storage, self.packages, self.transports, self.ids, self.metrics, min_interval=config.notify.min_interval
         )
+        self.notifier.lists = ResourceLists(
+            config.limits.max_resource_lists, config.limits.max_list_members, config.resource_lists
+        )
         self.service = Service(config, self.storage, self.packages, self.notifier, self.ids, self.metrics)
+        if config.features.webhook_url is not None:
+            self.service.feature_hook = FeatureHook(config.features, self.metrics)
         self.dispatcher = Dispatcher(
             self.service, self.metrics, self.transports.on_response, local_hosts=_local_hosts(config)
         )
@@ -259,6 +269,8 @@ class Node:
             await self._runner.cleanup()
         if self.federation is not None:
             await self.federation.close()
+        if self.service.feature_hook is not None:
+            await self.service.feature_hook.close()
         await self.transports.close()
         await self.storage.close()
         log.info("node stopped", extra={"node": self.config.node_id})

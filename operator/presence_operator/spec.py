@@ -30,7 +30,7 @@ FEDERATION_MODES = frozenset({"federation", "federationRedundancy"})
 FederationMode = Literal["onDemandSharing", "fullSharing"]
 #: ``spec.federationMode`` -> the node's ``federation.mode``.
 NODE_FEDERATION_MODES = {"onDemandSharing": "on-demand-sharing", "fullSharing": "full-sharing"}
-KNOWN_EVENTS = ("presence", "presence.winfo", "dialog", "dialog;sla")
+KNOWN_EVENTS = ("presence", "presence.winfo", "dialog", "dialog;sla", "message-summary", "as-feature-event")
 
 #: A location name is a DNS label short enough that ``<location>-<index>``
 #: stays a valid node id (32 characters) and pod name suffix.

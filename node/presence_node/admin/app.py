@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..service.lists import ListRefused
+from ..service.lists import canonical as canonical_list
+from ..service.publish import PublishAsk, publish
 from ..service.tags import PrivateTag
+from ..sip.errors import RemoteSipError
+from ..sip.headers import media_type
 from ..storage import StaleEpoch, StorageUnavailable, UnknownTag
 from . import contract
 
@@ -109,6 +114,31 @@ def _paging(request: web.Request) -> tuple[int, int]:
             raise _bad_request(f"{name} must be an integer in [{0 if name == 'offset' else 1}, {hi}]")
         out.append(int(raw))
     return out[0], out[1]
+
+
+#: A pushed state's SIP refusal as HTTP (the SIP code goes in the body):
+#: 416 (URI scheme) and 423 (interval too brief) are the client's bad
+#: request here, 489 (no such package) a resource that does not exist.
+_HTTP_OF_SIP = {416: 400, 423: 400, 489: 404}
+
+
+def _refused(e: RemoteSipError) -> web.Response:
+    code = e.status_hint
+    extra: dict[str, Any] = {"sip_status": code}
+    headers = dict(e.headers)
+    if "Min-Expires" in headers:
+        extra["min_expires"] = int(headers["Min-Expires"])
+    resp = _error(_HTTP_OF_SIP.get(code, code if 400 <= code < 600 else 400), e.reason or "refused", **extra)
+    for name in ("Retry-After", "Accept"):
+        if name in headers:
+            resp.headers[name] = headers[name]
+    return resp
+
+
+def _if_match(request: web.Request) -> str | None:
+    """The entity tag of ``If-Match``, quoted as HTTP writes it or bare as SIP does."""
+    raw = request.headers.get("If-Match")
+    return raw.strip().strip('"') or None if raw is not None else None
 
 
 def _known_params(request: web.Request, allowed: set[str]) -> None:
@@ -223,6 +253,86 @@ def make_app(node: "Node", secret: str) -> web.Application:
             }
         )
 
+    async def push(request: web.Request, asked: int | None, body: bytes, etag: str | None) -> web.Response:
+        """Set (``asked`` None or > 0) or clear (0) a state as a PUBLISH
+        would, and answer once its watchers are notified."""
+        svc = node.service
+        aor = request.match_info["aor"]
+        try:
+            presentity = svc.resource_of(aor if ":" in aor else f"sip:{aor}")
+            key = request.match_info["event"]
+            svc.publishable(key)
+            ask = PublishAsk(
+                presentity, key, etag, 0 if asked == 0 else svc.grant(asked, node.config.publication_expiry),
+                body, media_type(request.headers.get("Content-Type")) if body else "",
+                contract.PUSH_SOURCE, time.time(), per_source=False,
+            )
+            reply = await publish(svc, ask)
+        except RemoteSipError as e:
+            return _refused(e)
+        if reply.then is not None:
+            await reply.then()
+        got = dict(reply.headers)
+        etag = got.get("SIP-ETag", etag)
+        answer = {"presentity": presentity, "event": key, "etag": etag, "expires": int(got["Expires"])}
+        return web.json_response(answer, headers={"ETag": f'"{etag}"'})
+
+    async def set_state(request: web.Request) -> web.Response:
+        _known_params(request, {"expires"})
+        raw = request.query.get("expires")
+        asked = None
+        if raw is not None:
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_DIGITS):
+                raise _bad_request("expires must be a whole number of seconds")
+            asked = int(raw)
+            if asked == 0:
+                raise _bad_request("expires must be at least 1: DELETE clears a state")
+        return await push(request, asked, await request.read(), _if_match(request))
+
+    async def clear_state(request: web.Request) -> web.Response:
+        _known_params(request, set())
+        etag = _if_match(request)
+        if etag is None:
+            raise _bad_request("If-Match must name the entity tag of the state to clear")
+        return await push(request, 0, b"", etag)
+
+    async def lists(request: web.Request) -> web.Response:
+        _known_params(request, set())
+        table = node.notifier.lists
+        assert table is not None
+        return web.json_response({"items": [{"list": aor, "members": list(members)} for aor, members in table.items()]})
+
+    async def set_list(request: web.Request) -> web.Response:
+        _known_params(request, set())
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 'body must be JSON: {"members": ["sip:…", …]}')
+        if not isinstance(body, dict) or set(body) != {"members"} or not isinstance(body["members"], list) \
+                or not all(isinstance(m, str) for m in body["members"]):
+            return _error(400, 'body must be {"members": [<SIP URI>, …]} and nothing else')
+        table = node.notifier.lists
+        assert table is not None
+        try:
+            aor, members = table.set(request.match_info["uri"], body["members"])
+        except ListRefused as e:
+            return _error(400, str(e))
+        await node.notifier.list_redefined(aor)
+        return web.json_response({"list": aor, "members": list(members)})
+
+    async def delete_list(request: web.Request) -> web.Response:
+        _known_params(request, set())
+        table = node.notifier.lists
+        assert table is not None
+        try:
+            aor = canonical_list(request.match_info["uri"])
+        except ListRefused as e:
+            return _error(400, str(e))
+        if not table.delete(aor):
+            return _error(404, f"no resource list {aor}")
+        await node.notifier.list_redefined(aor)
+        return web.json_response({"list": aor, "deleted": True})
+
     async def metrics(_: web.Request) -> web.Response:
         body = await node.metrics_text()
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
@@ -260,6 +370,11 @@ def make_app(node: "Node", secret: str) -> web.Application:
     app.router.add_get(contract.HEALTHZ, healthz)
     app.router.add_get(contract.READYZ, readyz)
     app.router.add_get(contract.PRESENTITIES, presentities)
+    app.router.add_put(contract.PRESENTITY_STATE, set_state)
+    app.router.add_delete(contract.PRESENTITY_STATE, clear_state)
+    app.router.add_get(contract.LISTS, lists)
+    app.router.add_put(contract.LIST, set_list)
+    app.router.add_delete(contract.LIST, delete_list)
     app.router.add_get(contract.SUBSCRIPTIONS, subscriptions)
     app.router.add_get(contract.REGISTRATIONS, registrations)
     app.router.add_get(contract.METRICS, metrics)

@@ -3,6 +3,13 @@
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
 PRESENTITIES = "/presentities"
+#: One presentity's state for one package, set or cleared by a backend.
+PRESENTITY_STATE = "/presentities/{aor}/{event}"
+#: Resource lists (RFC 4662) of this node.
+LISTS = "/lists"
+LIST = "/lists/{uri}"
+#: The ``source`` recorded for state pushed through the admin API.
+PUSH_SOURCE = "admin-api"
 SUBSCRIPTIONS = "/subscriptions"
 REGISTRATIONS = "/registrations"
 METRICS = "/metrics"

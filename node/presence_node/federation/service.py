@@ -287,6 +287,7 @@ class Federation:
                 query.answered.set()
             if await self.storage.apply_remote(presentity, event, msg.old, pub):
                 await self.notifier.notify(watchers)
+                await self.notifier.lists_changed(presentity, event)
             return
         # Nobody here watches it: keep nothing, but drop what it replaces.
         self.metrics.count("cluster_messages_ignored", "no-watchers")

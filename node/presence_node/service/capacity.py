@@ -45,8 +45,10 @@ class Capacity:
         self.storage = storage
         self.metrics = metrics
 
-    def admit(self, kind: str, host: str) -> None:
-        """Raise the refusal if a new ``kind`` record from ``host`` does not fit."""
+    def admit(self, kind: str, host: str, *, per_source: bool = True) -> None:
+        """Raise the refusal if a new ``kind`` record from ``host`` does not
+        fit; ``per_source`` False for an authenticated backend (the admin
+        API), which is not one address among many but the PBX itself."""
         usage = self.storage.usage()
         for setting, field in _NODE_CAPS[kind]:
             cap: int = getattr(self.limits, setting)
@@ -58,7 +60,7 @@ class Capacity:
                     headers=[("Retry-After", RETRY_AFTER)],
                 )
         share = self.limits.max_records_per_source
-        if usage.source(host) >= share:
+        if per_source and usage.source(host) >= share:
             self.metrics.refused("max_records_per_source")
             raise RemoteSipError(f"{host} holds its maximum of {share} live records", status=Status.FORBIDDEN)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import Config, Expiry
+from ..packages.base import EventPackage
 from ..packages.registry import PackageRegistry
 from ..sip.errors import ParseError, RemoteSipError
 from ..sip.headers import Event, NameAddr, parse_event, parse_expires, parse_uri
@@ -16,6 +17,9 @@ from .capacity import Capacity
 from .ids import Ids
 from .notify import Notifier, Unwatching
 from .owners import Owners
+
+if TYPE_CHECKING:
+    from .features import FeatureHook
 
 
 @dataclass(slots=True)
@@ -77,12 +81,18 @@ class Service:
         self.federation: Federating | None = None
         #: Shared database: only the owner of a subscription's tag sends its NOTIFYs.
         self.owners: Owners | None = None
+        #: Tells the PBX of feature key changes (``features.webhook_url``).
+        self.feature_hook: FeatureHook | None = None
 
     def resource(self, req: Request) -> str:
         """The canonical AOR named by the Request-URI (D2, S49); 404 for a
         domain this node does not serve, 416 for a scheme it cannot."""
+        return self.resource_of(req.uri)
+
+    def resource_of(self, text: str) -> str:
+        """:meth:`resource` for a URI given as text (the admin API's)."""
         try:
-            uri = parse_uri(req.uri)
+            uri = parse_uri(text)
         except ParseError as e:
             raise RemoteSipError("bad Request-URI", status=Status.BAD_REQUEST) from e
         if uri.scheme not in ("sip", "sips", "pres"):
@@ -96,6 +106,14 @@ class Service:
 
     def bad_event(self) -> RemoteSipError:
         return RemoteSipError("unsupported event package", status=Status.BAD_EVENT, headers=[("Allow-Events", self.allow_events)])
+
+    def publishable(self, key: str) -> EventPackage:
+        """The package PUBLISH ``key`` goes to; 489 for one not served or
+        not publishable (winfo)."""
+        package = self.packages.get(key)
+        if package is None or not package.publishable:
+            raise self.bad_event()
+        return package  # type: ignore[return-value]  # publishable: an EventPackage
 
     def event_of(self, req: Request) -> Event:
         raw = req.headers.get("event")
@@ -113,6 +131,11 @@ class Service:
             asked = parse_expires(req.headers.get("expires"))
         except ParseError as e:
             raise RemoteSipError("bad Expires", status=Status.BAD_REQUEST) from e
+        return self.grant(asked, bounds)
+
+    @staticmethod
+    def grant(asked: int | None, bounds: Expiry) -> int:
+        """:meth:`granted_expiry` for an interval already read."""
         if asked is None:
             return bounds.default
         if asked == 0:

@@ -19,12 +19,14 @@ from typing import Callable, Iterable, Protocol
 
 from ..packages.base import Document, WatcherView
 from ..packages.registry import PackageRegistry
+from ..packages.rlmi import ListDocument, Resource
 from ..sip.headers import parse_params
 from ..sip.message import serialise
 from ..sip.status import NOTIFY_FATAL
 from ..storage import Publication, Storage, Subscription
 from ..storage.base import outside_request
 from .ids import Ids
+from .lists import ResourceLists
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +119,23 @@ class Notifier:
         #: Shared database: this node sends only to subscriptions under the
         #: tags it owns (None: to every one, the node holds them all).
         self.owners: Ownership | None = None
+        #: Resource lists (RFC 4662): subscriptions to a list URI get RLMI documents.
+        self.lists: ResourceLists | None = None
+        #: Members of a list subscription changed since its last NOTIFY: the
+        #: next one is partial with those only (none known: full state).
+        self._list_changes: dict[str, set[str]] = {}
         self._busy: dict[str, int | _Terminal] = {}
         self._last_sent: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- documents ---------------------------------------------------------
 
-    async def document(self, sub: Subscription, now: float) -> Document:
-        """The full current document for one subscription."""
+    async def document(self, sub: Subscription, now: float, *, full: bool = False) -> Document:
+        """The current document for one subscription (full state, except
+        for a list subscription with known changes and not ``full``)."""
+        members = self._members(sub)
+        if members is not None:
+            return await self._list_document(sub, members, now, full)
         if sub.event == WINFO:
             watchers = await self.storage.watchers(sub.presentity, "presence", now)
             return self.winfo_document(sub.presentity, (_view(w) for w in watchers), full=True)
@@ -137,6 +148,41 @@ class Notifier:
         assert package is not None, sub.event
         params = parse_params(sub.event_params) if sub.event_params else None
         return package.compose(f"sip:{sub.presentity}", [p.body for p in pubs], params)
+
+    def _members(self, sub: Subscription) -> tuple[str, ...] | None:
+        """The members when ``sub`` watches a resource list, else None."""
+        if self.lists is None or sub.event == WINFO:
+            return None
+        return self.lists.get(sub.presentity)
+
+    async def _list_document(self, sub: Subscription, members: tuple[str, ...], now: float, full: bool) -> Document:
+        """RFC 4662: every member's own document under one RLMI; after
+        known changes only theirs (partial state), else all (full)."""
+        changed = self._list_changes.pop(sub.id, None)
+        if full or changed is None:
+            chosen, full = members, True
+        else:
+            chosen = tuple(m for m in members if m in changed)
+        package = self.packages.get(sub.event)
+        assert package is not None, sub.event
+        params = parse_params(sub.event_params) if sub.event_params else None
+        resources = []
+        for member in chosen:
+            pubs = await self.storage.publications(member, sub.event, now)
+            doc = package.compose(f"sip:{member}", [p.body for p in pubs], params)
+            resources.append(Resource(f"sip:{member}", doc))
+        return ListDocument(f"sip:{sub.presentity}", sub.id, resources, full=full)
+
+    async def lists_changed(self, presentity: str, event: str) -> None:
+        """A member's state changed: notify the subscribers of every list
+        holding it, with that member marked for their partial NOTIFY."""
+        if self.lists is None:
+            return
+        for aor in self.lists.containing(presentity):
+            subs = await self.storage.watchers(aor, event, self.clock(), self.sender_id)
+            for s in subs:
+                self._list_changes.setdefault(s.id, set()).add(presentity)
+            await self.notify(subs)
 
     def winfo_document(self, presentity: str, watchers: Iterable[WatcherView], *, full: bool) -> Document:
         winfo = self.packages.get(WINFO)
@@ -171,6 +217,7 @@ class Notifier:
         if (
             doc is None
             and first.event != WINFO
+            and self._members(first) is None
             and all(s.presentity == first.presentity and s.event == first.event for s in ready)
         ):
             # One storage step for the numbers and the state they carry.
@@ -191,6 +238,8 @@ class Notifier:
                 # A partial winfo document never opens a dialog (its first
                 # NOTIFY was left to this node, the owner: owners.py).
                 d = None
+            if d is None and self._members(s) is not None:
+                d = await self.document(s, now)  # per subscription: its own changes and ids
             if d is None:
                 k = (s.presentity, s.event, s.event_params)
                 d = docs.get(k)
@@ -214,17 +263,22 @@ class Notifier:
         insert (``Storage.insert_subscription_state``); None reads it now."""
         self._busy[sub.id] = _CLEAN
         now = self.clock()
-        doc = self.compose(sub, pubs) if pubs is not None else await self.document(sub, now)
+        if pubs is not None and self._members(sub) is None:
+            doc = self.compose(sub, pubs)
+        else:
+            doc = await self.document(sub, now, full=True)
         self._send(sub, FIRST_CSEQ, FIRST_VERSION, doc, None, now)
 
     async def state_changed(self, presentity: str, event: str) -> None:
         """A publication of (presentity, event) changed: tell every watcher (S57)."""
         now = self.clock()
         await self.notify(await self.storage.watchers(presentity, event, now, self.sender_id))
+        await self.lists_changed(presentity, event)
 
     async def terminated(self, sub: Subscription, reason: str, doc: Document | None = None) -> None:
         """Send the final NOTIFY of a subscription already removed from
         storage (S21, S23, S25).  ``doc`` defaults to the current state."""
+        self._list_changes.pop(sub.id, None)
         pending = self._busy.get(sub.id)
         if pending == _DYING:
             return  # S26: the subscriber already said the dialog is gone
@@ -267,6 +321,8 @@ class Notifier:
         if sub.routes:
             headers.append(("Route", sub.routes))
         headers.append(("Event", sub.event_header))
+        if isinstance(doc, ListDocument):
+            headers.append(("Require", "eventlist"))  # RFC 4662 §5.1
         headers.append(("Subscription-State", state))
         if body:
             headers.append(("Content-Type", doc.content_type))
@@ -310,7 +366,26 @@ class Notifier:
             return
         await self.notify([current])
 
+    async def list_redefined(self, aor: str) -> None:
+        """A list was set or deleted (admin API): its subscribers get their
+        full state now (a deleted list's subscribers get the list URI's own
+        state, as for any presentity, until they end or expire)."""
+        now = self.clock()
+        for event in self.packages.all_packages():
+            if event.name == WINFO:
+                continue
+            subs = await self.storage.watchers(aor, event.name, now, self.sender_id)
+            for s in subs:
+                self.full_state_next(s.id)
+            await self.notify(subs)
+
+    def full_state_next(self, sub_id: str) -> None:
+        """The next NOTIFY of a list subscription carries every member (a
+        refresh asks for full state, RFC 4662 §5.2)."""
+        self._list_changes.pop(sub_id, None)
+
     async def _drop(self, sub: Subscription, code: int) -> None:
+        self._list_changes.pop(sub.id, None)
         # Only the owner of the subscription's tag acts on a failed NOTIFY: a
         # 408 or 481 seen by another node (one its NOTIFY could not reach)
         # must not delete the shared subscription.

@@ -17,6 +17,7 @@ never sent.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 from ..packages.base import BodyOverLimit
 from ..sip.errors import RemoteSipError
@@ -27,22 +28,53 @@ from .context import Incoming, Service
 from .reply import Reply
 
 
+@dataclass(frozen=True, slots=True)
+class PublishAsk:
+    """One PUBLISH as §6 sees it once its headers are read, whichever way it
+    came: by SIP, or from a backend through the admin API (#17.4), so both
+    get the same checks, entity tags, expiry and NOTIFYs."""
+
+    presentity: str
+    key: str  # package key: presence, dialog, dialog;sla, message-summary
+    etag: str | None
+    expires: int  # granted (D10)
+    body: bytes
+    content_type: str  # bare media type
+    source: str  # address it came from (the per-source limits count it)
+    now: float
+    #: False for a backend's push through the admin API (bearer secret):
+    #: ``limits.max_records_per_source`` bounds unauthenticated addresses.
+    per_source: bool = True
+
+
 async def handle_publish(svc: Service, inc: Incoming) -> Reply:
     req = inc.request
     presentity = svc.resource(req)
-    event = svc.event_of(req)
-    key = event.key
-    package = svc.packages.get(event.key)
-    if package is None or not package.publishable:
-        raise svc.bad_event()
+    key = svc.event_of(req).key
+    svc.publishable(key)
     etags = req.headers.values("sip-if-match")
     if len(etags) > 1:
         raise RemoteSipError("only one entity-tag is allowed in SIP-If-Match", status=Status.BAD_REQUEST)
-    etag = etags[0] if etags else None
-    expires = svc.granted_expiry(req, svc.config.publication_expiry)
-    now = inc.now
-    body = req.body
-    ctype = media_type(req.headers.get("content-type"))
+    ask = PublishAsk(
+        presentity,
+        key,
+        etags[0] if etags else None,
+        svc.granted_expiry(req, svc.config.publication_expiry),
+        req.body,
+        media_type(req.headers.get("content-type")),
+        inc.host,
+        inc.now,
+    )
+    return await publish(svc, ask)
+
+
+async def publish(svc: Service, ask: PublishAsk) -> Reply:
+    """Steps 5-8 of §6 for a request whose resource, package and expiry
+    are already checked: the body, then the insert, modify, refresh or
+    removal, with the NOTIFYs to send once answered."""
+    presentity, key, etag, expires, now = ask.presentity, ask.key, ask.etag, ask.expires, ask.now
+    package = svc.publishable(key)
+    body, ctype = ask.body, ask.content_type
     stored: bytes | None = None
     if body:
         if len(body) > svc.config.limits.max_body_size:
@@ -50,7 +82,7 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
             raise RemoteSipError("body too large", status=Status.REQUEST_ENTITY_TOO_LARGE)
         if ctype not in package.content_types:
             raise RemoteSipError(
-                f"{ctype or 'no Content-Type'} is not a {event.key} document",
+                f"{ctype or 'no Content-Type'} is not a {key} document",
                 status=Status.UNSUPPORTED_MEDIA_TYPE,
                 headers=[("Accept", ", ".join(package.content_types))],
             )
@@ -67,10 +99,10 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
         assert stored is not None
         if expires == 0:
             return Reply(Status.OK, ok)  # nothing to keep
-        svc.capacity.admit("publication", inc.host)
+        svc.capacity.admit("publication", ask.source, per_source=ask.per_source)
         new = svc.ids.etag()
         pub = Publication(
-            presentity, key, new, stored, ctype, now + expires, now, svc.config.tag_for(key), source=sys.intern(inc.host)
+            presentity, key, new, stored, ctype, now + expires, now, svc.config.tag_for(key), source=sys.intern(ask.source)
         )
         # The watchers come with the insert: one storage step, not two.
         try:
@@ -82,7 +114,11 @@ async def handle_publish(svc: Service, inc: Incoming) -> Reply:
         svc.metrics.publication_change(key, "new")
         if svc.federation is not None:
             svc.federation.published(presentity, key, None, pub)
-        return Reply(Status.OK, [("SIP-ETag", new), *ok], then=lambda: svc.notifier.notify(watchers))
+        async def tell() -> None:
+            await svc.notifier.notify(watchers)
+            await svc.notifier.lists_changed(presentity, key)
+
+        return Reply(Status.OK, [("SIP-ETag", new), *ok], then=tell)
 
     if expires == 0:
         removed = await svc.storage.delete_publication(presentity, key, etag, now)

@@ -20,9 +20,11 @@ from ..sip.message import Request
 from ..sip.status import Status
 from ..storage import Subscription
 from .context import Incoming, Service
+from .features import FEATURES, check_own, feature_subscribe
 from .notify import FIRST_CSEQ, FIRST_VERSION, WINFO
 from .owners import Owners
 from .reply import Reply
+from ..packages.rlmi import EVENTLIST, RLMI_TYPE
 
 #: Why a SUBSCRIBE whose NOTIFYs could not be sent at all is refused (#12.3).
 UNREACHABLE = "Contact (or Record-Route) of an address family this node does not serve"
@@ -47,7 +49,15 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
     presentity = svc.resource(req)
     package = svc.packages.get(event.key)
     assert package is not None
-    accept = _negotiate(req, package.content_types)
+    members = svc.notifier.lists.get(presentity) if svc.notifier.lists is not None else None
+    if members is not None and event.key != WINFO:
+        if EVENTLIST not in _option_tags(req, "supported"):
+            # RFC 4662 §5.1: a list is only for a subscriber that can read one.
+            raise RemoteSipError("a resource list needs eventlist", status=Status.EXTENSION_REQUIRED,
+                                 headers=[("Require", EVENTLIST)])
+        accept = _negotiate(req, (*package.content_types, "multipart/related", RLMI_TYPE))
+    else:
+        accept = _negotiate(req, package.content_types)
     frm = inc.from_
     if not frm.tag:
         raise RemoteSipError("From has no tag", status=Status.BAD_REQUEST)
@@ -57,6 +67,8 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         raise RemoteSipError("bad From URI", status=Status.BAD_REQUEST) from e
     if event.key == WINFO and watcher != presentity:
         raise RemoteSipError("a watcher list is only for its presentity", status=Status.FORBIDDEN)
+    if event.key == FEATURES:
+        check_own(watcher, presentity)
     contacts = req.headers.values("contact")
     if not contacts:
         raise RemoteSipError("SUBSCRIBE without Contact", status=Status.BAD_REQUEST)
@@ -93,12 +105,15 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
     if not svc.notifier.sender.reachable(sub):
         raise RemoteSipError(UNREACHABLE, status=Status.BAD_REQUEST)
     headers = [("Expires", str(expires)), ("Contact", f"<{svc.contact[inc.transport]}>")]
+    if members is not None and event.key != WINFO:
+        headers.append(("Require", EVENTLIST))
     if expires == 0:
         # S24: a poll; nothing is stored, exactly one terminated NOTIFY,
         # which is this dialog's first (terminated() counts it itself).
         sub.cseq, sub.version = FIRST_CSEQ - 1, FIRST_VERSION
         return Reply(Status.OK, headers, to_tag=sub.id, then=lambda: svc.notifier.terminated(sub, "timeout"))
     svc.capacity.admit("subscription", inc.host)
+    changed = await feature_subscribe(svc, inc, presentity) if event.key == FEATURES else None
     elsewhere = _sender_elsewhere(svc, sub)
     if elsewhere is not None:
         # Stored with no NOTIFY counted: the first one is the owner's (or
@@ -115,6 +130,8 @@ async def _initial(svc: Service, inc: Incoming, event: Event) -> Reply:
         state, winfo_watchers = await svc.storage.insert_subscription_state(sub, inc.now, winfo)
 
     async def first_notify() -> None:
+        if changed is not None:
+            await changed()
         current = state
         try:
             if svc.federation is not None:
@@ -172,14 +189,23 @@ async def _in_dialog(svc: Service, inc: Incoming, event: Event, tag: str) -> Rep
                 await svc.federation.unwatched([(removed.presentity, removed.event)])
 
         return Reply(Status.OK, headers, then=last_notify)
+    changed = await feature_subscribe(svc, inc, sub.presentity) if event.key == FEATURES else None
+    svc.notifier.full_state_next(sub.id)  # a list's NOTIFY after a refresh carries every member
     refreshed = await svc.storage.refresh_subscription(
         sub.id, expires_at=inc.now + expires, remote_cseq=cseq, contact=contact
     )
     if refreshed is None:
         raise RemoteSipError("no such subscription", status=Status.CALL_DOES_NOT_EXIST)
+    if changed is not None:
+        return Reply(Status.OK, headers, then=changed)  # notifies this dialog too
     if elsewhere is not None:
         return Reply(Status.OK, headers, then=lambda: elsewhere.pass_on([refreshed]))
     return Reply(Status.OK, headers, then=lambda: svc.notifier.notify([refreshed]))
+
+
+def _option_tags(req: Request, header: str) -> set[str]:
+    """The option tags of every ``Supported`` (or ``Require``) header."""
+    return {t.strip().lower() for v in req.headers.values(header) for t in v.split(",") if t.strip()}
 
 
 def _sender_elsewhere(svc: Service, sub: Subscription) -> Owners | None:

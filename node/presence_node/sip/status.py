@@ -21,6 +21,7 @@ class Status(IntEnum):
     UNSUPPORTED_MEDIA_TYPE = 415
     UNSUPPORTED_URI_SCHEME = 416
     BAD_EXTENSION = 420
+    EXTENSION_REQUIRED = 421
     INTERVAL_TOO_BRIEF = 423
     TEMPORARILY_UNAVAILABLE = 480
     CALL_DOES_NOT_EXIST = 481
@@ -55,6 +56,7 @@ REASONS: dict[int, str] = {
     415: "Unsupported Media Type",
     416: "Unsupported URI Scheme",
     420: "Bad Extension",
+    421: "Extension Required",
     423: "Interval Too Brief",
     480: "Temporarily Unavailable",
     481: "Call/Transaction Does Not Exist",
