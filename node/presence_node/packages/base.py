@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
 from ..sip.errors import RemoteSipError
+from ..sip.headers import media_type
 
 
 class BadBody(RemoteSipError):
@@ -38,6 +39,13 @@ class UnsupportedBody(RemoteSipError):
     """A body whose Content-Type the package does not take (S44): 415."""
 
     status_hint = 415
+
+
+def require_type(package: str, content_type: str, expected: str) -> None:
+    """S44: a body of another media type than the package's one is 415,
+    telling the publisher (``Accept``) what to send instead."""
+    if media_type(content_type) != expected:
+        raise UnsupportedBody(f"{package} takes {expected}, not {content_type!r}", headers=[("Accept", expected)])
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,7 @@ from ..xmlsafe import (
     root_nsmap,
     xmlns_decls,
 )
-from .base import BadBody, Document, UnsupportedBody
-from .presence import media_type
+from .base import BadBody, Document, require_type
 
 DIALOG_INFO_NS = "urn:ietf:params:xml:ns:dialog-info"
 DIALOG_INFO_TYPE = "application/dialog-info+xml"
@@ -69,11 +68,7 @@ class DialogPackage:
         RFC 7463's own examples use other values, so refusing them would
         break phones the RFCs allow.
         """
-        if media_type(content_type) != DIALOG_INFO_TYPE:
-            raise UnsupportedBody(
-                f"{self.name} takes {DIALOG_INFO_TYPE}, not {content_type!r}",
-                headers=[("Accept", DIALOG_INFO_TYPE)],
-            )
+        require_type(self.name, content_type, DIALOG_INFO_TYPE)
         root = parse_xml(body)
         check_limits(root, self.limits)
         if root.tag != _DIALOG_INFO:

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from ..xmlsafe import XmlLimits, check_limits, escape_text, parse_xml
-from .base import BadBody, Document, UnsupportedBody
-from .presence import media_type
+from .base import BadBody, Document, require_type
 
 CSTA_NS = "http://www.ecma-international.org/standards/ecma-323/csta/ed3"
 FEATURE_TYPE = "application/x-as-feature-event+xml"
@@ -102,9 +101,7 @@ class FeaturePackage:
 
     def check_publication(self, body: bytes, content_type: str) -> bytes:
         """Accept one feature's ``Set…``/``…Event`` body and return it unchanged."""
-        if media_type(content_type) != FEATURE_TYPE:
-            raise UnsupportedBody(f"as-feature-event takes {FEATURE_TYPE}, not {content_type!r}",
-                                  headers=[("Accept", FEATURE_TYPE)])
+        require_type(self.name, content_type, FEATURE_TYPE)
         read_feature(body, self.limits)
         return body
 

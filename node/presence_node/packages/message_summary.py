@@ -21,8 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from .base import BadBody, Document, UnsupportedBody
-from .presence import media_type
+from .base import BadBody, Document, require_type
 
 MWI_TYPE = "application/simple-message-summary"
 
@@ -56,8 +55,7 @@ class MessageSummaryPackage:
         names pass, as extension headers do; the message headers after the
         blank line are only checked for encoding.
         """
-        if media_type(content_type) != MWI_TYPE:
-            raise UnsupportedBody(f"message-summary takes {MWI_TYPE}, not {content_type!r}", headers=[("Accept", MWI_TYPE)])
+        require_type(self.name, content_type, MWI_TYPE)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:

@@ -24,7 +24,7 @@ from ..xmlsafe import (
     root_nsmap,
     xmlns_decls,
 )
-from .base import BadBody, Document, UnsupportedBody
+from .base import BadBody, Document, require_type
 
 PIDF_NS = "urn:ietf:params:xml:ns:pidf"
 DATA_MODEL_NS = "urn:ietf:params:xml:ns:pidf:data-model"
@@ -38,11 +38,6 @@ _NOTE = f"{{{PIDF_NS}}}note"
 _PERSON = f"{{{DATA_MODEL_NS}}}person"
 _BASIC_VALUES = frozenset({"open", "closed"})
 _XML_DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
-
-
-def media_type(content_type: str) -> str:
-    """The bare, lower-cased media type of a Content-Type value (no parameters)."""
-    return content_type.split(";", 1)[0].strip().lower()
 
 
 class PresencePackage:
@@ -63,11 +58,7 @@ class PresencePackage:
         or a ``<basic>`` other than ``open``/``closed`` (baresip's ``unknown``),
         or beyond ``limits`` (:class:`~.base.BodyOverLimit`).
         """
-        if media_type(content_type) != PIDF_TYPE:
-            raise UnsupportedBody(
-                f"presence takes {PIDF_TYPE}, not {content_type!r}",
-                headers=[("Accept", PIDF_TYPE)],
-            )
+        require_type(self.name, content_type, PIDF_TYPE)
         root = parse_xml(body)
         check_limits(root, self.limits)
         if root.tag != _PRESENCE:
