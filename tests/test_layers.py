@@ -1,6 +1,6 @@
 """The pure layers stay pure: the SIP core, the event packages and the XML
 guard import no event loop, socket, HTTP or database module, and the
-operator's decision core (spec, planner, health) not even the clock, the OS
+operator's decision core (spec, planner, health, status) not even the clock, the OS
 or the node it drives."""
 
 import ast
@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1] / "node" / "presence_node"
 PURE = [*sorted((ROOT / "sip").glob("*.py")), *sorted((ROOT / "packages").glob("*.py")), ROOT / "xmlsafe.py"]
 FORBIDDEN = {"asyncio", "socket", "selectors", "aiohttp", "psycopg", "psycopg_pool", "uvloop", "kopf", "kubernetes"}
 OPERATOR = ROOT.parents[1] / "operator" / "presence_operator"
-DECISIONS = [*(OPERATOR / f for f in ("spec.py", "planner.py", "health.py")), *sorted((OPERATOR / "builders").glob("*.py"))]
+DECISIONS = [*(OPERATOR / f for f in ("spec.py", "planner.py", "health.py", "status.py")),
+             *sorted((OPERATOR / "builders").glob("*.py"))]
 DECISIONS_FORBIDDEN = FORBIDDEN | {"subprocess", "os", "time", "presence_node"}
 
 

@@ -617,7 +617,7 @@ def test_examples_are_valid_manifests(example):
 def test_intent_survives_its_json_form():
     """Both drivers store the intent as JSON (CR status, local state file);
     a restarted driver must read back exactly what was recorded."""
-    from presence_operator.planner import intent_from_json, intent_to_json
+    from presence_operator.status import intent_from_json, intent_to_json
 
     i = Intent((Move("vip", "l0-0", "l0-1", 4, True), Move("n2", None, "l0-0", 7, False)), "node-down", 100.5, 99.25)
     assert intent_from_json(intent_to_json(i)) == i
