@@ -1,7 +1,7 @@
 """The pure layers stay pure: the SIP core, the event packages, the XML
 guard and the cluster channel's wire format import no event loop, socket,
 HTTP or database module, and the operator's decision core (spec, planner,
-health) not even the clock, the OS or the node it drives."""
+health, status) not even the clock, the OS or the node it drives."""
 
 import ast
 from pathlib import Path
@@ -17,7 +17,8 @@ PURE = [
 ]
 FORBIDDEN = {"asyncio", "socket", "selectors", "aiohttp", "psycopg", "psycopg_pool", "uvloop", "kopf", "kubernetes"}
 OPERATOR = ROOT.parents[1] / "operator" / "presence_operator"
-DECISIONS = [*(OPERATOR / f for f in ("spec.py", "planner.py", "health.py")), *sorted((OPERATOR / "builders").glob("*.py"))]
+DECISIONS = [*(OPERATOR / f for f in ("spec.py", "planner.py", "health.py", "status.py")),
+             *sorted((OPERATOR / "builders").glob("*.py"))]
 DECISIONS_FORBIDDEN = FORBIDDEN | {"subprocess", "os", "time", "presence_node"}
 
 

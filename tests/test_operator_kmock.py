@@ -553,9 +553,10 @@ async def test_operator_restarted_mid_failover_rolls_forward_exactly_once(
         cluster, kubeconfig, tmp_path, pg_dsn, monkeypatch):
     """The operator stops after recording the intent and before the
     activation lands; a new one finishes it with the recorded epoch, once."""
-    import presence_operator.handlers as handlers
+    import presence_operator.handlers  # noqa: F401 - registers the handlers
+    from presence_operator.executor import Executor
 
-    original = handlers.ClusterDriver._activate
+    original = Executor._activate
     armed, hit = {"on": False}, asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -566,7 +567,7 @@ async def test_operator_restarted_mid_failover_rolls_forward_exactly_once(
             await asyncio.sleep(3600)  # cancelled when that operator stops
         return await original(self, a)
 
-    monkeypatch.setattr(handlers.ClusterDriver, "_activate", stalls_once)
+    monkeypatch.setattr(Executor, "_activate", stalls_once)
     first = OperatorThread(namespaces=[NS], standalone=True)
     await first.__aenter__()
     stopped = False

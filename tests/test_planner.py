@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from presence_operator import spec as specs
 from presence_operator.health import Health, HealthDetector
 from presence_operator.planner import (
-    ActivateTag, ClearIntent, DeactivateTag, Event, Intent, Move, NodeState, Observed, RecordIntent, SetStatus,
-    TagRecord, plan,
+    ActivateTag, ClearIntent, Condition, DeactivateTag, Event, EventReason, EventType, Intent, Move, NodeState,
+    Observed, Phase, Reason, RecordIntent, SetStatus, TagRecord, plan,
 )
 
 UP, DOWN, SUSPECT, UNKNOWN = Health.UP, Health.DOWN, Health.SUSPECT, Health.UNKNOWN
@@ -181,6 +181,18 @@ def test_ha_owner_down_moves_vip_with_next_epoch_intent_first():
         ActivateTag("vip", "l0-1", 4),
     ]
     assert "Failover" in events(a) and status(a).phase == "FailingOver"
+
+
+def test_reasons_phases_conditions_and_events_are_enum_members():
+    """The planner's vocabulary is enums (string values: what status and
+    Events show), so the executor and the status model switch on members."""
+    a = plan(HA, obs(node("l0-0", DOWN, failing=98.9), node("l0-1"), tags={"vip": TagRecord("l0-0", 3)}))
+    assert intent_of(a).reason is Reason.NODE_DOWN
+    assert status(a).phase is Phase.FAILING_OVER
+    assert list(status(a).conditions) == [Condition.READY, Condition.DEGRADED, Condition.FAILING_OVER]
+    evs = [x for x in a if isinstance(x, Event)]
+    assert [(e.type, e.reason) for e in evs] == [(EventType.WARNING, EventReason.FAILOVER)]
+    assert all(type(e.type) is EventType and type(e.reason) is EventReason for e in evs)
 
 
 def test_ha_suspect_owner_keeps_its_tag():
@@ -617,7 +629,7 @@ def test_examples_are_valid_manifests(example):
 def test_intent_survives_its_json_form():
     """Both drivers store the intent as JSON (CR status, local state file);
     a restarted driver must read back exactly what was recorded."""
-    from presence_operator.planner import intent_from_json, intent_to_json
+    from presence_operator.status import intent_from_json, intent_to_json
 
     i = Intent((Move("vip", "l0-0", "l0-1", 4, True), Move("n2", None, "l0-0", 7, False)), "node-down", 100.5, 99.25)
     assert intent_from_json(intent_to_json(i)) == i

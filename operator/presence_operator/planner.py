@@ -1,8 +1,8 @@
 """The one failover decision: ``plan(spec, observed) -> [Action]``.
 
-Both drivers (the kopf handlers and the local-mode supervisor) collect an
-:class:`Observed`, call :func:`plan` and carry out the actions in order.  The
-rules, and why:
+The executor (``executor.py``, which both drivers share: the kopf handlers
+and the local-mode supervisor) collects an :class:`Observed`, calls
+:func:`plan` and carries out the actions in order.  The rules, and why:
 
 - **Fenced moves.** A tag whose owner is judged down (or fenced, or asked to
   switch over) is activated on a healthy node of its location with an epoch
@@ -38,10 +38,62 @@ Pure: no I/O, no clock; time comes in ``Observed.now``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from enum import StrEnum
+from typing import Mapping, Union
 
 from . import spec as specs
 from .health import Health
+
+
+# -- the vocabulary ---------------------------------------------------------------
+# String enums: their values are what status, Events and logs show, and what
+# the JSON status is read back from.
+
+
+class Reason(StrEnum):
+    """Why tags move: an intent's and a failover record's reason."""
+
+    NODE_DOWN = "node-down"
+    FENCED = "fenced"
+    SWITCHOVER = "switchover"
+    FAILBACK = "failback"
+    #: Placing a tag nobody owns (a new cluster): not counted as a failover.
+    UNOWNED = "unowned"
+
+
+class Phase(StrEnum):
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILING_OVER = "FailingOver"
+
+
+class Condition(StrEnum):
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILING_OVER = "FailingOver"
+
+
+class EventType(StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+class EventReason(StrEnum):
+    """The ``reason`` of the Events the planner (and a driver) emit."""
+
+    FAILOVER = "Failover"
+    FENCED_NODE_VACATED = "FencedNodeVacated"
+    SWITCHOVER = "Switchover"
+    FAILBACK = "Failback"
+    TAG_PLACED = "TagPlaced"
+    FAILOVER_COMPLETE = "FailoverComplete"
+    FAILOVER_ABANDONED = "FailoverAbandoned"
+    FAILOVER_DEFERRED = "FailoverDeferred"
+    STALE_EPOCH = "StaleEpoch"
+    STORAGE_UNAVAILABLE = "StorageUnavailable"
+    SWITCHOVER_REJECTED = "SwitchoverRejected"
+    #: A manual-operation annotation the kopf driver could not read.
+    BAD_ANNOTATION = "BadAnnotation"
 
 
 # -- what the driver observes ------------------------------------------------
@@ -89,7 +141,7 @@ class Intent:
     """A failover in progress, recorded in status before any order."""
 
     moves: tuple[Move, ...]
-    reason: str  # node-down | fenced | switchover | failback | unowned
+    reason: Reason
     started: float
     #: When the failure began (first failed probe), for the time taken.
     detected: float
@@ -100,7 +152,7 @@ class FailoverRecord:
     source: str | None
     target: str
     tags: tuple[str, ...]
-    reason: str
+    reason: Reason
     time: float
     seconds: float
 
@@ -148,15 +200,15 @@ class ClearIntent:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    type: str  # Normal | Warning
-    reason: str
+    type: EventType
+    reason: EventReason
     message: str
 
 
 @dataclass(frozen=True, slots=True)
 class SetStatus:
-    phase: str  # Ready | Degraded | FailingOver
-    conditions: Mapping[str, bool]  # Ready, Degraded, FailingOver
+    phase: Phase
+    conditions: Mapping[Condition, bool]
     #: tag -> (owner, epoch) as resolved from the nodes' reports.
     tags: Mapping[str, TagRecord]
     #: node -> (up, tags active there)
@@ -195,28 +247,30 @@ def plan(spec: specs.PresenceClusterSpec, observed: Observed) -> list[Action]:
         if status == "pending":
             _set_status(ctx, failing_over=True, last=last, count=count)
             return ctx.actions
-        if record is not None and record.reason != "unowned":
+        if record is not None and record.reason != Reason.UNOWNED:
             last, count = record, count + 1
     moves, reason, detected = _decide(ctx)
-    if moves:
+    if reason is not None:
         new = Intent(tuple(moves), reason, observed.now, detected)
         ctx.actions.append(RecordIntent(new))
         for m in moves:
             if m.deactivate and m.source is not None:
                 ctx.actions.append(DeactivateTag(m.tag, m.source))
             ctx.actions.append(ActivateTag(m.tag, m.target, m.epoch))
-            ctx.actions.append(Event("Normal" if reason != "node-down" else "Warning", _REASONS[reason],
+            ctx.actions.append(Event(EventType.WARNING if reason == Reason.NODE_DOWN else EventType.NORMAL,
+                                     _EVENTS[reason],
                                      f"tag {m.tag}: {m.source or '-'} -> {m.target} at epoch {m.epoch} ({reason})"))
     _set_status(ctx, failing_over=bool(moves), last=last, count=count)
     return ctx.actions
 
 
-_REASONS = {
-    "node-down": "Failover",
-    "fenced": "FencedNodeVacated",
-    "switchover": "Switchover",
-    "failback": "Failback",
-    "unowned": "TagPlaced",
+#: The Event of a new intent, per reason.
+_EVENTS = {
+    Reason.NODE_DOWN: EventReason.FAILOVER,
+    Reason.FENCED: EventReason.FENCED_NODE_VACATED,
+    Reason.SWITCHOVER: EventReason.SWITCHOVER,
+    Reason.FAILBACK: EventReason.FAILBACK,
+    Reason.UNOWNED: EventReason.TAG_PLACED,
 }
 
 
@@ -256,7 +310,7 @@ def _stale_claims(ctx: _Ctx) -> None:
         for n in sorted(ctx.obs.nodes.values(), key=lambda n: ctx.order.get(n.name, 1 << 30)):
             if t.name in n.active and n.name != win.owner and n.reachable:
                 ctx.actions.append(DeactivateTag(t.name, n.name))
-                ctx.actions.append(Event("Warning", "StaleEpoch",
+                ctx.actions.append(Event(EventType.WARNING, EventReason.STALE_EPOCH,
                                          f"{n.name} reports tag {t.name} at epoch {n.active[t.name]}, "
                                          f"owner is {win.owner} at epoch {win.epoch}: deactivating"))
 
@@ -285,8 +339,8 @@ def _roll_forward(ctx: _Ctx, intent: Intent) -> tuple[str, FailoverRecord | None
         )
         # Placing a tag nobody owned (a new cluster) is not a failover: it
         # is neither counted nor shown as the last one.
-        ctx.actions.append(ClearIntent(record if intent.reason != "unowned" else None))
-        ctx.actions.append(Event("Normal", "FailoverComplete",
+        ctx.actions.append(ClearIntent(record if intent.reason != Reason.UNOWNED else None))
+        ctx.actions.append(Event(EventType.NORMAL, EventReason.FAILOVER_COMPLETE,
                                  f"tags {', '.join(record.tags)} active on {record.target} ({intent.reason}, "
                                  f"{record.seconds:.2f} s)"))
         return "done", record
@@ -296,7 +350,7 @@ def _roll_forward(ctx: _Ctx, intent: Intent) -> tuple[str, FailoverRecord | None
         overtaken = not landed and cur.epoch >= m.epoch
         if overtaken or (not landed and not _eligible(ctx, m.target)):
             ctx.actions.append(ClearIntent(None))
-            ctx.actions.append(Event("Warning", "FailoverAbandoned",
+            ctx.actions.append(Event(EventType.WARNING, EventReason.FAILOVER_ABANDONED,
                                      f"tag {m.tag}: move to {m.target} at epoch {m.epoch} cannot complete; replanning"))
             return "abandoned", None
     for m in intent.moves:
@@ -310,7 +364,7 @@ def _roll_forward(ctx: _Ctx, intent: Intent) -> tuple[str, FailoverRecord | None
     return "pending", None
 
 
-def _decide(ctx: _Ctx) -> tuple[list[Move], str, float]:
+def _decide(ctx: _Ctx) -> tuple[list[Move], Reason | None, float]:
     """The moves of one new intent (all of one reason), or none.  Order of
     precedence: fencing, node down, switchover, unowned, failback."""
     obs, policy = ctx.obs, ctx.spec.failover
@@ -318,41 +372,42 @@ def _decide(ctx: _Ctx) -> tuple[list[Move], str, float]:
     for rec in ctx.owner.values():
         if rec.owner in load:
             load[rec.owner] += 1
-    wanted: dict[str, list[tuple[specs.Tag, str]]] = {r: [] for r in _REASONS}
+    wanted: dict[Reason, list[tuple[specs.Tag, str]]] = {r: [] for r in Reason}
     for t in ctx.tags:
         cur = ctx.owner[t.name]
         owner = _node(ctx, cur.owner)
         asked = obs.switchovers.get(t.name)
         if cur.owner is not None and cur.owner in obs.fenced:
-            wanted["fenced"].append((t, f"owner {cur.owner} is fenced"))
+            wanted[Reason.FENCED].append((t, f"owner {cur.owner} is fenced"))
         elif cur.owner is not None and owner is not None and owner.health is Health.DOWN and _outage(ctx, owner):
             ctx.actions.append(Event(
-                "Warning", "StorageUnavailable",
+                EventType.WARNING, EventReason.STORAGE_UNAVAILABLE,
                 f"tag {t.name}: owner {owner.name} runs but cannot reach its storage, as no node of location "
                 f"{owner.location} could for long: a database outage, not a node failure; no move"))
             ctx.degraded.append(t.name)
         elif cur.owner is not None and (owner is None or owner.health is Health.DOWN):
-            wanted["node-down"].append((t, f"owner {cur.owner} is down"))
+            wanted[Reason.NODE_DOWN].append((t, f"owner {cur.owner} is down"))
         elif asked is not None and asked != cur.owner:
-            wanted["switchover"].append((t, asked))
+            wanted[Reason.SWITCHOVER].append((t, asked))
         elif cur.owner is None:
-            wanted["unowned"].append((t, "no owner"))
+            wanted[Reason.UNOWNED].append((t, "no owner"))
         elif (policy.failback == "automatic" and asked is None and cur.owner != t.home
               and _eligible(ctx, t.home) and obs.now - ctx.obs.nodes[t.home].since >= policy.detection_seconds):
-            wanted["failback"].append((t, t.home))
-    for reason in ("fenced", "node-down", "switchover", "unowned", "failback"):
+            wanted[Reason.FAILBACK].append((t, t.home))
+    for reason in (Reason.FENCED, Reason.NODE_DOWN, Reason.SWITCHOVER, Reason.UNOWNED, Reason.FAILBACK):
         items = wanted[reason]
         if not items:
             continue
-        if reason in ("node-down", "unowned") and policy.policy == "manual":
+        if reason in (Reason.NODE_DOWN, Reason.UNOWNED) and policy.policy == "manual":
             for t, why in items:
-                ctx.actions.append(Event("Warning", "FailoverDeferred", f"tag {t.name}: {why}; policy is manual"))
+                ctx.actions.append(Event(EventType.WARNING, EventReason.FAILOVER_DEFERRED,
+                                         f"tag {t.name}: {why}; policy is manual"))
                 ctx.degraded.append(t.name)
             continue
         moves: list[Move] = []
         for t, arg in items:
-            target = arg if reason in ("switchover", "failback") else _pick(ctx, t, load)
-            if reason == "switchover" and not _valid_switchover(ctx, t, arg):
+            target = arg if reason in (Reason.SWITCHOVER, Reason.FAILBACK) else _pick(ctx, t, load)
+            if reason == Reason.SWITCHOVER and not _valid_switchover(ctx, t, arg):
                 continue
             if target is None:
                 _defer(ctx, t, arg)
@@ -364,11 +419,11 @@ def _decide(ctx: _Ctx) -> tuple[list[Move], str, float]:
             load[target] = load.get(target, 0) + 1
         if moves:
             detected = obs.now
-            if reason == "node-down":
+            if reason == Reason.NODE_DOWN:
                 detected = min((n.failing_since for m in moves if (n := _node(ctx, m.source)) is not None
                                 and n.failing_since is not None), default=obs.now)
             return moves, reason, detected
-    return [], "", obs.now
+    return [], None, obs.now
 
 
 def _outage(ctx: _Ctx, n: NodeState) -> bool:
@@ -409,7 +464,7 @@ def _defer(ctx: _Ctx, t: specs.Tag, why: str) -> None:
         out = sorted(n.name + (" (fenced)" if n.name in ctx.obs.fenced else "")
                      for n in ctx.obs.nodes.values() if n.location == t.location and not _eligible(ctx, n.name))
         msg = f"tag {t.name}: {why}; no healthy node in location {t.location} (not up or fenced: {', '.join(out)})"
-    ctx.actions.append(Event("Warning", "FailoverDeferred", msg))
+    ctx.actions.append(Event(EventType.WARNING, EventReason.FAILOVER_DEFERRED, msg))
     ctx.degraded.append(t.name)
 
 
@@ -425,7 +480,8 @@ def _valid_switchover(ctx: _Ctx, t: specs.Tag, target: str) -> bool:
     elif not _eligible(ctx, target):
         why = f"{target} is not up or is fenced"
     if why is not None:
-        ctx.actions.append(Event("Warning", "SwitchoverRejected", f"tag {t.name} -> {target}: {why}"))
+        ctx.actions.append(Event(EventType.WARNING, EventReason.SWITCHOVER_REJECTED,
+                                 f"tag {t.name} -> {target}: {why}"))
         return False
     return True
 
@@ -446,26 +502,12 @@ def _set_status(ctx: _Ctx, *, failing_over: bool, last: FailoverRecord | None, c
     ready = sum(1 for up, _ in nodes.values() if up)
     unowned = [t.name for t in ctx.tags if ctx.owner[t.name].owner is None]
     degraded = bool(ctx.degraded or unowned or ready < total)
-    phase = "FailingOver" if failing_over else ("Degraded" if degraded else "Ready")
+    phase = Phase.FAILING_OVER if failing_over else (Phase.DEGRADED if degraded else Phase.READY)
     ctx.actions.append(SetStatus(
         phase=phase,
-        conditions={"Ready": ready == total and not unowned, "Degraded": degraded, "FailingOver": failing_over},
+        conditions={Condition.READY: ready == total and not unowned, Condition.DEGRADED: degraded,
+                    Condition.FAILING_OVER: failing_over},
         tags={t.name: ctx.owner[t.name] for t in ctx.tags},
         nodes=nodes, ready_nodes=ready, total_nodes=total, last_failover=last, failover_count=count,
     ))
 
-
-# -- intents as JSON (status in Kubernetes, a file in local mode) ------------------
-
-
-def intent_to_json(i: Intent) -> dict[str, Any]:
-    return {"reason": i.reason, "started": i.started, "detected": i.detected,
-            "moves": [{"tag": m.tag, "from": m.source, "to": m.target, "epoch": m.epoch, "deactivate": m.deactivate}
-                      for m in i.moves]}
-
-
-def intent_from_json(d: dict[str, Any] | None) -> Intent | None:
-    if not d:
-        return None
-    moves = tuple(Move(m["tag"], m.get("from"), m["to"], int(m["epoch"]), bool(m["deactivate"])) for m in d["moves"])
-    return Intent(moves, d["reason"], float(d["started"]), float(d["detected"]))

@@ -2,8 +2,8 @@
 
 ``run.json`` says what ``up`` started (pids, ports, databases) and is what
 ``down`` stops; ``status.json`` is the supervisor's status (the CR's
-``.status`` in local form, including the failover intent, so a restarted
-supervisor rolls a failover forward).  Both are replaced atomically.
+``.status``, same layout: ``status.py``; it includes the failover intent, so
+a restarted supervisor rolls a failover forward).  Both are replaced atomically.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from ..status import from_iso
 
 DEFAULT_DIR = Path(".presence-cluster")
 
@@ -72,11 +74,12 @@ def table(run: dict[str, Any], status: dict[str, Any] | None, now: float | None 
     st = status or {}
     total = len(run["nodes"])
     ready = st.get("readyNodes", 0)
-    owners = ",".join(f"{t}={v['owner'] or '-'}" for t, v in sorted(st.get("tags", {}).items())) or "<none>"
+    owners = ",".join(f"{t}={v.get('owner') or '-'}" for t, v in sorted(st.get("tags", {}).items())) or "<none>"
     lf = st.get("lastFailover")
     last = "<none>"
     if lf:
-        last = f"{lf['from'] or '-'}->{lf['to']} {','.join(lf['tags'])} {lf['seconds']:.2f}s {_age(now - lf['time'])} ago"
+        ago = _age(now - from_iso(lf["time"]))
+        last = f"{lf['from']}->{lf['to']} {','.join(lf['tags'])} {lf['seconds']:.2f}s {ago} ago"
     rows = [
         ["NAME", "MODE", "READY", "TAGS", "LAST FAILOVER", "AGE", "PHASE", "FAILOVERS"],
         [run["name"], run["mode"], f"{ready}/{total}", owners, last, _age(now - run["created"]),
