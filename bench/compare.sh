@@ -30,38 +30,30 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 usage() { sed -n '2,28p' "$0" >&2; exit 2; }
 
-NODE_PORT=5080; NODE_CFG=""; KAM_N=1; KAM_S=0; KAM_PORT=5070; ONLY=""
-ARGS=()
-while [ $# -gt 0 ]; do
+BENCH=$HERE; BENCH_NAME=compare.sh
+NODE_PORT=5080; NODE_CFG=""; KAM_N=1; KAM_S=0; KAM_PORT=5070
+bench_option() {
     case "$1" in
-        -p) NODE_PORT=$2; shift 2 ;;
-        -c) NODE_CFG=$2; shift 2 ;;
-        -n) KAM_N=$2; shift 2 ;;
-        -s) KAM_S=$2; shift 2 ;;
-        -k) KAM_PORT=$2; shift 2 ;;
-        --only) ONLY=$2; shift 2 ;;
-        -h|--help) usage ;;
-        -*) echo "compare.sh: unknown option $1" >&2; usage ;;
-        *) ARGS+=("$1"); shift ;;
+        -p) NODE_PORT=$2 ;;
+        -c) NODE_CFG=$2 ;;
+        -n) KAM_N=$2 ;;
+        -s) KAM_S=$2 ;;
+        -k) KAM_PORT=$2 ;;
+        *) return 0 ;;
     esac
-done
-[ ${#ARGS[@]} -eq 4 ] || usage
-WORKLOAD=${ARGS[0]}; RATES=${ARGS[1]}; REPS=${ARGS[2]}; DURATION=${ARGS[3]}
-[[ "$REPS" =~ ^[0-9]+$ && "$DURATION" =~ ^[0-9]+$ ]] || usage
-case "$ONLY" in ""|node|kamailio) ;; *) usage ;; esac
-SERVERS="node kamailio"; [ -n "$ONLY" ] && SERVERS=$ONLY
+    return 2
+}
+# shellcheck source=lib/common.sh
+. "$HERE/lib/common.sh"
+bench_options "$@"
+bench_rate_args
 WARMUP_S=${WARMUP_S:-3}
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 RESULTS=$HERE/results
 mkdir -p "$RESULTS"
-TABLE=$RESULTS/compare-$STAMP-$WORKLOAD.tsv
-ALL=$RESULTS/compare.tsv
 HEADER='date	server	setting	workload	rate	rep	duration_s	sent	ok	failed	success_pct	throughput	p50_ms	p90_ms	p99_ms	p99.9_ms	max_ms	notify_p50_ms	notify_p99_ms	retrans	udp_drops	server_cpu_s	wall_s	other_cpu_s	note	results'
-echo "$HEADER" > "$TABLE"
-# a table of another layout is kept aside, not appended to
-if [ -s "$ALL" ] && [ "$(head -1 "$ALL")" != "$HEADER" ]; then mv "$ALL" "$ALL.old-$STAMP"; fi
-[ -s "$ALL" ] || echo "$HEADER" > "$ALL"
+bench_tables "$RESULTS/compare-$STAMP-$WORKLOAD.tsv" "$RESULTS/compare.tsv" "$HEADER"
 
 NODE_START=(-p "$NODE_PORT")
 [ -n "$NODE_CFG" ] && NODE_START+=(-c "$NODE_CFG")
@@ -95,33 +87,6 @@ start_server() {
 }
 server_alive() { [ -n "${SPID:-}" ] && kill -0 "$SPID" 2>/dev/null; }
 
-row() { # server rate rep out note  -> one TSV row on stdout
-    python3 - "$@" "$SETTING" "$WORKLOAD" "$DURATION" <<'PY'
-import json, os, sys, time
-server, rate, rep, out, note, setting, wl, dur = sys.argv[1:]
-r, m, lat = {}, {}, {}
-try:
-    s = json.load(open(os.path.join(out, "summary.json")))
-    r = s["roles"].get("main", {})
-    m = s["meta"]
-    lat = r.get("latency") or {}
-except (OSError, ValueError, KeyError):
-    note = note or "no summary"
-main = lat.get("publish") or lat.get("subscribe") or lat.get("options") or {}
-nt = lat.get("notify") or {}
-row = [time.strftime("%Y-%m-%d %H:%M:%S"), server, setting, wl, rate, rep, dur,
-       r.get("calls_created", 0), r.get("calls_ok", 0), r.get("calls_failed", 0),
-       r.get("success_pct", 0), r.get("throughput_ok_per_s", ""),
-       main.get("p50_ms", ""), main.get("p90_ms", ""), main.get("p99_ms", ""),
-       main.get("p99.9_ms", ""), main.get("max_ms", ""),
-       nt.get("p50_ms", ""), nt.get("p99_ms", ""),
-       r.get("retransmissions", ""), m.get("udp_rcvbuf_errors", ""),
-       m.get("server_cpu_s", ""), m.get("wall_s", ""), m.get("other_cpu_s", ""), note,
-       os.path.basename(out) if out else ""]
-print("\t".join("" if x is None else str(x) for x in row))
-PY
-}
-
 trap 'for s in $SERVERS; do stop_server $s; done' EXIT
 trap 'exit 130' INT TERM
 for s in $SERVERS; do stop_server "$s"; done
@@ -134,7 +99,7 @@ for rate in $RATES; do
             if ! start_server "$srv"; then
                 note="start failed: $START_ERR"
                 echo "compare.sh: $srv did not start: $START_ERR" >&2
-                row "$srv" "$rate" "$rep" "" "$note" | tee -a "$TABLE" >> "$ALL"
+                bench_record "$(bench_row "$srv" "$rate" "$rep" "" "$note")"
                 stop_server "$srv"
                 continue
             fi
@@ -154,8 +119,8 @@ for rate in $RATES; do
             else
                 note="server died during warm-up"
             fi
-            r=$(row "$srv" "$rate" "$rep" "$out" "$note")
-            echo "$r" >> "$TABLE"; echo "$r" >> "$ALL"
+            r=$(bench_row "$srv" "$rate" "$rep" "$out" "$note")
+            bench_record "$r"
             echo "$r" | awk -F'\t' '{printf "compare.sh: %-8s %s/s rep %s: success %s%% throughput %s/s p50 %s ms p99 %s ms cpu %s s, other processes %s s %s\n", $2, $5, $6, $11, $12, $13, $15, $22, $24, $25}'
             stop_server "$srv"
         done

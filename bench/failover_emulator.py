@@ -8,7 +8,7 @@ KMock's Kubernetes emulator.
 Needs the test extra installed (``pip install -e '.[test]'``: kmock) and
 PostgreSQL's server binaries (``scripts/setup.sh``); no root, no cluster.
 
-Starts the emulator (``presence_operator.testing.emulator``, the tests' one) on a
+Starts the emulator (``tests/kube_emulator.py``, the tests' one) on a
 free port with the project's CRD, a private PostgreSQL (local mode's
 ``pg.start``), and the operator as a process (``presence-operator
 --standalone --namespace=presence-bench``, as the chart's Deployment runs
@@ -52,6 +52,9 @@ from typing import Any, Callable
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The tests' Kubernetes emulator (tests/kube_emulator.py): test support, not
+# part of the installed operator.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from failover import TAG, Monitor  # noqa: E402
 
@@ -99,7 +102,7 @@ class Node:
 async def run(args: argparse.Namespace) -> int:
     import kmock
 
-    from presence_operator.testing.emulator import ApiEmulator
+    from kube_emulator import ApiEmulator
     from presence_operator.builders import meta
     from presence_operator.local import pg
 

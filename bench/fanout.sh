@@ -24,35 +24,34 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 usage() { sed -n '2,22p' "$0" >&2; exit 2; }
 
-RATE=1000; NODE_PORT=5080; NODE_CFG=""; KAM_N=1; KAM_S=0; KAM_PORT=5070; ONLY=""
-ARGS=()
-while [ $# -gt 0 ]; do
+BENCH=$HERE; BENCH_NAME=fanout.sh
+RATE=1000; NODE_PORT=5080; NODE_CFG=""; KAM_N=1; KAM_S=0; KAM_PORT=5070
+bench_option() {
     case "$1" in
-        -r) RATE=$2; shift 2 ;;
-        -p) NODE_PORT=$2; shift 2 ;;
-        -c) NODE_CFG=$2; shift 2 ;;
-        -n) KAM_N=$2; shift 2 ;;
-        -s) KAM_S=$2; shift 2 ;;
-        -k) KAM_PORT=$2; shift 2 ;;
-        --only) ONLY=$2; shift 2 ;;
-        -h|--help) usage ;;
-        -*) echo "fanout.sh: unknown option $1" >&2; usage ;;
-        *) ARGS+=("$1"); shift ;;
+        -r) RATE=$2 ;;
+        -p) NODE_PORT=$2 ;;
+        -c) NODE_CFG=$2 ;;
+        -n) KAM_N=$2 ;;
+        -s) KAM_S=$2 ;;
+        -k) KAM_PORT=$2 ;;
+        *) return 0 ;;
     esac
-done
+    return 2
+}
+# shellcheck source=lib/common.sh
+. "$HERE/lib/common.sh"
+bench_options "$@"
 [ ${#ARGS[@]} -ge 1 ] && [ ${#ARGS[@]} -le 2 ] || usage
 N=${ARGS[0]}; REPS=${ARGS[1]:-1}
 [[ "$N" =~ ^[0-9]+$ && "$REPS" =~ ^[0-9]+$ ]] || usage
-case "$ONLY" in ""|node|kamailio) ;; *) usage ;; esac
-SERVERS="node kamailio"; [ -n "$ONLY" ] && SERVERS=$ONLY
 
 RESULTS=$HERE/results
 mkdir -p "$RESULTS"
-TABLE=$RESULTS/fanout.tsv
-# a table of another layout is kept aside, not appended to
-if [ -s "$TABLE" ] && ! head -1 "$TABLE" | grep -q other_cpu_s; then mv "$TABLE" "$TABLE.old-$(date +%Y%m%d-%H%M%S)"; fi
-[ -s "$TABLE" ] || printf 'date\tserver\tsetting\twatchers\trate\trep\tsub_ok\tnotifies\tpublish_ms\tfirst_notify_ms\tp50_notify_ms\tp99_notify_ms\tlast_notify_ms\tnotifies_per_s\tudp_drops\tserver_cpu_s\tother_cpu_s\tnote\tresults\n' > "$TABLE"
-FIRST=$(( $(wc -l < "$TABLE") + 1 ))
+# One table of every run (no per-invocation one): the summary below reads
+# this invocation's rows from line FIRST on.
+HEADER='date	server	setting	watchers	rate	rep	sub_ok	notifies	publish_ms	first_notify_ms	p50_notify_ms	p99_notify_ms	last_notify_ms	notifies_per_s	udp_drops	server_cpu_s	other_cpu_s	note	results'
+bench_tables "" "$RESULTS/fanout.tsv" "$HEADER"
+FIRST=$(( $(wc -l < "$ALL") + 1 ))
 
 NODE_START=(-p "$NODE_PORT")
 [ -n "$NODE_CFG" ] && NODE_START+=(-c "$NODE_CFG")
@@ -83,28 +82,6 @@ start_server() { # sets SPID SPORT SETTING START_ERR
     return $rc
 }
 
-row() { # server rep out note
-    python3 - "$@" "$SETTING" "$N" "$RATE" <<'PY'
-import json, os, sys, time
-server, rep, out, note, setting, n, rate = sys.argv[1:]
-s = {}
-try:
-    s = json.load(open(os.path.join(out, "summary.json")))
-except (OSError, ValueError):
-    note = note or "no summary"
-fo = s.get("fanout", {})
-w = s.get("roles", {}).get("watchers", {})
-m = s.get("meta", {})
-row = [time.strftime("%Y-%m-%d %H:%M:%S"), server, setting, n, rate, rep, w.get("calls_ok", ""),
-       fo.get("notifies_received", ""), fo.get("publish_response_ms", ""),
-       fo.get("first_notify_ms", ""), fo.get("p50_notify_ms", ""), fo.get("p99_notify_ms", ""),
-       fo.get("last_notify_ms", ""), fo.get("notifies_per_s", ""),
-       m.get("udp_rcvbuf_errors", ""), m.get("server_cpu_s", ""), m.get("other_cpu_s", ""), note,
-       os.path.basename(out) if out else ""]
-print("\t".join("" if x is None else str(x) for x in row))
-PY
-}
-
 trap 'for s in $SERVERS; do stop_server $s; done' EXIT
 trap 'exit 130' INT TERM
 for s in $SERVERS; do stop_server "$s"; done
@@ -114,20 +91,20 @@ for rep in $(seq 1 "$REPS"); do
         SPID=""; note=""; out=""
         if ! start_server "$srv"; then
             echo "fanout.sh: $srv did not start: $START_ERR" >&2
-            row "$srv" "$rep" "" "start failed: $START_ERR" >> "$TABLE"
+            bench_record "$(bench_fanout_row "$srv" "$N" "$RATE" "$rep" "" "start failed: $START_ERR")"
             stop_server "$srv"; continue
         fi
         out=$RESULTS/fanout-$(date +%Y%m%d-%H%M%S)-$srv-$N-r$rep
         SERVER_PID=$SPID OUT_DIR=$out "$HERE/load.sh" 127.0.0.1 "$SPORT" fanout "$RATE" "$N" > "$out.log" 2>&1 || true
         mv "$out.log" "$out/load.log" 2>/dev/null || true
         kill -0 "$SPID" 2>/dev/null || note="server died during run"
-        row "$srv" "$rep" "$out" "$note" >> "$TABLE"
+        bench_record "$(bench_fanout_row "$srv" "$N" "$RATE" "$rep" "$out" "$note")"
         stop_server "$srv"
     done
 done
 
 echo
-tail -n +"$FIRST" "$TABLE" | python3 -c '
+tail -n +"$FIRST" "$ALL" | python3 -c '
 import csv, statistics, sys
 head = ["server", "setting", "watchers", "rep", "sub_ok", "notifies", "publish_ms", "first_ms", "p50_ms", "p99_ms", "LAST_ms", "notifies/s", "udp_drops", "server_cpu_s", "others_cpu_s", "note"]
 keys = ["server", "setting", "watchers", "rep", "sub_ok", "notifies", "publish_ms", "first_notify_ms", "p50_notify_ms", "p99_notify_ms", "last_notify_ms", "notifies_per_s", "udp_drops", "server_cpu_s", "other_cpu_s", "note"]
@@ -149,4 +126,4 @@ for s, v in (("node", n), ("kamailio", k)):
 if n and k:
     print(f"node/kamailio: {n / k:.2f}x")
 '
-echo "table: $TABLE"
+echo "table: $ALL"

@@ -40,7 +40,7 @@ FAST = {
 @pytest.fixture
 def kmock_options():
     """KMock's ``kmock`` fixture serves the project's emulator."""
-    from presence_operator.testing.emulator import ApiEmulator
+    from kube_emulator import ApiEmulator
 
     return {"cls": ApiEmulator}
 

@@ -1,5 +1,5 @@
 """Test support for the operator: a thread runner for kopf and small
-helpers (the emulator is :mod:`presence_operator.testing.emulator`, served
+helpers (the emulator is :mod:`kube_emulator`, beside this file, served
 by the ``kmock`` fixture through ``kmock_options`` in conftest.py)."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``helm template`` renders the chart (the path ``helm install`` takes, minus
 the release bookkeeping); ``kubectl apply --server-side=false
---validate=false -f -`` sends it to the emulator of tests/kube.py (the
+--validate=false -f -`` sends it to the emulator of tests/kube_emulator.py (the
 emulator serves no /openapi, hence ``--validate=false``; the CRD POST
 registers the resource). The operator is then started as a process from the
 applied Deployment's ``command`` and ``args`` (``presence-operator
@@ -17,7 +17,7 @@ would). The owner's node is killed and the tag's move is observed with
 wide``, before and after) and ``kubectl wait``.
 
 The printer columns are rendered by the test emulator, not by a real API
-server: tests/kube.py answers kubectl's ``as=Table`` requests with a
+server: tests/kube_emulator.py answers kubectl's ``as=Table`` requests with a
 ``meta.k8s.io/v1`` Table built from the applied CRD's own
 ``additionalPrinterColumns``, evaluating their jsonPaths as the API
 server's CRD table convertor does. What this proves is that the CRD's

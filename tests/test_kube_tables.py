@@ -1,4 +1,4 @@
-"""The test emulator's Table rendering (tests/kube.py): its small jsonPath
+"""The test emulator's Table rendering (tests/kube_emulator.py): its small jsonPath
 evaluator, cells typed as the API server's CRD table convertor types them,
 kubectl's age format, and the Accept header it answers. The end-to-end
 check with the real kubectl is in test_chart_e2e.py."""
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from presence_operator.testing.emulator import _cell, compile_jsonpath, eval_jsonpath, human_duration, wants_table
+from kube_emulator import _cell, compile_jsonpath, eval_jsonpath, human_duration, wants_table
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJ = {

@@ -43,3 +43,13 @@ def test_operator_decision_module_does_no_io(path: Path):
     names = imported_modules(path)
     assert names, "the AST walk found no imports at all: the test would be vacuous"
     assert not names & DECISIONS_FORBIDDEN
+
+
+def test_installed_packages_hold_no_test_support():
+    """The test extra (KMock, jsonpatch, pytest) is not installed in the
+    images: no module of the node or the operator may import it (the
+    Kubernetes emulator lives in tests/kube_emulator.py)."""
+    modules = [*sorted(ROOT.rglob("*.py")), *sorted(OPERATOR.rglob("*.py"))]
+    assert len(modules) > 50
+    for path in modules:
+        assert not imported_modules(path) & {"kmock", "jsonpatch", "pytest"}, path

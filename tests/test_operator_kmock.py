@@ -1,4 +1,4 @@
-"""The kopf operator against KMock's emulator (tests/kube.py), with real
+"""The kopf operator against KMock's emulator (tests/kube_emulator.py), with real
 ``presence-node`` processes on 127.0.0.2/127.0.0.3 standing in for pods: the
 test creates the pods a StatefulSet controller would and sets their IP and
 readiness as a kubelet would; the nodes read the operator's own ConfigMap

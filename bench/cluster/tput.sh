@@ -26,33 +26,26 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BENCH=$(cd "$HERE/.." && pwd)
 usage() { sed -n '2,24p' "$0" >&2; exit 2; }
-ONLY=""; MODE=ha; KAM_N=""
-ARGS=()
-while [ $# -gt 0 ]; do
+BENCH_NAME=tput.sh
+MODE=ha; KAM_N=""
+bench_option() {
     case "$1" in
-        --only) ONLY=$2; shift 2 ;;
-        --mode) MODE=$2; shift 2 ;;
-        -n) KAM_N=$2; shift 2 ;;
-        -h|--help) usage ;;
-        -*) echo "tput.sh: unknown option $1" >&2; usage ;;
-        *) ARGS+=("$1"); shift ;;
+        --mode) MODE=$2 ;;
+        -n) KAM_N=$2 ;;
+        *) return 0 ;;
     esac
-done
-[ ${#ARGS[@]} -eq 4 ] || usage
-WORKLOAD=${ARGS[0]}; RATES=${ARGS[1]}; REPS=${ARGS[2]}; DURATION=${ARGS[3]}
-[[ "$REPS" =~ ^[0-9]+$ && "$DURATION" =~ ^[0-9]+$ ]] || usage
-case "$ONLY" in ""|node|kamailio) ;; *) usage ;; esac
-SERVERS="node kamailio"; [ -n "$ONLY" ] && SERVERS=$ONLY
+    return 2
+}
+# shellcheck source=../lib/common.sh
+. "$BENCH/lib/common.sh"
+bench_options "$@"
+bench_rate_args
 WARMUP_S=${WARMUP_S:-3}
 STAMP=$(date +%Y%m%d-%H%M%S)
 RESULTS=$BENCH/results
 mkdir -p "$RESULTS"
-TABLE=$RESULTS/cluster-tput-$STAMP-$WORKLOAD.tsv
-ALL=$RESULTS/cluster-tput.tsv
 HEADER='date	server	setting	workload	rate	rep	duration_s	sent	ok	failed	success_pct	throughput	p50_ms	p90_ms	p99_ms	p99.9_ms	max_ms	notify_p50_ms	notify_p99_ms	retrans	udp_drops	server_cpu_s	node2_cpu_s	pg_cpu_s	wall_s	other_cpu_s	note	results'
-echo "$HEADER" > "$TABLE"
-if [ -s "$ALL" ] && [ "$(head -1 "$ALL")" != "$HEADER" ]; then mv "$ALL" "$ALL.old-$STAMP"; fi
-[ -s "$ALL" ] || echo "$HEADER" > "$ALL"
+bench_tables "$RESULTS/cluster-tput-$STAMP-$WORKLOAD.tsv" "$RESULTS/cluster-tput.tsv" "$HEADER"
 
 "$HERE/pg.sh" start > /dev/null || { echo "tput.sh: PostgreSQL did not start" >&2; exit 1; }
 PGPID=$("$HERE/pg.sh" status)
@@ -88,36 +81,6 @@ tree_ticks() {
 }
 secs() { python3 -c "print(round(($2 - $1) / $(getconf CLK_TCK), 2))"; }
 
-row() { # server rate rep out note n2cpu pgcpu
-    python3 - "$@" "$SETTING" "$WORKLOAD" "$DURATION" <<'PY'
-import json, os, sys, time
-server, rate, rep, out, note, n2, pg, setting, wl, dur = sys.argv[1:]
-r, m, lat = {}, {}, {}
-try:
-    s = json.load(open(os.path.join(out, "summary.json")))
-    r = s["roles"].get("main", {})
-    m = s["meta"]
-    lat = r.get("latency") or {}
-except (OSError, ValueError, KeyError):
-    note = note or "no summary"
-main = lat.get("publish") or lat.get("subscribe") or lat.get("options") or {}
-nt = lat.get("notify") or {}
-other = m.get("other_cpu_s")
-if other is not None:
-    other = round(max(0.0, other - float(n2 or 0) - float(pg or 0)), 2)
-row = [time.strftime("%Y-%m-%d %H:%M:%S"), server, setting, wl, rate, rep, dur,
-       r.get("calls_created", 0), r.get("calls_ok", 0), r.get("calls_failed", 0),
-       r.get("success_pct", 0), r.get("throughput_ok_per_s", ""),
-       main.get("p50_ms", ""), main.get("p90_ms", ""), main.get("p99_ms", ""),
-       main.get("p99.9_ms", ""), main.get("max_ms", ""),
-       nt.get("p50_ms", ""), nt.get("p99_ms", ""),
-       r.get("retransmissions", ""), m.get("udp_rcvbuf_errors", ""),
-       m.get("server_cpu_s", ""), n2, pg, m.get("wall_s", ""), other, note,
-       os.path.basename(out) if out else ""]
-print("\t".join("" if x is None else str(x) for x in row))
-PY
-}
-
 trap 'for s in $SERVERS; do stop_cluster $s; done' EXIT
 trap 'exit 130' INT TERM
 for s in $SERVERS; do stop_cluster "$s"; done
@@ -129,7 +92,7 @@ for rate in $RATES; do
             P1=""; P2=""; note=""; out=""
             if ! start_cluster "$srv"; then
                 echo "tput.sh: $srv cluster did not start: $START_ERR" >&2
-                row "$srv" "$rate" "$rep" "" "start failed: $START_ERR" "" "" | tee -a "$TABLE" >> "$ALL"
+                bench_record "$(bench_row "$srv" "$rate" "$rep" "" "start failed: $START_ERR" "" "")"
                 stop_cluster "$srv"; continue
             fi
             if [ "$WARMUP_S" -gt 0 ]; then
@@ -150,8 +113,8 @@ for rate in $RATES; do
                 note="a node died during warm-up"
             fi
             n2b=$(tree_ticks "$P2"); pgb=$(tree_ticks "$PGPID")
-            r=$(row "$srv" "$rate" "$rep" "$out" "$note" "$(secs "$n2a" "$n2b")" "$(secs "$pga" "$pgb")")
-            echo "$r" >> "$TABLE"; echo "$r" >> "$ALL"
+            r=$(bench_row "$srv" "$rate" "$rep" "$out" "$note" "$(secs "$n2a" "$n2b")" "$(secs "$pga" "$pgb")")
+            bench_record "$r"
             echo "$r" | awk -F'\t' '{printf "tput.sh: %-8s %s/s rep %s: success %s%% throughput %s/s p50 %s ms p99 %s ms; cpu node1 %s s node2 %s s pg %s s, others %s s %s\n", $2, $5, $6, $11, $12, $13, $15, $22, $23, $24, $26, $27}'
             if [ "$srv" = node ]; then
                 for p in 5081 5082; do

@@ -54,36 +54,28 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BENCH=$(cd "$HERE/.." && pwd)
 usage() { sed -n '2,52p' "$0" >&2; exit 2; }
-ONLY=""; MODE=on-demand-sharing; KAM_N=""; NOWAIT=0
-ARGS=()
-while [ $# -gt 0 ]; do
+BENCH_NAME=tput.sh
+MODE=on-demand-sharing; KAM_N=""; NOWAIT=0
+bench_option() {
     case "$1" in
-        --only) ONLY=$2; shift 2 ;;
-        --mode) MODE=$2; shift 2 ;;
-        -n) KAM_N=$2; shift 2 ;;
-        --no-wait) NOWAIT=1; shift ;;
-        -h|--help) usage ;;
-        -*) echo "tput.sh: unknown option $1" >&2; usage ;;
-        *) ARGS+=("$1"); shift ;;
+        --mode) MODE=$2; return 2 ;;
+        -n) KAM_N=$2; return 2 ;;
+        --no-wait) NOWAIT=1; return 1 ;;
     esac
-done
-[ ${#ARGS[@]} -eq 4 ] || usage
-WORKLOAD=${ARGS[0]}; RATES=${ARGS[1]}; REPS=${ARGS[2]}; DURATION=${ARGS[3]}
-[[ "$REPS" =~ ^[0-9]+$ && "$DURATION" =~ ^[0-9]+$ ]] || usage
+    return 0
+}
+# shellcheck source=../lib/common.sh
+. "$BENCH/lib/common.sh"
+bench_options "$@"
+bench_rate_args
 case "$WORKLOAD" in publish|subscribe) ;; *) usage ;; esac
-case "$ONLY" in ""|node|kamailio) ;; *) usage ;; esac
 case "$MODE" in on-demand-sharing|full-sharing|shared-db) ;; *) usage ;; esac
-SERVERS="node kamailio"; [ -n "$ONLY" ] && SERVERS=$ONLY
 WARMUP_S=${WARMUP_S:-3}; WATCH_RATE=${WATCH_RATE:-800}; PRELOAD_RATE=${PRELOAD_RATE:-1000}; DRAIN_S=${DRAIN_S:-15}
 STAMP=$(date +%Y%m%d-%H%M%S)
 RESULTS=$BENCH/results
 mkdir -p "$RESULTS"
-TABLE=$RESULTS/fed-tput-$STAMP-$WORKLOAD.tsv
-ALL=$RESULTS/fed-tput.tsv
 HEADER='date	server	setting	workload	rate	rep	duration_s	sent	ok	failed	success_pct	throughput	p50_ms	p90_ms	p99_ms	p99.9_ms	max_ms	notify_p50_ms	notify_p99_ms	retrans	udp_drops	node1_cpu_s	node2_cpu_s	watcher_cpu_s	pg_cpu_s	wall_s	others_cpu_s	watchers	delivered	load1_before	waited_s	note	results'
-echo "$HEADER" > "$TABLE"
-if [ -s "$ALL" ] && [ "$(head -1 "$ALL")" != "$HEADER" ]; then mv "$ALL" "$ALL.old-$STAMP"; fi
-[ -s "$ALL" ] || echo "$HEADER" > "$ALL"
+bench_tables "$RESULTS/fed-tput-$STAMP-$WORKLOAD.tsv" "$RESULTS/fed-tput.tsv" "$HEADER"
 
 KAM_ARGS=(); [ -n "$KAM_N" ] && KAM_ARGS+=(-n "$KAM_N")
 WPID=""
@@ -182,35 +174,6 @@ wait_subscribed() { # dir n: until SIPp created all n watcher calls and none is 
     sleep 3
 }
 
-row() { # server rate rep out note n2 wcpu pg watchers delivered load waited
-    python3 - "$@" "$SETTING" "$WORKLOAD" "$DURATION" <<'PY'
-import json, os, sys, time
-server, rate, rep, out, note, n2, wcpu, pg, nw, dl, load, waited, setting, wl, dur = sys.argv[1:]
-r, m, lat = {}, {}, {}
-try:
-    s = json.load(open(os.path.join(out, "summary.json")))
-    r = s["roles"].get("main", {})
-    m = s["meta"]
-    lat = r.get("latency") or {}
-except (OSError, ValueError, KeyError):
-    note = note or "no summary"
-main = lat.get("publish") or lat.get("subscribe") or {}
-nt = lat.get("notify") or {}
-other = m.get("other_cpu_s")
-if other is not None:
-    other = round(max(0.0, other - sum(float(x or 0) for x in (n2, wcpu, pg))), 2)
-row = [time.strftime("%Y-%m-%d %H:%M:%S"), server, setting, wl, rate, rep, dur,
-       r.get("calls_created", 0), r.get("calls_ok", 0), r.get("calls_failed", 0),
-       r.get("success_pct", 0), r.get("throughput_ok_per_s", ""),
-       main.get("p50_ms", ""), main.get("p90_ms", ""), main.get("p99_ms", ""),
-       main.get("p99.9_ms", ""), main.get("max_ms", ""), nt.get("p50_ms", ""), nt.get("p99_ms", ""),
-       r.get("retransmissions", ""), m.get("udp_rcvbuf_errors", ""),
-       m.get("server_cpu_s", ""), n2, wcpu, pg, m.get("wall_s", ""), other, nw, dl, load, waited, note,
-       os.path.basename(out) if out else ""]
-print("\t".join("" if x is None else str(x) for x in row))
-PY
-}
-
 trap 'stop_watchers; for s in $SERVERS; do stop_cluster $s; done' EXIT
 trap 'exit 130' INT TERM
 for s in $SERVERS; do stop_cluster "$s"; done
@@ -231,7 +194,7 @@ for rate in $RATES; do
             fi
             if ! start_cluster "$srv"; then
                 echo "tput.sh: $srv cluster did not start: $START_ERR" >&2
-                row "$srv" "$rate" "$rep" "" "start failed: $START_ERR" "" "" "" "" "" "$load" "$waited" | tee -a "$TABLE" >> "$ALL"
+                bench_record "$(bench_row "$srv" "$rate" "$rep" "" "start failed: $START_ERR" "" "" "" -- "" "" "$load" "$waited")"
                 stop_cluster "$srv"; continue
             fi
             out=$RESULTS/fed-$(date +%Y%m%d-%H%M%S)-$WORKLOAD-$srv-$rate-r$rep
@@ -272,9 +235,9 @@ for rate in $RATES; do
                 dl=$(stat_col "$out/watchers" "SuccessfulCall(C)")
                 stop_watchers
             fi
-            r=$(row "$srv" "$rate" "$rep" "$out" "$note" "$(secs "$n2a" "$n2b")" "$(secs "$wa" "$wb")" \
-                    "$([ -n "$PGPID" ] && secs "$pga" "$pgb")" "$nw" "$dl" "$load" "$waited")
-            echo "$r" >> "$TABLE"; echo "$r" >> "$ALL"
+            r=$(bench_row "$srv" "$rate" "$rep" "$out" "$note" "$(secs "$n2a" "$n2b")" "$(secs "$wa" "$wb")" \
+                    "$([ -n "$PGPID" ] && secs "$pga" "$pgb")" -- "$nw" "$dl" "$load" "$waited")
+            bench_record "$r"
             echo "$r" | awk -F'\t' '{printf "tput.sh: %-8s %s/s rep %s: success %s%% throughput %s/s p50 %s ms p99 %s ms notify p50 %s p99 %s; delivered %s/%s; cpu node1 %s s node2 %s s watchers %s s pg %s s others %s s; load before %s %s\n", $2, $5, $6, $11, $12, $13, $15, $18, $19, $29, $28, $22, $23, $24, $25, $27, $30, $32}'
             if [ "$srv" = node ]; then
                 for p in "$PORT1" "$PORT2"; do cp "$BENCH/run/node-$p.log" "$out/" 2>/dev/null || true; done

@@ -26,7 +26,7 @@ from . import logs
 import aiohttp
 
 from .admin.client import AdminClient, AdminError
-from .admin.contract import SECRET_ENV
+from .admin.contract import ADMIN_PORT, SECRET_ENV
 from .admin.secret import SecretError
 from .config import Config, ConfigError, load, split_hostport
 from .node import Node, StorageConfigError, tune_gc
@@ -37,7 +37,7 @@ log = logging.getLogger("presence_node")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="presence-node", description="Run a SIP presence node.")
     p.add_argument("--sip", metavar="HOST:PORT", help="SIP listen address, UDP and TCP (default 127.0.0.1:5060)")
-    p.add_argument("--admin", metavar="HOST:PORT", help="admin API listen address (default 127.0.0.1:8081)")
+    p.add_argument("--admin", metavar="HOST:PORT", help=f"admin API listen address (default 127.0.0.1:{ADMIN_PORT})")
     p.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration file")
     p.add_argument("--admin-secret-file", type=Path, metavar="FILE", help="file holding the admin bearer secret")
     p.add_argument("--node-id", help="this node's id (etags and tags carry it)")

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .admin.contract import ADMIN_PORT
+
 KNOWN_PACKAGES = ("presence", "presence.winfo", "dialog", "dialog;sla", "message-summary", "as-feature-event")
 
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
@@ -299,7 +301,7 @@ class Config(_Strict):
 
     node_id: str = Field("node1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,31}$")
     sip: str = "127.0.0.1:5060"
-    admin: str = "127.0.0.1:8081"
+    admin: str = f"127.0.0.1:{ADMIN_PORT}"
     #: Host written in our Via/Contact; default: the SIP listen host.
     advertised_host: str | None = None
     #: SIP domains served (D2); empty = any.

@@ -19,7 +19,7 @@ from aiohttp import web
 from ..service.lists import ListRefused
 from ..service.lists import canonical as canonical_list
 from ..service.publish import PublishAsk, publish
-from ..service.tags import PrivateTag
+from ..service.tags import PrivateTag, TagView
 from ..sip.errors import RemoteSipError
 from ..sip.headers import media_type
 from ..storage import StaleEpoch, StorageUnavailable, UnknownTag
@@ -102,7 +102,13 @@ async def _tag_call(call: Any) -> web.Response:
         return _error(409, str(e), current_epoch=e.current.epoch, owner=e.current.owner)
     except PrivateTag as e:
         return _error(403, str(e))
-    return web.json_response(view.as_json())
+    return web.json_response(_tag(view))
+
+
+def _tag(view: TagView) -> contract.Tag:
+    return contract.Tag(
+        tag=view.name, state=view.state, owner=view.owner, epoch=view.epoch, since=view.since, private=view.private
+    )
 
 
 def _paging(request: web.Request) -> tuple[int, int]:
@@ -338,11 +344,11 @@ def make_app(node: "Node", secret: str) -> web.Application:
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     async def tags(_: web.Request) -> web.Response:
-        return web.json_response({"node": node.config.node_id, "items": [t.as_json() for t in await node.tags.list()]})
+        return web.json_response({"node": node.config.node_id, "items": [_tag(t) for t in await node.tags.list()]})
 
     async def cluster(_: web.Request) -> web.Response:
         """Federation peers and every tag of the cluster with its owner."""
-        own = [dict(t.as_json(), node=node.config.node_id) for t in await node.tags.list()]
+        own = [dict(_tag(t), node=node.config.node_id) for t in await node.tags.list()]
         if node.federation is None:
             return web.json_response({"node": node.config.node_id, "mode": "disabled", "peers": [], "tags": own})
         view = node.federation.view()

@@ -54,15 +54,15 @@ class AdminClient:
                 raise AdminError(resp.status, body)
             return body
 
-    async def tags(self) -> list[dict[str, Any]]:
+    async def tags(self) -> list[contract.Tag]:
         return (await self._call("GET", contract.TAGS))["items"]
 
-    async def activate(self, tag: str, epoch: int | None = None) -> dict[str, Any]:
+    async def activate(self, tag: str, epoch: int | None = None) -> contract.Tag:
         return await self._call(
             "POST", contract.TAG_ACTIVATE.format(tag=tag), {"epoch": epoch} if epoch is not None else None
         )
 
-    async def deactivate(self, tag: str) -> dict[str, Any]:
+    async def deactivate(self, tag: str) -> contract.Tag:
         return await self._call("POST", contract.TAG_DEACTIVATE.format(tag=tag))
 
     async def probe(self) -> Probe:

@@ -1,4 +1,13 @@
-"""Admin API paths and limits, shared by the server and its clients."""
+"""Admin API port, paths, limits and shapes, shared by the server and its
+clients (the ``presence-node tags`` CLI, the operator, the local supervisor)."""
+
+from typing import Literal, TypedDict
+
+#: The admin API's port: the node's default listen port and the port the
+#: operator opens in a node pod.  The operator's builders (which import
+#: nothing of the node) and the node image write it literally:
+#: tests/test_admin_contract.py checks that they agree.
+ADMIN_PORT = 8081
 
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
@@ -30,3 +39,17 @@ OPEN_PATHS = frozenset({HEALTHZ, READYZ})
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 SECRET_ENV = "PRESENCE_ADMIN_SECRET"
+
+
+class Tag(TypedDict):
+    """One sharing tag as GET /tags lists it and the tag POSTs answer."""
+
+    tag: str
+    #: active: this node owns it; backup: another node (or none) does.
+    state: Literal["active", "backup"]
+    owner: str | None
+    epoch: int
+    #: When the owner last changed (Unix time).
+    since: float
+    #: A node's private tag (``~node``): never moved.
+    private: bool

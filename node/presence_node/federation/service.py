@@ -46,6 +46,7 @@ from ..metrics import Counting
 from ..service.notify import Notifier
 from ..storage import Publication, Storage, Subscription
 from ..storage.base import outside_request
+from ..tasks import Tasks
 from .channel import Channel
 from .wire import (
     Envelope, Interest, Key, Message, Pub, Publications, Publish, Query, Rejected, State, SyncRequest, Tag, decode,
@@ -92,7 +93,7 @@ class Federation:
         self.pending: dict[Key, _Query] = {}
         self.remote_tags: dict[str, tuple[Tag, ...]] = {}
         self.channel = Channel(config, secret, self._on_message, self._on_connected, metrics, clock)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks("federation")
         self._timer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -104,8 +105,7 @@ class Federation:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.cancel()
         await self.channel.close()
 
     # -- called by the SIP side ----------------------------------------------
@@ -371,9 +371,7 @@ class Federation:
 
     def _spawn(self, coro: Any) -> None:
         # Outlives the request that may have started it: not bound by its deadline.
-        task = asyncio.get_running_loop().create_task(coro, context=outside_request())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, context=outside_request())
 
     @property
     def peers_up(self) -> int:

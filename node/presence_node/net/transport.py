@@ -32,6 +32,7 @@ from ..sip.message import split_commas
 from ..sip.parser import StreamFramer
 from ..sip.transaction import RETRANSMIT, ClientTransactions
 from ..storage import Subscription
+from ..tasks import Tasks
 from .targets import SEND, WAIT, Targets
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ class Transports:
         self._timer: asyncio.Handle | None = None
         self._timer_at = 0.0  # when _timer fires
         self._sweeper: asyncio.TimerHandle | None = None
-        self._pending_connects: set[asyncio.Task[None]] = set()
+        self._pending_connects = Tasks("tcp-connect")
         self._destinations: dict[tuple[str, str, str, str], tuple[str, str, int]] = {}
 
     async def start(self, host: str, port: int) -> int:
@@ -441,7 +442,7 @@ class Transports:
         else:
             fallback_udp = False
         if transport == "tcp":
-            self._spawn(self._send_tcp(data, sub, branch, on_done, host, port, fallback_udp))
+            self._pending_connects.spawn(self._send_tcp(data, sub, branch, on_done, host, port, fallback_udp))
             return
         self._send_udp(data, branch, on_done, host, port)
 
@@ -531,11 +532,6 @@ class Transports:
         conn.write(data)
         self._arm()
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
-        task = asyncio.ensure_future(coro)
-        self._pending_connects.add(task)
-        task.add_done_callback(self._pending_connects.discard)
-
     def on_response(self, code: int, branch: str, source: str) -> None:
         """A response from the network (from IP ``source``): complete its
         NOTIFY transaction."""
@@ -602,8 +598,7 @@ class Transports:
                     conn.transport.abort()  # a peer that does not read would hold close() open
                 else:
                     conn.transport.close()
-        for task in list(self._pending_connects):
-            task.cancel()
+        await self._pending_connects.cancel()
         if self.tcp_server is not None:
             await self.tcp_server.wait_closed()
 

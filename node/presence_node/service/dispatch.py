@@ -15,7 +15,6 @@ once its client has given up.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -30,6 +29,7 @@ from ..sip.response import Final, ResponseBuilder, final, stamp_via
 from ..sip.status import Status, reason
 from ..sip.transaction import MERGED, ServerTransactions
 from ..storage.base import RequestExpired, StorageUnavailable, request_deadline
+from ..tasks import Tasks
 from . import eager
 from .context import Incoming, Service
 from .limits import SourceLimiter
@@ -106,7 +106,7 @@ class Dispatcher:
         self.max_age = 64 * cfg.notify.t1
         #: Set on SIGTERM: new requests get 503 while NOTIFYs in flight finish.
         self.draining = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks("dispatch")
 
     def receive(
         self, data: bytes, host: str, port: int, transport: str, send: Send, arrived: float | None = None
@@ -237,7 +237,6 @@ class Dispatcher:
             request_deadline.reset(token)
         if task is not None:
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     async def _run(
         self, handler: Handler, inc: Incoming, key: str, send: Send, rb: ResponseBuilder, transport: str
@@ -370,9 +369,8 @@ class Dispatcher:
         self._send(send, "CANCEL", rb.build(200 if matched else 481, to_tag=self.svc.ids.tag()))
 
     async def drain(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self._tasks and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        """Wait (bounded) for the requests being handled: graceful shutdown."""
+        await self._tasks.drain(timeout)
 
 
 def _fallback_key(req: Any) -> str:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Coroutine, Iterable, Protocol
 
 from ..packages.base import Document, WatcherView
 from ..packages.registry import PackageRegistry
@@ -25,6 +25,7 @@ from ..sip.message import serialise
 from ..sip.status import NOTIFY_FATAL
 from ..storage import Publication, Storage, Subscription
 from ..storage.base import outside_request
+from ..tasks import Tasks
 from .ids import Ids
 from .lists import ResourceLists
 
@@ -126,7 +127,7 @@ class Notifier:
         self._list_changes: dict[str, set[str]] = {}
         self._busy: dict[str, int | _Terminal] = {}
         self._last_sent: dict[str, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks("notify")
 
     # -- documents ---------------------------------------------------------
 
@@ -432,11 +433,9 @@ class Notifier:
 
         self._spawn(fire())
 
-    def _spawn(self, coro: "asyncio.coroutines._CoroutineLike[None]") -> None:  # type: ignore[name-defined]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # Outlives the request that may have started it: not bound by its deadline.
-        task = asyncio.get_running_loop().create_task(coro, context=outside_request())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, context=outside_request())
 
     @property
     def in_flight(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 from ..config import Config
 from ..storage import Storage, TagState
@@ -24,21 +24,11 @@ class PrivateTag(ValueError):
 @dataclass(frozen=True, slots=True)
 class TagView:
     name: str
-    state: str  # active | backup
+    state: Literal["active", "backup"]
     owner: str | None
     epoch: int
     since: float
     private: bool
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "tag": self.name,
-            "state": self.state,
-            "owner": self.owner,
-            "epoch": self.epoch,
-            "since": self.since,
-            "private": self.private,
-        }
 
 
 class SharingTags:

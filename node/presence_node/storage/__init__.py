@@ -1,4 +1,4 @@
-"""Storage behind one interface: the in-memory backend now, PostgreSQL next.
+"""Storage behind one interface: in memory (one node) or PostgreSQL (shared).
 
 The interface is shaped for a database: every method is one atomic
 operation (compare-and-swap on an etag, increment-and-return of a NOTIFY

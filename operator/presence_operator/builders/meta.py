@@ -20,7 +20,10 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 OWNER_PREFIX = f"owner.{DOMAIN}/"
 MANAGED_BY = "presence-operator"
 
-#: Ports inside a node pod.
+#: Ports inside a node pod.  The admin port is the node's default,
+#: presence_node.admin.contract.ADMIN_PORT, written here literally because the
+#: builders import nothing of the node (tests/test_layers.py); the two are
+#: kept equal by tests/test_admin_contract.py.
 SIP_PORT_NAME = "sip"
 ADMIN_PORT = 8081
 #: The federation cluster channel (federation modes only), port name ``cluster``.

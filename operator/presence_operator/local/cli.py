@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import yaml
+from presence_node.admin.contract import ADMIN_PORT
 
 from .. import nodecheck, spec as specs
 from . import launch, podman
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("file", type=Path, help="a PresenceCluster manifest (YAML)")
             sp.add_argument("--host", default="127.0.0.1")
             sp.add_argument("--sip-base", type=int, default=5060, help="SIP port of the first node (then +1 each)")
-            sp.add_argument("--admin-base", type=int, default=8081, help="admin port of the first node (then +1)")
+            sp.add_argument("--admin-base", type=int, default=ADMIN_PORT, help="admin port of the first node (then +1)")
             sp.add_argument("--cluster-base", type=int, default=7060,
                             help="cluster channel port of the first node, federation modes (then +1)")
             sp.add_argument("--no-supervise", action="store_true", help="start and return")

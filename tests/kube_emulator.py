@@ -1,6 +1,7 @@
 """KMock's Kubernetes emulator made close enough to an API server for kopf
-and kubectl, for the project's tests and benchmarks (it needs the ``test``
-extra: ``kmock``, ``jsonpatch``).  Each fix below answers a failure observed
+and kubectl, for the project's tests and bench/failover_emulator.py (it needs
+the ``test`` extra: ``kmock``, ``jsonpatch``; test support, so it lives with
+the tests rather than in the installed operator package).  Each fix below answers a failure observed
 with the stock emulator.
 
 What this emulator does for k8s data requests (everything else, discovery

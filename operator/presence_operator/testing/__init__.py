@@ -1,1 +1,0 @@
-"""Support for testing and benchmarking the operator without a cluster."""
