@@ -159,3 +159,30 @@ xmlns:pidfonline="http://www.linphone.org/xsds/pidfonline.xsd" entity="sip:{user
   </dm:person>
 </presence>
 ''').replace("{user}", user).encode()
+
+
+def pjsua(user: str, *, basic: str = "open", tuple_id: str = "pj0a1b2c3", timestamp: str | None = None) -> bytes:
+    """What pjsua publishes for a desk phone: a tuple with its deviceID, a
+    presence-level note, a person (busy) and a device element."""
+    stamp = f"\n  <timestamp>{timestamp}</timestamp>" if timestamp else ""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<presence entity="sip:{user}@example.com" xmlns="urn:ietf:params:xml:ns:pidf" \
+xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid">
+ <tuple id="{tuple_id}">
+  <status>
+   <basic>{basic}</basic>
+  </status>
+  <dm:deviceID>urn:uuid:d27459b7-8213-4395-aa77-ed859a3e5b3a</dm:deviceID>{stamp}
+  <note>Idle</note>
+ </tuple>
+ <note>Desk phone</note>
+ <dm:person id="pj4d5e6f">
+  <rpid:activities>
+   <rpid:busy />
+  </rpid:activities>
+ </dm:person>
+ <dm:device id="dev1">
+  <dm:deviceID>urn:uuid:d27459b7-8213-4395-aa77-ed859a3e5b3a</dm:deviceID>
+ </dm:device>
+</presence>
+""".encode()

@@ -9,7 +9,7 @@ from lxml import etree
 
 from presence_node.packages.base import BadBody, UnsupportedBody
 from presence_node.packages.presence import PresencePackage
-from bodies import baresip_away, baresip_unknown, linphone
+from bodies import baresip_away, baresip_unknown, linphone, pjsua
 
 PIDF = "urn:ietf:params:xml:ns:pidf"
 DM = "urn:ietf:params:xml:ns:pidf:data-model"
@@ -23,28 +23,7 @@ BARESIP_UNKNOWN = baresip_unknown("alice")
 LINPHONE = linphone("alice")
 
 # pjsua: desk phone with a device element and a presence-level note.
-PJSUA = b"""<?xml version="1.0" encoding="UTF-8"?>
-<presence entity="sip:alice@example.com" xmlns="urn:ietf:params:xml:ns:pidf" \
-xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid">
- <tuple id="pj0a1b2c3">
-  <status>
-   <basic>open</basic>
-  </status>
-  <dm:deviceID>urn:uuid:d27459b7-8213-4395-aa77-ed859a3e5b3a</dm:deviceID>
-  <timestamp>2024-05-01T10:00:00.000Z</timestamp>
-  <note>Idle</note>
- </tuple>
- <note>Desk phone</note>
- <dm:person id="pj4d5e6f">
-  <rpid:activities>
-   <rpid:busy />
-  </rpid:activities>
- </dm:person>
- <dm:device id="dev1">
-  <dm:deviceID>urn:uuid:d27459b7-8213-4395-aa77-ed859a3e5b3a</dm:deviceID>
- </dm:device>
-</presence>
-"""
+PJSUA = pjsua("alice", timestamp="2024-05-01T10:00:00.000Z")
 
 
 @pytest.fixture

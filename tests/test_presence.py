@@ -7,7 +7,9 @@ import asyncio
 import time
 import uuid
 
-from bodies import NS, PIDF_TYPE, baresip_away, baresip_unknown, basics, cseq_no, etag_of, linphone, pidf, publications, xml
+from bodies import (
+    NS, PIDF_TYPE, baresip_away, baresip_unknown, basics, cseq_no, etag_of, linphone, pidf, pjsua, publications, xml,
+)
 from sipclient import new_tag
 
 BOB = "sip:bob@example.com"
@@ -17,27 +19,7 @@ BARESIP_UNKNOWN = baresip_unknown("bob")
 LINPHONE = linphone("bob")
 
 # pjsua: tuple with deviceID, presence-level note, person and device.
-PJSUA = b"""<?xml version="1.0" encoding="UTF-8"?>
-<presence entity="sip:bob@example.com" xmlns="urn:ietf:params:xml:ns:pidf" \
-xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid">
- <tuple id="t4109">
-  <status>
-   <basic>closed</basic>
-  </status>
-  <dm:deviceID>urn:uuid:d27459b7-8213-4395-aa77-ed859a3e5b3a</dm:deviceID>
-  <note>Idle</note>
- </tuple>
- <note>Desk phone</note>
- <dm:person id="pj4d5e6f">
-  <rpid:activities>
-   <rpid:busy />
-  </rpid:activities>
- </dm:person>
- <dm:device id="dev1">
-  <dm:deviceID>urn:uuid:d27459b7-8213-4395-aa77-ed859a3e5b3a</dm:deviceID>
- </dm:device>
-</presence>
-"""
+PJSUA = pjsua("bob", basic="closed", tuple_id="t4109")
 
 
 async def watch(make_client, user: str = "alice", uri: str = BOB, transport: str = "udp", **kw):

@@ -96,12 +96,7 @@ class EventPackage(Protocol):
         """
         ...
 
-    def compose(
-        self,
-        entity: str,
-        bodies: Sequence[bytes],
-        params: Mapping[str, str] | None = None,
-    ) -> Document:
+    def compose(self, entity: str, bodies: Sequence[bytes], params: Mapping[str, str] | None = None) -> Document:
         """Compose the stored bodies of one presentity into one full document.
 
         ``entity`` is the presentity URI (``sip:user@domain``); ``bodies`` are

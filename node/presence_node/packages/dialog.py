@@ -87,12 +87,7 @@ class DialogPackage:
                 raise BadBody(f"dialog {dialog_id!r} needs a non-empty <state>")
         return body
 
-    def compose(
-        self,
-        entity: str,
-        bodies: Sequence[bytes],
-        params: Mapping[str, str] | None = None,
-    ) -> Document:
+    def compose(self, entity: str, bodies: Sequence[bytes], params: Mapping[str, str] | None = None) -> Document:
         """One full ``<dialog-info>`` holding the dialogs the subscriber asked for.
 
         Every publication contributes its dialogs (each phone of a shared

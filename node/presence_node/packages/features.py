@@ -105,12 +105,7 @@ class FeaturePackage:
         read_feature(body, self.limits)
         return body
 
-    def compose(
-        self,
-        entity: str,
-        bodies: Sequence[bytes],
-        params: Mapping[str, str] | None = None,
-    ) -> Document:
+    def compose(self, entity: str, bodies: Sequence[bytes], params: Mapping[str, str] | None = None) -> Document:
         """Every feature's state, newest body per feature (bodies are oldest
         first), a feature never set off for the device named by the
         entity's user part; ``params`` unused."""

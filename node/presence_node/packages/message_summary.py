@@ -70,12 +70,7 @@ class MessageSummaryPackage:
             _check_line(number, line)
         return body
 
-    def compose(
-        self,
-        entity: str,
-        bodies: Sequence[bytes],
-        params: Mapping[str, str] | None = None,
-    ) -> Document:
+    def compose(self, entity: str, bodies: Sequence[bytes], params: Mapping[str, str] | None = None) -> Document:
         """The newest live summary, or ``Messages-Waiting: no`` without one
         (the D3 of MWI: nothing known, no lamp); ``entity`` and ``params``
         are not part of this format."""

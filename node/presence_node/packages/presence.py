@@ -82,12 +82,7 @@ class PresencePackage:
                 raise BadBody(f"PIDF <basic> must be open or closed, got {(basic.text or '').strip()!r}")
         return body
 
-    def compose(
-        self,
-        entity: str,
-        bodies: Sequence[bytes],
-        params: Mapping[str, str] | None = None,
-    ) -> Document:
+    def compose(self, entity: str, bodies: Sequence[bytes], params: Mapping[str, str] | None = None) -> Document:
         """One PIDF document for the presentity (D3, S53); ``params`` unused.
 
         No body gives the offline document, one body whose entity is the

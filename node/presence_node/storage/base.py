@@ -106,16 +106,8 @@ class Storage(Protocol):
         take room).  Two concurrent inserts may both pass at ``cap - 1``."""
 
     async def replace_publication(
-        self,
-        presentity: str,
-        event: str,
-        etag: str,
-        now: float,
-        *,
-        new_etag: str,
-        expires_at: float,
-        body: bytes | None = None,
-        content_type: str | None = None,
+        self, presentity: str, event: str, etag: str, now: float, *,
+        new_etag: str, expires_at: float, body: bytes | None = None, content_type: str | None = None,
     ) -> Publication | None:
         """Refresh (``body`` None) or modify a live publication atomically.
 

@@ -119,16 +119,8 @@ class MemoryStorage:
         return pub
 
     async def replace_publication(
-        self,
-        presentity: str,
-        event: str,
-        etag: str,
-        now: float,
-        *,
-        new_etag: str,
-        expires_at: float,
-        body: bytes | None = None,
-        content_type: str | None = None,
+        self, presentity: str, event: str, etag: str, now: float, *,
+        new_etag: str, expires_at: float, body: bytes | None = None, content_type: str | None = None,
     ) -> Publication | None:
         old = self._live_pub(presentity, event, etag, now)
         if old is None:

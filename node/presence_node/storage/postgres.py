@@ -382,16 +382,8 @@ class PostgresStorage:
         return out
 
     async def replace_publication(
-        self,
-        presentity: str,
-        event: str,
-        etag: str,
-        now: float,
-        *,
-        new_etag: str,
-        expires_at: float,
-        body: bytes | None = None,
-        content_type: str | None = None,
+        self, presentity: str, event: str, etag: str, now: float, *,
+        new_etag: str, expires_at: float, body: bytes | None = None, content_type: str | None = None,
     ) -> Publication | None:
         if body is None:
             row = await self._one(
