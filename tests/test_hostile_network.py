@@ -15,13 +15,12 @@ import socket
 import pytest
 import uvloop
 
-from presence_node.net.transport import Transports
 from presence_node.sip.parser import parse
 from presence_node.storage import Subscription
 
 from bodies import pidf
 from sipclient import SipClient
-from wire import silent_udp
+from wire import bare_transports, datagrams, silent_udp
 from test_pg_presentity_lock import sub
 
 
@@ -80,11 +79,7 @@ def _watcher(contact: str, i: int) -> Subscription:
 async def _send_error_scenario() -> tuple[dict[str, int], int]:
     sink = silent_udp()
     port = sink.getsockname()[1]
-    t = Transports(
-        lambda *a: None, advertised_host="127.0.0.1", t1=0.005, t2=0.02, udp_max_size=1300,
-        max_size=65535, max_tcp=10, tcp_idle=60.0,
-    )
-    await t.start("127.0.0.1", 0)
+    t = await bare_transports(t1=0.005, t2=0.02)
     codes: dict[str, int] = {}
     try:
         # A subscription stored by a node of another address family (a
@@ -94,13 +89,7 @@ async def _send_error_scenario() -> tuple[dict[str, int], int]:
             t.send_request(b"NOTIFY sip:w SIP/2.0\r\n\r\n", _watcher(contact, i), branch,
                            lambda code, b=branch: codes.__setitem__(b, code))
         await asyncio.sleep(0.6)  # past Timer F (64 * T1)
-        received = 0
-        while True:
-            try:
-                sink.recv(65535)
-                received += 1
-            except BlockingIOError:
-                break
+        received = datagrams(sink)
         return codes, received
     finally:
         await t.close()

@@ -11,11 +11,10 @@ import dataclasses
 
 import uvloop
 
-from presence_node.net.transport import Transports
 from presence_node.storage import Subscription
 
 from test_pg_presentity_lock import sub
-from wire import silent_udp
+from wire import bare_transports, datagrams, silent_udp
 
 
 def watcher(port: int, i: int) -> Subscription:
@@ -27,23 +26,13 @@ async def scenario() -> tuple[int, list[int]]:
     sink = silent_udp()
     port = sink.getsockname()[1]
     # T1 below uvloop's 0.5 ms rounding: every arm gets a plain Handle.
-    t = Transports(
-        lambda *a: None, advertised_host="127.0.0.1", t1=0.0004, t2=0.002, udp_max_size=1300,
-        max_size=65535, max_tcp=10, tcp_idle=60.0,
-    )
-    await t.start("127.0.0.1", 0)
+    t = await bare_transports(t1=0.0004, t2=0.002)
     codes: list[int] = []
     try:
         for i in range(3):
             t.send_request(b"NOTIFY sip:w@127.0.0.1 SIP/2.0\r\n\r\n", watcher(port, i), f"z9hG4bK-{i}", codes.append)
         await asyncio.sleep(0.3)  # past Timer F (64 * T1): each transaction times out
-        received = 0
-        while True:
-            try:
-                sink.recv(65535)
-                received += 1
-            except BlockingIOError:
-                break
+        received = datagrams(sink)
         return received, codes
     finally:
         await t.close()

@@ -12,6 +12,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from presence_node.net.transport import Transports
 from presence_node.sip.headers import parse_name_addr, parse_params
 from presence_node.sip.message import Request, Response
 
@@ -128,6 +129,17 @@ def parse_metrics(text: str) -> Samples:
     return out
 
 
+def datagrams(sock: socket.socket) -> int:
+    """How many datagrams wait on a non-blocking socket (read and dropped)."""
+    n = 0
+    while True:
+        try:
+            sock.recv(65535)
+        except BlockingIOError:
+            return n
+        n += 1
+
+
 def silent_udp(host: str = "127.0.0.1") -> socket.socket:
     """A bound, non-blocking UDP socket that never answers: a Contact that
     does not reply (a dead phone, or a third party the node is aimed at)."""
@@ -135,3 +147,14 @@ def silent_udp(host: str = "127.0.0.1") -> socket.socket:
     sock.bind((host, 0))
     sock.setblocking(False)
     return sock
+
+
+async def bare_transports(t1: float, t2: float) -> Transports:
+    """A node's transports alone on a free loopback port, delivering nothing
+    up: NOTIFY timer tests without a node, with the timers given."""
+    t = Transports(
+        lambda *a: None, advertised_host="127.0.0.1", t1=t1, t2=t2, udp_max_size=1300,
+        max_size=65535, max_tcp=10, tcp_idle=60.0,
+    )
+    await t.start("127.0.0.1", 0)
+    return t

@@ -258,14 +258,7 @@ class Storage(Protocol):
     async def list_presentities(self, now: float, *, event: str | None, offset: int, limit: int) -> list[Publication]: ...
 
     async def list_subscriptions(
-        self,
-        now: float,
-        *,
-        presentity: str | None,
-        watcher: str | None,
-        event: str | None,
-        offset: int,
-        limit: int,
+        self, now: float, *, presentity: str | None, watcher: str | None, event: str | None, offset: int, limit: int
     ) -> list[Subscription]: ...
 
     async def counts(self) -> tuple[int, int]:

@@ -451,14 +451,7 @@ class MemoryStorage:
         return rows[offset : offset + limit]
 
     async def list_subscriptions(
-        self,
-        now: float,
-        *,
-        presentity: str | None,
-        watcher: str | None,
-        event: str | None,
-        offset: int,
-        limit: int,
+        self, now: float, *, presentity: str | None, watcher: str | None, event: str | None, offset: int, limit: int
     ) -> list[Subscription]:
         rows = [
             s

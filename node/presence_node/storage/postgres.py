@@ -753,14 +753,7 @@ class PostgresStorage:
         return [_pub(r) for r in rows]
 
     async def list_subscriptions(
-        self,
-        now: float,
-        *,
-        presentity: str | None,
-        watcher: str | None,
-        event: str | None,
-        offset: int,
-        limit: int,
+        self, now: float, *, presentity: str | None, watcher: str | None, event: str | None, offset: int, limit: int
     ) -> list[Subscription]:
         rows = await self._rows(
             f"SELECT {_SUB_COLUMNS} FROM subscriptions WHERE expires_at > %(now)s"
