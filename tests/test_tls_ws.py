@@ -250,3 +250,60 @@ async def test_handshake_or_upgrade_never_finished_is_closed_at_the_message_dead
     assert closed == 2
     for _, w in held + [(r3, w3)]:
         w.close()
+
+
+async def test_an_idle_flow_carrying_subscriptions_stays_open_until_they_end(make_node, open_clients, served):
+    """tcp_idle_timeout would close a quiet WebSocket and so end the
+    subscriptions on it: a flow that carries subscriptions is kept (their
+    expiry bounds it); once they end it is idle like any connection."""
+    node = await make_node(transports=transports(served), limits={"tcp_idle_timeout": 0.4})
+    watcher = await client(node, "ws", "alice", open_clients)
+    idle = await client(node, "ws", "carol", open_clients)
+    resp, d = await watcher.subscribe("sip:bob@example.com")
+    await watcher.dialog_notifies(d, 1)
+
+    async def idle_closed() -> bool:
+        return tuple(idle.local) not in node.transports.connections
+
+    await wait_for(idle_closed, 5.0)
+    assert tuple(watcher.local) in node.transports.connections
+    assert (await node.storage.counts())[0] == 1
+    assert (await watcher.resubscribe(d, 0)).code == 200  # unsubscribed: its final NOTIFY lets the flow go
+    await watcher.dialog_notifies(d, 2)
+
+    async def watcher_closed() -> bool:
+        return tuple(watcher.local) not in node.transports.connections
+
+    await wait_for(watcher_closed, 5.0)
+    assert await metric(node, 'sip_tcp_closed_total{reason="idle"}') == 2
+    assert await metric(node, 'sip_flows_closed_total{transport="ws"}') == 0
+
+
+async def test_node_process_serves_tls_and_wss(tmp_path, served, certs):
+    """The presence-node command (uvloop's start_tls) with TLS and WSS
+    listeners, named in its ready line."""
+    import json
+
+    from procs import spawn, write_config
+
+    cfg = write_config(
+        tmp_path, state_dir=str(tmp_path / "state"), drain_timeout=1,
+        transports={"tls": "127.0.0.1:0", "wss": "127.0.0.1:0", "ws_path": "/sip",
+                    "tls_cert_file": str(served[0]), "tls_key_file": str(served[1])},
+    )
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 32)
+    async with spawn(tmp_path, "--config", str(cfg), "--admin-secret-file", str(secret)) as proc:
+        ready = json.loads(proc.stdout)
+        for kind in ("tls", "wss"):
+            port = int(ready[kind].rsplit(":", 1)[1])
+            url = f"wss://localhost:{port}/sip" if kind == "wss" else None
+            c = await SipClient(("127.0.0.1", port), kind, "alice", tls=trusting(certs["server"][0]), ws_url=url).open()
+            try:
+                resp, d = await c.subscribe("sip:bob@example.com")
+                assert resp.code == 200
+                [n] = await c.dialog_notifies(d, 1)
+                assert (n.headers.get("via") or "").startswith(f"SIP/2.0/{kind.upper()} ")
+            finally:
+                await c.aclose()
+        assert await proc.terminate(within=6) == 0

@@ -174,7 +174,10 @@ class Node:
         self.ready = True
         log.info(
             "node started",
-            extra={"node": cfg.node_id, "sip": f"{host}:{self.sip_port}", "admin": f"{ahost}:{self.admin_port}"},
+            extra={
+                "node": cfg.node_id, "sip": f"{host}:{self.sip_port}", "admin": f"{ahost}:{self.admin_port}",
+                **{k: port for k, port in self.transports.ports.items() if k not in ("udp", "tcp")},
+            },
         )
 
     async def _listen(self) -> None:

@@ -532,7 +532,10 @@ class Transports:
             started = conn.message_started
             if started is not None and self.message_timeout is not None and now - started > self.message_timeout:
                 self.drop(conn, "message-timeout")
-            elif now - conn.last_active > self.tcp_idle:
+            elif now - conn.last_active > self.tcp_idle and not conn.flows:
+                # A watcher's flow stays while it carries subscriptions (their
+                # expiry bounds it): closing it would end them.  TCP ones are
+                # reopened by the next NOTIFY.
                 self.drop(conn, "idle")
             elif self._stuck(conn, now):
                 self._overflow(conn, "write-queue")
