@@ -307,3 +307,101 @@ async def test_node_process_serves_tls_and_wss(tmp_path, served, certs):
             finally:
                 await c.aclose()
         assert await proc.terminate(within=6) == 0
+
+
+@pytest.mark.parametrize(
+    "settings, key",
+    [
+        ({"tls": "127.0.0.1:0"}, "tls and wss need tls_cert_file"),
+        ({"wss": "127.0.0.1:0"}, "tls and wss need tls_cert_file"),
+        ({"tls_cert_file": "/x.crt"}, "go together"),
+        ({"ws": "nohost"}, "transports.ws"),
+        ({"ws": "127.0.0.1:0", "ws_path": "sip"}, "transports.ws_path"),
+        ({"quic": "127.0.0.1:0"}, "transports.quic"),
+    ],
+)
+def test_bad_transports_settings_are_refused_naming_the_key(settings, key):
+    from presence_node.config import ConfigError, load
+
+    with pytest.raises(ConfigError) as e:
+        load(None, {"transports": settings})
+    assert key in str(e.value)
+
+
+async def test_unusable_certificate_files_stop_start_up_with_exit_2(tmp_path, certs):
+    from procs import EXE, clean_env, write_config
+
+    cfg = write_config(
+        tmp_path, state_dir=str(tmp_path / "state"),
+        transports={"tls": "127.0.0.1:0", "tls_cert_file": str(certs["server"][0]),
+                    "tls_key_file": str(certs["rotated"][1])},  # a key of another certificate
+    )
+    proc = await asyncio.create_subprocess_exec(
+        EXE, "--config", str(cfg), "--sip", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env(),
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 2
+    assert "SIP TLS certificate" in err.decode() and "cannot be used" in err.decode()
+
+
+@pytest.mark.parametrize("kind", ["tls", "ws", "wss"])
+async def test_s26_a_tls_or_websocket_peer_that_never_reads_is_closed_as_timer_f(make_node, served, certs, kind):
+    """#12.5 on TLS and WebSocket: the bytes queued for a peer that does not
+    read are bounded (TLS: both layers counted), then it is closed and its
+    NOTIFYs fail at once."""
+    import socket
+
+    node = await make_node(
+        transports=transports(served), limits={"tcp_max_queued": 65536, "tcp_write_timeout": 0.3},
+        notify={"t1": 2.0, "t2": 4.0},
+    )
+    pub = await SipClient(("127.0.0.1", node.sip_port), user="bob").open()
+    try:
+        assert (await pub.publish(pidf(note="x" * 50_000))).code == 200  # each NOTIFY ~50 KB
+    finally:
+        await pub.aclose()
+    port = node.transports.ports[kind]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    tls = trusting(certs["server"][0])
+    session = writer = None
+    if kind == "tls":
+        _, writer = await asyncio.open_connection(sock=sock, ssl=tls, server_hostname="localhost", limit=4096)
+
+        async def send(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+    else:
+        sock.close()  # aiohttp opens its own; its reader stops once its queue is full
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls if kind == "wss" else False))
+        scheme = "wss://localhost" if kind == "wss" else "ws://127.0.0.1"
+        ws = await session.ws_connect(f"{scheme}:{port}/sip", protocols=("sip",), max_msg_size=0)
+        ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+        async def send(data: bytes) -> None:
+            await ws.send_str(data.decode())
+
+    c = SipClient(("127.0.0.1", port), kind, "alice")
+    if kind == "tls":
+        c.local = sock.getsockname()[:2]
+    try:
+        for _ in range(200):
+            # Polls (Expires: 0): one NOTIFY each, on this connection, never read.
+            await send(c.build("SUBSCRIBE", "sip:bob@example.com", [("Event", "presence"), ("Expires", "0")]))
+
+        async def closed() -> bool:
+            return await metric(node, 'sip_tcp_closed_total{reason="write-queue"}') == 1
+
+        await wait_for(closed, 8.0)
+        assert not node.transports.connections
+        assert await metric(node, 'sip_notify_failed_total{code="408",event="presence"}') >= 1
+        assert await metric(node, "sip_tcp_queued_bytes") == 0
+    finally:
+        if session is not None:
+            await session.close()
+        if writer is not None:
+            writer.close()
+        sock.close()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from asyncio import sslproto
 import logging
 import socket
 import ssl
@@ -66,7 +67,6 @@ SEND_ERRORS = (OSError, ValueError)
 FLOWS = frozenset({"tls", "ws", "wss"})
 #: How the notifier writes a final NOTIFY's state (its flow is then let go).
 _TERMINATED = b"\r\nSubscription-State: terminated"
-HANDSHAKE_ERRORS = (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError)
 
 
 class _NoMetrics:
@@ -174,9 +174,6 @@ class TcpConnection(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = None
         #: The TCP transport under TLS (its buffer counts too).
         self.raw: asyncio.Transport | None = None
-        self.handshake: asyncio.Task[None] | None = None
-        #: What TLS delivered before start_tls returned.
-        self.early = bytearray()
         self.framer = StreamFramer(owner.max_size)
         self.transport: asyncio.Transport | None = None
         self.peer = ("", 0)
@@ -193,6 +190,9 @@ class TcpConnection(asyncio.Protocol):
         self.flows: dict[str, Subscription] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.raw is not None:  # the TLS handshake is done: its transport
+            self._open(transport)  # type: ignore[arg-type]
+            return
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
@@ -209,28 +209,32 @@ class TcpConnection(asyncio.Protocol):
         if self._tls is None:
             self._open(self.transport)
             return
+        # TLS goes under us at once, as loop.start_tls does, but not from a
+        # task: uvloop starts reading as soon as connection_made returns
+        # (pause_reading there does not hold), and a ClientHello read before
+        # a task ran would reach us rather than TLS, and the handshake would
+        # hang.  It calls connection_made again with its transport once the
+        # handshake is done; the waiter tells of a failure.
         self.raw = self.transport
-        self.raw.pause_reading()  # the handshake reads first
-        self.handshake = asyncio.ensure_future(self._handshake(self.raw, self._tls()))
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        waiter.add_done_callback(self._handshake_done)
+        tls = sslproto.SSLProtocol(
+            loop, self, self._tls(), waiter, server_side=True,
+            ssl_handshake_timeout=self.owner.message_timeout or SWEEP,
+        )
+        self.raw.set_protocol(tls)
+        tls.connection_made(self.raw)
 
-    async def _handshake(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
-        try:
-            tls = await asyncio.get_running_loop().start_tls(
-                raw, self, ctx, server_side=True, ssl_handshake_timeout=self.owner.message_timeout or SWEEP
-            )
-        except HANDSHAKE_ERRORS as e:
-            self.owner.metrics.count("sip_tcp_closed", "tls-handshake")
-            log.debug("tls handshake failed", extra={"peer": f"{self.peer[0]}:{self.peer[1]}", "error": repr(e)})
-            raw.abort()
-            self.owner.unregister(self)  # connection_lost does not reach us before the handshake ends
+    def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
+        e = None if waiter.cancelled() else waiter.exception()
+        if e is None and not waiter.cancelled():
             return
-        if tls is None or tls.is_closing():
-            self.owner.unregister(self)
-            return
-        self._open(tls)  # type: ignore[arg-type]
-        if self.early:
-            data, self.early = bytes(self.early), bytearray()
-            self.data_received(data)
+        self.owner.metrics.count("sip_tcp_closed", "tls-handshake")
+        log.debug("tls handshake failed", extra={"peer": f"{self.peer[0]}:{self.peer[1]}", "error": repr(e)})
+        if self.raw is not None:
+            self.raw.abort()
+        self.owner.unregister(self)  # connection_lost does not reach us before the handshake ends
 
     def _open(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -247,13 +251,6 @@ class TcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = self.last_active = asyncio.get_running_loop().time()
-        if self.raw is not None and self.transport is self.raw:
-            # TLS records decrypted before start_tls returned.
-            if len(self.early) + len(data) > self.owner.max_size:
-                self.owner.drop(self, "unframeable")
-            else:
-                self.early += data
-            return
         if self.inner is not None:
             if self.message_started is None:
                 self.message_started = now
@@ -303,8 +300,6 @@ class TcpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.unregister(self)
-        if self.handshake is not None:
-            self.handshake.cancel()
         if self.inner is not None:
             self.owner.by_transport.pop(self.transport, None)  # type: ignore[arg-type]
             self.inner.connection_lost(exc)
