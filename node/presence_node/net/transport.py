@@ -40,7 +40,7 @@ import socket
 import ssl
 import struct
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from ..metrics import Counting
 from ..sip.errors import ParseError
@@ -193,7 +193,8 @@ class TcpConnection(asyncio.Protocol):
         if self.raw is not None:  # the TLS handshake is done: its transport
             self._open(transport)  # type: ignore[arg-type]
             return
-        self.transport = transport  # type: ignore[assignment]
+        transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport instance
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
         self.last_active = asyncio.get_running_loop().time()
@@ -207,7 +208,7 @@ class TcpConnection(asyncio.Protocol):
         # The handshake and the upgrade are timed as a message's arrival.
         self.message_started = self.last_active
         if self._tls is None:
-            self._open(self.transport)
+            self._open(transport)
             return
         # TLS goes under us at once, as loop.start_tls does, but not from a
         # task: uvloop starts reading as soon as connection_made returns
@@ -215,16 +216,16 @@ class TcpConnection(asyncio.Protocol):
         # a task ran would reach us rather than TLS, and the handshake would
         # hang.  It calls connection_made again with its transport once the
         # handshake is done; the waiter tells of a failure.
-        self.raw = self.transport
+        self.raw = transport
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         waiter.add_done_callback(self._handshake_done)
         tls = sslproto.SSLProtocol(
             loop, self, self._tls(), waiter, server_side=True,
-            ssl_handshake_timeout=self.owner.message_timeout or SWEEP,
+            ssl_handshake_timeout=self.owner.message_timeout or SWEEP,  # type: ignore[arg-type]
         )
-        self.raw.set_protocol(tls)
-        tls.connection_made(self.raw)
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
 
     def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
         e = None if waiter.cancelled() else waiter.exception()
