@@ -405,3 +405,31 @@ async def test_s26_a_tls_or_websocket_peer_that_never_reads_is_closed_as_timer_f
         if writer is not None:
             writer.close()
         sock.close()
+
+
+@pytest.mark.parametrize("kind", ["tls", "wss"])
+async def test_connections_given_up_during_the_tls_handshake_are_forgotten(make_node, served, kind):
+    """A peer that closes, resets or sends junk before its handshake ends
+    leaves nothing registered (its per-source count is freed)."""
+    import socket
+    import struct as st
+
+    node = await make_node(transports=transports(served), limits={"max_tcp_per_source": 3})
+    port = node.transports.ports[kind]
+    for how in ("close", "reset", "junk", "partial", "close", "reset", "junk", "partial"):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        if how == "junk":
+            w.write(b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+        elif how == "partial":
+            w.write(b"\x16\x03\x01\x02\x00\x01")
+        if how == "reset":
+            w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, st.pack("ii", 1, 0))
+        await asyncio.sleep(0.05)
+        w.close()
+
+    async def none_left() -> bool:
+        return not node.transports.connections
+
+    await wait_for(none_left, 5.0)
+    assert await metric(node, 'sip_tcp_closed_total{reason="per-source"}') == 0
+    assert await metric(node, "sip_tcp_connections") == 0

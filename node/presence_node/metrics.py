@@ -34,7 +34,9 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sip_tcp_closed": ("TCP connections closed or refused by the node, by reason", ("reason",)),
     "sip_tls_reloads": ("Reloads of the SIP TLS certificate and key after their files changed, by result", ("result",)),
     "sip_flows_closed": (
-        "Subscriptions ended because the TLS or WebSocket connection their NOTIFYs travel on closed", ("transport",),
+        "Subscriptions ended because the TLS or WebSocket connection their NOTIFYs travel on closed"
+        " (or, for a NOTIFY, is not held by this node)",
+        ("transport",),
     ),
     "presence_publication_changes": ("Accepted PUBLISHes by kind", ("event", "kind")),
     "presence_expired": ("Records expired by this node", ("kind",)),

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from asyncio import sslproto
 import logging
 import socket
 import ssl
 import struct
+from asyncio import sslproto
 from functools import partial
 from typing import Any, Callable, Optional, cast
 
@@ -229,8 +229,9 @@ class TcpConnection(asyncio.Protocol):
 
     def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
         e = None if waiter.cancelled() else waiter.exception()
-        if e is None and not waiter.cancelled():
-            return
+        if self.transport is not self.raw:
+            return  # done, and connection_made came with the TLS transport
+        # Failed, or the peer went away before it ended (no error then).
         self.owner.metrics.count("sip_tcp_closed", "tls-handshake")
         log.debug("tls handshake failed", extra={"peer": f"{self.peer[0]}:{self.peer[1]}", "error": repr(e)})
         if self.raw is not None:
@@ -713,7 +714,7 @@ class Transports:
         loop = asyncio.get_running_loop()
         conn = self.connections.get(_split(sub.source))
         if conn is None or conn.kind != sub.transport or conn.transport is None or conn.transport.is_closing():
-            self.metrics.count("sip_send_errors", sub.transport)
+            self.metrics.count("sip_flows_closed", sub.transport)
             loop.call_soon(on_done, 408)
             return
         if _TERMINATED in data:
