@@ -188,6 +188,8 @@ class TcpConnection(asyncio.Protocol):
         self.branches: set[str] = set()
         #: Subscriptions whose flow this is (TLS, WS, WSS), by id.
         self.flows: dict[str, Subscription] = {}
+        #: Closed by the node (counted then, under its reason).
+        self.dropped = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.raw is not None:  # the TLS handshake is done: its transport
@@ -232,7 +234,8 @@ class TcpConnection(asyncio.Protocol):
         if self.transport is not self.raw:
             return  # done, and connection_made came with the TLS transport
         # Failed, or the peer went away before it ended (no error then).
-        self.owner.metrics.count("sip_tcp_closed", "tls-handshake")
+        if not self.dropped:
+            self.owner.metrics.count("sip_tcp_closed", "tls-handshake")
         log.debug("tls handshake failed", extra={"peer": f"{self.peer[0]}:{self.peer[1]}", "error": repr(e)})
         if self.raw is not None:
             self.raw.abort()
@@ -470,6 +473,7 @@ class Transports:
         does not read would hold a graceful close open forever)."""
         if conn.transport is not None and not conn.transport.is_closing():
             self.metrics.count("sip_tcp_closed", reason)
+            conn.dropped = True
             conn.transport.abort()
 
     def queued(self, conn: TcpConnection, n: int) -> None:
