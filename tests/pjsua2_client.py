@@ -14,6 +14,7 @@ The server's certificate is checked against CA_FILE (verifyServer).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -91,6 +92,4 @@ code = done[0] if done else 1
 say(event="exit", code=code, published=published)
 sys.stdout.flush()
 # pjsua2's own shutdown (unsubscribe, unpublish, TLS close) is not under test.
-import os  # noqa: E402
-
 os._exit(code)
