@@ -13,6 +13,10 @@
 #     PYTHON=/path/to/python overrides), when absent or broken.
 #   - `pip install -e '.[test]'` when pyproject.toml changed since the last
 #     install (its sha256 is kept in .venv/.pyproject.sha256).
+#   - Debian's nodejs and npm, and the npm packages of the WebSocket SIP
+#     client tests (sip.js, ws; versions in SIPJS_PACKAGES) in .cache/node
+#     (not committed) when absent; pjsua2-python (the TLS client tests) in
+#     .cache/pjsua2 when absent (its own folder: PJSIP runs in a child process).
 # Runs as root, or through sudo for the apt steps when not root.
 set -euo pipefail
 
@@ -97,6 +101,8 @@ PY=$(pick_python) || die "no python3 >= 3.11 found"
 MISSING=()
 command -v sipp >/dev/null 2>&1 || MISSING+=(sip-tester)
 pkg_installed postgresql || MISSING+=(postgresql)
+command -v node >/dev/null 2>&1 || MISSING+=(nodejs)
+command -v npm >/dev/null 2>&1 || MISSING+=(npm)
 if [ "${1:-}" = --containers ]; then
     for p in podman runc mmdebstrap; do command -v "$p" >/dev/null 2>&1 || MISSING+=("$p"); done
 fi
@@ -127,4 +133,30 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$HASH" ]; then
     fi
     rm -f "$PIP_LOG"
     echo "$HASH" > "$STAMP"
+fi
+
+# ---- npm: SIP.js for the WebSocket client tests (tests/test_sipjs.py) ----
+SIPJS_PACKAGES=(sip.js@0.21.2 ws@8)
+NODE_DIR=$ROOT/.cache/node
+if [ ! -d "$NODE_DIR/node_modules/sip.js" ] || [ ! -d "$NODE_DIR/node_modules/ws" ]; then
+    say "npm install ${SIPJS_PACKAGES[*]} into .cache/node"
+    mkdir -p "$NODE_DIR"
+    NPM_LOG=$(mktemp /tmp/setup-npm.XXXXXX.log)
+    if ! npm install --prefix "$NODE_DIR" --no-audit --no-fund --no-save "${SIPJS_PACKAGES[@]}" >"$NPM_LOG" 2>&1; then
+        tail -30 "$NPM_LOG" >&2
+        die "npm install failed (log $NPM_LOG)"
+    fi
+    rm -f "$NPM_LOG"
+fi
+
+# ---- pjsua2 for the TLS client tests (tests/test_pjsua2_tls.py) ----------
+PJSUA2_DIR=$ROOT/.cache/pjsua2
+if [ ! -d "$PJSUA2_DIR/pjsua2" ]; then
+    say "pip install pjsua2-python into .cache/pjsua2"
+    PIP_LOG=$(mktemp /tmp/setup-pip.XXXXXX.log)
+    if ! "$VENV/bin/python" -m pip install -q --target "$PJSUA2_DIR" 'pjsua2-python==2.15.1.post1' >"$PIP_LOG" 2>&1; then
+        tail -30 "$PIP_LOG" >&2
+        die "pip install pjsua2-python failed (log $PIP_LOG)"
+    fi
+    rm -f "$PIP_LOG"
 fi

@@ -68,7 +68,7 @@ async def open_clients() -> AsyncIterator[list[SipClient]]:
     clients: list[SipClient] = []
     yield clients
     for c in clients:
-        c.close()
+        await c.aclose()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The project's own small SIP test client, over real UDP or TCP sockets.
+"""The project's own small SIP test client, over real UDP, TCP or TLS
+sockets, or a WebSocket (ws, wss: RFC 7118, with aiohttp's client).
 
 It builds requests, keeps what arrives in a queue, and answers NOTIFYs with
 200 by default (or with a code a test chooses, or not at all).  It uses the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
@@ -43,6 +45,8 @@ class SipClient:
         user: str = "alice",
         domain: str = "example.com",
         local_host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+        ws_url: str | None = None,
     ):
         self.local_host = local_host
         self.server = server
@@ -58,6 +62,15 @@ class SipClient:
         self.notify_answer: int | None = 200
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Transport | None = None
+        #: TLS (tls, wss): the context checking the server's certificate.
+        self.tls = tls
+        self.ws_url = ws_url
+        self._ws = None
+        self._session = None
+        self._reader: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+        #: RFC 7118 §5: a WebSocket client has no reachable address of its own.
+        self.invalid_host = f"{new_tag()}.invalid"
         self.local = ("127.0.0.1", 0)
         self._notify_event = asyncio.Event()
 
@@ -75,6 +88,18 @@ class SipClient:
             t, _ = await loop.create_datagram_endpoint(P, local_addr=(self.local_host, 0))
             self._udp = t  # type: ignore[assignment]
             self.local = t.get_extra_info("sockname")[:2]
+        elif self.transport in ("ws", "wss"):
+            import aiohttp
+
+            self._session = aiohttp.ClientSession()
+            url = self.ws_url or f"{self.transport}://{self.server[0]}:{self.server[1]}/"
+            try:
+                self._ws = await self._session.ws_connect(url, protocols=("sip",), ssl=self.tls or False)
+            except BaseException:
+                await self._session.close()
+                raise
+            self.local = self._ws.get_extra_info("sockname")[:2]
+            self._reader = asyncio.ensure_future(self._read_ws())
         else:
             framer = StreamFramer()
             client = self
@@ -84,19 +109,49 @@ class SipClient:
                     for m in framer.feed(data):
                         client._on_bytes(m)
 
-            t, _ = await loop.create_connection(S, *self.server)
+            kw = {"ssl": self.tls, "server_hostname": "localhost"} if self.transport == "tls" else {}
+            t, _ = await loop.create_connection(S, *self.server, **kw)
             self._tcp = t  # type: ignore[assignment]
             self.local = t.get_extra_info("sockname")[:2]
         return self
+
+    async def _read_ws(self) -> None:
+        import aiohttp
+
+        assert self._ws is not None
+        async for msg in self._ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                self._on_bytes(msg.data.encode())
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                self._on_bytes(msg.data)
 
     def close(self) -> None:
         for t in (self._udp, self._tcp):
             if t is not None:
                 t.close()
+        if self._ws is not None:
+            ws, session, reader = self._ws, self._session, self._reader
+            self._ws = None
+
+            async def shut() -> None:
+                await ws.close()
+                await session.close()
+                if reader is not None:
+                    reader.cancel()
+
+            task = asyncio.ensure_future(shut())
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def aclose(self) -> None:
+        """Close and wait until closed (a WebSocket's close handshake)."""
+        self.close()
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
 
     def _on_bytes(self, data: bytes, source: tuple[str, int] | None = None) -> None:
         self.raw.append(data)
-        msg = parse(data, datagram=self.transport == "udp")
+        msg = parse(data, datagram=self.transport in ("udp", "ws", "wss"))
         if isinstance(msg, Request) and msg.method == "NOTIFY":
             self.notifies.append(msg)
             self.notify_sources.append(source[:2] if source else None)
@@ -111,6 +166,10 @@ class SipClient:
     def send_bytes(self, data: bytes, to: tuple[str, int] | None = None) -> None:
         if self._udp is not None:
             self._udp.sendto(data, to or self.server)
+        elif self._ws is not None:
+            task = asyncio.ensure_future(self._ws.send_str(data.decode()))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
         else:
             assert self._tcp is not None
             self._tcp.write(data)
@@ -123,11 +182,16 @@ class SipClient:
 
     @property
     def contact(self) -> str:
-        suffix = ";transport=tcp" if self.transport == "tcp" else ""
+        if self.transport in ("ws", "wss"):
+            return f"sip:{self.user}@{self.invalid_host};transport=ws"
+        suffix = f";transport={self.transport}" if self.transport in ("tcp", "tls") else ""
         return f"sip:{self.user}@{self.local[0]}:{self.local[1]}{suffix}"
 
     def via(self, branch: str | None = None) -> str:
-        return f"SIP/2.0/{self.transport.upper()} {self.local[0]}:{self.local[1]};branch={branch or 'z9hG4bK' + new_tag()};rport"
+        branch = branch or "z9hG4bK" + new_tag()
+        if self.transport in ("ws", "wss"):
+            return f"SIP/2.0/{self.transport.upper()} {self.invalid_host};branch={branch}"
+        return f"SIP/2.0/{self.transport.upper()} {self.local[0]}:{self.local[1]};branch={branch};rport"
 
     def build(
         self,

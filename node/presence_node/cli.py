@@ -72,12 +72,18 @@ async def serve(config: Config) -> None:
     host, _ = config.sip_address
     ahost, _ = config.admin_address
     sip, admin = f"{host}:{node.sip_port}", f"{ahost}:{node.admin_port}"
+    # The TLS, WS and WSS listeners, when configured (their bound ports).
+    more = {
+        kind: f"{split_hostport(getattr(config.transports, kind))[0]}:{port}"
+        for kind, port in node.transports.ports.items() if kind not in ("udp", "tcp")
+    }
     if config.log_format == "json":
         line = logs.json_line(f"presence node {config.node_id} ready", logger=log.name, node=config.node_id,
-                              sip=sip, admin=admin)
+                              sip=sip, admin=admin, **more)
     else:
         line = (f"presence node {config.node_id} ready: SIP udp+tcp {sip}, "
-                f"admin http://{admin} (GET /healthz; others need the bearer secret)")
+                f"admin http://{admin} (GET /healthz; others need the bearer secret)"
+                + "".join(f"; SIP {kind} {address}" for kind, address in more.items()))
     print(line, flush=True)
     await stop.wait()
     await node.stop()

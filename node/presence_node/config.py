@@ -296,6 +296,37 @@ class Federation(_Strict):
         return self.mode != "disabled"
 
 
+class Transports(_Strict):
+    """SIP listeners besides UDP and TCP on ``sip`` (#15.5, #15.6), each
+    HOST:PORT or absent: SIP over TLS (sips:), and RFC 7118 WebSocket, plain
+    (``ws``) and over TLS (``wss``), served on ``ws_path``.  TLS and WSS
+    use one certificate chain and key (PEM files, re-read when they change:
+    a cert-manager Secret renewed in place).  Their connections count
+    against the ``limits.*tcp*`` bounds together with TCP's."""
+
+    tls: str | None = None
+    ws: str | None = None
+    wss: str | None = None
+    ws_path: str = Field("/", pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/\-]*$")
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @field_validator("tls", "ws", "wss")
+    @classmethod
+    def _hostport(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_hostport(v)
+        return v
+
+    @model_validator(mode="after")
+    def _certificate(self) -> "Transports":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if (self.tls is not None or self.wss is not None) and self.tls_cert_file is None:
+            raise ValueError("tls and wss need tls_cert_file and tls_key_file")
+        return self
+
+
 class Config(_Strict):
     """The whole node configuration (see README, "Configuration")."""
 
@@ -339,6 +370,7 @@ class Config(_Strict):
     #: Resource lists (RFC 4662): list URI → member URIs (README "Resource lists").
     resource_lists: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     federation: Federation = Federation()
+    transports: Transports = Transports()
 
     @field_validator("sip", "admin")
     @classmethod

@@ -32,6 +32,12 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sip_notify_withheld": ("NOTIFY transmissions withheld from an address that has not answered one", ("reason",)),
     "sip_send_errors": ("Sends the operating system refused (address of another family)", ("transport",)),
     "sip_tcp_closed": ("TCP connections closed or refused by the node, by reason", ("reason",)),
+    "sip_tls_reloads": ("Reloads of the SIP TLS certificate and key after their files changed, by result", ("result",)),
+    "sip_flows_closed": (
+        "Subscriptions ended because the TLS or WebSocket connection their NOTIFYs travel on closed"
+        " (or, for a NOTIFY, is not held by this node)",
+        ("transport",),
+    ),
     "presence_publication_changes": ("Accepted PUBLISHes by kind", ("event", "kind")),
     "presence_expired": ("Records expired by this node", ("kind",)),
     "presence_publish_refused": ("PUBLISH bodies refused for a limits setting, by setting", ("event", "reason")),
@@ -96,6 +102,8 @@ class Metrics:
         #: Transport gauges, set before a scrape.
         self.tcp_connections = 0
         self.tcp_queued_bytes = 0
+        #: Open stream connections by transport (tcp, tls, ws, wss).
+        self.connections: dict[str, int] = {}
         self.notify_targets: dict[str, int] = {}
         #: Live records per kind (Storage.usage), set before a scrape.
         self.live: dict[str, int] = {}
@@ -204,6 +212,12 @@ class Metrics:
         yield GaugeMetricFamily(
             "sip_tcp_queued_bytes", "Bytes queued for TCP peers that have not read them", value=self.tcp_queued_bytes
         )
+        conns_by = GaugeMetricFamily(
+            "sip_connections", "Open stream connections by transport (all in sip_tcp_connections)", labels=["transport"]
+        )
+        for kind, n in sorted(self.connections.items()):
+            conns_by.add_metric([kind], n)
+        yield conns_by
         targets = GaugeMetricFamily(
             "sip_notify_targets", "UDP NOTIFY destinations known: proven (answered) or being probed", labels=["state"]
         )

@@ -2,7 +2,8 @@
 
 Start order: storage, sharing tags, a first count of the live records (the
 limits read it), (shared database) the connection that listens for the
-NOTIFYs of its tags, SIP sockets (UDP and TCP on one port), the cluster
+NOTIFYs of its tags, SIP sockets (UDP and TCP on one port; TLS, WS and
+WSS listeners when configured), the cluster
 channel (federation), the expiry timer (and, with a shared database, the
 periodic recount), then the admin API, and only then ready.  Stop order
 (SIGTERM): not ready, on a shared database no longer listening for the
@@ -26,7 +27,7 @@ from aiohttp import web
 
 from .admin.app import make_app
 from .admin.secret import cluster_secret, load_secret
-from .config import Config
+from .config import Config, split_hostport
 from .metrics import Metrics
 from .packages.registry import PackageOptions, PackageRegistry
 from .xmlsafe import XmlLimits
@@ -39,7 +40,9 @@ from .service.ids import Ids
 from .service.notify import Notifier
 from .net.targets import Targets
 from .service.owners import Owners
+from .net.tls import ServerCertificate
 from .net.transport import Transports
+from .net.websocket import WebSocketListener
 from .service.tags import SharingTags
 from .federation import Federation
 from .storage import MemoryStorage, Storage
@@ -83,7 +86,13 @@ class Node:
                 config.notify.unproven_budget, config.notify.max_proven_targets, config.notify.max_unproven_targets
             ),
             metrics=self.metrics,
+            on_flow_closed=self._flow_closed,
         )
+        tcfg = config.transports
+        self.certificate: ServerCertificate | None = None
+        if tcfg.tls_cert_file is not None and tcfg.tls_key_file is not None:
+            self.certificate = ServerCertificate(tcfg.tls_cert_file, tcfg.tls_key_file, self.metrics)
+        self._websockets: list[WebSocketListener] = []
         self.notifier = Notifier(
             self.storage, self.packages, self.transports, self.ids, self.metrics, min_interval=config.notify.min_interval
         )
@@ -130,6 +139,9 @@ class Node:
         if self.owners is not None:
             self.owners.wake(tags=True)  # a tag taken over: what waited for its owner
 
+    def _flow_closed(self, subs: list) -> None:  # type: ignore[type-arg]
+        self.notifier.flow_closed(subs)
+
     def _receive(self, data: bytes, host: str, port: int, transport: str, send, arrived: float | None) -> None:  # type: ignore[no-untyped-def]
         try:
             self.dispatcher.receive(data, host, port, transport, send, arrived)
@@ -155,7 +167,8 @@ class Node:
         host, port = cfg.sip_address
         self.sip_port = await self.transports.start(host, port)
         self.service.sip_port = self.sip_port
-        self.service.contact = {t: self.transports.contact(t) for t in ("udp", "tcp")}
+        await self._listen()
+        self.service.contact = {t: self.transports.contact(t) for t in self.transports.ports}
         if self.federation is not None:
             await self.federation.start()
         self._expiry_task = asyncio.ensure_future(self._expiry_loop())
@@ -171,8 +184,23 @@ class Node:
         self.ready = True
         log.info(
             "node started",
-            extra={"node": cfg.node_id, "sip": f"{host}:{self.sip_port}", "admin": f"{ahost}:{self.admin_port}"},
+            extra={
+                "node": cfg.node_id, "sip": f"{host}:{self.sip_port}", "admin": f"{ahost}:{self.admin_port}",
+                **{k: port for k, port in self.transports.ports.items() if k not in ("udp", "tcp")},
+            },
         )
+
+    async def _listen(self) -> None:
+        """The TLS, WS and WSS listeners that are configured."""
+        tcfg = self.config.transports
+        tls = self.certificate.context if self.certificate is not None else None
+        if tcfg.tls is not None:
+            await self.transports.listen("tls", *split_hostport(tcfg.tls), tls=tls)
+        for kind, address in (("ws", tcfg.ws), ("wss", tcfg.wss)):
+            if address is not None:
+                listener = WebSocketListener(self.transports, kind, tcfg.ws_path)
+                self._websockets.append(listener)
+                await listener.start(*split_hostport(address), tls if kind == "wss" else None)
 
     async def _expiry_loop(self) -> None:
         while True:
@@ -241,6 +269,10 @@ class Node:
         t = self.transports
         self.metrics.tcp_connections = len(t.connections)
         self.metrics.tcp_queued_bytes = t.queued_total
+        by_kind: dict[str, int] = dict.fromkeys((k for k in t.ports if k != "udp"), 0)
+        for conn in t.connections.values():
+            by_kind[conn.kind] = by_kind.get(conn.kind, 0) + 1
+        self.metrics.connections = by_kind
         self.metrics.notify_targets = {"proven": t.targets.proven, "unproven": t.targets.unproven}
         if self.owners is not None:
             self.metrics.listener_up = int(self.owners.listening)
@@ -272,6 +304,8 @@ class Node:
         if self.service.feature_hook is not None:
             await self.service.feature_hook.close()
         await self.transports.close()
+        for listener in self._websockets:
+            await listener.close()
         await self.storage.close()
         log.info("node stopped", extra={"node": self.config.node_id})
 

@@ -1,4 +1,5 @@
-"""The only place with sockets: UDP and TCP listeners, NOTIFY sending.
+"""The only place with sockets: UDP, TCP, TLS and WebSocket listeners,
+NOTIFY sending.
 
 :class:`Transports` is the notifier's :class:`~..service.notify.Sender`.
 It owns the client transaction table and arms one loop timer for its next
@@ -13,6 +14,20 @@ not answered one yet are bounded (:mod:`.targets`, reflection); a TCP peer
 that does not read is closed once too much is queued for it; one source IP
 holds a bounded number of connections, and a message must arrive whole
 within ``message_timeout`` of its first byte (slowloris).
+
+TLS and WebSocket connections (#15.5, #15.6) are TCP connections with a
+layer on top, held by the same :class:`TcpConnection` and the same
+registry, so every bound above applies to them too and counts them
+together: a connection is counted from accept, and its TLS handshake (and,
+for WebSocket, its HTTP upgrade) must end within ``message_timeout``.
+Their watchers are reached only over the connection their SUBSCRIBE came
+on (its *flow*, as RFC 5626 and RFC 7118 have it: a browser or a phone
+behind NAT accepts no connection, and a TLS client has no certificate to
+be called back on).  When that connection closes, the subscriptions whose
+NOTIFYs it carried end at once (removed as on a NOTIFY timeout, counted in
+``sip_flows_closed``), instead of staying until they expire; a NOTIFY for
+a flow this node does not hold (closed, or held by another node of a
+cluster) fails the same way.
 """
 
 from __future__ import annotations
@@ -21,9 +36,11 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import ssl
 import struct
+from asyncio import sslproto
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from ..metrics import Counting
 from ..sip.errors import ParseError
@@ -34,6 +51,7 @@ from ..sip.transaction import RETRANSMIT, ClientTransactions
 from ..storage import Subscription
 from ..tasks import Tasks
 from .targets import SEND, WAIT, Targets
+from .websocket import text_frame
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +64,10 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 SWEEP = 5.0
 #: What sendto may raise for an address it cannot use (uvloop: ValueError).
 SEND_ERRORS = (OSError, ValueError)
+#: Transports whose watchers are reached only over their own connection.
+FLOWS = frozenset({"tls", "ws", "wss"})
+#: How the notifier writes a final NOTIFY's state (its flow is then let go).
+_TERMINATED = b"\r\nSubscription-State: terminated"
 
 
 class _NoMetrics:
@@ -134,8 +156,25 @@ class UdpSocket:
 
 
 class TcpConnection(asyncio.Protocol):
-    def __init__(self, owner: "Transports") -> None:
+    """One stream connection: SIP over TCP or TLS framed here, or (``inner``
+    given) the byte stream of a WebSocket handed to aiohttp's HTTP handler,
+    which gives its messages back through :meth:`message_done`."""
+
+    def __init__(
+        self,
+        owner: "Transports",
+        kind: str = "tcp",
+        tls: Callable[[], ssl.SSLContext] | None = None,
+        inner: Callable[[], asyncio.Protocol] | None = None,
+    ) -> None:
         self.owner = owner
+        self.kind = kind
+        self._tls = tls
+        self._inner_factory = inner
+        #: aiohttp's protocol (WebSocket), once TLS (if any) is up.
+        self.inner: asyncio.Protocol | None = None
+        #: The TCP transport under TLS (its buffer counts too).
+        self.raw: asyncio.Transport | None = None
         self.framer = StreamFramer(owner.max_size)
         self.transport: asyncio.Transport | None = None
         self.peer = ("", 0)
@@ -148,9 +187,17 @@ class TcpConnection(asyncio.Protocol):
         self.over_since: float | None = None
         #: NOTIFY transactions in flight on this connection.
         self.branches: set[str] = set()
+        #: Subscriptions whose flow this is (TLS, WS, WSS), by id.
+        self.flows: dict[str, Subscription] = {}
+        #: Closed by the node (counted then, under its reason).
+        self.dropped = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        if self.raw is not None:  # the TLS handshake is done: its transport
+            self._open(transport)  # type: ignore[arg-type]
+            return
+        transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport instance
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
         self.last_active = asyncio.get_running_loop().time()
@@ -158,9 +205,63 @@ class TcpConnection(asyncio.Protocol):
         if refused is not None:
             self.owner.metrics.count("sip_tcp_closed", refused)
             transport.abort()
+            return
+        if self._tls is None and self._inner_factory is None:
+            return
+        # The handshake and the upgrade are timed as a message's arrival.
+        self.message_started = self.last_active
+        if self._tls is None:
+            self._open(transport)
+            return
+        # TLS goes under us at once, as loop.start_tls does, but not from a
+        # task: uvloop starts reading as soon as connection_made returns
+        # (pause_reading there does not hold), and a ClientHello read before
+        # a task ran would reach us rather than TLS, and the handshake would
+        # hang.  It calls connection_made again with its transport once the
+        # handshake is done; the waiter tells of a failure.
+        self.raw = transport
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        waiter.add_done_callback(self._handshake_done)
+        tls = sslproto.SSLProtocol(
+            loop, self, self._tls(), waiter, server_side=True,
+            ssl_handshake_timeout=self.owner.message_timeout or SWEEP,  # type: ignore[arg-type]
+        )
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+
+    def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
+        e = None if waiter.cancelled() else waiter.exception()
+        if self.transport is not self.raw:
+            return  # done, and connection_made came with the TLS transport
+        # Failed, or the peer went away before it ended (no error then).
+        if not self.dropped:
+            self.owner.metrics.count("sip_tcp_closed", "tls-handshake")
+        log.debug("tls handshake failed", extra={"peer": f"{self.peer[0]}:{self.peer[1]}", "error": repr(e)})
+        if self.raw is not None:
+            self.raw.abort()
+        self.owner.unregister(self)  # connection_lost does not reach us before the handshake ends
+
+    def _open(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        if self._inner_factory is None:
+            self.message_started = None
+            return
+        self.owner.by_transport[transport] = self
+        self.inner = self._inner_factory()
+        self.inner.connection_made(transport)
+
+    def message_done(self) -> None:
+        """A whole WebSocket message (or the upgrade) has arrived."""
+        self.message_started = None
 
     def data_received(self, data: bytes) -> None:
         now = self.last_active = asyncio.get_running_loop().time()
+        if self.inner is not None:
+            if self.message_started is None:
+                self.message_started = now
+            self.inner.data_received(data)
+            return
         try:
             messages = self.framer.feed(data)
         except ParseError:
@@ -172,18 +273,42 @@ class TcpConnection(asyncio.Protocol):
         elif messages or self.message_started is None:
             self.message_started = now
         for msg in messages:
-            self.owner.receive(msg, self.peer[0], self.peer[1], "tcp", self.write, None)
+            self.owner.receive(msg, self.peer[0], self.peer[1], self.kind, self.write, None)
 
     def write(self, data: bytes) -> None:
         t = self.transport
         if t is not None and not t.is_closing():
+            if self.inner is not None:
+                data = text_frame(data)  # RFC 7118: one SIP message per WebSocket message
             t.write(data)
-            n = t.get_write_buffer_size()
+            n = self.buffered()
             if n or self.queued:
                 self.owner.queued(self, n)
 
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the peer (TLS: both layers)."""
+        t = self.transport
+        n = t.get_write_buffer_size() if t is not None else 0
+        if self.raw is not None and self.raw is not t and not self.raw.is_closing():
+            n += self.raw.get_write_buffer_size()
+        return n
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.unregister(self)
+        if self.inner is not None:
+            self.owner.by_transport.pop(self.transport, None)  # type: ignore[arg-type]
+            self.inner.connection_lost(exc)
         self.transport = None
 
 
@@ -208,6 +333,7 @@ class Transports:
         max_queued_total: int | None = None,
         targets: Targets | None = None,
         metrics: Counting | None = None,
+        on_flow_closed: Callable[[list[Subscription]], None] | None = None,
     ) -> None:
         self.receive = receive
         self.host = advertised_host
@@ -228,6 +354,13 @@ class Transports:
         self.targets = targets or Targets(None, 1, 1)
         self.metrics: Counting = metrics or _NoMetrics()
         self.connections: dict[tuple[str, int], TcpConnection] = {}
+        #: WebSocket connections by the transport aiohttp's handler sees.
+        self.by_transport: dict[asyncio.BaseTransport, TcpConnection] = {}
+        #: Listening port of each transport ("udp", "tcp", "tls", "ws", "wss").
+        self.ports: dict[str, int] = {}
+        self._servers: list[asyncio.base_events.Server] = []
+        #: Called with the subscriptions of a TLS or WebSocket connection that closed.
+        self.on_flow_closed = on_flow_closed
         self._per_source: dict[str, int] = {}
         #: Bytes in every connection's write buffer (as last looked at).
         self.queued_total = 0
@@ -262,7 +395,7 @@ class Transports:
                     raise
                 continue
             self.udp = UdpSocket(sock, self.receive)
-            self.port = bound
+            self.port = self.ports["udp"] = self.ports["tcp"] = bound
             self._family = sock.family
             if sock.family == socket.AF_INET6:
                 # Bound to :: without IPV6_V6ONLY: IPv4 too, as ::ffff:a.b.c.d.
@@ -273,9 +406,29 @@ class Transports:
             return bound
         raise OSError("no port free for both UDP and TCP")
 
+    async def listen(
+        self,
+        kind: str,
+        host: str,
+        port: int,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+        inner: Callable[[], asyncio.Protocol] | None = None,
+    ) -> int:
+        """Another stream listener: ``tls`` (SIP over TLS), ``ws`` or ``wss``
+        (``inner``: aiohttp's protocol for the HTTP upgrade)."""
+        server = await asyncio.get_running_loop().create_server(
+            lambda: TcpConnection(self, kind, tls, inner), host, port, reuse_address=True, backlog=1024
+        )
+        self._servers.append(server)
+        self.ports[kind] = bound = server.sockets[0].getsockname()[1]
+        return bound
+
     def contact(self, transport: str) -> str:
-        suffix = ";transport=tcp" if transport == "tcp" else ""
-        return f"sip:{self.host}:{self.port}{suffix}"
+        """Our Contact for a dialog over ``transport``: sips: over TLS, and
+        RFC 7118 §5's ``transport=ws`` for WS and WSS alike."""
+        scheme = "sips" if transport in ("tls", "wss") else "sip"
+        suffix = {"tcp": ";transport=tcp", "ws": ";transport=ws", "wss": ";transport=ws"}.get(transport, "")
+        return f"{scheme}:{self.host}:{self.ports.get(transport, self.port)}{suffix}"
 
     # -- TCP connection registry --------------------------------------------
 
@@ -302,12 +455,26 @@ class Transports:
                 del self._per_source[ip]
             self.queued_total -= conn.queued
             conn.queued = 0
+            if conn.kind in FLOWS:
+                self._flow_closed(conn)
+
+    def _flow_closed(self, conn: TcpConnection) -> None:
+        """A watcher's flow is gone: its NOTIFYs in flight fail now as on
+        Timer F, and its other subscriptions end (Kamailio #4118: watchers
+        of a closed WebSocket stayed forever)."""
+        self._fail_branches(conn)
+        subs, conn.flows = list(conn.flows.values()), {}
+        if subs:
+            self.metrics.count("sip_flows_closed", conn.kind, len(subs))
+            if self.on_flow_closed is not None:
+                self.on_flow_closed(subs)
 
     def drop(self, conn: TcpConnection, reason: str) -> None:
         """Close ``conn`` now, discarding what it has not read (a peer that
         does not read would hold a graceful close open forever)."""
         if conn.transport is not None and not conn.transport.is_closing():
             self.metrics.count("sip_tcp_closed", reason)
+            conn.dropped = True
             conn.transport.abort()
 
     def queued(self, conn: TcpConnection, n: int) -> None:
@@ -337,7 +504,7 @@ class Transports:
         total = 0
         for c in self.connections.values():
             if c.transport is not None:
-                c.queued = c.transport.get_write_buffer_size()
+                c.queued = c.buffered()
             total += c.queued
         self.queued_total = total
 
@@ -347,6 +514,9 @@ class Transports:
         instead of holding them and their bytes until then."""
         self.drop(conn, reason)
         self.unregister(conn)
+        self._fail_branches(conn)
+
+    def _fail_branches(self, conn: TcpConnection) -> None:
         branches, conn.branches = conn.branches, set()
         for branch in branches:
             txn = self.client.abort(branch)
@@ -364,7 +534,10 @@ class Transports:
             started = conn.message_started
             if started is not None and self.message_timeout is not None and now - started > self.message_timeout:
                 self.drop(conn, "message-timeout")
-            elif now - conn.last_active > self.tcp_idle:
+            elif now - conn.last_active > self.tcp_idle and not conn.flows:
+                # A watcher's flow stays while it carries subscriptions (their
+                # expiry bounds it): closing it would end them.  TCP ones are
+                # reopened by the next NOTIFY.
                 self.drop(conn, "idle")
             elif self._stuck(conn, now):
                 self._overflow(conn, "write-queue")
@@ -373,7 +546,8 @@ class Transports:
     # -- Sender ---------------------------------------------------------------
 
     def local_contact(self, sub: Subscription) -> tuple[str, str]:
-        return f"SIP/2.0/{sub.transport.upper()} {self.host}:{self.port}", self.contact(sub.transport)
+        port = self.ports.get(sub.transport, self.port)
+        return f"SIP/2.0/{sub.transport.upper()} {self.host}:{port}", self.contact(sub.transport)
 
     def reachable(self, sub: Subscription) -> bool:
         """False when a NOTIFY to ``sub`` could not be sent at all: a UDP
@@ -396,6 +570,8 @@ class Transports:
         return dest
 
     def _resolve(self, sub: Subscription) -> tuple[str, str, int]:
+        if sub.transport in FLOWS:
+            return (sub.transport, *_split(sub.source))
         target = sub.contact
         if sub.routes:
             try:
@@ -435,6 +611,9 @@ class Transports:
         return host
 
     def send_request(self, data: bytes, sub: Subscription, branch: str, on_done: OnDone) -> None:
+        if sub.transport in FLOWS:
+            self._send_flow(data, sub, branch, on_done)
+            return
         transport, host, port = self.destination(sub)
         if transport == "udp" and len(data) > self.udp_max_size:
             transport = "tcp"  # S08: large NOTIFYs need congestion control
@@ -511,6 +690,8 @@ class Transports:
         conn = self.connections.get(_split(sub.source)) if sub.transport == "tcp" else None
         if conn is None:
             conn = self.connections.get((host, port))
+        if conn is not None and conn.kind != "tcp":
+            conn = None  # a watcher's TLS or WebSocket flow is no TCP destination
         if conn is None:
             try:
                 _, proto = await asyncio.wait_for(loop.create_connection(lambda: TcpConnection(self), host, port), 3.0)
@@ -528,6 +709,24 @@ class Transports:
             # RFC 3261 §18.1.1: the top Via names the transport actually used.
             data = data.replace(b"\r\nVia: SIP/2.0/UDP ", b"\r\nVia: SIP/2.0/TCP ", 1)
         self.client.start(branch, data, ("tcp", conn), True, on_done, loop.time())
+        conn.branches.add(branch)
+        conn.write(data)
+        self._arm()
+
+    def _send_flow(self, data: bytes, sub: Subscription, branch: str, on_done: OnDone) -> None:
+        """Over the connection the SUBSCRIBE came on, or not at all: 408,
+        so the subscription ends as on Timer F (S26)."""
+        loop = asyncio.get_running_loop()
+        conn = self.connections.get(_split(sub.source))
+        if conn is None or conn.kind != sub.transport or conn.transport is None or conn.transport.is_closing():
+            self.metrics.count("sip_flows_closed", sub.transport)
+            loop.call_soon(on_done, 408)
+            return
+        if _TERMINATED in data:
+            conn.flows.pop(sub.id, None)
+        else:
+            conn.flows[sub.id] = sub
+        self.client.start(branch, data, (sub.transport, conn), True, on_done, loop.time())
         conn.branches.add(branch)
         conn.write(data)
         self._arm()
@@ -585,6 +784,9 @@ class Transports:
             self._arm()
 
     async def close(self) -> None:
+        # Subscriptions of flows closed now live on with a shared database
+        # (another node's NOTIFY ends them); storage closes next.
+        self.on_flow_closed = None
         for h in (self._timer, self._sweeper):
             if h is not None:
                 h.cancel()
@@ -592,6 +794,8 @@ class Transports:
             self.udp.close()
         if self.tcp_server is not None:
             self.tcp_server.close()
+        for server in self._servers:
+            server.close()
         for conn in list(self.connections.values()):
             if conn.transport is not None:
                 if conn.transport.get_write_buffer_size():
@@ -601,6 +805,8 @@ class Transports:
         await self._pending_connects.cancel()
         if self.tcp_server is not None:
             await self.tcp_server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
 
 
 def _split(hostport: str) -> tuple[str, int]:

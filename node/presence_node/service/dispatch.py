@@ -149,7 +149,8 @@ class Dispatcher:
         self.txns.sweep(now)
         try:
             msg = parse(
-                data, datagram=transport == "udp", max_size=self.max_size, max_header=self.max_header,
+                # A WebSocket message delimits one SIP message as a datagram does.
+                data, datagram=transport in ("udp", "ws", "wss"), max_size=self.max_size, max_header=self.max_header,
                 max_vias=self.max_vias,
             )
         except ParseError as e:

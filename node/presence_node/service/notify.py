@@ -401,6 +401,15 @@ class Notifier:
             if self.listener is not None:
                 await self.listener.unwatched([(removed.presentity, removed.event)])
 
+    def flow_closed(self, subs: list[Subscription]) -> None:
+        """The TLS or WebSocket connection these watchers' NOTIFYs travel on
+        closed: nothing can reach them any more, so each ends now as on a
+        NOTIFY timeout (S26), unless a NOTIFY in flight already ends it."""
+        for sub in subs:
+            if sub.id not in self._busy:
+                self._busy[sub.id] = _DYING
+                self._spawn(self._drop(sub, 408))
+
     async def watcher_changed(self, sub: Subscription, status: str, event: str) -> None:
         """A presence watcher appeared or went: partial winfo to the
         presentity's winfo subscribers (S63)."""
