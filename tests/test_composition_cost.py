@@ -116,7 +116,7 @@ async def test_over_limit_bodies_get_400_naming_the_limit_and_change_nothing(mak
             assert "sip-etag" not in r.headers
     [pub] = await publications(node)
     assert pub.etag == tag and pub.body == valid
-    await asyncio.sleep(0.2)
+    await alice.round_trip()
     assert alice.notifies_for(d) == [first]
     metrics = node.metrics.render().decode()
     for limit in over:

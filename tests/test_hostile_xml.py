@@ -84,7 +84,7 @@ async def test_hostile_modify_keeps_state_and_notifies_nobody(make_client, node,
         assert r.code == 400, kind
     [pub] = await publications(node)
     assert pub.etag == tag and pub.body == valid(event)
-    await asyncio.sleep(0.2)
+    await alice.round_trip()
     assert alice.notifies_for(d) == [first]
     assert b"root:" not in first.body and b"lol" not in first.body
 
