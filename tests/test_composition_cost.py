@@ -11,7 +11,6 @@ namespace bindings, longer namespace names or more elements than
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest

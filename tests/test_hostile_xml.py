@@ -4,8 +4,6 @@ get 400, nothing is stored, no watcher is told, and the node keeps serving."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from bodies import DIALOG_TYPE, PIDF_TYPE, dialog, dialog_info, etag_of, pidf, publications, xml

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from bodies import NS, WINFO_TYPE, cseq_no, xml

@@ -4,7 +4,6 @@ and a raw request builder for bytes our own client would never send."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 import uuid
