@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from bodies import eventually
 from presence_node.storage import MemoryStorage
 from sipclient import SipClient
 from wire import cseq_num, expire, pidf, publications, raw_request, snapshot, sub_state, subscriptions, tag
@@ -411,9 +412,13 @@ async def test_s26_no_notify_while_the_failed_subscription_is_being_removed(make
     assert (await bob.publish(pidf("bob", note="one"))).code == 200
     await alice.dialog_notifies(d, 2)  # answered 481: the removal starts
     assert (await bob.publish(pidf("bob", note="two"))).code == 200
-    await asyncio.sleep(0.6)  # past the slow removal
+
+    async def removed() -> bool:
+        return await subscriptions(node) == []
+
+    await eventually(removed)  # the slow removal is stored
+    await alice.round_trip()
     assert len(alice.notifies_for(d)) == 2, "a NOTIFY went to a dialog answered 481"
-    assert await subscriptions(node) == []
 
 
 @pytest.mark.parametrize("code", [500, 503, 486, 603])
