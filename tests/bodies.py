@@ -96,7 +96,7 @@ def cseq_no(msg: Request) -> int:
 
 async def publications(node, event: str | None = None):  # type: ignore[no-untyped-def]
     """The node's live publications, through its storage listing."""
-    return await node.storage.list_presentities(time.time(), event=event, offset=0, limit=1000)
+    return await node.storage.list_presentities(node.clock(), event=event, offset=0, limit=1000)
 
 
 async def eventually(check: Callable[[], bool] | Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:

@@ -22,6 +22,7 @@ from presence_node.config import Config  # noqa: E402
 from presence_node.node import Node  # noqa: E402
 from pgserver import PostgresServer  # noqa: E402
 from sipclient import SipClient  # noqa: E402
+from wire import FakeClock  # noqa: E402
 
 SECRET = "test-secret-0123456789abcdef"
 
@@ -35,6 +36,13 @@ FAST = {
     # (a test's client already closed): not the production 5 s per node.
     "drain_timeout": 1.0,
 }
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """One clock for all the nodes of a test (federated peers compare
+    their timestamps)."""
+    return FakeClock()
 
 
 @pytest.fixture
@@ -72,7 +80,7 @@ async def open_clients() -> AsyncIterator[list[SipClient]]:
 
 
 @pytest.fixture
-async def make_node(tmp_path, open_clients) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
+async def make_node(tmp_path, open_clients, clock) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
     nodes: list[Node] = []
 
     async def factory(**overrides: Any) -> Node:
@@ -86,7 +94,7 @@ async def make_node(tmp_path, open_clients) -> AsyncIterator[Callable[..., Await
         }
         storage = overrides.pop("storage_override", None)
         data.update(overrides)
-        node = Node(Config.model_validate(data), secret=SECRET, storage=storage)
+        node = Node(Config.model_validate(data), secret=SECRET, storage=storage, clock=clock)
         await node.start()
         nodes.append(node)
         return node

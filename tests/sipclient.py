@@ -247,6 +247,56 @@ class SipClient:
         self.send_bytes(data)
         return await self.response(timeout)
 
+    async def round_trip(self, timeout: float = 3.0) -> None:
+        """Return once everything the node would send this client for what
+        reached it before now has arrived: the end of a "nothing else
+        arrives" check, instead of sleeping for a while.  Two OPTIONS, one
+        after the other's 200.
+
+        Why that suffices, for an in-process node on the memory backend:
+
+        - loopback keeps the order of what is sent (datagrams to one socket,
+          a TCP stream), and the node reads its socket in order: the first
+          OPTIONS is read after every request or answer sent before it, from
+          this client or from one the test already heard back from;
+        - a request's work, its NOTIFYs included, runs to completion in the
+          step that read it, since nothing in it waits (service/eager.py;
+          the memory backend never waits);
+        - work a message hands to a task (the answer to a NOTIFY starts the
+          NOTIFY of a change that came while it was in flight) runs in the
+          event loop's next step, in one step; the node may read the first
+          OPTIONS in the same batch of datagrams as that message, so before
+          the task runs, but the second OPTIONS, sent once the first's 200
+          arrived, is read in a later step than the task's;
+        - the node sends on one UDP socket (or this client's connection), so
+          what it sent before the second 200 arrives before it.
+
+        Not covered (those tests still wait): what waits on a timer (a
+        retransmission, ``min_interval``, the expiry sweep), a database or
+        another node."""
+        for _ in range(2):
+            await self._options(timeout)
+
+    async def _options(self, timeout: float) -> None:
+        call_id = f"{uuid.uuid4().hex}@round-trip"
+        host, port = self.server
+        self.send_bytes(self.build("OPTIONS", f"sip:{host}:{port}", call_id=call_id, with_contact=False))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        others: list[Request | Response] = []
+        try:
+            while True:
+                msg = await asyncio.wait_for(self.inbox.get(), max(0.01, deadline - loop.time()))
+                if isinstance(msg, Response) and msg.headers.get("call-id") == call_id:
+                    if msg.code >= 200:
+                        assert msg.code == 200, f"OPTIONS answered {msg.code}"
+                        return
+                else:
+                    others.append(msg)
+        finally:
+            for msg in others:  # left for the test, in their order
+                self.inbox.put_nowait(msg)
+
     async def wait_notifies(self, n: int, timeout: float = 3.0, where: Callable[[Request], bool] | None = None) -> list[Request]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

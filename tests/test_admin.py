@@ -159,7 +159,8 @@ async def test_metrics_match_what_was_done(http, node, make_client):
     etag_of(await bob.publish(pidf(basic="closed"), etag=tag))
     for w, d in watchers:
         await w.dialog_notifies(d, 2)
-    await asyncio.sleep(0.1)  # the NOTIFY 200s reach the node
+    for w, _ in watchers:
+        await w.round_trip()  # its NOTIFY 200s reached the node first
     m = await metrics(http, node)
 
     def delta(name: str, **labels: str) -> float:

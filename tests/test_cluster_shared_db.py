@@ -13,7 +13,7 @@ import pytest
 
 from bodies import PIDF_NS, pidf, xml
 from presence_node.storage.postgres import PostgresStorage
-from wire import cseq_num, parse_metrics, sub_state
+from wire import cseq_num, expire, parse_metrics, sub_state
 
 BOB = "sip:bob@example.com"
 
@@ -108,13 +108,18 @@ async def test_s79_winfo_versions_rise_by_one_across_nodes(cluster, make_client)
     assert versions == [0, 1, 2, 3]
 
 
-async def test_s79_one_terminated_notify_on_expiry_with_every_node_sweeping(cluster, make_client):
+async def test_s79_one_terminated_notify_on_expiry_with_every_node_sweeping(cluster, make_client, clock):
     a, b, c = await cluster({"vip": "active"}, {"vip": "backup"}, {"vip": "backup"})
     w = await make_client("alice", target=b)
     resp, d = await w.subscribe(BOB, expires=1)
     assert resp.code == 200
-    notes = await w.dialog_notifies(d, 2, timeout=4.0)
-    await asyncio.sleep(1.0)  # every node sweeps 5 times more
+    await w.dialog_notifies(d, 1)
+    clock.advance(1.1)
+    notes = await w.dialog_notifies(d, 2)
+    for _ in range(5):  # every node sweeps 5 times more (what they send, they send before the sweep returns)
+        for n in (a, b, c):
+            await expire(n, clock, 0.2)
+    await w.round_trip()
     notes = w.notifies_for(d)
     assert len(notes) == 2 and sub_state(notes[1]) == ("terminated", {"reason": "timeout"})
 
@@ -128,7 +133,7 @@ async def test_s45_concurrent_modifies_of_one_etag_through_two_nodes(cluster, ma
     assert sorted(r.code for r in codes) == [200] + [412] * 7
 
 
-async def test_backup_node_expires_nothing(cluster, make_client):
+async def test_backup_node_expires_nothing(cluster, make_client, clock):
     """Only the owner of a tag performs timer-driven duties: with vip owned
     by a node that is not running, nothing expires (OpenSIPS #1848)."""
     a, b = await cluster({"vip": "active"}, {"vip": "backup"})
@@ -136,7 +141,9 @@ async def test_backup_node_expires_nothing(cluster, make_client):
     _, d = await w.subscribe(BOB, expires=1)
     await w.dialog_notifies(d, 1)
     await a.stop()  # the owner goes away without handing vip over
-    await asyncio.sleep(2.0)
+    for _ in range(5):
+        await expire(b, clock, 0.4)  # the backup's sweeps, long past the expiry
+    await w.round_trip()
     assert len(w.notifies_for(d)) == 1  # no terminated NOTIFY from the backup
     rows = await b.storage.list_subscriptions(0, presentity=None, watcher=None, event=None, offset=0, limit=10)
     assert [s.id for s in rows] == [d.to_tag]  # still stored for the next owner

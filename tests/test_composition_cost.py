@@ -11,7 +11,6 @@ namespace bindings, longer namespace names or more elements than
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -116,7 +115,7 @@ async def test_over_limit_bodies_get_400_naming_the_limit_and_change_nothing(mak
             assert "sip-etag" not in r.headers
     [pub] = await publications(node)
     assert pub.etag == tag and pub.body == valid
-    await asyncio.sleep(0.2)
+    await alice.round_trip()
     assert alice.notifies_for(d) == [first]
     metrics = node.metrics.render().decode()
     for limit in over:

@@ -83,6 +83,13 @@ def metric(m, name: str, **labels: str) -> float:
     return m.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def counted(node, name: str, **labels: str) -> float:
+    """A counter as ``node`` holds it now, read without a scrape (for
+    :func:`until`).  A peer's messages are handled in order, so once the
+    last one sent is counted, every earlier one has been handled."""
+    return metric(parse_metrics(node.metrics.render().decode()), name, **labels)
+
+
 async def test_s77_publish_on_one_node_reaches_watchers_on_two_others(federation, make_client):
     """S77 across locations: a PUBLISH through n1 reaches watchers whose
     SUBSCRIBEs went through n2 and n3."""
@@ -173,7 +180,7 @@ async def test_late_answer_gives_offline_first_then_the_real_state(federation, m
     assert b"late" not in first.body and b"late" in second.body
 
 
-async def test_unanswered_query_is_not_repeated_until_its_ttl(federation, make_client):
+async def test_unanswered_query_is_not_repeated_until_its_ttl(federation, make_client, clock):
     """Nobody holds the presentity: the query stays pending (no second
     query) until query_ttl, then a later subscriber may query again."""
     n1, n2 = await federation(2, query_wait=0.05, query_ttl=0.6)
@@ -182,7 +189,7 @@ async def test_unanswered_query_is_not_repeated_until_its_ttl(federation, make_c
         _, d = await w.subscribe(BOB)
         await w.dialog_notifies(d, 1)
     assert metric(await counters(n2), "federation_queries_total", event="presence") == 1
-    await asyncio.sleep(0.7)
+    clock.advance(0.7)
     _, d = await w.subscribe(BOB)
     await w.dialog_notifies(d, 1)
     m2 = await counters(n2)
@@ -203,13 +210,15 @@ async def test_refused_publish_is_never_sent(federation, make_client):
     assert sent(await counters(n1), "publish") == before + 1
 
 
-async def test_removal_and_expiry_reach_remote_watchers(federation, make_client):
+async def test_removal_and_expiry_reach_remote_watchers(federation, make_client, clock):
     n1, n2 = await federation(2)
     w, d = await watch_bob(make_client, n2, n1)
     pub = await make_client("bob", target=n1)
     r = await pub.publish(pidf(BOB, "open", note="short"), expires=1)
     assert r.code == 200
-    _, got, gone = await w.dialog_notifies(d, 3, timeout=4.0)
+    await w.dialog_notifies(d, 2)
+    clock.advance(1.1)  # n1's next expiry sweep ends it
+    _, got, gone = await w.dialog_notifies(d, 3)
     assert b"short" in got.body and b"short" not in gone.body  # expired on n1, told to n2
     r = await pub.publish(pidf(BOB, "open", note="again"))
     etag = r.headers.get("sip-etag")
@@ -440,13 +449,18 @@ async def test_forged_replayed_stale_wrong_cluster_and_malformed_messages_are_re
         ]
         for data, _ in bad:
             await peer.send_raw(data)
-        await asyncio.sleep(0.3)
+        rejected = {r: counted(n1, "cluster_messages_rejected_total", reason=r) for _, r in bad}
+        await until(lambda: sum(counted(n1, "cluster_messages_rejected_total", reason=r) - rejected[r] for r in rejected)
+                    == len(bad))
+        await w.round_trip()
         assert len(w.notifies_for(d)) == 1  # nothing applied
         replayable = seal(good, env())
         await peer.send_raw(replayable)  # authentic: applied once
         await w.dialog_notifies(d, 2)
+        replayed = counted(n1, "cluster_messages_rejected_total", reason="replayed")
         await peer.send_raw(replayable)  # the same bytes again
-        await asyncio.sleep(0.3)
+        await until(lambda: counted(n1, "cluster_messages_rejected_total", reason="replayed") > replayed)
+        await w.round_trip()
     after = await counters(n1)
     for reason in {r for _, r in bad}:
         want = sum(1 for _, r in bad if r == reason) + (reason == "replayed")
@@ -620,7 +634,8 @@ async def test_authentic_messages_with_bad_bodies_change_nothing(federation, mak
     async with peer_link(n1) as peer:
         for kind, body in bodies:
             await peer.send(kind, body)
-        await asyncio.sleep(0.3)
+        await until(lambda: counted(n1, "cluster_messages_ignored_total", reason="unknown-kind") == 1)
+        await w.round_trip()
     m = await counters(n1)
     assert metric(m, "cluster_messages_ignored_total", reason="malformed") == 6
     assert metric(m, "cluster_messages_ignored_total", reason="unknown-kind") == 1
@@ -699,7 +714,8 @@ async def test_a_message_whose_timestamp_is_not_a_number_is_refused(federation, 
     async with peer_link(n1) as peer:
         await peer.send("publish", bob_publish("nan"), ts=float("nan"))
         await peer.send("publish", bob_publish("inf"), ts=float("inf"))
-        await asyncio.sleep(0.3)
+        await until(lambda: counted(n1, "cluster_messages_rejected_total", reason="malformed") == 2)
+        await w.round_trip()
     assert len(w.notifies_for(d)) == 1
     assert metric(await counters(n1), "cluster_messages_rejected_total", reason="malformed") == 2
 
@@ -848,8 +864,7 @@ async def test_forged_messages_are_counted_each_and_logged_once_per_source(feder
                 await ws.send_bytes(forged)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(ws.receive(), 1.0)  # the challenge
-    await until(lambda: len([r for r in caplog.records if r.getMessage() == "cluster message refused"]) >= 1)
-    await asyncio.sleep(0.3)
+    await until(lambda: counted(n1, "cluster_messages_rejected_total", reason="forged") >= 10)
     assert metric(await counters(n1), "cluster_messages_rejected_total", reason="forged") == 10
     assert len([r for r in caplog.records if r.getMessage() == "cluster message refused"]) == 1
 

@@ -18,7 +18,7 @@ import uvloop
 from presence_node.sip.parser import parse
 from presence_node.storage import Subscription
 
-from bodies import pidf
+from bodies import eventually, pidf
 from sipclient import SipClient
 from wire import bare_transports, datagrams, silent_udp
 from test_pg_presentity_lock import sub
@@ -88,7 +88,7 @@ async def _send_error_scenario() -> tuple[dict[str, int], int]:
             branch = f"z9hG4bK-{i}"
             t.send_request(b"NOTIFY sip:w SIP/2.0\r\n\r\n", _watcher(contact, i), branch,
                            lambda code, b=branch: codes.__setitem__(b, code))
-        await asyncio.sleep(0.6)  # past Timer F (64 * T1)
+        await eventually(lambda: len(codes) == 3)  # each ended: Timer F (64 * T1) for the good ones
         received = datagrams(sink)
         return codes, received
     finally:
@@ -202,7 +202,8 @@ async def test_reflection_to_a_silent_contact_is_bounded_and_resolves(make_node)
             sent += len(data)
             resp = await attacker.request(data)
             assert resp.code == 200
-        await asyncio.sleep(3.6)  # past Timer F (64 * T1 = 3.2 s) of every NOTIFY
+        # Until Timer F (64 * T1 = 3.2 s) of every NOTIFY: none left to send.
+        await eventually(lambda: not node.transports.client and node.notifier.in_flight == 0, timeout=10.0)
         reflected = 0
         while True:
             try:
@@ -232,7 +233,7 @@ async def test_the_table_of_unanswered_addresses_is_bounded(make_node):
         for v in victims:
             vhost, vport = v.getsockname()
             await attacker.request(subscribe_with_contact(attacker, f"sip:v@{vhost}:{vport}", expires=0))
-        await asyncio.sleep(0.1)
+        await attacker.round_trip()
         assert node.transports.targets.unproven == 2
         assert await metric(node, "sip_notify_withheld_total", reason="targets-full") == 1
         assert await metric(node, "sip_notify_failed_total", event="presence", code="503") == 1
@@ -263,11 +264,11 @@ async def test_a_forged_answer_from_another_address_does_not_prove_a_target(make
     try:
         for _ in range(5):
             await attacker.request(subscribe_with_contact(attacker, f"sip:v@{vhost}:{vport}", expires=0))
-        await asyncio.sleep(0.02)
+        await attacker.round_trip()  # the first NOTIFY went to the victim before
         data = victim.recv(65535)  # the attacker learns (or guesses) the branch
         notify = parse(data)
         attacker.send_bytes(attacker.response_to(notify, 200))  # from 127.0.0.1, not the victim
-        await asyncio.sleep(0.2)
+        await attacker.round_trip()
         assert node.transports.targets.proven == 0
         assert await metric(node, "sip_notify_withheld_total", reason="unanswered") == 4
     finally:

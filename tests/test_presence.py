@@ -160,7 +160,7 @@ async def test_d8_invalid_modify_keeps_previous_state_and_notifies_nobody(make_c
     assert pub.etag == tag and pub.body == BARESIP_AWAY
     # The etag still works: the refused modifies consumed nothing.
     assert (await bob.publish(None, etag=tag)).code == 200
-    await asyncio.sleep(0.2)
+    await alice.round_trip()
     assert len(alice.notifies_for(d)) == 1
 
 
@@ -289,9 +289,15 @@ async def burst(bob, n: int = 10) -> bytes:
     return f"<note>state {n - 1}</note>".encode()
 
 
-async def ends_on(w, d, final: bytes, settle: float) -> list:
+async def ends_on(w, d, final: bytes, settle: float | None) -> list:
+    """``settle``: how long a NOTIFY may still wait on a timer (None: none
+    does, and a round trip ends the wait)."""
     await w.wait_notifies(1, timeout=4.0, where=lambda m: m.headers.get("call-id") == d.call_id and final in m.body)
-    await asyncio.sleep(settle)  # nothing older may follow
+    # nothing older may follow
+    if settle is None:
+        await w.round_trip()
+    else:
+        await asyncio.sleep(settle)
     got = w.notifies_for(d)
     assert final in last(got).body
     assert final in got[-1].body
@@ -303,7 +309,7 @@ async def test_s56_burst_of_publishes_every_watcher_ends_on_final_state(make_cli
     bob = await make_client("bob")
     final = await burst(bob)
     for w, d in watchers:
-        await ends_on(w, d, final, 0.3)
+        await ends_on(w, d, final, None)
 
 
 async def test_s56_min_interval_merges_but_last_state_arrives(make_node, make_client):

@@ -27,7 +27,8 @@ BOB = "sip:bob@example.com"
 
 
 def responses_in(client: SipClient) -> list[bytes]:
-    return [r for r in client.raw if r.startswith(b"SIP/2.0 ")]
+    """The responses the client received, but those to its round trips."""
+    return [r for r in client.raw if r.startswith(b"SIP/2.0 ") and b"@round-trip" not in r]
 
 
 # -- S01 -------------------------------------------------------------------------
@@ -150,7 +151,7 @@ async def test_s03_retransmitted_subscribe_is_absorbed(node, make_client):
         c.send_bytes(data)
         again = await c.response()
         assert again.code == 200
-    await asyncio.sleep(0.4)
+    await c.round_trip()
     resp_bytes = responses_in(c)
     assert len(resp_bytes) == 4
     assert all(b == first_bytes[0] for b in resp_bytes), "the same final response must be re-sent"
@@ -166,7 +167,7 @@ async def test_s03_retransmission_in_flight_creates_one_subscription(node, make_
     for _ in range(5):
         c.send_bytes(data)  # back to back: later copies arrive while the first is processed
     await c.response()
-    await asyncio.sleep(0.4)
+    await c.round_trip()
     resp_bytes = responses_in(c)
     assert 1 <= len(resp_bytes) <= 5
     assert len(set(resp_bytes)) == 1
@@ -188,7 +189,7 @@ async def test_s03_retransmitted_publish_is_absorbed(node, make_client):
     before = await snapshot(node)
     again = await bob.request(data)
     assert again.headers.get("sip-etag") == etag
-    await asyncio.sleep(0.4)
+    await bob.round_trip()
     rb = responses_in(bob)
     assert len(rb) == 2 and rb[0] == rb[1]
     assert await snapshot(node) == before
@@ -257,7 +258,7 @@ async def test_s05_unknown_require_gets_420_with_unsupported(node, make_client, 
     assert resp.code == 420
     unsupported = {u.strip().lower() for u in resp.headers.values("unsupported")}
     assert unsupported == {"foo", "bar-baz"}
-    await asyncio.sleep(0.2)
+    await c.round_trip()
     assert await snapshot(node) == before
     assert c.notifies == []
 
@@ -368,7 +369,7 @@ async def test_s08_large_notify_to_udp_subscriber_goes_over_tcp(node, make_clien
         assert msg.headers.get("call-id") == d.call_id
         assert parse_via(msg.headers.values("via")[0]).transport == "TCP", \
             "the top Via must name the transport actually used (RFC 3261 §18.1.1)"
-        await asyncio.sleep(0.3)
+        await alice.round_trip()
         assert alice.notifies_for(d) == [], "the large NOTIFY must not also go over UDP"
         # Answered over TCP, so the subscription lives on (no Timer F removal).
         await asyncio.sleep(0.2)
@@ -440,7 +441,7 @@ async def test_s10_in_dialog_subscribe_without_dialog_gets_481(node, make_client
     resp = await c.request(data)
     assert resp.code == 481
     assert await snapshot(node) == before
-    await asyncio.sleep(0.2)
+    await c.round_trip()
     assert len(c.notifies_for(d)) == 1
 
 
@@ -526,7 +527,7 @@ async def test_s12_cancel_of_subscribe_is_answered_and_changes_nothing(node, mak
     resp = await c.request(cancel)
     assert resp.code == 200
     assert (resp.headers.get("cseq") or "").split()[1] == "CANCEL"
-    await asyncio.sleep(0.3)
+    await c.round_trip()
     assert await snapshot(node) == before
     assert len(c.notifies) == 1, "a CANCEL must not end the subscription"
 
@@ -604,12 +605,12 @@ async def test_malformed_request_gets_400_or_silence_and_changes_nothing(node, m
     mutate, expected = MALFORMED[name]
     c.send_bytes(mutate(_valid(c)))
     if expected is None:
-        assert await silence(c, 0.3) == []
+        assert await silence(c) == []
     else:
         resp = await c.response()
         assert resp.code == expected, resp.reason
         assert tag(resp.headers.get("to")), "final response to an out-of-dialog request needs a To tag (S01)"
-    await asyncio.sleep(0.1)
+    await c.round_trip()
     assert await snapshot(node) == before
     assert len(c.notifies) == 1
     # And the node still serves valid requests from the same source, and
@@ -660,7 +661,7 @@ async def test_rfc3261_8_2_2_2_merged_request_gets_482_and_changes_nothing(node,
     assert resp.code == 482
     c.send_bytes(first)  # a retransmission of the first: absorbed, its 200 again
     assert (await c.response()).code == 200
-    await asyncio.sleep(0.2)
+    await c.round_trip()
     assert await snapshot(node) == before
     fresh = c.build(method, uri, headers, body, call_id=call_id, from_tag="ft1", cseq=2, branch="z9hG4bK-merge-c")
     c.send_bytes(fresh)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import SECRET
 from sipclient import SipClient
-from wire import parse_metrics, pidf, publications, snapshot
+from wire import expire, parse_metrics, pidf, publications, snapshot
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 FAST_REG = {"registration_expiry": {"min": 1, "default": 3600, "max": 7200}}
@@ -136,24 +136,24 @@ async def test_per_source_cap_answers_403_and_other_sources_go_on(make_node, ope
     assert refused(await scrape(node), "max_records_per_source") == 3
 
 
-async def test_per_source_share_is_freed_by_expiry(make_node, open_clients):
+async def test_per_source_share_is_freed_by_expiry(make_node, open_clients, clock):
     node = await make_node(limits={"max_records_per_source": 2}, **FAST_REG)
     c = await client(node, "alice", open_clients=open_clients)
     assert (await c.publish(pidf("alice"), expires=1)).code == 200
     assert (await register(c, "alice", "sip:alice@127.0.0.1:5999", 1)).code == 200
     assert (await c.publish(pidf("x"), uri="sip:x@example.com")).code == 403
-    await asyncio.sleep(1.6)  # both expire; the sweep runs every 0.2 s
+    await expire(node, clock, 1.1)  # both expire
     assert (await c.publish(pidf("x"), uri="sip:x@example.com")).code == 200
 
 
-async def test_expired_registrations_are_pruned_by_the_sweep(make_node, open_clients):
+async def test_expired_registrations_are_pruned_by_the_sweep(make_node, open_clients, clock):
     node = await make_node(**FAST_REG)
     c = await client(node, "alice", open_clients=open_clients)
     for i in range(5):
         assert (await register(c, f"u{i}", f"sip:u{i}@127.0.0.1:5999", 1)).code == 200
     assert (await register(c, "kept", "sip:kept@127.0.0.1:5999", 3600)).code == 200
     assert (await scrape(node))[("presence_live_records", (("kind", "registrations"),))] == 6
-    await asyncio.sleep(1.6)
+    await expire(node, clock, 1.1)
     # Freed without anyone asking for those AORs again.
     samples = await scrape(node)
     assert samples[("presence_live_records", (("kind", "registrations"),))] == 1
@@ -231,12 +231,13 @@ async def test_shared_database_caps_count_every_nodes_records(shared_pair, open_
     assert len(await publications(a, "bob@example.com")) == 2
 
 
-async def test_shared_database_bindings_are_pruned_by_their_tags_owner(shared_pair, open_clients):
+async def test_shared_database_bindings_are_pruned_by_their_tags_owner(shared_pair, open_clients, clock):
     a, b = await shared_pair(**FAST_REG)
     cb = await client(b, "alice", open_clients=open_clients)
     assert (await register(cb, "u1", "sip:u1@127.0.0.1:5999", 1)).code == 200
     assert (await register(cb, "u2", "sip:u2@127.0.0.1:5999", 3600)).code == 200
-    await asyncio.sleep(1.6)
+    await expire(a, clock, 1.1)  # the owner's sweep
+    await expire(b, clock, 0)  # and the backup's
     rows = await b.storage.list_registrations(0, aor=None, offset=0, limit=10)
     assert [r.aor for r in rows] == ["u2@example.com"] and rows[0].tag == "vip"
     # The owner of vip (a) pruned it; the backup (b) did nothing.

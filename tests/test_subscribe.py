@@ -15,9 +15,10 @@ import time
 
 import pytest
 
+from bodies import eventually
 from presence_node.storage import MemoryStorage
 from sipclient import SipClient
-from wire import cseq_num, pidf, publications, raw_request, snapshot, sub_state, subscriptions, tag
+from wire import cseq_num, expire, pidf, publications, raw_request, snapshot, sub_state, subscriptions, tag
 
 BOB = "sip:bob@example.com"
 STRICT = {"subscription_expiry": {"min": 60, "default": 3600, "max": 3600}}
@@ -92,7 +93,7 @@ async def test_s16_too_brief_gets_423_with_min_expires(make_node, make_client, a
     resp, _ = await c.subscribe(BOB, expires=asked)
     assert resp.code == 423
     assert resp.headers.get("min-expires") == "60"
-    await asyncio.sleep(0.2)
+    await c.round_trip()
     assert c.notifies == []
     assert await snapshot(node) == before
 
@@ -116,7 +117,7 @@ async def test_s16_too_brief_refresh_gets_423_and_keeps_subscription(make_node, 
     assert resp.code == 423
     assert resp.headers.get("min-expires") == "60"
     assert tag(resp.headers.get("to")) == d.to_tag
-    await asyncio.sleep(0.2)
+    await c.round_trip()
     assert await snapshot(node) == before
     assert len(c.notifies_for(d)) == 1
     assert (await c.resubscribe(d, 600)).code == 200
@@ -141,7 +142,7 @@ async def test_s17_missing_or_unknown_event_gets_489(node, make_client, event):
     assert resp.code == 489
     events = {e.strip() for e in resp.headers.values("allow-events")}
     assert events == {"presence", "presence.winfo", "dialog", "message-summary", "as-feature-event"}
-    await asyncio.sleep(0.1)
+    await c.round_trip()
     assert await snapshot(node) == before
     assert c.notifies == []
 
@@ -227,7 +228,7 @@ async def test_s19_refresh_with_different_id_is_another_subscription(node, make_
 # -- S20 -------------------------------------------------------------------------
 
 
-async def test_s20_active_notify_has_expires_not_above_granted(make_client):
+async def test_s20_active_notify_has_expires_not_above_granted(make_client, clock):
     bob = await make_client("bob")
     alice = await make_client("alice")
     resp, d = await alice.subscribe(BOB, expires=300)
@@ -238,7 +239,7 @@ async def test_s20_active_notify_has_expires_not_above_granted(make_client):
     assert params.get("expires") is not None
     assert 0 <= int(params["expires"]) <= granted
     assert granted - int(params["expires"]) <= 1
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)
     assert (await bob.publish(pidf("bob"))).code == 200
     ns = await alice.dialog_notifies(d, 2)
     state, params = sub_state(ns[1])
@@ -309,7 +310,7 @@ async def test_s23_unsubscribe_final_notify_then_nothing_then_481(node, make_cli
     assert await subscriptions(node) == []
     # A state change afterwards reaches nobody on that dialog.
     assert (await bob.publish(pidf("bob"))).code == 200
-    await asyncio.sleep(0.4)
+    await alice.round_trip()
     assert len(alice.notifies_for(d)) == 2
     assert (await alice.resubscribe(d, 600)).code == 481
     assert (await alice.resubscribe(d, 0)).code == 481
@@ -331,39 +332,42 @@ async def test_s24_poll_gets_one_terminated_notify_with_state(node, make_client)
     assert sub_state(n) == ("terminated", {"reason": "timeout"})
     assert n.body == pidf("bob", note="polled")
     assert tag(n.headers.get("from")) == d.to_tag
-    await asyncio.sleep(0.3)
+    await alice.round_trip()
     assert len(alice.notifies_for(d)) == 1
     assert await snapshot(node) == before  # a poll stores nothing
     # and a later change is not sent to the poller
     assert (await bob.publish(pidf("bob"))).code == 200
-    await asyncio.sleep(0.3)
+    await alice.round_trip()
     assert len(alice.notifies_for(d)) == 1
 
 
 # -- S25 -------------------------------------------------------------------------
 
 
-async def test_s25_unrefreshed_subscription_expires_with_timeout_notify(node, make_client):
+async def test_s25_unrefreshed_subscription_expires_with_timeout_notify(node, make_client, clock):
     bob = await make_client("bob")
     alice = await make_client("alice")
     resp, d = await alice.subscribe(BOB, expires=1)
     assert resp.code == 200 and resp.headers.get("expires") == "1"
     await alice.dialog_notifies(d, 1)
-    ns = await alice.dialog_notifies(d, 2, timeout=3.0)
+    clock.advance(1.1)  # the node's own expiry sweep ends it
+    ns = await alice.dialog_notifies(d, 2)
     assert sub_state(ns[1]) == ("terminated", {"reason": "timeout"})
     assert await subscriptions(node) == []
     assert (await bob.publish(pidf("bob"))).code == 200
-    await asyncio.sleep(0.6)  # > 2 expiry sweeps
+    await expire(node, clock, 1.0)
+    await alice.round_trip()
     assert len(alice.notifies_for(d)) == 2
     assert (await alice.resubscribe(d, 600)).code == 481
 
 
-async def test_s25_refreshed_subscription_does_not_expire(node, make_client):
+async def test_s25_refreshed_subscription_does_not_expire(node, make_client, clock):
     alice = await make_client("alice")
     _, d = await alice.subscribe(BOB, expires=1)
     await alice.dialog_notifies(d, 1)
     assert (await alice.resubscribe(d, 600)).code == 200
-    await asyncio.sleep(1.5)
+    await expire(node, clock, 1.5)
+    await alice.round_trip()
     assert all(sub_state(n)[0] == "active" for n in alice.notifies_for(d))
     assert len(await subscriptions(node)) == 1
 
@@ -379,10 +383,10 @@ async def test_s26_fatal_notify_answer_removes_subscription(node, make_client, c
     resp, d = await alice.subscribe(BOB)
     assert resp.code == 200
     await alice.dialog_notifies(d, 1)
-    await asyncio.sleep(0.2)
+    await alice.round_trip()  # its answer reached the node first
     assert await subscriptions(node) == []
     assert (await bob.publish(pidf("bob"))).code == 200
-    await asyncio.sleep(0.4)
+    await alice.round_trip()
     assert len(alice.notifies_for(d)) == 1, "no NOTIFY after the subscription was removed"
     assert (await alice.resubscribe(d, 600)).code == 481
 
@@ -408,9 +412,13 @@ async def test_s26_no_notify_while_the_failed_subscription_is_being_removed(make
     assert (await bob.publish(pidf("bob", note="one"))).code == 200
     await alice.dialog_notifies(d, 2)  # answered 481: the removal starts
     assert (await bob.publish(pidf("bob", note="two"))).code == 200
-    await asyncio.sleep(0.6)  # past the slow removal
+
+    async def removed() -> bool:
+        return await subscriptions(node) == []
+
+    await eventually(removed)  # the slow removal is stored
+    await alice.round_trip()
     assert len(alice.notifies_for(d)) == 2, "a NOTIFY went to a dialog answered 481"
-    assert await subscriptions(node) == []
 
 
 @pytest.mark.parametrize("code", [500, 503, 486, 603])
@@ -422,7 +430,7 @@ async def test_s26_transaction_only_failure_keeps_subscription(node, make_client
     alice.notify_answer = code
     _, d = await alice.subscribe(BOB)
     await alice.dialog_notifies(d, 1)
-    await asyncio.sleep(0.2)
+    await alice.round_trip()  # its answer reached the node first
     assert len(await subscriptions(node)) == 1
     alice.notify_answer = 200
     assert (await bob.publish(pidf("bob", note="later"))).code == 200
@@ -447,7 +455,7 @@ async def test_s26_timer_f_timeout_removes_subscription(make_node, make_client):
     count = len(alice.notifies_for(d))
     alice.notify_answer = 200
     assert (await bob.publish(pidf("bob"))).code == 200
-    await asyncio.sleep(0.4)
+    await alice.round_trip()
     assert len(alice.notifies_for(d)) == count
 
 
@@ -470,7 +478,7 @@ async def test_s27_winfo_by_someone_else_gets_403(node, make_client):
     mallory = await make_client("mallory")
     resp, _ = await mallory.subscribe(BOB, event="presence.winfo")
     assert resp.code == 403
-    await asyncio.sleep(0.2)
+    await mallory.round_trip()
     assert mallory.notifies == []
     assert await snapshot(node) == before
     bob = await make_client("bob")
@@ -516,7 +524,7 @@ async def test_s28_unacceptable_accept_gets_406(node, make_client, event, accept
     resp, _ = await c.subscribe(BOB, event=event, accept=accept)
     assert resp.code == 406
     assert resp.headers.get("accept")
-    await asyncio.sleep(0.2)
+    await c.round_trip()
     assert c.notifies == []
     assert await snapshot(node) == before
 
@@ -559,13 +567,13 @@ async def test_s32_contact_expires_param_is_ignored_for_subscribe(node, make_cli
     assert len(await subscriptions(node)) == 2
 
 
-async def test_s32_contact_expires_param_is_ignored_for_publish(node, make_client):
+async def test_s32_contact_expires_param_is_ignored_for_publish(node, make_client, clock):
     c = await make_client("bob")
     resp = await c.publish(pidf("bob"), expires=600, extra=[("Contact", f"<{c.contact}>;expires=1")])
     assert resp.code == 200 and resp.headers.get("expires") == "600"
-    await asyncio.sleep(1.5)  # several expiry sweeps past the Contact's 1 s
+    await expire(node, clock, 1.5)  # an expiry sweep past the Contact's 1 s
     [pub] = await publications(node, "bob@example.com")
-    assert pub.expires_at - time.time() > 590
+    assert pub.expires_at - clock() > 590
 
 
 # -- other negative cases of section B -------------------------------------------
@@ -597,10 +605,12 @@ async def test_subscribes_are_keyed_on_canonical_aor(node, make_client):
     assert {s.presentity for s in await subscriptions(node)} == {"bob@example.com"}
 
 
-async def test_in_dialog_subscribe_for_expired_subscription_gets_481(node, make_client):
+async def test_in_dialog_subscribe_for_expired_subscription_gets_481(node, make_client, clock):
     c = await make_client("alice")
     _, d = await c.subscribe(BOB, expires=1)
-    await c.dialog_notifies(d, 2, timeout=3.0)  # initial + terminated(timeout)
+    await c.dialog_notifies(d, 1)
+    await expire(node, clock, 1.1)
+    await c.dialog_notifies(d, 2)  # initial + terminated(timeout)
     assert (await c.resubscribe(d, 600)).code == 481
     assert await subscriptions(node) == []
 
@@ -611,7 +621,7 @@ async def test_subscribe_bad_expires_gets_400(node, make_client):
         resp = await c.request(raw_request(c, "SUBSCRIBE", BOB, ["Event: presence", f"Expires: {bad}"]))
         assert resp.code == 400, bad
     assert await subscriptions(node) == []
-    await asyncio.sleep(0.1)
+    await c.round_trip()
     assert c.notifies == []
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from bodies import NS, WINFO_TYPE, cseq_no, xml
+from wire import expire
 
 BOB = "sip:bob@example.com"
 STATUSES = {"pending", "active", "waiting", "terminated"}
@@ -19,7 +19,7 @@ async def winfo_of_bob(make_client, transport: str = "udp", **kw):
     resp, d = await bob.subscribe(BOB, event="presence.winfo", **kw)
     assert resp.code == 200, f"{resp.code} {resp.reason}"
     await bob.dialog_notifies(d, 1)
-    await asyncio.sleep(0.05)  # let our 200 to that NOTIFY reach the node
+    await bob.round_trip()  # our 200 to that NOTIFY reached the node first
     return bob, d
 
 
@@ -66,7 +66,7 @@ async def test_s59_d4_another_user_gets_403(make_client, node):
     alice = await make_client("alice")
     resp, d = await alice.subscribe(BOB, event="presence.winfo")
     assert resp.code == 403
-    await asyncio.sleep(0.2)
+    await alice.round_trip()
     assert alice.notifies_for(d) == []
     assert await node.storage.list_subscriptions(time.time(), presentity=None, watcher=None,
                                                  event="presence.winfo", offset=0, limit=10) == []
@@ -98,13 +98,13 @@ async def test_s61_version_starts_at_0_and_rises_by_one(make_client):
         assert resp.code == 200
         watchers.append((c, wd))
         await bob.dialog_notifies(d, i + 2)
-        await asyncio.sleep(0.05)
+        await bob.round_trip()
     c, wd = watchers[0]
     assert (await c.resubscribe(wd, 0)).code == 200
     await bob.dialog_notifies(d, 5)
     assert (await bob.resubscribe(d, 600)).code == 200
     await bob.dialog_notifies(d, 6)
-    await asyncio.sleep(0.05)
+    await bob.round_trip()
     assert (await bob.resubscribe(d, 0)).code == 200
     await bob.dialog_notifies(d, 7)
     assert ordered(bob, d)[-1].headers.get("subscription-state") == "terminated;reason=timeout"
@@ -145,7 +145,7 @@ async def test_s63_new_watcher_then_unsubscribe(make_client):
     assert w.text == "sip:alice@example.com"
     assert (w.get("status"), w.get("event")) in {("active", "subscribe"), ("pending", "subscribe")}
     first_id = w.get("id")
-    await asyncio.sleep(0.05)
+    await bob.round_trip()
     assert (await alice.resubscribe(ad, 0)).code == 200
     await bob.dialog_notifies(d, 3)
     n = xml(ordered(bob, d)[2])
@@ -155,12 +155,14 @@ async def test_s63_new_watcher_then_unsubscribe(make_client):
     assert w.get("id") == first_id
 
 
-async def test_s63_watcher_expiry_is_reported_as_timeout(make_client):
+async def test_s63_watcher_expiry_is_reported_as_timeout(make_client, node, clock):
     bob, d = await winfo_of_bob(make_client)
     alice = await make_client("alice")
     resp, _ = await alice.subscribe(BOB, expires=1)
     assert resp.code == 200
-    await bob.dialog_notifies(d, 3, timeout=4.0)
+    await bob.dialog_notifies(d, 2)
+    await expire(node, clock, 1.1)
+    await bob.dialog_notifies(d, 3)
     [w] = check_shape(xml(ordered(bob, d)[2]))
     assert (w.text, w.get("status"), w.get("event")) == ("sip:alice@example.com", "terminated", "timeout")
 
@@ -170,5 +172,5 @@ async def test_s63_non_presence_watchers_are_not_listed(make_client):
     alice = await make_client("alice")
     assert (await alice.subscribe(BOB, event="dialog"))[0].code == 200
     assert (await alice.subscribe("sip:carol@example.com"))[0].code == 200
-    await asyncio.sleep(0.3)
+    await bob.round_trip()
     assert len(bob.notifies_for(d)) == 1

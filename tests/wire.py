@@ -4,7 +4,6 @@ and a raw request builder for bytes our own client would never send."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 import uuid
@@ -31,11 +30,36 @@ def pidf(user: str, basic: str = "open", note: str = "", domain: str = "example.
     ).encode()
 
 
+class FakeClock:
+    """The wall clock of a test's in-process nodes, which the test moves:
+    the system's time plus what the test advanced.  It keeps running on its
+    own, since the node also waits on the event loop's real timers (the
+    expiry sweep every ``expiry_interval``, NOTIFY throttling): moving it is
+    a jump ahead, as if that much time had passed at once."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+async def expire(node: Any, clock: FakeClock, seconds: float) -> None:
+    """Let ``seconds`` pass on ``node``'s clock and run the expiry sweep its
+    timer would run next, so what has expired by then is gone (and its
+    NOTIFYs sent) when this returns."""
+    clock.advance(seconds)
+    await node.expirer.sweep()
+
+
 async def snapshot(node: Any) -> tuple[Any, ...]:
     """Everything stored that a request could change: counts, and the
     subscription and publication listings with their expiries, etags and
     bodies."""
-    now = time.time()
+    now = node.clock()
     subs = await node.storage.list_subscriptions(
         now, presentity=None, watcher=None, event=None, offset=0, limit=10**6
     )
@@ -49,11 +73,11 @@ async def snapshot(node: Any) -> tuple[Any, ...]:
 
 async def subscriptions(node: Any, **filters: Any) -> list[Any]:
     f = {"presentity": None, "watcher": None, "event": None, **filters}
-    return await node.storage.list_subscriptions(time.time(), offset=0, limit=10**6, **f)
+    return await node.storage.list_subscriptions(node.clock(), offset=0, limit=10**6, **f)
 
 
 async def publications(node: Any, presentity: str | None = None) -> list[Any]:
-    rows = await node.storage.list_presentities(time.time(), event=None, offset=0, limit=10**6)
+    rows = await node.storage.list_presentities(node.clock(), event=None, offset=0, limit=10**6)
     return [p for p in rows if presentity is None or p.presentity == presentity]
 
 
@@ -74,9 +98,10 @@ def cseq_num(m: Request | Response) -> int:
     return int((m.headers.get("cseq") or "").split()[0])
 
 
-async def silence(client: SipClient, seconds: float) -> list[Request | Response]:
-    """Whatever non-NOTIFY messages arrive within ``seconds`` (expected: none)."""
-    await asyncio.sleep(seconds)
+async def silence(client: SipClient) -> list[Request | Response]:
+    """Whatever non-NOTIFY messages the node sends for what reached it
+    before now (expected: none); see :meth:`SipClient.round_trip`."""
+    await client.round_trip()
     out = []
     while not client.inbox.empty():
         out.append(client.inbox.get_nowait())

@@ -22,6 +22,7 @@ import gc
 import logging
 import os
 import time
+from typing import Callable
 
 from aiohttp import web
 
@@ -51,8 +52,20 @@ log = logging.getLogger(__name__)
 
 
 class Node:
-    def __init__(self, config: Config, *, secret: str | None = None, storage: Storage | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        secret: str | None = None,
+        storage: Storage | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
+        #: The one wall clock (epoch seconds) every part reads for expiry,
+        #: rate limits, NOTIFY throttling and retained transactions, so a
+        #: test can move time instead of sleeping it out.  Timers that run on
+        #: the event loop's clock (retransmissions, Timer F) are not its.
+        self.clock = clock
         self.metrics = Metrics()
         self.storage: Storage = storage or make_storage(config)
         self.packages = PackageRegistry(
@@ -94,7 +107,13 @@ class Node:
             self.certificate = ServerCertificate(tcfg.tls_cert_file, tcfg.tls_key_file, self.metrics)
         self._websockets: list[WebSocketListener] = []
         self.notifier = Notifier(
-            self.storage, self.packages, self.transports, self.ids, self.metrics, min_interval=config.notify.min_interval
+            self.storage,
+            self.packages,
+            self.transports,
+            self.ids,
+            self.metrics,
+            min_interval=config.notify.min_interval,
+            clock=clock,
         )
         self.notifier.lists = ResourceLists(
             config.limits.max_resource_lists, config.limits.max_list_members, config.resource_lists
@@ -103,13 +122,13 @@ class Node:
         if config.features.webhook_url is not None:
             self.service.feature_hook = FeatureHook(config.features, self.metrics)
         self.dispatcher = Dispatcher(
-            self.service, self.metrics, self.transports.on_response, local_hosts=_local_hosts(config)
+            self.service, self.metrics, self.transports.on_response, local_hosts=_local_hosts(config), clock=clock
         )
-        self.expirer = Expirer(self.storage, self.notifier, config.node_id, self.metrics.expired, time.time)
-        self.tags = SharingTags(config, self.storage)
+        self.expirer = Expirer(self.storage, self.notifier, config.node_id, self.metrics.expired, clock)
+        self.tags = SharingTags(config, self.storage, clock)
         self.owners: Owners | None = None
         if self.storage.shared:
-            self.owners = Owners(config.node_id, self.storage, self.notifier, self.metrics)
+            self.owners = Owners(config.node_id, self.storage, self.notifier, self.metrics, clock)
             self.notifier.owners = self.service.owners = self.owners
         self.federation: Federation | None = None
         if config.federation.enabled:
@@ -119,6 +138,7 @@ class Node:
                 self.notifier,
                 self.metrics,
                 cluster_secret(config.federation.secret_file).encode(),
+                clock,
             )
             self.service.federation = self.federation
             self.expirer.listener = self.federation
@@ -206,7 +226,7 @@ class Node:
         while True:
             await asyncio.sleep(self.config.expiry_interval)
             # Timer J also runs when no request arrives to sweep it.
-            self.dispatcher.txns.sweep(time.time())
+            self.dispatcher.txns.sweep(self.clock())
             if self.owners is not None:
                 self.owners.poll()
             try:
@@ -236,7 +256,7 @@ class Node:
         re-subscribes at once (through its proxy or load balancer, to a live
         node) instead of staying silent until its Expires.  With a shared
         database the other nodes serve them on, and nothing is sent."""
-        now = time.time()
+        now = self.clock()
         count, _ = await self.storage.counts()
         subs = await self.storage.list_subscriptions(
             now, presentity=None, watcher=None, event=None, offset=0, limit=max(count, 1)

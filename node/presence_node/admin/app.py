@@ -11,7 +11,6 @@ import asyncio
 import hmac
 import json
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -179,7 +178,7 @@ def make_app(node: "Node", secret: str) -> web.Application:
     async def presentities(request: web.Request) -> web.Response:
         _known_params(request, {"event", "offset", "limit"})
         offset, limit = _paging(request)
-        now = time.time()
+        now = node.clock()
         rows = await node.storage.list_presentities(
             now, event=request.query.get("event"), offset=offset, limit=limit
         )
@@ -204,7 +203,7 @@ def make_app(node: "Node", secret: str) -> web.Application:
     async def subscriptions(request: web.Request) -> web.Response:
         _known_params(request, {"presentity", "watcher", "event", "offset", "limit"})
         offset, limit = _paging(request)
-        now = time.time()
+        now = node.clock()
         q = request.query
         rows = await node.storage.list_subscriptions(
             now,
@@ -239,7 +238,7 @@ def make_app(node: "Node", secret: str) -> web.Application:
     async def registrations(request: web.Request) -> web.Response:
         _known_params(request, {"aor", "offset", "limit"})
         offset, limit = _paging(request)
-        now = time.time()
+        now = node.clock()
         rows = await node.storage.list_registrations(now, aor=request.query.get("aor"), offset=offset, limit=limit)
         return web.json_response(
             {

@@ -125,7 +125,9 @@ class Dispatcher:
                 self.metrics.dropped("malformed")
             return
         now = self.clock()
-        waited = now - arrived if arrived is not None and arrived < now else 0.0
+        # The kernel stamps arrival on the system clock, which the node's
+        # clock (a test moves it) need not follow.
+        waited = max(0.0, time.time() - arrived) if arrived is not None else 0.0
         if waited > self.max_age:
             self.metrics.dropped("too-old")
             return
