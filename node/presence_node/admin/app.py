@@ -270,7 +270,7 @@ def make_app(node: "Node", secret: str) -> web.Application:
             ask = PublishAsk(
                 presentity, key, etag, 0 if asked == 0 else svc.grant(asked, node.config.publication_expiry),
                 body, media_type(request.headers.get("Content-Type")) if body else "",
-                contract.PUSH_SOURCE, time.time(), per_source=False,
+                contract.PUSH_SOURCE, node.clock(), per_source=False,
             )
             reply = await publish(svc, ask)
         except RemoteSipError as e:
