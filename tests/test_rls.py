@@ -243,3 +243,28 @@ async def test_federation_on_demand_first_list_notify_carries_remote_members_sta
     root, docs = rlmi(first)
     assert root.get("fullState") == "true" and list(docs) == MEMBERS
     assert b"held by n1" in docs[MEMBERS[0]] and b"dave on n1" in docs[MEMBERS[2]]
+
+
+async def test_federation_on_demand_a_redefined_list_moves_the_interest_to_its_new_members(
+        make_node, make_client, tmp_path):
+    """A list changed through the admin API while it has subscribers: the
+    new members become interest at once (queried: state another location
+    already holds reaches the list watcher), the members it lost stop being."""
+    n1, n2 = await federated(make_node, tmp_path, "on-demand-sharing")
+    erin = "sip:erin@example.com"
+    pub = await make_client("erin", target=n1)
+    etag_of(await pub.publish(pidf(erin, "open", note="erin on n1")))
+    w, resp, d = await list_watch(make_client, n2)
+    assert resp.code == 200
+    await w.dialog_notifies(d, 1)
+    await until(lambda: interest(n1, "n2") >= {m[4:] for m in MEMBERS}, "the list's members are not n2's interest")
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        async with http.put(f"http://127.0.0.1:{n2.admin_port}/lists/{LIST}", json={"members": [MEMBERS[0], erin]}) as r:
+            assert r.status == 200
+    await until(lambda: interest(n1, "n2") == {MEMBERS[0][4:], erin[4:]}, "the interest did not follow the list")
+    for count in range(2, 5):
+        last = (await w.dialog_notifies(d, count))[-1]
+        if b"erin on n1" in rlmi(last)[1].get(erin, b""):
+            break
+    else:
+        raise AssertionError("the new member's remote state never reached the list watcher")

@@ -189,6 +189,26 @@ class Federation:
                 self.pending.pop(key, None)
                 await self.storage.forget_replicas(presentity, event)
 
+    async def list_redefined(self, aor: str, before: Iterable[str]) -> None:
+        """List ``aor`` was set or deleted here (its members were
+        ``before``): where it has subscribers, its new members (or, deleted,
+        the URI itself) become interest, queried as at SUBSCRIBE time (an
+        answer notifies the list's subscribers), and the lost ones stop
+        being."""
+        now = self.clock()
+        for event in sorted(self.events):
+            if not await self.storage.watchers(aor, event, now):
+                continue
+            new = tuple(k for k in self._interest_of(aor, event) if k not in self.announced)
+            if new:
+                self.announced.update(new)
+                if not self.full:
+                    for key in new:
+                        self.pending[key] = _Query(now)
+                    self.metrics.count("federation_queries", event, len(new))
+                self._broadcast(Interest(add=new, remove=(), query=not self.full))
+            await self.unwatched((m, event) for m in before)
+
     def _interest_of(self, presentity: str, event: str) -> tuple[Key, ...]:
         """What a subscription to ``(presentity, event)`` makes this location
         watch: a resource list's members, whose state the node composes for
