@@ -187,7 +187,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--subscribers", type=int, default=500)
-    parser.add_argument("-m", "--members", type=int, default=50)
+    parser.add_argument("-m", "--members", type=int, default=50, help="list members, at least 1")
     parser.add_argument("-w", "--window", type=int, default=8, help="SUBSCRIBEs outstanding at once")
     parser.add_argument("--sockets", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=20)
@@ -208,11 +208,13 @@ def main() -> None:
             wait_bound(args.port, node)
             asyncio.run(run(args))
         finally:
-            os.killpg(node.pid, signal.SIGTERM)
-            try:
-                node.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGTERM)
+                try:
+                    node.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(node.pid, signal.SIGKILL)
+                    node.wait()
             if node.returncode not in (0, -signal.SIGTERM):
                 log.seek(0)
                 sys.stderr.write(log.read()[-4000:])
