@@ -15,8 +15,7 @@
 #     install (its sha256 is kept in .venv/.pyproject.sha256).
 #   - Debian's nodejs and npm, and the npm packages of the WebSocket SIP
 #     client tests (sip.js, ws; versions in SIPJS_PACKAGES) in .cache/node
-#     (not committed) when absent; pjsua2-python (the TLS client tests) in
-#     .cache/pjsua2 when absent (its own folder: PJSIP runs in a child process).
+#     (not committed) when absent.
 # Runs as root, or through sudo for the apt steps when not root.
 set -euo pipefail
 
@@ -147,16 +146,4 @@ if [ ! -d "$NODE_DIR/node_modules/sip.js" ] || [ ! -d "$NODE_DIR/node_modules/ws
         die "npm install failed (log $NPM_LOG)"
     fi
     rm -f "$NPM_LOG"
-fi
-
-# ---- pjsua2 for the TLS client tests (tests/test_pjsua2_tls.py) ----------
-PJSUA2_DIR=$ROOT/.cache/pjsua2
-if [ ! -d "$PJSUA2_DIR/pjsua2" ]; then
-    say "pip install pjsua2-python into .cache/pjsua2"
-    PIP_LOG=$(mktemp /tmp/setup-pip.XXXXXX.log)
-    if ! "$VENV/bin/python" -m pip install -q --target "$PJSUA2_DIR" 'pjsua2-python==2.15.1.post1' >"$PIP_LOG" 2>&1; then
-        tail -30 "$PIP_LOG" >&2
-        die "pip install pjsua2-python failed (log $PIP_LOG)"
-    fi
-    rm -f "$PIP_LOG"
 fi

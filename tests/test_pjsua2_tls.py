@@ -1,33 +1,25 @@
 """A real client over TLS (#15.5): pjsua2 (PJSIP) subscribes and publishes
 through the node's TLS listener, checking the node's certificate
-(tests/pjsua2_client.py, in its own process).  scripts/setup.sh installs
-pjsua2-python into .cache/pjsua2."""
+(tests/pjsua_ua.py ``tls-presence``, in its own process; pjsua2-python comes
+with the ``test`` extra)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 
-import pytest
 
 from test_tls_ws import certs, served, transports  # noqa: F401 (fixtures)
 
-ROOT = Path(__file__).resolve().parent.parent
-PJSUA2 = Path(os.environ.get("PJSUA2_DIR", ROOT / ".cache" / "pjsua2"))
-
-pytestmark = pytest.mark.skipif(
-    not (PJSUA2 / "pjsua2").is_dir(), reason="needs pjsua2-python (scripts/setup.sh installs it into .cache/pjsua2)"
-)
+UA = Path(__file__).with_name("pjsua_ua.py")
 
 
 async def run_pjsua2(port: int, ca: Path, note: str) -> tuple[int, list[dict]]:
-    env = {**os.environ, "PYTHONPATH": str(PJSUA2)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "tests" / "pjsua2_client.py"), f"127.0.0.1:{port}", str(ca), note,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable, str(UA), "tls-presence", f"127.0.0.1:{port}", str(ca), note,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]

@@ -1,7 +1,7 @@
 """Resource lists (RFC 4662) end to end over real sockets: a subscriber
 watches a list URI with ``Supported: eventlist`` and gets multipart/related
 RLMI NOTIFYs, full state first, then partial, in memory, shared-database
-and federation (full sharing) modes; lists from configuration and the
+and federation (full and on-demand sharing) modes; lists from configuration and the
 admin API (#17.2).
 
 RFC 4662 statements checked (README conformance table, "RLS"):
@@ -162,7 +162,8 @@ async def test_shared_database_member_change_on_one_node_reaches_a_list_watcher_
     assert b"via n1" in docs[MEMBERS[0]]
 
 
-async def test_federation_full_sharing_member_in_another_location(make_node, make_client, tmp_path):
+async def federated(make_node, tmp_path, mode: str, **fed):
+    """Two federated nodes n1, n2 (each its own location) holding LISTS."""
     from kube import free_port
 
     secret = tmp_path / "cluster-secret"
@@ -170,14 +171,23 @@ async def test_federation_full_sharing_member_in_another_location(make_node, mak
     ports = [free_port(["127.0.0.1"]) for _ in range(2)]
     nodes = [await make_node(
         node_id=f"n{i + 1}", cluster_id="fed", sharing_tags={f"n{i + 1}": "active"}, resource_lists=LISTS,
-        federation={"mode": "full-sharing", "listen": f"127.0.0.1:{ports[i]}",
+        federation={"mode": mode, "listen": f"127.0.0.1:{ports[i]}",
                     "peers": [{"id": f"n{2 - i}", "address": f"127.0.0.1:{ports[1 - i]}"}],
-                    "secret_file": str(secret), "heartbeat": 0.2, "peer_timeout": 1.0}) for i in range(2)]
+                    "secret_file": str(secret), "heartbeat": 0.2, "peer_timeout": 1.0, **fed}) for i in range(2)]
+    await until(lambda: all(x.federation.peers_up == 1 for x in nodes), "peers did not connect")
+    return nodes
+
+
+async def until(cond, what: str, timeout: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
-    end = loop.time() + 5
-    while not all(x.federation.peers_up == 1 for x in nodes):
-        assert loop.time() < end, "peers did not connect"
+    end = loop.time() + timeout
+    while not cond():
+        assert loop.time() < end, what
         await asyncio.sleep(0.02)
+
+
+async def test_federation_full_sharing_member_in_another_location(make_node, make_client, tmp_path):
+    nodes = await federated(make_node, tmp_path, "full-sharing")
     w, resp, d = await list_watch(make_client, nodes[1])
     assert resp.code == 200
     await w.dialog_notifies(d, 1)
@@ -185,3 +195,76 @@ async def test_federation_full_sharing_member_in_another_location(make_node, mak
     etag_of(await bob.publish(pidf(MEMBERS[0], "open", note="elsewhere")))
     [_, n] = await w.dialog_notifies(d, 2)
     assert b"elsewhere" in rlmi(n)[1][MEMBERS[0]]
+
+
+def interest(node, peer: str) -> set:
+    return {k for k, e in node.federation.interest[peer] if e == "presence"}
+
+
+async def test_federation_on_demand_list_members_are_interest_until_the_last_list_watcher_leaves(
+        make_node, make_client, tmp_path):
+    """On-demand sharing keeps only what has watchers here: a list
+    subscription on n2 makes each member watched, so a member's PUBLISH
+    through n1 reaches the list watcher (through a periodic resync too); a
+    direct watcher of a member leaving does not withdraw what the list still
+    watches; the list watcher leaving does."""
+    n1, n2 = await federated(make_node, tmp_path, "on-demand-sharing", resync_interval=0.3)
+    members = {m[4:] for m in MEMBERS}
+    direct = await make_client("carol", target=n2)
+    _, dd = await direct.subscribe(MEMBERS[0])
+    await direct.dialog_notifies(dd, 1)
+    w, resp, d = await list_watch(make_client, n2)
+    assert resp.code == 200
+    await w.dialog_notifies(d, 1)
+    await until(lambda: interest(n1, "n2") >= members, "the list's members are not n2's interest")
+    assert (await direct.resubscribe(dd, 0)).code == 200
+    await asyncio.sleep(0.7)  # at least one periodic resync replaced n2's interest on n1
+    assert interest(n1, "n2") >= members
+    bob = await make_client("bob", target=n1)
+    etag_of(await bob.publish(pidf(MEMBERS[0], "open", note="elsewhere")))
+    [_, n] = await w.dialog_notifies(d, 2)
+    assert b"elsewhere" in rlmi(n)[1][MEMBERS[0]]
+    assert (await w.resubscribe(d, 0)).code == 200
+    await until(lambda: not interest(n1, "n2") & members, "the members' interest was not withdrawn")
+
+
+async def test_federation_on_demand_first_list_notify_carries_remote_members_state(
+        make_node, make_client, tmp_path):
+    """A list subscription queries for its members like a direct watcher
+    does: the first NOTIFY holds what another location published before."""
+    n1, n2 = await federated(make_node, tmp_path, "on-demand-sharing", query_wait=2.0)
+    bob = await make_client("bob", target=n1)
+    etag_of(await bob.publish(pidf(MEMBERS[0], "open", note="held by n1")))
+    dave = await make_client("dave", target=n1)
+    etag_of(await dave.publish(pidf(MEMBERS[2], "open", note="dave on n1")))
+    w, resp, d = await list_watch(make_client, n2)
+    assert resp.code == 200
+    [first] = await w.dialog_notifies(d, 1)
+    root, docs = rlmi(first)
+    assert root.get("fullState") == "true" and list(docs) == MEMBERS
+    assert b"held by n1" in docs[MEMBERS[0]] and b"dave on n1" in docs[MEMBERS[2]]
+
+
+async def test_federation_on_demand_a_redefined_list_moves_the_interest_to_its_new_members(
+        make_node, make_client, tmp_path):
+    """A list changed through the admin API while it has subscribers: the
+    new members become interest at once (queried: state another location
+    already holds reaches the list watcher), the members it lost stop being."""
+    n1, n2 = await federated(make_node, tmp_path, "on-demand-sharing")
+    erin = "sip:erin@example.com"
+    pub = await make_client("erin", target=n1)
+    etag_of(await pub.publish(pidf(erin, "open", note="erin on n1")))
+    w, resp, d = await list_watch(make_client, n2)
+    assert resp.code == 200
+    await w.dialog_notifies(d, 1)
+    await until(lambda: interest(n1, "n2") >= {m[4:] for m in MEMBERS}, "the list's members are not n2's interest")
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        async with http.put(f"http://127.0.0.1:{n2.admin_port}/lists/{LIST}", json={"members": [MEMBERS[0], erin]}) as r:
+            assert r.status == 200
+    await until(lambda: interest(n1, "n2") == {MEMBERS[0][4:], erin[4:]}, "the interest did not follow the list")
+    for count in range(2, 5):
+        last = (await w.dialog_notifies(d, count))[-1]
+        if b"erin on n1" in rlmi(last)[1].get(erin, b""):
+            break
+    else:
+        raise AssertionError("the new member's remote state never reached the list watcher")

@@ -319,10 +319,13 @@ def make_app(node: "Node", secret: str) -> web.Application:
         table = node.notifier.lists
         assert table is not None
         try:
+            before = table.get(canonical_list(request.match_info["uri"])) or ()
             aor, members = table.set(request.match_info["uri"], body["members"])
         except ListRefused as e:
             return _error(400, str(e))
         await node.notifier.list_redefined(aor)
+        if node.federation is not None:
+            await node.federation.list_redefined(aor, before)
         return web.json_response({"list": aor, "members": list(members)})
 
     async def delete_list(request: web.Request) -> web.Response:
@@ -333,9 +336,12 @@ def make_app(node: "Node", secret: str) -> web.Application:
             aor = canonical_list(request.match_info["uri"])
         except ListRefused as e:
             return _error(400, str(e))
+        before = table.get(aor) or ()
         if not table.delete(aor):
             return _error(404, f"no resource list {aor}")
         await node.notifier.list_redefined(aor)
+        if node.federation is not None:
+            await node.federation.list_redefined(aor, before)
         return web.json_response({"list": aor, "deleted": True})
 
     async def metrics(_: web.Request) -> web.Response:

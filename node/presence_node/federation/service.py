@@ -18,6 +18,8 @@ On-demand sharing (the seed, minus the reference's faults):
   publication.  The first NOTIFY waits up to ``query_wait`` for an answer.
   A query unanswered after ``query_ttl`` may be sent again.  When the last
   local watcher leaves, the interest is withdrawn and the copies dropped.
+  A subscription to a resource list watches its members instead: they are
+  announced, queried and kept while any of the list's subscriptions lasts.
 
 Full sharing keeps every presentity everywhere; a node that connects to a
 peer pulls what that peer holds by SIP, so a restarted node serves
@@ -131,39 +133,53 @@ class Federation:
 
     async def subscribed(self, sub: Subscription, pubs: list[Publication]) -> bool:
         """A new watcher, stored with the state ``pubs`` this location holds
-        for it: announce the interest, and query the cluster if that is
-        nothing, waiting up to ``query_wait`` so the first NOTIFY carries
-        the remote state.  True if it waited (the state must be read anew)."""
-        key = (sub.presentity, sub.event)
+        for it: announce the interest (a list's members, :meth:`_interest_of`),
+        and query the cluster for what this location holds nothing of,
+        waiting up to ``query_wait`` so the first NOTIFY carries the remote
+        state.  True if it waited (the state must be read anew)."""
+        own = (sub.presentity, sub.event)
         if sub.event not in self.events:
             return False
-        query: _Query | None = None
-        ask = False
-        if not self.full and not pubs:
-            now = self.clock()
+        keys = self._interest_of(*own)
+        if self.full:
+            unknown: list[Key] = []
+        elif keys == (own,):
+            unknown = [] if pubs else [own]
+        else:
+            # A member not watched here yet: no copy of it is kept current here.
+            unknown = [k for k in keys if k not in self.announced]
+        now = self.clock()
+        queries: list[_Query] = []
+        ask: list[Key] = []
+        for key in unknown:
             query = self.pending.get(key)
             if query is None or (not query.answered.is_set() and now - query.sent > self.config.federation.query_ttl):
                 query = self.pending[key] = _Query(now)
                 self.metrics.count("federation_queries", sub.event)
-                ask = True
-        if key not in self.announced:
+                ask.append(key)
+            queries.append(query)
+        new = tuple(k for k in keys if k not in self.announced)
+        if new:
             # One message: the new interest, carrying the query when there is one.
-            self.announced.add(key)
-            self._broadcast(Interest(add=(key,), remove=(), query=ask))
-        elif ask:
-            self._broadcast(Query((key,)))
-        if query is None or query.answered.is_set() or self.config.federation.query_wait <= 0:
+            self.announced.update(new)
+            self._broadcast(Interest(add=new, remove=(), query=bool(ask)))
+        again = tuple(k for k in ask if k not in new)
+        if again:
+            self._broadcast(Query(again))
+        waiting = [q.answered for q in queries if not q.answered.is_set()]
+        if not waiting or self.config.federation.query_wait <= 0:
             return False
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(query.answered.wait(), self.config.federation.query_wait)
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in waiting)), self.config.federation.query_wait)
         return True
 
     async def unwatched(self, keys: Iterable[Key]) -> None:
-        """Watchers left: for each key no longer watched here, withdraw the
-        interest and (on demand) drop the copies nobody will keep current."""
+        """Watchers left: for each key no longer watched here (directly or
+        through a list), withdraw the interest and (on demand) drop the
+        copies nobody will keep current."""
         now = self.clock()
-        for presentity, event in dict.fromkeys(keys):
-            if event not in self.events or await self.storage.watchers(presentity, event, now):
+        for presentity, event in dict.fromkeys(k for key in keys for k in self._interest_of(*key)):
+            if event not in self.events or await self._watched_here(presentity, event, now):
                 continue
             key = (presentity, event)
             if key in self.announced:
@@ -172,6 +188,49 @@ class Federation:
             if not self.full:
                 self.pending.pop(key, None)
                 await self.storage.forget_replicas(presentity, event)
+
+    async def list_redefined(self, aor: str, before: Iterable[str]) -> None:
+        """List ``aor`` was set or deleted here (its members were
+        ``before``): where it has subscribers, its new members (or, deleted,
+        the URI itself) become interest, queried as at SUBSCRIBE time (an
+        answer notifies the list's subscribers), and the lost ones stop
+        being."""
+        now = self.clock()
+        for event in sorted(self.events):
+            if not await self.storage.watchers(aor, event, now):
+                continue
+            new = tuple(k for k in self._interest_of(aor, event) if k not in self.announced)
+            if new:
+                self.announced.update(new)
+                if not self.full:
+                    for key in new:
+                        self.pending[key] = _Query(now)
+                    self.metrics.count("federation_queries", event, len(new))
+                self._broadcast(Interest(add=new, remove=(), query=not self.full))
+            await self.unwatched((m, event) for m in before)
+
+    def _interest_of(self, presentity: str, event: str) -> tuple[Key, ...]:
+        """What a subscription to ``(presentity, event)`` makes this location
+        watch: a resource list's members, whose state the node composes for
+        the list's subscribers (RFC 4662), else the presentity itself."""
+        lists = self.notifier.lists
+        members = lists.get(presentity) if lists is not None else None
+        if members is None:
+            return ((presentity, event),)
+        return tuple((m, event) for m in members)
+
+    async def _watched_here(self, presentity: str, event: str, now: float) -> bool:
+        """Whether a subscription here watches ``presentity``: itself, or a
+        list holding it."""
+        return bool(await self.storage.watchers(presentity, event, now)) or await self._listed(presentity, event, now)
+
+    async def _listed(self, presentity: str, event: str, now: float) -> bool:
+        """Whether a list holding ``presentity`` has subscribers here."""
+        lists = self.notifier.lists
+        for aor in lists.containing(presentity) if lists is not None else ():
+            if await self.storage.watchers(aor, event, now):
+                return True
+        return False
 
     def expired(self, pubs: Iterable[Publication]) -> None:
         for p in pubs:
@@ -204,7 +263,8 @@ class Federation:
             await self._resync(peer, cause, watched)
 
     async def _watched(self) -> tuple[Key, ...]:
-        return tuple(sorted(await self.storage.watched_keys(self.events, self.clock())))
+        watched = await self.storage.watched_keys(self.events, self.clock())
+        return tuple(sorted({k for key in watched for k in self._interest_of(*key)}))
 
     async def _send_state(self, peers: list[str], watched: tuple[Key, ...] | None = None) -> None:
         """Our interest (``watched``, read now when None) and tags."""
@@ -280,8 +340,9 @@ class Federation:
             return
         presentity, event = key
         pub = self._record(msg.pub, sender) if msg.pub is not None else None
-        watchers = await self.storage.watchers(presentity, event, self.clock())
-        if self.full or watchers:
+        now = self.clock()
+        watchers = await self.storage.watchers(presentity, event, now)
+        if self.full or watchers or await self._listed(presentity, event, now):
             query = self.pending.pop(key, None)
             if query is not None:
                 query.answered.set()
