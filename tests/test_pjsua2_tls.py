@@ -10,7 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from test_tls_ws import certs, served, transports  # noqa: F401 (fixtures)
 
 UA = Path(__file__).with_name("pjsua_ua.py")
