@@ -198,7 +198,8 @@ async def test_tls_channel_between_node_processes(tmp_path):
         assert (await pub.publish(pidf(BOB, "open", note="over tls"))).code == 200
         [_, got] = await w.dialog_notifies(d, 2)
         assert b"over tls" in got.body
-        for n in ("n1", "n2"):
+        for n in ("n1", "n2"):  # each one's outbound link is the other's inbound
+            assert await f.metric(n, "cluster_connections", state="authenticated") == 1
             assert await f.metric(n, "cluster_connections_closed_total", reason="auth-timeout") == 0
             assert await f.metric(n, "cluster_connections_closed_total", reason="tls") == 0
 
