@@ -131,7 +131,7 @@ class _Connection(asyncio.Protocol):
         log.debug("cluster channel TLS handshake with %s failed: %r", self.source, e)
         if self.transport is not None:
             self.transport.abort()
-        self.connection_lost(e)  # which does not reach us before the handshake ends
+        self.connection_lost(None)  # which does not reach us before the handshake ends
 
     def _start(self, transport: asyncio.BaseTransport) -> None:
         self.app_transport = transport
