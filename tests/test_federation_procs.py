@@ -19,6 +19,7 @@ from conftest import FAST, SECRET
 from kube import free_port
 from procs import Proc, clean_env, spawn, wait_ready, write_config
 from sipclient import SipClient
+from test_federation import make_pki
 
 BOB = "sip:bob@example.com"
 CAROL = "sip:carol@example.com"
@@ -28,11 +29,14 @@ class Federated:
     """Node processes of one federated cluster; ``layout`` maps node id to
     location, and a location with a DSN shares that database."""
 
-    def __init__(self, root: Path, stack: contextlib.AsyncExitStack, layout: dict[str, str], dsns: dict[str, str]) -> None:
+    def __init__(self, root: Path, stack: contextlib.AsyncExitStack, layout: dict[str, str], dsns: dict[str, str],
+                 channel: dict[str, Any]) -> None:
         self.root = root
         self.stack = stack
         self.layout = layout
         self.dsns = dsns
+        #: More federation settings for every node (e.g. tls_*).
+        self.channel = channel
         self.ports = {n: free_port(["127.0.0.1"]) for n in layout}
         (root / "admin-secret").write_text(SECRET)
         (root / "cluster-secret").write_text("cluster-secret-for-processes-0123")
@@ -54,6 +58,7 @@ class Federated:
                     {"id": p, "address": f"127.0.0.1:{self.ports[p]}", "location": l}
                     for p, l in self.layout.items() if p != node_id
                 ],
+                **self.channel,
             },
         }
         if loc in self.dsns:
@@ -101,9 +106,10 @@ class Federated:
 
 
 @contextlib.asynccontextmanager
-async def federated(root: Path, layout: dict[str, str], dsns: dict[str, str] | None = None) -> AsyncIterator[Federated]:
+async def federated(root: Path, layout: dict[str, str], dsns: dict[str, str] | None = None,
+                    **channel: Any) -> AsyncIterator[Federated]:
     async with contextlib.AsyncExitStack() as stack:
-        f = Federated(root, stack, layout, dsns or {})
+        f = Federated(root, stack, layout, dsns or {}, channel)
         await asyncio.gather(*(f.start(n) for n in layout))
         await f.all_up()
         try:
@@ -173,6 +179,29 @@ async def test_three_nodes_broadcast_query_and_survive_a_killed_node(tmp_path):
         _, dg = await w3.subscribe("sip:gina@example.com")
         [g] = await w3.dialog_notifies(dg, 1)
         assert b"gina" in g.body
+
+
+async def test_tls_channel_between_node_processes(tmp_path):
+    """#12.14 under uvloop, the presence-node process's event loop (the
+    in-process tests run plain asyncio): two nodes with federation TLS link
+    up both ways (each one's outbound connection, each one's gate with TLS
+    put under it at accept) and a PUBLISH on n1 reaches a watcher on n2.
+    A ClientHello read before a start_tls task ran used to reach the gate,
+    not TLS: no link came up, every connection was cut at auth_timeout."""
+    pki = make_pki(tmp_path, "cluster")
+    async with federated(tmp_path, {"n1": "n1", "n2": "n2"}, **pki) as f:
+        w = await f.client("n2", "alice")
+        _, d = await w.subscribe(BOB)
+        await w.dialog_notifies(d, 1)
+        await watched_by(f, "n1", "n2", BOB)
+        pub = await f.client("n1", "bob")
+        assert (await pub.publish(pidf(BOB, "open", note="over tls"))).code == 200
+        [_, got] = await w.dialog_notifies(d, 2)
+        assert b"over tls" in got.body
+        for n in ("n1", "n2"):  # each one's outbound link is the other's inbound
+            assert await f.metric(n, "cluster_connections", state="authenticated") == 1
+            assert await f.metric(n, "cluster_connections_closed_total", reason="auth-timeout") == 0
+            assert await f.metric(n, "cluster_connections_closed_total", reason="tls") == 0
 
 
 async def test_redundancy_two_locations_two_databases_node_killed(tmp_path, pg_server):

@@ -21,10 +21,11 @@ import asyncio
 import logging
 import ssl
 from collections import Counter
-from typing import Callable
+from typing import Callable, cast
 
 from ..config import Federation as FederationConfig
 from ..metrics import Counting
+from ..net.tls import accept_tls
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Gate:
         """Drop every connection still open (the channel is closing)."""
         for conn in list(self._open):
             if conn.transport is not None:
+                conn.cut = True
                 conn.transport.abort()
 
     @property
@@ -93,12 +95,14 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.BaseTransport | None = None
         self.app_transport: asyncio.BaseTransport | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.tls_task: asyncio.Task[None] | None = None
-        #: What TLS delivered before start_tls returned (the HTTP request
-        #: right behind the handshake), for the handler.
-        self.early = bytearray()
+        #: Closed by the gate (its deadline, the channel closing), not by
+        #: the peer or a failed handshake.
+        self.cut = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is not None:  # the TLS handshake is done: its transport
+            self._start(transport)
+            return
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.source = peer[0] if peer else "?"
@@ -114,34 +118,26 @@ class _Connection(asyncio.Protocol):
         ctx = self.gate.tls()
         if ctx is None:
             self._start(transport)
-        else:
-            assert isinstance(transport, asyncio.Transport)
-            transport.pause_reading()  # the handshake reads first
-            self.tls_task = asyncio.ensure_future(self._handshake(transport, ctx))
+        else:  # uvloop's transport is no asyncio.Transport instance
+            accept_tls(cast(asyncio.Transport, transport), self, ctx, self.gate.config.auth_timeout, self._handshake_done)
 
-    async def _handshake(self, transport: asyncio.Transport, ctx: ssl.SSLContext) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            tls = await loop.start_tls(
-                transport, self, ctx, server_side=True, ssl_handshake_timeout=self.gate.config.auth_timeout
-            )
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
+    def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
+        if self.inner is not None:
+            return  # done, and connection_made came with the TLS transport
+        # Failed, or the connection went before it ended.
+        if not self.cut:
             self.gate.metrics.count("cluster_connections_closed", "tls")
-            log.debug("cluster channel TLS handshake with %s failed: %r", self.source, e)
-            transport.abort()
-            return
-        if tls is None or tls.is_closing():
-            return
-        self._start(tls)
+        e = None if waiter.cancelled() else waiter.exception()
+        log.debug("cluster channel TLS handshake with %s failed: %r", self.source, e)
+        if self.transport is not None:
+            self.transport.abort()
+        self.connection_lost(None)  # which does not reach us before the handshake ends
 
     def _start(self, transport: asyncio.BaseTransport) -> None:
         self.app_transport = transport
         self.gate._by_transport[transport] = self
         self.inner = self.gate.handler()
         self.inner.connection_made(transport)
-        if self.early:
-            data, self.early = bytes(self.early), bytearray()
-            self.inner.data_received(data)
 
     def authenticated(self) -> None:
         if self.pending:
@@ -156,6 +152,7 @@ class _Connection(asyncio.Protocol):
         self.timer = None
         if self.pending and self.transport is not None:
             self.gate.metrics.count("cluster_connections_closed", "auth-timeout")
+            self.cut = True
             (self.app_transport or self.transport).abort()
             self.transport.abort()
 
@@ -164,10 +161,6 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.inner is not None:
             self.inner.data_received(data)
-        elif len(self.early) + len(data) <= self.gate.config.max_frame:
-            self.early += data
-        elif self.transport is not None:
-            self.transport.abort()
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.inner is not None else None
@@ -185,8 +178,6 @@ class _Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.tls_task is not None:
-            self.tls_task.cancel()
         if self.pending:
             self.pending = False
             self.gate._release(self.source)

@@ -14,15 +14,42 @@ traffic, who the watcher is stays SIP's business (digest, trusted proxies).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
+from asyncio import sslproto
 from pathlib import Path
+from typing import Callable
 
 from ..admin.secret import SecretError
 from ..metrics import Counting
 
 log = logging.getLogger(__name__)
+
+
+def accept_tls(
+    transport: asyncio.Transport,
+    protocol: asyncio.Protocol,
+    ctx: ssl.SSLContext,
+    timeout: float,
+    done: Callable[[asyncio.Future[None]], None],
+) -> None:
+    """Put TLS under ``protocol`` at once, from its ``connection_made``, as
+    loop.start_tls does but not from a task: uvloop starts reading as soon
+    as connection_made returns (pause_reading there does not hold), and a
+    ClientHello read before a task ran would reach ``protocol`` rather than
+    TLS, and the handshake would hang.  ``protocol.connection_made`` is
+    called again with the TLS transport once the handshake is done; ``done``
+    gets the handshake's future when it ends, failed or not (on a failure,
+    or the peer gone before the end, ``connection_lost`` does not reach
+    ``protocol``: ``done`` must let the connection go)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    waiter.add_done_callback(done)
+    tls = sslproto.SSLProtocol(loop, protocol, ctx, waiter, server_side=True, ssl_handshake_timeout=timeout)  # type: ignore[arg-type]
+    transport.set_protocol(tls)
+    tls.connection_made(transport)
 
 
 class TlsConfigError(SecretError):

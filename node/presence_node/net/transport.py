@@ -38,7 +38,6 @@ import logging
 import socket
 import ssl
 import struct
-from asyncio import sslproto
 from functools import partial
 from typing import Any, Callable, Optional, cast
 
@@ -51,6 +50,7 @@ from ..sip.transaction import RETRANSMIT, ClientTransactions
 from ..storage import Subscription
 from ..tasks import Tasks
 from .targets import SEND, WAIT, Targets
+from .tls import accept_tls
 from .websocket import text_frame
 
 log = logging.getLogger(__name__)
@@ -213,22 +213,11 @@ class TcpConnection(asyncio.Protocol):
         if self._tls is None:
             self._open(transport)
             return
-        # TLS goes under us at once, as loop.start_tls does, but not from a
-        # task: uvloop starts reading as soon as connection_made returns
-        # (pause_reading there does not hold), and a ClientHello read before
-        # a task ran would reach us rather than TLS, and the handshake would
-        # hang.  It calls connection_made again with its transport once the
-        # handshake is done; the waiter tells of a failure.
+        # TLS goes under us at once (not from a task: see accept_tls); it
+        # calls connection_made again with its transport once the handshake
+        # is done.
         self.raw = transport
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        waiter.add_done_callback(self._handshake_done)
-        tls = sslproto.SSLProtocol(
-            loop, self, self._tls(), waiter, server_side=True,
-            ssl_handshake_timeout=self.owner.message_timeout or SWEEP,  # type: ignore[arg-type]
-        )
-        transport.set_protocol(tls)
-        tls.connection_made(transport)
+        accept_tls(transport, self, self._tls(), self.owner.message_timeout or SWEEP, self._handshake_done)
 
     def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
         e = None if waiter.cancelled() else waiter.exception()
