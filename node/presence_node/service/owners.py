@@ -111,9 +111,10 @@ class Owners:
         await queue.start()
 
     async def close(self, timeout: float) -> None:
-        """Stop listening, so that other nodes send this node's NOTIFYs
-        from now on (as for a dead owner), then take what was queued for it
-        before (bounded by ``timeout``)."""
+        """Stop listening, so that the stand-in sends this node's NOTIFYs
+        from now on (as for a dead owner) and takes what was queued for it;
+        then one last take, which gets that only when no other node listens
+        (bounded by ``timeout``)."""
         if self.queue is not None:
             await self.queue.close()
             self.wake()
