@@ -154,3 +154,35 @@ async def test_what_waited_for_a_sender_gone_since_is_taken_by_the_next_sender(p
     finally:
         await f1.close()
         await s1.close()
+
+
+async def test_s09_a_sender_that_lost_the_tag_counts_no_more_cseqs_and_passes_the_notify_on(pg_dsn):
+    """Handover: n1 stands in for B while its owner n2 does not listen, and
+    reads a change's watchers; n2 listens again before n1 counts their
+    CSeqs.  n1's count is refused and the NOTIFY passed to n2 instead, so
+    the two never send CSeqs of one dialog side by side."""
+    (s1, f1, _), (s2, f2, w2) = await node(pg_dsn, "n1"), await node(pg_dsn, "n2")
+    try:
+        await s1.insert_subscription(watcher(1, "B"))
+        await f2.close()  # n2 stops listening: n1 stands in
+        for _ in range(100):
+            got = await s1.watchers("bob@example.com", "presence", NOW, "n1")
+            if got:
+                break
+            await asyncio.sleep(0.05)
+        assert [w.id for w in got] == ["s1"]
+        f2 = ChangeFeed(s2, "n2", w2)
+        await f2.start()  # n2 listens again
+        assert f2.up
+        numbers, _ = await s1.next_notify_state(["s1"], "bob@example.com", "presence", NOW)
+        assert numbers == {}
+        assert await s1.next_notify(["s1"]) == {}
+        assert await f1.pass_on(["s1"]) == set()  # what n1 does with it: n2's now
+        live, _ = await f2.take(NOW)
+        assert [w.id for w in live] == ["s1"]
+        numbers, _ = await s2.next_notify_state(["s1"], "bob@example.com", "presence", NOW)
+        assert numbers == {"s1": (1, 0)}
+    finally:
+        for f, s in ((f1, s1), (f2, s2)):
+            await f.close()
+            await s.close()

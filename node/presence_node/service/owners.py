@@ -38,16 +38,19 @@ the tag (S80; a stopped HA active keeps its tag).  Only when no node
 listens at all does the node that sees a change send.
 
 The sender changes hands when the owner stops or starts listening, or the
-stand-in does; what is queued is taken by whoever sends for the tag next
-(every node also takes at each expiry interval, as a change queued for a
-sender that died meanwhile wakes nobody).  CSeqs come from the database,
-so the next sender carries on above the last one counted.  A node starts
-listening only after every statement that decided without it committed
-(its listener lock waits for them), and the previous sender, alive, stops
-at once for changes decided after that; a NOTIFY it had already counted
-and not yet sent, or had in flight, can still overlap the new sender's
-first one (a window of one database round trip plus the watcher's answer;
-none seen in the kill test).
+stand-in does, or the tag moves; what is queued is taken by whoever sends
+for the tag next (every node also takes at each expiry interval, as a
+change queued for a sender that died meanwhile wakes nobody).  CSeqs come
+from the database, so the next sender carries on above the last one
+counted, and only the current sender gets one counted (migration 7): a
+node that read a change's watchers just before the sender changed is
+refused the count and passes the NOTIFY on (``Notifier.notify``).  A node
+starting to listen waits, on its listener lock, for every statement that
+decided or counted without it, so the previous sender's last CSeqs are
+counted before the new one's first.  What remains of a handover between
+two live nodes: a NOTIFY the previous sender counted just before it can
+still be on its way (sent, or awaiting its answer, D7) when the new
+sender's first leaves; a dead previous sender sends nothing more.
 """
 
 from __future__ import annotations

@@ -59,7 +59,9 @@ class ChangeFeed:
     async def start(self) -> None:
         """Listen from now on; returns once listening, or once the first
         attempt failed or took the connect timeout (the node polls until
-        it listens)."""
+        it listens).  From now on the storage counts this node's CSeqs
+        only under the tags it sends for."""
+        self.storage.sender = self.node
         self._task = asyncio.ensure_future(self._listen())
         try:
             await asyncio.wait_for(self._tried.wait(), self.storage.open_timeout)

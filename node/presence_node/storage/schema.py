@@ -508,6 +508,44 @@ MIGRATIONS: list[list[str]] = [
                 RETURN QUERY SELECT {', '.join('s.' + c for c in _SUB6.split(', '))}, NULL::text;
             END IF;
         END $$""",
+        # The tags p_node sends for now (those whose coalesce(
+        # presence_sender(owner), p_node) is p_node, the stand-in looked up
+        # once): on the path of every NOTIFY.
+        """CREATE FUNCTION presence_sends(p_node text) RETURNS text[] LANGUAGE plpgsql AS $$
+        DECLARE
+            standin boolean := coalesce(presence_sender(NULL), p_node) = p_node;
+        BEGIN
+            RETURN ARRAY(SELECT name FROM sharing_tags WHERE CASE
+                WHEN owner = p_node THEN standin OR presence_listening(p_node)
+                WHEN owner IS NULL OR NOT standin THEN standin
+                ELSE NOT presence_listening(owner) END ORDER BY name);
+        END $$""",
+        # presence_next_notify of migration 5 for a sender, p_node: only
+        # the CSeqs of subscriptions under tags it sends for are counted.
+        # A node that stopped being a tag's sender between reading a
+        # change's watchers and counting their CSeqs gets no number (and
+        # passes the NOTIFY on): the next sender's CSeqs are never counted
+        # beside its own.  The check locks the keys of non-listening
+        # candidates until commit, so a node starting to listen waits for
+        # the counts decided without it.
+        """CREATE FUNCTION presence_next_notify(p_ids text[], p_presentity text, p_event text,
+                p_now double precision, p_node text)
+            RETURNS TABLE (o_id text, o_cseq bigint, o_version bigint, o_presentity text, o_event text,
+                o_etag text, o_body bytea, o_content_type text, o_expires_at double precision,
+                o_received_at double precision, o_tag text, o_origin text)
+            LANGUAGE plpgsql AS $$
+        DECLARE
+            tags text[] := presence_sends(p_node);
+        BEGIN
+            RETURN QUERY UPDATE subscriptions s SET cseq = s.cseq + 1, version = s.version + 1
+                WHERE s.id = ANY(p_ids) AND s.tag = ANY(tags)
+                RETURNING s.id, s.cseq, s.version - 1, NULL::text, NULL::text, NULL::text, NULL::bytea,
+                    NULL::text, NULL::double precision, NULL::double precision, NULL::text, NULL::text;
+            RETURN QUERY SELECT NULL::text, NULL::bigint, NULL::bigint, p.presentity, p.event, p.etag, p.body,
+                    p.content_type, p.expires_at, p.received_at, p.tag, p.origin
+                FROM publications p
+                WHERE p.presentity = p_presentity AND p.event = p_event AND p.expires_at > p_now;
+        END $$""",
         # What waits under the tags p_node sends for now (whoever it was
         # queued for: a row left for a sender that died since is taken by
         # the next).  Rows a change still holds are skipped: its commit
@@ -515,8 +553,7 @@ MIGRATIONS: list[list[str]] = [
         f"""CREATE OR REPLACE FUNCTION presence_take_notifies(p_node text, p_now double precision)
             RETURNS SETOF ended_subscriptions LANGUAGE plpgsql AS $$
         DECLARE
-            tags text[] := ARRAY(SELECT name FROM sharing_tags
-                WHERE coalesce(presence_sender(owner), p_node) = p_node ORDER BY name FOR SHARE);
+            tags text[] := ARRAY(SELECT name FROM sharing_tags WHERE name = ANY(presence_sends(p_node)) FOR SHARE);
         BEGIN
             RETURN QUERY
                 WITH mine AS (
