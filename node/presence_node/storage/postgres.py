@@ -763,10 +763,9 @@ class PostgresStorage:
     async def next_notify(self, sub_ids: Collection[str]) -> dict[str, tuple[int, int]]:
         if not sub_ids:
             return {}
-        if self.sender is not None:
+        if self.sender is not None:  # the counts of a change without its state (no presentity)
             rows = await self._rows(
-                "UPDATE subscriptions SET cseq = cseq + 1, version = version + 1"
-                " WHERE id = ANY(%s) AND tag = ANY(presence_sends(%s)) RETURNING id, cseq, version - 1",
+                "SELECT o_id, o_cseq, o_version FROM presence_next_notify(%s, NULL, NULL, 0, %s)",
                 (list(sub_ids), self.sender),
             )
         else:
