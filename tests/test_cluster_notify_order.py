@@ -249,7 +249,7 @@ async def test_s09_no_inversion_while_the_owner_is_killed_again_and_again(tmp_pa
             await w.dialog_notifies(d, 1)
             watchers.append((w, d))
         publishers = [(f"p{i}", await open_client(cluster, n, "bob")) for i, n in enumerate(("n2", "n3"))]
-        kills = 4
+        kills = 3
         done = asyncio.Event()
         rounds = {name: 0 for name, _ in publishers}
 
