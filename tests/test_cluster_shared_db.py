@@ -209,7 +209,12 @@ async def test_failed_notify_seen_by_a_non_owner_keeps_the_subscription(cluster,
     await w.dialog_notifies(d, 2)
     await asyncio.sleep(0.3)
     assert await a.storage.subscription(d.to_tag) is not None
-    # The owner seeing a 481 removes it (S26).
+    # The owner seeing a 481 removes it (S26); it sends once it listens again.
+    await a.owners.queue.start()
+    for _ in range(100):
+        if a.owners.listening:
+            break
+        await asyncio.sleep(0.05)
     pa = await make_client("bob", target=a)
     await pa.publish(pidf(BOB, "closed"))
     await w.dialog_notifies(d, 3)

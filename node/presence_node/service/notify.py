@@ -229,10 +229,12 @@ class Notifier:
                     docs[k] = self.compose(s, pubs)
         else:
             numbers = await self.storage.next_notify(ids)
+        refused: list[Subscription] = []
         for s in ready:
             n = numbers.get(s.id)
-            if n is None:  # gone meanwhile
+            if n is None:  # gone meanwhile, or (shared database) no longer this node's to send
                 busy.pop(s.id, None)
+                refused.append(s)
                 continue
             d = doc
             if d is not None and n[0] == FIRST_CSEQ:
@@ -247,6 +249,10 @@ class Notifier:
                 if d is None:
                     d = docs[k] = await self.document(s, now)
             self._send(s, n[0], n[1], d, None, now)
+        if refused and self.owners is not None:
+            # The tag's sender changed since its watchers were read: the new
+            # one sends (a subscription gone is passed on as nothing).
+            await self.owners.pass_on(refused)
 
     def hold(self, sub: Subscription) -> None:
         """Keep other NOTIFYs of a new subscription back until :meth:`first`

@@ -22,14 +22,35 @@ database (storage/changes.py):
 
 This node keeps the names of the tags it owns for those decisions, re-read
 whenever a tag changes owner (the database wakes every node) and after each
-of its own activations; whatever the owner takes from its queue is fenced
-by the database (only rows of tags it owns at that moment).  The database
-queues only for an owner that listens: for a tag with no owner, or one
-that is dead, stopped or cut off, the node that handles the change or
-request sends, as nobody else can be sending (the behaviour before this
-rule, so a dead owner's watchers are not left silent until a failover).
-What was queued for an owner that died since waits for the tag's next
-owner, which takes it when it activates the tag.
+of its own activations; whatever a node takes from the queue is fenced by
+the database (only rows of tags it sends for at that moment).
+
+The sender of a tag is its owner only while the owner listens.  For a tag
+whose owner is dead, stopped or cut off, or that has none, the database
+names one agreed stand-in, the lowest-named listening node (migration 7),
+before any failover: one sender per dialog at every moment.  Two
+alternatives were rejected.  Letting the node that sees a change send (as
+before) makes two senders as soon as two nodes see changes (two publishers
+through two nodes while the owner is dead: hundreds of CSeq inversions in
+the kill test).  Holding the changes for the tag's next owner leaves its
+watchers silent until a failover, or until their Expires if nobody moves
+the tag (S80; a stopped HA active keeps its tag).  Only when no node
+listens at all does the node that sees a change send.
+
+The sender changes hands when the owner stops or starts listening, or the
+stand-in does, or the tag moves; what is queued is taken by whoever sends
+for the tag next (every node also takes at each expiry interval, as a
+change queued for a sender that died meanwhile wakes nobody).  CSeqs come
+from the database, so the next sender carries on above the last one
+counted, and only the current sender gets one counted (migration 7): a
+node that read a change's watchers just before the sender changed is
+refused the count and passes the NOTIFY on (``Notifier.notify``).  A node
+starting to listen waits, on its listener lock, for every statement that
+decided or counted without it, so the previous sender's last CSeqs are
+counted before the new one's first.  What remains of a handover between
+two live nodes: a NOTIFY the previous sender counted just before it can
+still be on its way (sent, or awaiting its answer, D7) when the new
+sender's first leaves; a dead previous sender sends nothing more.
 """
 
 from __future__ import annotations
@@ -82,8 +103,10 @@ class Owners:
         self._closed = False
 
     def sends(self, tag: str) -> bool:
-        """Whether this node sends the NOTIFYs of subscriptions under ``tag``."""
-        return tag in self.owned
+        """Whether this node sends the NOTIFYs of subscriptions under ``tag``
+        without asking the database: it owns the tag and listens (while it
+        does not, the database has another node send them)."""
+        return tag in self.owned and self.listening
 
     async def start(self, queue: NotifyQueue) -> None:
         self.queue = queue
@@ -91,9 +114,10 @@ class Owners:
         await queue.start()
 
     async def close(self, timeout: float) -> None:
-        """Stop listening, so that other nodes send this node's NOTIFYs
-        from now on (as for a dead owner), then take what was queued for it
-        before (bounded by ``timeout``)."""
+        """Stop listening, so that the stand-in sends this node's NOTIFYs
+        from now on (as for a dead owner) and takes what was queued for it;
+        then one last take, which gets that only when no other node listens
+        (bounded by ``timeout``)."""
         if self.queue is not None:
             await self.queue.close()
             self.wake()
@@ -118,10 +142,11 @@ class Owners:
             self._task = asyncio.ensure_future(self._run())
 
     def poll(self) -> None:
-        """Called every expiry interval: while no wake-up can arrive (the
-        LISTEN connection is down) or the last take failed, take anyway."""
-        if not self.listening or self._failed:
-            self.wake(True)
+        """Called every expiry interval: take anyway.  A wake-up may never
+        come: the LISTEN connection is down, the last take failed, or a
+        change was queued for a sender that died before taking it (the
+        next sender of its tag, maybe this node, takes it)."""
+        self.wake(not self.listening or self._failed)
 
     async def _run(self) -> None:
         while self._wanted:
@@ -157,9 +182,8 @@ class Owners:
         )
 
     async def pass_on(self, subs: list[Subscription]) -> None:
-        """Have the owners of their tags send these subscriptions their
-        current state; this node sends those it owns after all, or whose
-        owner is not listening."""
+        """Have the senders of their tags send these subscriptions their
+        current state; this node sends those it is the sender of."""
         assert self.queue is not None
         here = await self.queue.pass_on([s.id for s in subs])
         if here:
@@ -167,7 +191,7 @@ class Owners:
 
     async def end(self, sub_id: str, reason: str) -> tuple[Subscription | None, bool]:
         """Remove a subscription (None: there was none); True when the
-        owner of its tag sends the terminated NOTIFY, False when this node
-        must (it owns the tag after all, or the owner is not listening)."""
+        sender of its tag, another node, sends the terminated NOTIFY, False
+        when this node must."""
         assert self.queue is not None
         return await self.queue.end(sub_id, reason)

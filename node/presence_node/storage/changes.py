@@ -9,13 +9,13 @@ keeps one connection of its own LISTENing, outside the pool, and takes what
 waits for it when woken.
 
 The LISTEN connection also holds a session lock of the node's id while it
-lives: the database queues only for an owner that listens.  For a tag
-whose owner does not (dead, stopped, its connection cut) or that has no
-owner, the node that saw the change sends, as before: nobody else can be
-sending.  The queue, not the wake-up, is the record: a row left for an
-owner that died since waits for the tag's next owner.  The connection is
-re-opened with back-off; on every (re)connection the node takes its queue,
-and until then it polls (``Owners.poll``).
+lives: the database queues only for a node that listens.  For a tag whose
+owner does not (dead, stopped, its connection cut) or that has no owner,
+the lowest-named listening node sends (migration 7; service/owners.py
+says why).  The queue, not the wake-up, is the record: a row left for a
+sender that died since is taken by the tag's next sender.  The connection
+is re-opened with back-off; on every (re)connection the node takes its
+queue, and it also takes at every expiry interval (``Owners.poll``).
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ class ChangeFeed:
     async def start(self) -> None:
         """Listen from now on; returns once listening, or once the first
         attempt failed or took the connect timeout (the node polls until
-        it listens)."""
+        it listens).  From now on the storage counts this node's CSeqs
+        only under the tags it sends for."""
+        self.storage.sender = self.node
         self._task = asyncio.ensure_future(self._listen())
         try:
             await asyncio.wait_for(self._tried.wait(), self.storage.open_timeout)
@@ -107,7 +109,7 @@ class ChangeFeed:
             delay = min(delay * 2, BACKOFF[1])
 
     async def take(self, now: float) -> tuple[list[Subscription], list[tuple[Subscription, str]]]:
-        """What waits for this node under the tags it owns now: the
+        """What waits for this node under the tags it sends for now: the
         subscriptions to send the current state to, and the ended ones with
         the reason of their terminated NOTIFY."""
         rows = await self.storage._rows(_TAKE, (self.node, now))
@@ -122,14 +124,14 @@ class ChangeFeed:
 
     async def pass_on(self, sub_ids: list[str]) -> set[str]:
         """Queue a NOTIFY of the current state of each subscription for the
-        owner of its tag; returns the ids this node sends itself (it owns
-        the tag, or the owner is not listening)."""
+        sender of its tag; returns the ids this node sends itself (it is
+        that sender, or no node listens)."""
         return {r[0] for r in await self.storage._rows(_PASS_ON, (sub_ids, self.node))}
 
     async def end(self, sub_id: str, reason: str) -> tuple[Subscription | None, bool]:
         """Remove a subscription (None if it does not exist) and say
-        whether the owner of its tag sends the terminated NOTIFY (``reason``)
-        or this node must."""
+        whether the sender of its tag, another node, sends the terminated
+        NOTIFY (``reason``) or this node must."""
         rows: list[tuple[Any, ...]] = await self.storage._rows(_END, (sub_id, reason, self.node))
         if not rows:
             return None, False

@@ -146,6 +146,7 @@ _NOTIFY_ONE = "SELECT * FROM presence_next_notify(%s, %s, %s, %s)"
 _INSERT_PUB = f"INSERT INTO publications ({_PUB_COLUMNS}) VALUES ({_placeholders(len(PUB_FIELDS))})"
 _INSERT_SUB = f"INSERT INTO subscriptions ({_SUB_COLUMNS}) VALUES ({_placeholders(len(SUB_FIELDS))})"
 _INSERT_REG = f"INSERT INTO registrations ({_columns(REG_FIELDS)}) VALUES ({_placeholders(len(REG_FIELDS))})"
+_NOTIFY_ONE_SENDER = "SELECT * FROM presence_next_notify(%s, %s, %s, %s, %s)"
 
 
 @functools.cache
@@ -262,6 +263,10 @@ class PostgresStorage:
         self.subscribes: Batcher[tuple[Subscription, float, str | None], tuple[list[Publication], int]] = _batcher(
             self._subscribe_one, self._subscribe_many
         )
+        #: The node whose NOTIFYs this storage counts, when only a tag's
+        #: sender may send (service/owners.py; set by ChangeFeed.start):
+        #: CSeqs are counted only under the tags it sends for (migration 7).
+        self.sender: str | None = None
         #: usage(): [presentities, publications, subscriptions, registrations]
         #: at the last recount plus this node's inserts since, and the same
         #: per source IP.
@@ -577,11 +582,17 @@ class PostgresStorage:
     async def next_notify(self, sub_ids: Collection[str]) -> dict[str, tuple[int, int]]:
         if not sub_ids:
             return {}
-        rows = await self._rows(
-            "UPDATE subscriptions SET cseq = cseq + 1, version = version + 1 WHERE id = ANY(%s)"
-            " RETURNING id, cseq, version - 1",
-            (list(sub_ids),),
-        )
+        if self.sender is not None:  # the counts of a change without its state (no presentity)
+            rows = await self._rows(
+                "SELECT o_id, o_cseq, o_version FROM presence_next_notify(%s, NULL, NULL, 0, %s)",
+                (list(sub_ids), self.sender),
+            )
+        else:
+            rows = await self._rows(
+                "UPDATE subscriptions SET cseq = cseq + 1, version = version + 1 WHERE id = ANY(%s)"
+                " RETURNING id, cseq, version - 1",
+                (list(sub_ids),),
+            )
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     async def next_notify_state(
@@ -607,6 +618,8 @@ class PostgresStorage:
     async def _notify_one(
         self, item: tuple[list[str], str, str, float]
     ) -> tuple[dict[str, tuple[int, int]], list[Publication]]:
+        if self.sender is not None:
+            return self._notify_result(await self._rows(_NOTIFY_ONE_SENDER, (*item, self.sender)))
         return self._notify_result(await self._rows(_NOTIFY_ONE, item))
 
     async def _notify_many(
@@ -616,7 +629,10 @@ class PostgresStorage:
         # (stable, so one presentity's keep their order), which two nodes'
         # batches share, so they cannot deadlock on those rows.
         order = sorted(range(len(items)), key=lambda i: (items[i][1], items[i][2]))
-        split = await self._batch("presence_next_notify", "*", _NOTIFY_NCOLUMNS, [items[i] for i in order])
+        calls: list[Sequence[Any]] = [items[i] for i in order]
+        if self.sender is not None:
+            calls = [(*c, self.sender) for c in calls]
+        split = await self._batch("presence_next_notify", "*", _NOTIFY_NCOLUMNS, calls)
         out: list[tuple[dict[str, tuple[int, int]], list[Publication]]] = [({}, [])] * len(items)
         for position, i in enumerate(order):
             out[i] = self._notify_result(split[position])

@@ -408,4 +408,174 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TRIGGER sharing_tags_changed AFTER INSERT OR UPDATE OF owner ON sharing_tags
             FOR EACH ROW EXECUTE FUNCTION sharing_tags_changed()""",
     ],
+    [
+        # One agreed sender per tag at every moment, even while its owner is
+        # dead or cut off (#13.1 with kills).  Migration 6 let every node
+        # that saw a change for an unattended tag send it; two nodes seeing
+        # changes at once (two publishers) then sent one dialog's NOTIFYs
+        # side by side and the watcher got lower CSeqs after higher ones.
+        # Now the sender of a tag is its owner while it listens, otherwise
+        # the lowest-named listening node (the nodes are those with a
+        # private tag): decided here, so every node agrees.  Holding the
+        # changes for the tag's next owner instead would leave its watchers
+        # silent until a failover, or for good if nobody moves the tag (S80).
+        # Deciding locks the non-listening candidates' keys shared until
+        # commit, so a node (re)starting to listen waits for every statement
+        # that decided without it.  Only when nobody listens at all does the
+        # node that saw the change send (NULL).
+        """CREATE FUNCTION presence_sender(p_owner text) RETURNS text LANGUAGE plpgsql AS $$
+        DECLARE
+            n text;
+        BEGIN
+            IF p_owner IS NOT NULL AND presence_listening(p_owner) THEN
+                RETURN p_owner;
+            END IF;
+            FOR n IN SELECT owner FROM sharing_tags WHERE name LIKE '~%' AND owner IS NOT NULL ORDER BY owner LOOP
+                IF presence_listening(n) THEN
+                    RETURN n;
+                END IF;
+            END LOOP;
+            RETURN NULL;
+        END $$""",
+        # The watchers of a change that p_node sends to (every one when
+        # p_node is NULL); the others are queued for their tags' senders,
+        # tag by tag in order (as every node does, so two batches lock
+        # queue rows in the same order).
+        """CREATE OR REPLACE FUNCTION presence_route(p_presentity text, p_event text, p_now double precision,
+                p_node text) RETURNS SETOF subscriptions LANGUAGE plpgsql AS $$
+        DECLARE
+            t text;
+            o text;
+            mine text[] := '{}';
+        BEGIN
+            IF p_node IS NULL THEN
+                RETURN QUERY SELECT s.* FROM subscriptions s
+                    WHERE s.presentity = p_presentity AND s.event = p_event AND s.expires_at > p_now;
+                RETURN;
+            END IF;
+            FOR t, o IN SELECT DISTINCT s.tag, g.owner FROM subscriptions s JOIN sharing_tags g ON g.name = s.tag
+                    WHERE s.presentity = p_presentity AND s.event = p_event AND s.expires_at > p_now ORDER BY 1 LOOP
+                o := coalesce(presence_sender(o), p_node);
+                IF o = p_node THEN
+                    mine := mine || t;
+                ELSE
+                    PERFORM presence_queue(t, p_presentity, p_event, '', o);
+                END IF;
+            END LOOP;
+            RETURN QUERY SELECT s.* FROM subscriptions s
+                WHERE s.presentity = p_presentity AND s.event = p_event AND s.expires_at > p_now
+                  AND s.tag = ANY(mine);
+        END $$""",
+        # Single NOTIFYs requested by p_node: queued for their tags'
+        # senders, except the ids returned, which p_node sends.
+        """CREATE OR REPLACE FUNCTION presence_pass_on(p_ids text[], p_node text) RETURNS SETOF text
+            LANGUAGE plpgsql AS $$
+        DECLARE
+            r record;
+            o text;
+        BEGIN
+            FOR r IN SELECT s.id, s.tag, s.presentity, s.event, g.owner FROM subscriptions s
+                    JOIN sharing_tags g ON g.name = s.tag WHERE s.id = ANY(p_ids)
+                    ORDER BY s.tag, s.presentity, s.event, s.id LOOP
+                o := coalesce(presence_sender(r.owner), p_node);
+                IF o <> p_node THEN
+                    PERFORM presence_queue(r.tag, r.presentity, r.event, r.id, o);
+                ELSE
+                    RETURN NEXT r.id;
+                END IF;
+            END LOOP;
+        END $$""",
+        # Remove a subscription for p_node (an unsubscribe): returned with
+        # its reason when its tag's sender, another node, sends the
+        # terminated NOTIFY; with reason NULL when p_node does.
+        f"""CREATE OR REPLACE FUNCTION presence_end_subscription(p_id text, p_reason text, p_node text)
+            RETURNS SETOF ended_subscriptions LANGUAGE plpgsql AS $$
+        DECLARE
+            s subscriptions;
+            o text;
+        BEGIN
+            DELETE FROM subscriptions WHERE id = p_id RETURNING * INTO s;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+            o := coalesce(presence_sender((SELECT owner FROM sharing_tags WHERE name = s.tag)), p_node);
+            IF o <> p_node THEN
+                INSERT INTO ended_subscriptions ({_SUB6}, reason)
+                    VALUES ({', '.join('s.' + c for c in _SUB6.split(', '))}, p_reason);
+                PERFORM pg_notify('{NOTIFY_CHANNEL}', o);
+                RETURN QUERY SELECT {', '.join('s.' + c for c in _SUB6.split(', '))}, p_reason;
+            ELSE
+                RETURN QUERY SELECT {', '.join('s.' + c for c in _SUB6.split(', '))}, NULL::text;
+            END IF;
+        END $$""",
+        # The tags p_node sends for now (those whose coalesce(
+        # presence_sender(owner), p_node) is p_node, the stand-in looked up
+        # once): on the path of every NOTIFY.
+        """CREATE FUNCTION presence_sends(p_node text) RETURNS text[] LANGUAGE plpgsql AS $$
+        DECLARE
+            standin boolean := coalesce(presence_sender(NULL), p_node) = p_node;
+        BEGIN
+            RETURN ARRAY(SELECT name FROM sharing_tags WHERE CASE
+                WHEN owner = p_node THEN standin OR presence_listening(p_node)
+                WHEN owner IS NULL OR NOT standin THEN standin
+                ELSE NOT presence_listening(owner) END ORDER BY name);
+        END $$""",
+        # presence_next_notify of migration 5 for a sender, p_node: only
+        # the CSeqs of subscriptions under tags it sends for are counted.
+        # A node that stopped being a tag's sender between reading a
+        # change's watchers and counting their CSeqs gets no number (and
+        # passes the NOTIFY on): the next sender's CSeqs are never counted
+        # beside its own.  The check locks the keys of non-listening
+        # candidates until commit, so a node starting to listen waits for
+        # the counts decided without it.
+        """CREATE FUNCTION presence_next_notify(p_ids text[], p_presentity text, p_event text,
+                p_now double precision, p_node text)
+            RETURNS TABLE (o_id text, o_cseq bigint, o_version bigint, o_presentity text, o_event text,
+                o_etag text, o_body bytea, o_content_type text, o_expires_at double precision,
+                o_received_at double precision, o_tag text, o_origin text)
+            LANGUAGE plpgsql AS $$
+        DECLARE
+            -- The common case, a listening owner, checked first: cheap.
+            owned text[] := CASE WHEN presence_listening(p_node)
+                THEN ARRAY(SELECT name FROM sharing_tags WHERE owner = p_node) END;
+        BEGIN
+            RETURN QUERY UPDATE subscriptions s SET cseq = s.cseq + 1, version = s.version + 1
+                WHERE s.id = ANY(p_ids) AND CASE WHEN s.tag = ANY(owned) THEN true
+                    ELSE s.tag = ANY(presence_sends(p_node)) END
+                RETURNING s.id, s.cseq, s.version - 1, NULL::text, NULL::text, NULL::text, NULL::bytea,
+                    NULL::text, NULL::double precision, NULL::double precision, NULL::text, NULL::text;
+            RETURN QUERY SELECT NULL::text, NULL::bigint, NULL::bigint, p.presentity, p.event, p.etag, p.body,
+                    p.content_type, p.expires_at, p.received_at, p.tag, p.origin
+                FROM publications p
+                WHERE p.presentity = p_presentity AND p.event = p_event AND p.expires_at > p_now;
+        END $$""",
+        # What waits under the tags p_node sends for now (whoever it was
+        # queued for: a row left for a sender that died since is taken by
+        # the next).  Rows a change still holds are skipped: its commit
+        # wakes the sender again.
+        f"""CREATE OR REPLACE FUNCTION presence_take_notifies(p_node text, p_now double precision)
+            RETURNS SETOF ended_subscriptions LANGUAGE plpgsql AS $$
+        DECLARE
+            tags text[] := ARRAY(SELECT name FROM sharing_tags WHERE name = ANY(presence_sends(p_node)) FOR SHARE);
+        BEGIN
+            RETURN QUERY
+                WITH mine AS (
+                    SELECT n.tag, n.presentity, n.event, n.sub_id FROM notify_queue n WHERE n.tag = ANY(tags)
+                    FOR UPDATE OF n SKIP LOCKED
+                ),
+                taken AS (
+                    DELETE FROM notify_queue n USING mine WHERE (n.tag, n.presentity, n.event, n.sub_id)
+                        = (mine.tag, mine.presentity, mine.event, mine.sub_id)
+                    RETURNING n.tag, n.presentity, n.event, n.sub_id
+                )
+                SELECT {', '.join('s.' + c for c in _SUB6.split(', '))}, NULL::text
+                FROM taken q JOIN subscriptions s ON s.presentity = q.presentity AND s.event = q.event
+                WHERE q.sub_id = '' AND s.tag = q.tag AND s.expires_at > p_now
+                UNION ALL
+                SELECT {', '.join('s.' + c for c in _SUB6.split(', '))}, NULL::text
+                FROM taken q JOIN subscriptions s ON s.id = q.sub_id;
+            RETURN QUERY
+                DELETE FROM ended_subscriptions e WHERE e.tag = ANY(tags) RETURNING e.*;
+        END $$""",
+    ],
 ]
