@@ -16,7 +16,49 @@ import psycopg
 from bodies import PIDF_TYPE, pidf
 from sipclient import SipClient
 
+from presence_node.service.overload import OverloadControl
 from presence_node.storage.postgres import PostgresStorage
+
+
+# -- the control law, with injected delays and times (target 20 ms, interval 100 ms)
+
+
+def _feed(ctl: OverloadControl, start: float, end: float, delay: float, step: float = 0.001) -> list[bool]:
+    """One request every ``step`` from ``start`` until ``end``, each delayed ``delay``."""
+    n = round((end - start) / step)
+    return [ctl.admit(delay, start + i * step) for i in range(n)]
+
+
+def test_standing_queue_is_shed_one_interval_after_it_formed() -> None:
+    ctl = OverloadControl(0.02, 0.1)
+    assert all(_feed(ctl, 0.0, 0.05, 0.005))
+    # From 50 ms on every request waits beyond the target: a standing queue.
+    assert all(_feed(ctl, 0.05, 0.149, 0.03)), "within an interval it may still be a burst"
+    assert not ctl.admit(0.03, 0.151), "an interval later it is shed, not at the next window's end"
+    assert ctl.shedding
+    assert ctl.admit(0.01, 0.152), "while shedding, a request within the target is served"
+    assert not ctl.admit(0.025, 0.153)
+
+
+def test_burst_shorter_than_an_interval_is_served() -> None:
+    ctl = OverloadControl(0.02, 0.1)
+    for k in range(5):  # bursts of 90 ms above the target, each followed by one request within it
+        t = k * 0.1
+        assert all(_feed(ctl, t, t + 0.09, 0.05))
+        assert ctl.admit(0.01, t + 0.095)
+    assert not ctl.shedding
+
+
+def test_shedding_ends_after_an_interval_without_a_delay_above_the_target() -> None:
+    ctl = OverloadControl(0.02, 0.1)
+    _feed(ctl, 0.0, 0.2, 0.05)
+    assert ctl.shedding
+    assert all(_feed(ctl, 0.2, 0.299, 0.01))
+    assert ctl.shedding, "not yet an interval without a delay above the target"
+    assert ctl.admit(0.01, 0.3) and not ctl.shedding
+    # A new queue is again given an interval before shedding resumes.
+    assert ctl.admit(0.05, 0.31) and ctl.admit(0.05, 0.4)
+    assert not ctl.admit(0.05, 0.42)
 
 
 def _publish(c: SipClient, user: str) -> bytes:
