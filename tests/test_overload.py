@@ -40,12 +40,31 @@ def test_standing_queue_is_shed_one_interval_after_it_formed() -> None:
     assert not ctl.admit(0.025, 0.153)
 
 
+def test_backlog_older_than_an_interval_is_shed_without_waiting_one() -> None:
+    """After a 200 ms stall the backlog read in arrival order proves that
+    the queue stood above the target for longer than an interval."""
+    ctl = OverloadControl(0.02, 0.1)
+    assert ctl.admit(0.2, 1.0), "one late request alone may be a stall of this request only"
+    assert not ctl.admit(0.199, 1.001)
+    assert all(_feed(ctl, 1.002, 1.1, 0.01))
+
+
+def test_lone_late_requests_between_timely_ones_are_served() -> None:
+    ctl = OverloadControl(0.02, 0.1)
+    for k in range(10):
+        assert ctl.admit(0.5, k * 0.2)
+        assert ctl.admit(0.001, k * 0.2 + 0.01)
+    assert not ctl.shedding
+
+
 def test_burst_shorter_than_an_interval_is_served() -> None:
     ctl = OverloadControl(0.02, 0.1)
-    for k in range(5):  # bursts of 90 ms above the target, each followed by one request within it
-        t = k * 0.1
-        assert all(_feed(ctl, t, t + 0.09, 0.05))
-        assert ctl.admit(0.01, t + 0.095)
+    for k in range(5):  # every 100 ms a burst that takes 90 ms to read, then one request within the target
+        t0 = k * 0.1
+        for i in range(90):
+            now = t0 + i * 0.001
+            assert ctl.admit(now - t0, now), "all of the burst arrived at t0"
+        assert ctl.admit(0.001, t0 + 0.095)
     assert not ctl.shedding
 
 
