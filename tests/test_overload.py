@@ -137,6 +137,26 @@ async def test_backlog_older_than_target_gets_503_and_work_resumes(make_node, op
         assert (await c.request(_publish(c, f"after{i}"))).code == 200
 
 
+async def test_backlog_of_a_stall_is_shed_without_serving_an_interval_of_it_late(make_node, open_clients) -> None:
+    """Default settings (target 20 ms, interval 100 ms): after a 300 ms
+    stall the requests read in arrival order show a queue that stood above
+    the target for longer than an interval, so the backlog is shed at once
+    rather than served 300 ms late while an interval is observed."""
+    node = await make_node()
+    c = await _client(node, open_clients)
+    n = 30
+    for i in range(n):
+        c.send_bytes(_publish(c, f"s{i}"))
+    time.sleep(0.3)
+
+    answers = await _drain(c)
+    assert len(answers) == n
+    served = [r for r in answers if r.code == 200]
+    assert len(served) <= 2, f"{len(served)} of the stalled backlog served late"
+    assert {r.code for r in answers} <= {200, 503}
+    assert (await node.storage.counts())[1] == len(served)
+
+
 async def test_request_older_than_its_transaction_timeout_is_never_applied(make_node, open_clients) -> None:
     # Timer F = 64 * T1 = 0.64 s: the client has given up on a request that old.
     node = await make_node(notify={"t1": 0.01, "t2": 0.04}, limits={"overload_target": 0.01, "overload_interval": 0.001})
