@@ -6,6 +6,12 @@
 #
 #   overload.sh [options] [WORKLOAD]          (default publish)
 #
+# Kamailio's peer of the memory mode is bench/kamailio (one worker, memory
+# subscriptions, port -k); of the shared-database mode the shared-database
+# cluster of bench/cluster/kamailio.sh (kamailio-cluster.cfg on the same
+# PostgreSQL, one worker per listener, node 1 on 127.0.0.1:5091 loaded, its
+# node 2 idle), so one command measures both modes for both servers.
+#
 # For each of our modes: its held rate (-H MODE=RATE, else found: the highest
 # of PROBE_RATES that holds in a PROBE_S s run on our node, success >= 99.9 %
 # and goodput >= 97 % of offered; the search stops at the first that does
@@ -29,16 +35,19 @@
 #   -r REPS                 repetitions (default 1)
 #   -p PORT / -k PORT       our node's / Kamailio's SIP port (5090 / 5091)
 #   --no-kamailio           our node only
+#   -b PYTHONPATH           also run, interleaved, the node found on this
+#                           PYTHONPATH (e.g. an older commit's node/ from
+#                           git archive) as server "base": before/after
 # Environment: PROBE_RATES ("2000 2500 3000 3500 4000 4500 5000"), PROBE_S (6),
 # PGPORT (5434: bench/cluster/pg.sh's server, started if down; database
 # presence_overload, recreated per run), NODE_BIN (bench/node.sh's), NODE_ARGS.
 # Example: overload.sh -H memory=3500 -H shared-db=2400 -d 10 publish
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n '2,34p' "$0" >&2; exit 2; }
+usage() { sed -n '2,43p' "$0" >&2; exit 2; }
 
 MODES="memory shared-db"; FACTORS="1.5 2"; DURATION=10; REPS=1
-NODE_PORT=5090; KAM_PORT=5091; KAMAILIO=1
+NODE_PORT=5090; KAM_PORT=5091; KAMAILIO=1; BASE=""
 declare -A HELD=()
 WORKLOAD=publish
 while [ $# -gt 0 ]; do
@@ -51,6 +60,7 @@ while [ $# -gt 0 ]; do
         -p) NODE_PORT=$2; shift 2 ;;
         -k) KAM_PORT=$2; shift 2 ;;
         --no-kamailio) KAMAILIO=0; shift ;;
+        -b) BASE=$2; shift 2 ;;
         -h|--help) usage ;;
         -*) echo "overload.sh: unknown option $1" >&2; usage ;;
         *) WORKLOAD=$1; shift ;;
@@ -82,12 +92,13 @@ node_cfg() { # mode -> config path
 stop_all() {
     "$HERE/node.sh" stop -p "$NODE_PORT" >/dev/null 2>&1
     [ "$KAMAILIO" = 1 ] && RUN_DIR=$RUN/kamailio "$HERE/kamailio/stop.sh" --keep-db >/dev/null 2>&1
+    [ "$KAMAILIO" = 1 ] && [[ " $MODES " == *" shared-db "* ]] && "$HERE/cluster/kamailio.sh" stop >/dev/null 2>&1
     return 0
 }
 start() { # server mode -> sets SPID SPORT
     local out
     case "$1" in
-        node)
+        node|base)
             SPORT=$NODE_PORT
             if [ "$2" = shared-db ]; then
                 "$HERE/cluster/pg.sh" start >/dev/null || return 1
@@ -95,20 +106,28 @@ start() { # server mode -> sets SPID SPORT
                 pg -d postgres -c "create database presence_overload"
             fi
             # shellcheck disable=SC2086
-            out=$("$HERE/node.sh" start -p "$NODE_PORT" -c "$(node_cfg "$2")" ${NODE_ARGS:+-- $NODE_ARGS} 2>&1) \
+            out=$( ([ "$1" = base ] && export PYTHONPATH=$BASE
+                    "$HERE/node.sh" start -p "$NODE_PORT" -c "$(node_cfg "$2")" ${NODE_ARGS:+-- $NODE_ARGS}) 2>&1) \
                 || { echo "$out" >&2; return 1; }
             SPID=$("$HERE/node.sh" pid -p "$NODE_PORT") ;;
         kamailio)
-            SPORT=$KAM_PORT
-            out=$(RUN_DIR=$RUN/kamailio "$HERE/kamailio/start.sh" -p "$KAM_PORT" -n 1 -s 0 --db sqlite --fresh 2>&1) \
-                || { echo "$out" >&2; return 1; }
-            SPID=$(head -1 "$RUN/kamailio/kamailio.pid") ;;
+            if [ "$2" = shared-db ]; then
+                SPORT=5091
+                out=$("$HERE/cluster/kamailio.sh" start -n 1 2>&1) || { echo "$out" >&2; return 1; }
+                read -r SPID _ < <("$HERE/cluster/kamailio.sh" pids)
+            else
+                SPORT=$KAM_PORT
+                out=$(RUN_DIR=$RUN/kamailio "$HERE/kamailio/start.sh" -p "$KAM_PORT" -n 1 -s 0 --db sqlite --fresh 2>&1) \
+                    || { echo "$out" >&2; return 1; }
+                SPID=$(head -1 "$RUN/kamailio/kamailio.pid")
+            fi ;;
     esac
 }
-stop() { # server
-    case "$1" in
-        node) "$HERE/node.sh" stop -p "$NODE_PORT" >/dev/null 2>&1 ;;
-        kamailio) RUN_DIR=$RUN/kamailio "$HERE/kamailio/stop.sh" --keep-db >/dev/null 2>&1 ;;
+stop() { # server mode
+    case "$1:$2" in
+        node:*|base:*) "$HERE/node.sh" stop -p "$NODE_PORT" >/dev/null 2>&1 ;;
+        kamailio:shared-db) "$HERE/cluster/kamailio.sh" stop >/dev/null 2>&1 ;;
+        kamailio:*) RUN_DIR=$RUN/kamailio "$HERE/kamailio/stop.sh" --keep-db >/dev/null 2>&1 ;;
     esac
     return 0
 }
@@ -125,7 +144,7 @@ run() {
     OUT=$RESULTS/overload-$(date +%Y%m%d-%H%M%S)-$WORKLOAD-$srv-$mode-$tag-$rate
     SERVER_PID=$SPID OUT_DIR=$OUT "$HERE/load.sh" 127.0.0.1 "$SPORT" "$WORKLOAD" "$rate" "$count" > "$RUN/load.log" 2>&1
     mv "$RUN/load.log" "$OUT/load.log" 2>/dev/null
-    stop "$srv"
+    stop "$srv" "$mode"
 }
 
 trap stop_all EXIT
@@ -148,7 +167,7 @@ for mode in $MODES; do
     for factor in $FACTORS; do
         rate=$(python3 -c "print(int(round($held * $factor)))")
         for rep in $(seq 1 "$REPS"); do
-            servers="node"; [ "$KAMAILIO" = 1 ] && servers="node kamailio"
+            servers="node"; [ -n "$BASE" ] && servers="$servers base"; [ "$KAMAILIO" = 1 ] && servers="$servers kamailio"
             for srv in $servers; do
                 run "$srv" "$mode" "$rate" $(( held / 2 )) "x$factor" "$DURATION" || continue
                 python3 "$HERE/lib/overload_table.py" --row "$OUT" "$mode" "$srv" "$held" "$factor" "$rate" "$rep" \

@@ -16,7 +16,68 @@ import psycopg
 from bodies import PIDF_TYPE, pidf
 from sipclient import SipClient
 
+from presence_node.service.overload import OverloadControl
 from presence_node.storage.postgres import PostgresStorage
+
+
+# -- the control law, with injected delays and times (target 20 ms, interval 100 ms)
+
+
+def _feed(ctl: OverloadControl, start: float, end: float, delay: float, step: float = 0.001) -> list[bool]:
+    """One request every ``step`` from ``start`` until ``end``, each delayed ``delay``."""
+    n = round((end - start) / step)
+    return [ctl.admit(delay, start + i * step) for i in range(n)]
+
+
+def test_standing_queue_is_shed_one_interval_after_it_formed() -> None:
+    ctl = OverloadControl(0.02, 0.1)
+    assert all(_feed(ctl, 0.0, 0.05, 0.005))
+    # From 50 ms on every request waits beyond the target: a standing queue.
+    assert all(_feed(ctl, 0.05, 0.149, 0.03)), "within an interval it may still be a burst"
+    assert not ctl.admit(0.03, 0.151), "an interval later it is shed, not at the next window's end"
+    assert ctl.shedding
+    assert ctl.admit(0.01, 0.152), "while shedding, a request within the target is served"
+    assert not ctl.admit(0.025, 0.153)
+
+
+def test_backlog_older_than_an_interval_is_shed_without_waiting_one() -> None:
+    """After a 200 ms stall the backlog read in arrival order proves that
+    the queue stood above the target for longer than an interval."""
+    ctl = OverloadControl(0.02, 0.1)
+    assert ctl.admit(0.2, 1.0), "one late request alone may be a stall of this request only"
+    assert not ctl.admit(0.199, 1.001)
+    assert all(_feed(ctl, 1.002, 1.1, 0.01))
+
+
+def test_lone_late_requests_between_timely_ones_are_served() -> None:
+    ctl = OverloadControl(0.02, 0.1)
+    for k in range(10):
+        assert ctl.admit(0.5, k * 0.2)
+        assert ctl.admit(0.001, k * 0.2 + 0.01)
+    assert not ctl.shedding
+
+
+def test_burst_shorter_than_an_interval_is_served() -> None:
+    ctl = OverloadControl(0.02, 0.1)
+    for k in range(5):  # every 100 ms a burst that takes 90 ms to read, then one request within the target
+        t0 = k * 0.1
+        for i in range(90):
+            now = t0 + i * 0.001
+            assert ctl.admit(now - t0, now), "all of the burst arrived at t0"
+        assert ctl.admit(0.001, t0 + 0.095)
+    assert not ctl.shedding
+
+
+def test_shedding_ends_after_an_interval_without_a_delay_above_the_target() -> None:
+    ctl = OverloadControl(0.02, 0.1)
+    _feed(ctl, 0.0, 0.2, 0.05)
+    assert ctl.shedding
+    assert all(_feed(ctl, 0.2, 0.299, 0.01))
+    assert ctl.shedding, "not yet an interval without a delay above the target"
+    assert ctl.admit(0.01, 0.3) and not ctl.shedding
+    # A new queue is again given an interval before shedding resumes.
+    assert ctl.admit(0.05, 0.31) and ctl.admit(0.05, 0.4)
+    assert not ctl.admit(0.05, 0.42)
 
 
 def _publish(c: SipClient, user: str) -> bytes:
@@ -74,6 +135,26 @@ async def test_backlog_older_than_target_gets_503_and_work_resumes(make_node, op
     await asyncio.sleep(0.05)
     for i in range(5):
         assert (await c.request(_publish(c, f"after{i}"))).code == 200
+
+
+async def test_backlog_of_a_stall_is_shed_without_serving_an_interval_of_it_late(make_node, open_clients) -> None:
+    """Default settings (target 20 ms, interval 100 ms): after a 300 ms
+    stall the requests read in arrival order show a queue that stood above
+    the target for longer than an interval, so the backlog is shed at once
+    rather than served 300 ms late while an interval is observed."""
+    node = await make_node()
+    c = await _client(node, open_clients)
+    n = 30
+    for i in range(n):
+        c.send_bytes(_publish(c, f"s{i}"))
+    time.sleep(0.3)
+
+    answers = await _drain(c)
+    assert len(answers) == n
+    served = [r for r in answers if r.code == 200]
+    assert len(served) <= 2, f"{len(served)} of the stalled backlog served late"
+    assert {r.code for r in answers} <= {200, 503}
+    assert (await node.storage.counts())[1] == len(served)
 
 
 async def test_request_older_than_its_transaction_timeout_is_never_applied(make_node, open_clients) -> None:

@@ -126,9 +126,9 @@ class Limits(_Strict):
     #: Requests in progress beyond which new ones get 503 Retry-After.
     max_in_progress: int = Field(20000, ge=1)
     #: Overload control (CoDel-like): a request's queueing delay is the
-    #: time since the kernel received it, or the age of the oldest request
-    #: still in progress if more.  Once that delay stays above the target
-    #: for a whole interval, new requests that waited longer than the
+    #: time since the kernel received it plus, on PostgreSQL, the database
+    #: backlog.  Once every delay stays above the target for a whole
+    #: interval (service/overload.py), new requests that waited longer than the
     #: target get a 503 Retry-After from a header scan (no parse, no
     #: handler), until a whole interval passes without such a delay.
     overload_target: float = Field(0.02, ge=0.001, le=10)
