@@ -5,6 +5,7 @@
     presence-node tags list|activate TAG [--epoch N]|deactivate TAG
                   --admin HOST:PORT [--admin-secret-file FILE]
     presence-node healthcheck [--admin HOST:PORT] [--timeout S]
+    presence-node users hash AOR [--realm REALM] [--password-file FILE]
 
 Flags override the file; every setting is validated by :mod:`.config`.  The
 ``tags`` commands wrap the admin API (the seed's MI commands
@@ -30,6 +31,7 @@ from .admin.contract import SECRET_ENV
 from .admin.secret import SecretError
 from .config import Config, ConfigError, load, split_hostport
 from .node import Node, StorageConfigError, tune_gc
+from .service.auth import AuthConfigError, user_line
 
 log = logging.getLogger("presence_node")
 
@@ -125,6 +127,31 @@ def tags_main(argv: list[str]) -> int:
         return 1
 
 
+def users_main(argv: list[str]) -> int:
+    """Print the ``auth.users_file`` line of a user: HA1 hashes (MD5 and
+    SHA-256), never the password, which is read from a file or prompted for."""
+    p = argparse.ArgumentParser(prog="presence-node users", description="Make auth.users_file lines.")
+    p.add_argument("action", choices=["hash"])
+    p.add_argument("aor", metavar="AOR", help="user@domain")
+    p.add_argument("--realm", help="default: the AOR's domain (auth.realms may map it to another)")
+    p.add_argument("--password-file", type=Path, metavar="FILE", help="default: prompt")
+    args = p.parse_args(argv)
+    aor = args.aor.removeprefix("sip:")
+    user, at, domain = aor.partition("@")
+    if not (user and at and domain) or any(c.isspace() for c in aor):
+        p.error("AOR must be user@domain")
+    if args.password_file is not None:
+        password = args.password_file.read_text().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass(f"password for {aor}: ")
+    if not password:
+        p.error("empty password")
+    print(user_line(aor, args.realm or domain.lower(), password))
+    return 0
+
+
 def healthcheck_address(cmdline: list[str]) -> tuple[str, int]:
     """The admin address to probe for the node started with ``cmdline``
     (its flags and ``--config`` file, as it read them; a wildcard listen
@@ -171,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         return tags_main(argv[1:])
     if argv[:1] == ["healthcheck"]:
         return healthcheck_main(argv[1:])
+    if argv[:1] == ["users"]:
+        return users_main(argv[1:])
     try:
         config = make_config(argv)
     except ConfigError as e:
@@ -185,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         asyncio.run(serve(config))
-    except (SecretError, StorageConfigError) as e:
+    except (SecretError, StorageConfigError, AuthConfigError) as e:
         print(f"presence-node: {e}", file=sys.stderr)
         return 2
     except OSError as e:

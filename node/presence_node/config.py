@@ -6,6 +6,7 @@ and a bad file is reported with the dotted path of the offending key.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -269,6 +270,66 @@ class Federation(_Strict):
         return self.mode != "disabled"
 
 
+class Auth(_Strict):
+    """Digest authentication of PUBLISH, SUBSCRIBE and REGISTER (#15).
+
+    ``digest`` answers 401 with WWW-Authenticate, ``proxy`` 407 with
+    Proxy-Authenticate (the node seen as a proxy), ``off`` trusts every
+    request (a first try on one node; the start-up log warns)."""
+
+    mode: Literal["off", "digest", "proxy"] = "off"
+    #: Realm challenged for requests to a domain; default: the domain
+    #: itself (the From's host), so each domain is its own realm.
+    realms: dict[str, str] = Field(default_factory=dict)
+    #: Memory storage: the users, one ``AOR REALM HA1-MD5 HA1-SHA256`` per
+    #: line (``presence-node users hash`` prints them; never passwords).
+    users_file: Path | None = None
+    #: File holding the secret nonces are signed with (every node of a
+    #: cluster the same); else PRESENCE_AUTH_SECRET; else a random one per
+    #: process (one node only: another node would find its nonces stale).
+    nonce_secret_file: Path | None = None
+    #: Seconds a nonce is accepted; later its user is challenged again
+    #: with stale=true.
+    nonce_lifetime: float = Field(300.0, ge=5, le=86400)
+    #: Nonces whose nonce count is remembered (only nonces of requests that
+    #: authenticated: an unauthenticated packet adds nothing).  Beyond it
+    #: the oldest is forgotten, and with it every nonce issued before it.
+    max_tracked_nonces: int = Field(100_000, ge=16)
+    #: Failed authentications one source IP may make per second (token
+    #: bucket ``failure_burst`` deep); beyond, its requests get 403 until
+    #: the bucket refills.
+    failure_rate: float = Field(5.0, gt=0)
+    failure_burst: int = Field(20, ge=1)
+    #: Addresses or CIDRs (the deployment's own proxies, which
+    #: authenticated the user already) whose requests skip digest.
+    trusted_sources: tuple[str, ...] = ()
+
+    @field_validator("trusted_sources")
+    @classmethod
+    def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as e:
+                raise ValueError(f"not an address or CIDR: {item!r}") from e
+        return v
+
+    @field_validator("realms")
+    @classmethod
+    def _lower_domains(cls, v: dict[str, str]) -> dict[str, str]:
+        return {k.lower(): r for k, r in v.items()}
+
+    @model_validator(mode="after")
+    def _users(self) -> "Auth":
+        if self.mode != "off" and self.users_file is None and not self.trusted_sources:
+            raise ValueError("auth.mode digest or proxy needs users_file (or trusted_sources)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+
 class Config(_Strict):
     """The whole node configuration (see README, "Configuration")."""
 
@@ -308,6 +369,7 @@ class Config(_Strict):
     #: the others stay this node's own duty (its private tag).
     cluster_pres_events: tuple[str, ...] = ("presence", "dialog;sla")
     federation: Federation = Federation()
+    auth: Auth = Auth()
 
     @field_validator("sip", "admin")
     @classmethod

@@ -31,6 +31,7 @@ from .metrics import Metrics
 from .packages.registry import PackageRegistry
 from .xmlsafe import XmlLimits
 from .service.context import Service
+from .service.auth import Authenticator, load_users, nonce_secret
 from .service.dispatch import Dispatcher
 from .service.expiry import Expirer
 from .service.ids import Ids
@@ -83,8 +84,16 @@ class Node:
             self.storage, self.packages, self.transports, self.ids, self.metrics, min_interval=config.notify.min_interval
         )
         self.service = Service(config, self.storage, self.packages, self.notifier, self.ids, self.metrics)
+        self.auth: Authenticator | None = None
+        if config.auth.enabled:
+            self.auth = Authenticator(
+                config.auth,
+                load_users(config.auth.users_file) if config.auth.users_file is not None else {},
+                nonce_secret(config.auth.nonce_secret_file, self.storage.shared or config.federation.enabled),
+                self.metrics,
+            )
         self.dispatcher = Dispatcher(
-            self.service, self.metrics, self.transports.on_response, local_hosts=_local_hosts(config)
+            self.service, self.metrics, self.transports.on_response, local_hosts=_local_hosts(config), auth=self.auth
         )
         self.expirer = Expirer(self.storage, self.notifier, config.node_id, self.metrics.expired, time.time)
         self.tags = SharingTags(config, self.storage)
@@ -159,6 +168,12 @@ class Node:
         await site.start()
         self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.ready = True
+        if self.auth is None:
+            log.warning(
+                "SIP authentication is off (auth.mode): anyone who reaches the SIP port may publish any"
+                " presentity's state and watch anyone; see README 'Secure deployment'",
+                extra={"node": cfg.node_id},
+            )
         log.info(
             "node started",
             extra={"node": cfg.node_id, "sip": f"{host}:{self.sip_port}", "admin": f"{ahost}:{self.admin_port}"},
@@ -225,6 +240,8 @@ class Node:
         txns = self.dispatcher.txns
         self.metrics.transactions = (len(txns), txns.retained, txns.evicted)
         self.metrics.shedding = self.dispatcher.overload.shedding
+        if self.auth is not None:
+            self.metrics.auth_nonces = len(self.auth.counts)
         if self.federation is not None:
             self.metrics.peers_up = self.federation.peers_up
             self.metrics.cluster_connections = self.federation.channel.connections()

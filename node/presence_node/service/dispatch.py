@@ -31,6 +31,7 @@ from ..sip.status import Status, reason
 from ..sip.transaction import MERGED, ServerTransactions
 from ..storage.base import RequestExpired, StorageUnavailable, request_deadline
 from . import eager
+from .auth import AUTHENTICATED, Authenticator
 from .context import Incoming, Service
 from .limits import SourceLimiter
 from .overload import OverloadControl
@@ -81,12 +82,15 @@ class Dispatcher:
         *,
         local_hosts: set[str],
         clock: Callable[[], float] = time.time,
+        auth: Authenticator | None = None,
     ) -> None:
         self.svc = service
         self.metrics = metrics
         self.on_response = on_response
         self.local_hosts = local_hosts
         self.clock = clock
+        #: Digest and identity check (#15); None: auth.mode off.
+        self.auth = auth
         cfg = service.config
         self.txns = ServerTransactions(cfg.notify.t1, cfg.limits.retained_response_bytes)
         #: 64*T1: a client's non-INVITE transaction times out (Timer F) by then.
@@ -222,6 +226,11 @@ class Dispatcher:
         if pre is not None:
             self._finish(key, send, method, rb, pre, transport, now)
             return
+        if self.auth is not None and method in AUTHENTICATED:
+            refused = self.auth.check(req, host, frm, to, now)
+            if refused is not None:
+                self._finish(key, send, method, rb, refused.reply, transport, now, refused.phrase)
+                return
         handler = HANDLERS.get(method)
         if handler is None:
             self._finish(key, send, method, rb, self._simple(req), transport, now)
