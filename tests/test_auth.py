@@ -242,3 +242,35 @@ async def test_off_by_default_and_says_so(make_node, make_client, caplog):
     assert any("authentication is off" in r.getMessage() for r in caplog.records)
     alice = await make_client("alice", target=node)
     assert (await publish_with(alice, None)).code == 200
+
+
+def test_cli_hash_prints_a_users_file_line(tmp_path: Path, capsys):
+    from presence_node.cli import main
+    from presence_node.service.auth import load_users
+
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    assert main(["users", "hash", "carol@Example.com", "--password-file", str(pw)]) == 0
+    line = capsys.readouterr().out
+    assert "s3cret" not in line
+    users = tmp_path / "users"
+    users.write_text(line)
+    carol = load_users(users)[("carol", "example.com")]
+    assert carol.aor == "carol@example.com"
+    assert carol.ha1_sha256 == digest.ha1("SHA-256", "carol", "example.com", "s3cret")
+
+
+def test_digest_without_users_and_database_is_a_config_error():
+    from presence_node.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match="users_file"):
+        load(None, {"auth": {"mode": "digest"}})
+
+
+def test_bad_users_file_names_the_line(tmp_path: Path):
+    from presence_node.service.auth import AuthConfigError, load_users
+
+    users = tmp_path / "users"
+    users.write_text("# ok\nalice@example.com example.com nothex\n")
+    with pytest.raises(AuthConfigError, match=":2:"):
+        load_users(users)

@@ -319,12 +319,6 @@ class Auth(_Strict):
     def _lower_domains(cls, v: dict[str, str]) -> dict[str, str]:
         return {k.lower(): r for k, r in v.items()}
 
-    @model_validator(mode="after")
-    def _users(self) -> "Auth":
-        if self.mode != "off" and self.users_file is None and not self.trusted_sources:
-            raise ValueError("auth.mode digest or proxy needs users_file (or trusted_sources)")
-        return self
-
     @property
     def enabled(self) -> bool:
         return self.mode != "off"
@@ -416,6 +410,9 @@ class Config(_Strict):
             raise ValueError(f"default_tag {self.default_tag!r} is not one of sharing_tags")
         if self.default_tag is None and len(self.sharing_tags) > 1:
             raise ValueError("default_tag is required when several sharing_tags are configured")
+        if self.auth.enabled and self.auth.users_file is None and self.storage.backend != "postgres":
+            if not self.auth.trusted_sources:
+                raise ValueError("auth.mode digest or proxy needs auth.users_file without a database")
         if self.federation.enabled:
             if not self.cluster_id:
                 raise ValueError("federation needs cluster_id")

@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .packages.registry import PackageRegistry
 from .xmlsafe import XmlLimits
 from .service.context import Service
-from .service.auth import Authenticator, load_users, nonce_secret
+from .service.auth import Authenticator, file_lookup, load_users, nonce_secret
 from .service.dispatch import Dispatcher
 from .service.expiry import Expirer
 from .service.ids import Ids
@@ -86,9 +86,16 @@ class Node:
         self.service = Service(config, self.storage, self.packages, self.notifier, self.ids, self.metrics)
         self.auth: Authenticator | None = None
         if config.auth.enabled:
+            # The users file if given, else the shared database's table.
+            users = config.auth.users_file
+            lookup = (
+                file_lookup(load_users(users) if users is not None else {})
+                if users is not None or not self.storage.shared
+                else self.storage.subscriber  # type: ignore[attr-defined]
+            )
             self.auth = Authenticator(
                 config.auth,
-                load_users(config.auth.users_file) if config.auth.users_file is not None else {},
+                lookup,
                 nonce_secret(config.auth.nonce_secret_file, self.storage.shared or config.federation.enabled),
                 self.metrics,
             )

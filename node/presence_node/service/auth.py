@@ -26,13 +26,14 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Awaitable, Callable, Protocol
 
 from ..config import Auth
 from ..sip import digest
 from ..sip.errors import ParseError
 from ..sip.headers import NameAddr, parse_uri
 from ..sip.message import Request
+from ..storage.subscribers import Subscriber
 from .limits import SourceLimiter
 from .reply import Reply
 
@@ -48,13 +49,17 @@ class AuthConfigError(Exception):
     """The users file cannot be used (the message names the line)."""
 
 
-@dataclass(frozen=True, slots=True)
-class User:
-    aor: str  # user@domain, as the identity check compares it
-    ha1: dict[str, str]  # algorithm -> HA1 hex
+Users = dict[tuple[str, str], Subscriber]  # (username, realm) -> user
+#: Finds a user by digest username and realm: the users file's table, or
+#: the shared database's subscribers.
+Lookup = Callable[[str, str], Awaitable[Subscriber | None]]
 
 
-Users = dict[tuple[str, str], User]  # (username, realm) -> user
+def file_lookup(users: Users) -> Lookup:
+    async def lookup(username: str, realm: str) -> Subscriber | None:
+        return users.get((username, realm))
+
+    return lookup
 
 
 def load_users(path: Path) -> Users:
@@ -76,7 +81,7 @@ def load_users(path: Path) -> Users:
         if len(md5) != 32 or len(sha256) != 64 or not _hex(md5 + sha256):
             raise AuthConfigError(f"{path}:{n}: the HA1 fields must be 32 and 64 hex digits")
         user, _, domain = aor.removeprefix("sip:").partition("@")
-        users[(user, realm)] = User(f"{user}@{domain.lower()}", {"MD5": md5.lower(), "SHA-256": sha256.lower()})
+        users[(user, realm)] = Subscriber(user, realm, f"{user}@{domain.lower()}", md5.lower(), sha256.lower())
     return users
 
 
@@ -139,9 +144,9 @@ class Refusal:
 
 
 class Authenticator:
-    def __init__(self, cfg: Auth, users: Users, secret: bytes, metrics: AuthMetrics) -> None:
+    def __init__(self, cfg: Auth, lookup: Lookup, secret: bytes, metrics: AuthMetrics) -> None:
         self.cfg = cfg
-        self.users = users
+        self.lookup = lookup
         self.secret = secret
         self.metrics = metrics
         self.proxy = cfg.mode == "proxy"
@@ -152,7 +157,7 @@ class Authenticator:
         self.counts = NonceCounts(cfg.max_tracked_nonces)
         self.failures = SourceLimiter(cfg.failure_rate, cfg.failure_burst)
 
-    def check(self, req: Request, host: str, frm: NameAddr, to: NameAddr, now: float) -> Refusal | None:
+    async def check(self, req: Request, host: str, frm: NameAddr, to: NameAddr, now: float) -> Refusal | None:
         """None if ``req`` may go on to its handler, else how to answer it."""
         if self.trusted and self._trusted(host):
             self.metrics.count("sip_auth_results", "trusted")
@@ -169,11 +174,11 @@ class Authenticator:
             return creds
         if creds is None:
             return self._challenge("challenged", realm, now)
-        user = self.users.get((creds.username, realm))
+        user = await self.lookup(creds.username, realm)
         if user is None:
             return self._failed(host, realm, now, "unknown user")
         expected = digest.response(
-            creds.algorithm, user.ha1[creds.algorithm], creds.nonce, creds.nc or "", creds.cnonce or "",
+            creds.algorithm, user.ha1_sha256 if creds.algorithm == "SHA-256" else user.ha1_md5, creds.nonce, creds.nc or "", creds.cnonce or "",
             creds.qop or "", req.method, creds.uri,
         )
         if not hmac.compare_digest(expected, creds.response):

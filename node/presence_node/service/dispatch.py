@@ -226,11 +226,6 @@ class Dispatcher:
         if pre is not None:
             self._finish(key, send, method, rb, pre, transport, now)
             return
-        if self.auth is not None and method in AUTHENTICATED:
-            refused = self.auth.check(req, host, frm, to, now)
-            if refused is not None:
-                self._finish(key, send, method, rb, refused.reply, transport, now, refused.phrase)
-                return
         handler = HANDLERS.get(method)
         if handler is None:
             self._finish(key, send, method, rb, self._simple(req), transport, now)
@@ -255,7 +250,13 @@ class Dispatcher:
         try:
             phrase = None
             try:
-                reply = await handler(self.svc, inc)
+                refused = None
+                if self.auth is not None and inc.request.method in AUTHENTICATED:
+                    refused = await self.auth.check(inc.request, inc.host, inc.from_, inc.to, inc.now)
+                if refused is not None:
+                    reply, phrase = refused.reply, refused.phrase
+                else:
+                    reply = await handler(self.svc, inc)
             except RemoteSipError as e:
                 reply = Reply(e.status_hint, list(e.headers), to_tag=self.svc.ids.tag())
                 phrase = f"{reason(e.status_hint)} ({e.reason})" if e.reason else None

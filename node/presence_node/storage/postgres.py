@@ -64,6 +64,7 @@ from .base import PresentityFull, StaleEpoch, StorageUnavailable, UnknownTag, ch
 from .batching import Batcher
 from .records import Publication, Registration, Subscription, TagState, Usage, differing_keys, source_ip
 from .schema import MIGRATIONS, MIGRATION_LOCK
+from .subscribers import Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ _SUB_COLUMNS = (
     "local_uri, contact, routes, transport, source, accept, expires_at, remote_cseq, cseq, version, "
     "status, tag"
 )
+_SUBSCRIBER = "username, realm, aor, ha1_md5, ha1_sha256"
 _PUB_COLUMNS = "presentity, event, etag, body, content_type, expires_at, received_at, tag, origin"
 #: Bindings from before migration 6 have no tag (NULL).
 _REG_COLUMNS = "aor, contact, expires_at, call_id, cseq, coalesce(tag, ''), source"
@@ -971,6 +973,33 @@ class PostgresStorage:
         totals = {r[0]: int(r[2]) for r in rows if r[0] != "source"}
         self._counts = [totals[k] for k in ("presentities", "publications", "subscriptions", "registrations")]
         self._by_source = {r[1]: int(r[2]) for r in rows if r[0] == "source"}
+
+    # -- subscribers (#15.1) -------------------------------------------------
+
+    async def subscriber(self, username: str, realm: str) -> Subscriber | None:
+        row = await self._one(f"SELECT {_SUBSCRIBER} FROM subscribers WHERE username = %s AND realm = %s",
+                              (username, realm))
+        return Subscriber(*row) if row is not None else None
+
+    async def put_subscriber(self, s: Subscriber) -> bool:
+        """Create or replace ``s``; True if it is new."""
+        row = await self._one(
+            f"INSERT INTO subscribers ({_SUBSCRIBER}) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (username, realm)"
+            " DO UPDATE SET aor = EXCLUDED.aor, ha1_md5 = EXCLUDED.ha1_md5, ha1_sha256 = EXCLUDED.ha1_sha256"
+            " RETURNING xmax = 0",
+            tuple(s),
+        )
+        return bool(row and row[0])
+
+    async def delete_subscriber(self, username: str, realm: str) -> bool:
+        rows = await self._rows("DELETE FROM subscribers WHERE username = %s AND realm = %s RETURNING 1",
+                                (username, realm))
+        return bool(rows)
+
+    async def list_subscribers(self, *, offset: int, limit: int) -> list[Subscriber]:
+        rows = await self._rows(f"SELECT {_SUBSCRIBER} FROM subscribers ORDER BY realm, username OFFSET %s LIMIT %s",
+                                (offset, limit))
+        return [Subscriber(*r) for r in rows]
 
     def queue_delay(self) -> float:
         now = asyncio.get_running_loop().time()

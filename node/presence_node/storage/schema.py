@@ -408,4 +408,16 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TRIGGER sharing_tags_changed AFTER INSERT OR UPDATE OF owner ON sharing_tags
             FOR EACH ROW EXECUTE FUNCTION sharing_tags_changed()""",
     ],
+    # 7 (#15.1): the users that may authenticate, by digest username and
+    # realm, as HA1 hashes only (never a password).
+    [
+        """CREATE TABLE subscribers (
+            username text NOT NULL,
+            realm text NOT NULL,
+            aor text NOT NULL,
+            ha1_md5 text NOT NULL,
+            ha1_sha256 text NOT NULL,
+            PRIMARY KEY (username, realm)
+        )""",
+    ],
 ]
