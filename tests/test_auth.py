@@ -274,3 +274,13 @@ def test_bad_users_file_names_the_line(tmp_path: Path):
     users.write_text("# ok\nalice@example.com example.com nothex\n")
     with pytest.raises(AuthConfigError, match=":2:"):
         load_users(users)
+
+
+async def test_algorithms_setting_orders_the_challenges_and_refuses_others(make_node, make_client, auth_files):
+    node = await make_node(auth={"mode": "digest", "algorithms": ["SHA-256"], **auth_files})
+    alice = await make_client("alice", target=node)
+    resp = await publish_with(alice, None)
+    assert len(challenges(resp)) == 1 and "algorithm=SHA-256" in challenges(resp)[0]
+    md5 = challenges(resp)[0].replace("SHA-256", "MD5")
+    resp = await publish_with(alice, answer(md5, "alice", "alice-pw", "PUBLISH", alice.aor))
+    assert resp.code == 401  # MD5 credentials where only SHA-256 is allowed: challenged again

@@ -288,6 +288,11 @@ class Auth(_Strict):
     #: cluster the same); else PRESENCE_AUTH_SECRET; else a random one per
     #: process (one node only: another node would find its nonces stale).
     nonce_secret_file: Path | None = None
+    #: Digest algorithms challenged with, in order (RFC 8760: a client
+    #: answers the first it supports); credentials of another are refused.
+    #: Clients that take the first challenge whatever it is (SIPp, some
+    #: old phones) need MD5 first or alone.
+    algorithms: tuple[Literal["SHA-256", "MD5"], ...] = Field(("SHA-256", "MD5"), min_length=1)
     #: Seconds a nonce is accepted; later its user is challenged again
     #: with stale=true.
     nonce_lifetime: float = Field(300.0, ge=5, le=86400)

@@ -202,7 +202,7 @@ class Authenticator:
                 creds = digest.parse_credentials(value)
             except ParseError as e:
                 return self._refuse("malformed", Reply(400), f"Bad Request ({e.reason})")
-            if creds.realm == realm:
+            if creds.realm == realm and creds.algorithm in self.cfg.algorithms:
                 if creds.qop is None:  # RFC 2069 digest: no nonce count, so no replay protection
                     return self._refuse("malformed", Reply(400), "Bad Request (Digest without qop=auth)")
                 return creds
@@ -237,7 +237,7 @@ class Authenticator:
 
     def _challenge(self, result: str, realm: str, now: float, *, stale: bool = False) -> Refusal:
         nonce = digest.make_nonce(self.secret, now, secrets.token_hex(8))
-        headers = [(self._ask, digest.challenge(realm, nonce, alg, stale=stale)) for alg in digest.ALGORITHMS]
+        headers = [(self._ask, digest.challenge(realm, nonce, alg, stale=stale)) for alg in self.cfg.algorithms]
         return self._refuse(result, Reply(self._code, headers))
 
     def _refuse(self, result: str, reply: Reply, phrase: str | None = None) -> Refusal:
