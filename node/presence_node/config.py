@@ -305,6 +305,11 @@ class Auth(_Strict):
     #: the bucket refills.
     failure_rate: float = Field(5.0, gt=0)
     failure_burst: int = Field(20, ge=1)
+    #: Who an authenticated watcher may SUBSCRIBE to (403 otherwise):
+    #: ``everyone`` (D4), presentities of its own ``domain``, or only
+    #: presentities that are users (``subscribers``).  presence.winfo stays
+    #: the presentity's own whatever this says.
+    watchers: Literal["everyone", "domain", "subscribers"] = "everyone"
     #: Addresses or CIDRs (the deployment's own proxies, which
     #: authenticated the user already) whose requests skip digest.
     trusted_sources: tuple[str, ...] = ()

@@ -191,8 +191,25 @@ class Authenticator:
         self.counts.record(creds.nonce, issued, creds.count, now - self.cfg.nonce_lifetime)
         if not self._speaks_for(user.aor, req, frm, to):
             return self._refuse("forbidden", Reply(403), f"Forbidden ({user.aor} may not act for this identity)")
+        if req.method == "SUBSCRIBE" and not await self._may_watch(user.aor, req):
+            return self._refuse("forbidden", Reply(403), f"Forbidden (watcher policy {self.cfg.watchers})")
         self.metrics.count("sip_auth_results", "ok")
         return None
+
+    async def _may_watch(self, watcher: str, req: Request) -> bool:
+        """``auth.watchers`` (#15.3); presence.winfo is left to its handler (D4)."""
+        policy = self.cfg.watchers
+        event = (req.headers.get("event") or "").partition(";")[0].strip().lower()
+        if policy == "everyone" or event == "presence.winfo":
+            return True
+        try:
+            target = parse_uri(req.uri)
+        except ParseError:
+            return True  # the handler answers a bad Request-URI
+        domain = target.host.lower()
+        if policy == "domain":
+            return watcher.rpartition("@")[2] == domain
+        return await self.lookup(target.user, self.cfg.realms.get(domain, domain)) is not None
 
     def _credentials(self, req: Request, realm: str) -> digest.Credentials | Refusal | None:
         """The request's credentials for ``realm`` (a client may carry some
