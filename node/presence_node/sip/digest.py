@@ -25,6 +25,7 @@ _HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
 #: One ``name=value`` or ``name="quoted value"`` of a credentials list.
 _PARAM = re.compile(r'\s*([A-Za-z0-9_\-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*(?:,|$)')
+_UNESCAPE = re.compile(r"\\(.)")
 _NC = re.compile(r"^[0-9A-Fa-f]{8}$")
 
 
@@ -80,7 +81,10 @@ def parse_credentials(value: str) -> Credentials:
         if name in params:
             raise ParseError(f"repeated Digest parameter {name}")
         quoted = m.group(2)
-        params[name] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else m.group(3)
+        if quoted is None:
+            params[name] = m.group(3)
+        else:
+            params[name] = _UNESCAPE.sub(r"\1", quoted) if "\\" in quoted else quoted
         pos = m.end()
     missing = [k for k in ("username", "realm", "nonce", "uri", "response") if k not in params]
     if missing:
