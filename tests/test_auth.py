@@ -284,3 +284,19 @@ async def test_algorithms_setting_orders_the_challenges_and_refuses_others(make_
     md5 = challenges(resp)[0].replace("SHA-256", "MD5")
     resp = await publish_with(alice, answer(md5, "alice", "alice-pw", "PUBLISH", alice.aor))
     assert resp.code == 401  # MD5 credentials where only SHA-256 is allowed: challenged again
+
+
+async def test_tracked_nonces_are_bounded_and_a_forgotten_one_is_stale(make_node, make_client, auth_files):
+    node = await make_node(auth={"mode": "digest", "max_tracked_nonces": 16, **auth_files})
+    alice = await make_client("alice", target=node)
+    first = challenges(await publish_with(alice, None))[0]
+    assert (await publish_with(alice, answer(first, "alice", "alice-pw", "PUBLISH", alice.aor))).code == 200
+    for _ in range(20):
+        chal = challenges(await publish_with(alice, None))[0]
+        assert (await publish_with(alice, answer(chal, "alice", "alice-pw", "PUBLISH", alice.aor))).code == 200
+    m = parse_metrics((await node.metrics_text()).decode())
+    assert m[("sip_auth_tracked_nonces", ())] == 16
+    # The first nonce was forgotten: its next count cannot be told from a
+    # replay, so it is stale (the client takes the fresh nonce).
+    resp = await publish_with(alice, answer(first, "alice", "alice-pw", "PUBLISH", alice.aor, nc=2))
+    assert resp.code == 401 and all("stale=true" in v for v in challenges(resp))
