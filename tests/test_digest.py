@@ -42,7 +42,7 @@ def test_parse_the_rfc7616_authorization_header() -> None:
         ' opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
     )
     c = digest.parse_credentials(value)
-    assert (c.username, c.realm, c.uri, c.algorithm, c.qop, c.count) == (
+    assert (c.username, c.realm, c.uri, c.algorithm, c.qop, c.nonce_count) == (
         "Mufasa", "http-auth@example.org", "/dir/index.html", "SHA-256", "auth", 1
     )
     assert c.nonce == NONCE_7616 and c.cnonce == CNONCE_7616
@@ -52,7 +52,7 @@ def test_parse_quoted_escapes_and_default_md5() -> None:
     c = digest.parse_credentials(
         'digest username="a\\"b", realm="r", nonce="n", uri="sip:x@y", response="AB", qop=auth, nc=0000000a, cnonce="c"'
     )
-    assert c.username == 'a"b' and c.algorithm == "MD5" and c.response == "ab" and c.count == 10
+    assert c.username == 'a"b' and c.algorithm == "MD5" and c.response == "ab" and c.nonce_count == 10
 
 
 @pytest.mark.parametrize(

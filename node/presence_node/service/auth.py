@@ -186,9 +186,9 @@ class Authenticator:
         issued = digest.nonce_issued(self.secret, creds.nonce)
         if issued is None or not now - self.cfg.nonce_lifetime <= issued <= now + 1:
             return self._challenge("stale", realm, now, stale=True)
-        if not self.counts.fresh(creds.nonce, issued, creds.count):
+        if not self.counts.fresh(creds.nonce, issued, creds.nonce_count):
             return self._challenge("replayed", realm, now, stale=True)
-        self.counts.record(creds.nonce, issued, creds.count, now - self.cfg.nonce_lifetime)
+        self.counts.record(creds.nonce, issued, creds.nonce_count, now - self.cfg.nonce_lifetime)
         if not self._speaks_for(user.aor, req, frm, to):
             return self._refuse("forbidden", Reply(403), f"Forbidden ({user.aor} may not act for this identity)")
         if req.method == "SUBSCRIBE" and not await self._may_watch(user.aor, req):

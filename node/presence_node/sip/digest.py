@@ -58,7 +58,7 @@ class Credentials(NamedTuple):
     cnonce: str | None
 
     @property
-    def count(self) -> int:
+    def nonce_count(self) -> int:
         """The nonce count as a number (``nc`` is 8 hex digits)."""
         return int(self.nc or "0", 16)
 
