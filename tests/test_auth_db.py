@@ -124,3 +124,18 @@ async def test_cli_adds_lists_and_deletes_with_hashes_only(db_nodes, make_client
     assert code == 0, out
     code, out = await cli("delete", "alice@example.com")
     assert code == 1 and "404" in out
+
+
+async def test_watcher_rule_set_on_one_node_holds_on_another(db_nodes, make_client, http):
+    """#15.3 with a shared database: the rule lives in the database."""
+    from test_auth_watchers import subscribe_as
+
+    a, b = db_nodes
+    async with http.put(url(a, "/subscribers/alice@example.com"), json=ALICE_HA1, headers=AUTH) as r:
+        assert r.status == 201
+    async with http.put(url(a, "/presentities/bob@example.com/watchers/alice@example.com"), json={"allow": False},
+                        headers=AUTH) as r:
+        assert r.status == 200
+    alice = await make_client("alice", target=b)
+    assert (await subscribe_as(alice, "sip:bob@example.com", "alice-pw")).code == 403
+    assert (await subscribe_as(alice, "sip:carol@example.com", "alice-pw")).code == 200

@@ -299,3 +299,17 @@ async def test_list_registrations_pages_and_filters_by_aor(storage):
     only = await storage.list_registrations(NOW, aor="u1@example.com", offset=0, limit=10)
     assert [r.contact for r in only] == ["sip:u1@h", "sip:u1@other"]
     assert only[0].tag == "A" and only[0].expires_at == NOW + 100
+
+
+async def test_watcher_rules_set_replace_list_and_remove(storage):
+    """#15.3: the allow/deny list of a presentity, alike on both backends."""
+    assert await storage.watcher_rule("bob@example.com", "alice@example.com") is None
+    assert await storage.set_watcher_rule("bob@example.com", "alice@example.com", False) is False
+    assert await storage.set_watcher_rule("bob@example.com", "alice@example.com", True) is True
+    await storage.set_watcher_rule("bob@example.com", "eve@example.com", False)
+    assert await storage.watcher_rule("bob@example.com", "alice@example.com") is True
+    assert await storage.watcher_rules("bob@example.com") == {"alice@example.com": True, "eve@example.com": False}
+    assert await storage.watcher_rules("carol@example.com") == {}
+    assert await storage.set_watcher_rule("bob@example.com", "eve@example.com", None) is True
+    assert await storage.set_watcher_rule("bob@example.com", "eve@example.com", None) is False
+    assert await storage.watcher_rules("bob@example.com") == {"alice@example.com": True}

@@ -98,6 +98,7 @@ class Node:
                 lookup,
                 nonce_secret(config.auth.nonce_secret_file, self.storage.shared or config.federation.enabled),
                 self.metrics,
+                self.storage.watcher_rule,
             )
         self.dispatcher = Dispatcher(
             self.service, self.metrics, self.transports.on_response, local_hosts=_local_hosts(config), auth=self.auth

@@ -317,6 +317,61 @@ def make_app(node: "Node", secret: str) -> web.Application:
             return _error(404, f"no subscriber {user} in realm {realm}")
         return web.Response(status=204)
 
+    def _aor(text: str, what: str) -> str:
+        user, at, domain = text.removeprefix("sip:").partition("@")
+        if not (user and at and domain) or any(c.isspace() or c in "@:;<>\"" for c in user + domain):
+            raise _bad_request(f"{what} must be an AOR user@domain")
+        return f"{user}@{domain.lower()}"
+
+    async def list_watcher_rules(request: web.Request) -> web.Response:
+        _known_params(request, set())
+        presentity = _aor(request.match_info["aor"], "the presentity")
+        rules = await node.storage.watcher_rules(presentity)
+        return web.json_response(
+            {"presentity": presentity, "items": [{"watcher": w, "allow": a} for w, a in sorted(rules.items())]}
+        )
+
+    async def put_watcher_rule(request: web.Request) -> web.Response:
+        """Allow or deny a watcher; a denial ends the watcher's live
+        subscriptions to the presentity with terminated;reason=rejected
+        (RFC 6665 §4.2.1.3), presence.winfo excepted (it is the
+        presentity's own)."""
+        _known_params(request, set())
+        presentity = _aor(request.match_info["aor"], "the presentity")
+        watcher = _aor(request.match_info["watcher"], "the watcher")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 'body must be JSON: {"allow": true|false}')
+        if not isinstance(body, dict) or set(body) != {"allow"} or not isinstance(body["allow"], bool):
+            return _error(400, 'body must be {"allow": true} or {"allow": false}')
+        await node.storage.set_watcher_rule(presentity, watcher, body["allow"])
+        ended = 0
+        if not body["allow"]:
+            subs = await node.storage.list_subscriptions(
+                time.time(), presentity=presentity, watcher=watcher, event=None, offset=0, limit=contract.MAX_LIMIT
+            )
+            for sub in subs:
+                if sub.event == "presence.winfo":
+                    continue
+                removed = await node.storage.delete_subscription(sub.id)
+                if removed is not None:
+                    await node.notifier.terminated(removed, "rejected")
+                    ended += 1
+        return web.json_response({"presentity": presentity, "watcher": watcher, "allow": body["allow"],
+                                  "terminated": ended})
+
+    async def delete_watcher_rule(request: web.Request) -> web.Response:
+        _known_params(request, set())
+        presentity = _aor(request.match_info["aor"], "the presentity")
+        watcher = _aor(request.match_info["watcher"], "the watcher")
+        if not await node.storage.set_watcher_rule(presentity, watcher, None):
+            return _error(404, f"no rule for {watcher} on {presentity}")
+        return web.Response(status=204)
+
+    app.router.add_get(contract.WATCHER_RULES, list_watcher_rules)
+    app.router.add_put(contract.WATCHER_RULE, put_watcher_rule)
+    app.router.add_delete(contract.WATCHER_RULE, delete_watcher_rule)
     app.router.add_get(contract.SUBSCRIBERS, list_subscribers)
     app.router.add_get(contract.SUBSCRIBER, get_subscriber)
     app.router.add_put(contract.SUBSCRIBER, put_subscriber)

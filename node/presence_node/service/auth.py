@@ -53,6 +53,8 @@ Users = dict[tuple[str, str], Subscriber]  # (username, realm) -> user
 #: Finds a user by digest username and realm: the users file's table, or
 #: the shared database's subscribers.
 Lookup = Callable[[str, str], Awaitable[Subscriber | None]]
+#: The per-presentity rule for a watcher (Storage.watcher_rule).
+Rules = Callable[[str, str], Awaitable[bool | None]]
 
 
 def file_lookup(users: Users) -> Lookup:
@@ -144,9 +146,10 @@ class Refusal:
 
 
 class Authenticator:
-    def __init__(self, cfg: Auth, lookup: Lookup, secret: bytes, metrics: AuthMetrics) -> None:
+    def __init__(self, cfg: Auth, lookup: Lookup, secret: bytes, metrics: AuthMetrics, rules: Rules) -> None:
         self.cfg = cfg
         self.lookup = lookup
+        self.rules = rules
         self.secret = secret
         self.metrics = metrics
         self.proxy = cfg.mode == "proxy"
@@ -197,16 +200,22 @@ class Authenticator:
         return None
 
     async def _may_watch(self, watcher: str, req: Request) -> bool:
-        """``auth.watchers`` (#15.3); presence.winfo is left to its handler (D4)."""
+        """The presentity's rule for this watcher, else ``auth.watchers``
+        (#15.3); presence.winfo is left to its handler (D4)."""
         policy = self.cfg.watchers
         event = (req.headers.get("event") or "").partition(";")[0].strip().lower()
-        if policy == "everyone" or event == "presence.winfo":
+        if event == "presence.winfo":
             return True
         try:
             target = parse_uri(req.uri)
         except ParseError:
             return True  # the handler answers a bad Request-URI
         domain = target.host.lower()
+        rule = await self.rules(f"{target.user}@{domain}", watcher)
+        if rule is not None:
+            return rule
+        if policy == "everyone":
+            return True
         if policy == "domain":
             return watcher.rpartition("@")[2] == domain
         return await self.lookup(target.user, self.cfg.realms.get(domain, domain)) is not None

@@ -1001,6 +1001,30 @@ class PostgresStorage:
                                 (offset, limit))
         return [Subscriber(*r) for r in rows]
 
+    # -- watcher rules (#15.3) ----------------------------------------------
+
+    async def set_watcher_rule(self, presentity: str, watcher: str, allow: bool | None) -> bool:
+        existed = await self._rows(
+            "DELETE FROM watcher_rules WHERE presentity = %s AND watcher = %s RETURNING 1", (presentity, watcher)
+        ) if allow is None else await self._rows(
+            "WITH old AS (SELECT 1 FROM watcher_rules WHERE presentity = %s AND watcher = %s)"
+            " INSERT INTO watcher_rules (presentity, watcher, allow) VALUES (%s, %s, %s)"
+            " ON CONFLICT (presentity, watcher) DO UPDATE SET allow = EXCLUDED.allow"
+            " RETURNING (SELECT count(*) FROM old) > 0",
+            (presentity, watcher, presentity, watcher, allow),
+        )
+        return bool(existed) and (allow is None or bool(existed[0][0]))
+
+    async def watcher_rule(self, presentity: str, watcher: str) -> bool | None:
+        row = await self._one("SELECT allow FROM watcher_rules WHERE presentity = %s AND watcher = %s",
+                              (presentity, watcher))
+        return bool(row[0]) if row is not None else None
+
+    async def watcher_rules(self, presentity: str) -> dict[str, bool]:
+        rows = await self._rows("SELECT watcher, allow FROM watcher_rules WHERE presentity = %s ORDER BY watcher",
+                                (presentity,))
+        return {r[0]: bool(r[1]) for r in rows}
+
     def queue_delay(self) -> float:
         now = asyncio.get_running_loop().time()
         return max(self.publishes.backlog(now), self.subscribes.backlog(now), self.notifies.backlog(now))

@@ -420,4 +420,13 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (username, realm)
         )""",
     ],
+    # 8 (#15.3): per-presentity allow (true) or deny (false) of a watcher.
+    [
+        """CREATE TABLE watcher_rules (
+            presentity text NOT NULL,
+            watcher text NOT NULL,
+            allow boolean NOT NULL,
+            PRIMARY KEY (presentity, watcher)
+        )""",
+    ],
 ]
