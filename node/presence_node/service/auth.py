@@ -98,8 +98,8 @@ def _hex(text: str) -> bool:
 def user_line(aor: str, realm: str, password: str) -> str:
     """The users file line for ``aor`` (what the CLI prints)."""
     user = aor.removeprefix("sip:").partition("@")[0]
-    return f"{aor.removeprefix('sip:')} {realm} {digest.ha1('MD5', user, realm, password)} " \
-        f"{digest.ha1('SHA-256', user, realm, password)}"
+    md5, sha256 = (digest.ha1(alg, user, realm, password) for alg in ("MD5", "SHA-256"))
+    return f"{aor.removeprefix('sip:')} {realm} {md5} {sha256}"
 
 
 class AuthMetrics(Protocol):
@@ -131,7 +131,7 @@ class NonceCounts:
         self._seen[nonce] = (count, issued)
         seen = self._seen
         while seen:
-            first, (_, first_issued) = next(iter(seen.items()))
+            _, (_, first_issued) = next(iter(seen.items()))
             if len(seen) <= self.limit and first_issued >= expired_before:
                 break
             seen.popitem(last=False)
@@ -180,9 +180,9 @@ class Authenticator:
         user = await self.lookup(creds.username, realm)
         if user is None:
             return self._failed(host, realm, now, "unknown user")
+        ha1 = user.ha1_sha256 if creds.algorithm == "SHA-256" else user.ha1_md5
         expected = digest.response(
-            creds.algorithm, user.ha1_sha256 if creds.algorithm == "SHA-256" else user.ha1_md5, creds.nonce, creds.nc or "", creds.cnonce or "",
-            creds.qop or "", req.method, creds.uri,
+            creds.algorithm, ha1, creds.nonce, creds.nc or "", creds.cnonce or "", creds.qop or "", req.method, creds.uri
         )
         if not hmac.compare_digest(expected, creds.response):
             return self._failed(host, realm, now, "wrong credentials")
@@ -195,7 +195,7 @@ class Authenticator:
         if not self._speaks_for(user.aor, req, frm, to):
             return self._refuse("forbidden", Reply(403), f"Forbidden ({user.aor} may not act for this identity)")
         if req.method == "SUBSCRIBE" and not await self._may_watch(user.aor, req):
-            return self._refuse("forbidden", Reply(403), f"Forbidden (watcher policy {self.cfg.watchers})")
+            return self._refuse("forbidden", Reply(403), f"Forbidden ({user.aor} may not watch this presentity)")
         self.metrics.count("sip_auth_results", "ok")
         return None
 
