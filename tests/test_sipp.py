@@ -38,7 +38,9 @@ def _free_port() -> int:
     raise RuntimeError("no free port")
 
 
-async def run_sipp(node, scenario: str, tmp_path: Path, transport: str = "u1", **keys: str) -> None:
+async def run_sipp(
+    node, scenario: str, tmp_path: Path, transport: str = "u1", options: tuple[str, ...] = (), **keys: str
+) -> None:
     args = [
         SIPP, f"127.0.0.1:{node.sip_port}",
         "-sf", str(SCENARIOS / scenario),
@@ -48,6 +50,7 @@ async def run_sipp(node, scenario: str, tmp_path: Path, transport: str = "u1", *
     ]
     for k, v in keys.items():
         args += ["-key", k, v]
+    args += options
     proc = await asyncio.create_subprocess_exec(
         *args, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "TERM": "dumb"},
@@ -81,3 +84,18 @@ async def test_s03_retransmitted_subscribe_sipp(node, make_client, tmp_path):
     subs = await subscriptions(node, watcher="dave@example.com")
     assert len(subs) == 1
     assert subs[0].cseq == 1  # one NOTIFY sent on the dialog, no more
+
+
+async def test_sipp_digest_publish_and_subscribe(make_node, tmp_path):
+    """#15.1: a real digest client (SIPp's [authentication], MD5 with
+    qop=auth) publishes and subscribes through the challenges."""
+    from presence_node.service.auth import user_line
+
+    users = tmp_path / "users"
+    users.write_text(user_line("alice@example.com", "example.com", "alice-pw") + "\n")
+    # SIPp answers the first challenge, and knows only MD5.
+    node = await make_node(auth={"mode": "digest", "users_file": str(users), "algorithms": ["MD5"]})
+    await run_sipp(node, "auth_publish_subscribe.xml", tmp_path, options=("-au", "alice", "-ap", "alice-pw"),
+                   user="alice", domain="example.com")
+    m = (await node.metrics_text()).decode()
+    assert 'sip_auth_results_total{result="ok"} 2.0' in m

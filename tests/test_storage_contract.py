@@ -323,3 +323,17 @@ def test_every_storage_method_is_used_by_the_node():
     methods = {n.name for n in protocol.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     assert len(methods) > 30
     assert methods - called == set()
+
+
+async def test_watcher_rules_set_replace_list_and_remove(storage):
+    """#15.3: the allow/deny list of a presentity, alike on both backends."""
+    assert await storage.watcher_rule("bob@example.com", "alice@example.com") is None
+    assert await storage.set_watcher_rule("bob@example.com", "alice@example.com", False) is False
+    assert await storage.set_watcher_rule("bob@example.com", "alice@example.com", True) is True
+    await storage.set_watcher_rule("bob@example.com", "eve@example.com", False)
+    assert await storage.watcher_rule("bob@example.com", "alice@example.com") is True
+    assert await storage.watcher_rules("bob@example.com") == {"alice@example.com": True, "eve@example.com": False}
+    assert await storage.watcher_rules("carol@example.com") == {}
+    assert await storage.set_watcher_rule("bob@example.com", "eve@example.com", None) is True
+    assert await storage.set_watcher_rule("bob@example.com", "eve@example.com", None) is False
+    assert await storage.watcher_rules("bob@example.com") == {"alice@example.com": True}

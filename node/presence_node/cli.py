@@ -5,6 +5,8 @@
     presence-node tags list|activate TAG [--epoch N]|deactivate TAG
                   --admin HOST:PORT [--admin-secret-file FILE]
     presence-node healthcheck [--admin HOST:PORT] [--timeout S]
+    presence-node users hash|add|delete|list [AOR] [--realm REALM] [--password-file FILE]
+                  [--admin HOST:PORT --admin-secret-file FILE]
 
 Flags override the file; every setting is validated by :mod:`.config`.  The
 ``tags`` commands wrap the admin API (the seed's MI commands
@@ -30,6 +32,7 @@ from .admin.contract import ADMIN_PORT, SECRET_ENV
 from .admin.secret import SecretError
 from .config import Config, ConfigError, load, split_hostport
 from .node import Node, StorageConfigError, tune_gc
+from .service.auth import AuthConfigError, user_line
 
 log = logging.getLogger("presence_node")
 
@@ -131,6 +134,68 @@ def tags_main(argv: list[str]) -> int:
         return 1
 
 
+def users_main(argv: list[str]) -> int:
+    """Digest users (#15.1): ``hash`` prints an ``auth.users_file`` line;
+    ``add``, ``delete`` and ``list`` manage the shared database's table
+    through a node's admin API.  The password is read from a file or
+    prompted for, and only its HA1 hashes (MD5 and SHA-256) leave this
+    process."""
+    p = argparse.ArgumentParser(prog="presence-node users", description="Manage the users digest authenticates.")
+    p.add_argument("action", choices=["hash", "add", "delete", "list"])
+    p.add_argument("aor", nargs="?", metavar="AOR", help="user@domain")
+    p.add_argument("--realm", help="default: the AOR's domain (auth.realms may map it to another)")
+    p.add_argument("--password-file", type=Path, metavar="FILE", help="default: prompt")
+    p.add_argument("--admin", metavar="HOST:PORT", help="the node's admin API (add, delete, list)")
+    p.add_argument("--admin-secret-file", type=Path, metavar="FILE", help=f"default: ${SECRET_ENV}")
+    args = p.parse_args(argv)
+    aor = (args.aor or "").removeprefix("sip:")
+    user, at, domain = aor.partition("@")
+    if args.action != "list" and (not (user and at and domain) or any(c.isspace() for c in aor)):
+        p.error(f"{args.action} needs an AOR user@domain")
+    realm = args.realm or domain.lower()
+    password = ""
+    if args.action in ("hash", "add"):
+        if args.password_file is not None:
+            password = args.password_file.read_text().rstrip("\r\n")
+        else:
+            import getpass
+
+            password = getpass.getpass(f"password for {aor}: ")
+        if not password:
+            p.error("empty password")
+    if args.action == "hash":
+        print(user_line(aor, realm, password))
+        return 0
+    if not args.admin:
+        p.error(f"{args.action} needs --admin HOST:PORT")
+    secret = (args.admin_secret_file.read_text() if args.admin_secret_file else os.environ.get(SECRET_ENV, "")).strip()
+    if not secret:
+        p.error(f"give --admin-secret-file or set {SECRET_ENV}")
+
+    async def run() -> int:
+        async with AdminClient(f"http://{args.admin}", secret) as client:
+            if args.action == "add":
+                _, _, md5, sha256 = user_line(aor, realm, password).split()
+                row = await client.put_subscriber(aor, md5, sha256, args.realm)
+                print(f"{row['aor']}: realm {row['realm']}")
+            elif args.action == "delete":
+                await client.delete_subscriber(aor, args.realm)
+                print(f"{aor}: deleted")
+            else:
+                for row in await client.subscribers():
+                    print(f"{row['aor']:<40} {row['realm']}")
+            return 0
+
+    try:
+        return asyncio.run(run())
+    except AdminError as e:
+        print(f"presence-node users: {e}", file=sys.stderr)
+        return 1
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        print(f"presence-node users: cannot reach {args.admin}: {e}", file=sys.stderr)
+        return 1
+
+
 def healthcheck_address(cmdline: list[str]) -> tuple[str, int]:
     """The admin address to probe for the node started with ``cmdline``
     (its flags and ``--config`` file, as it read them; a wildcard listen
@@ -177,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         return tags_main(argv[1:])
     if argv[:1] == ["healthcheck"]:
         return healthcheck_main(argv[1:])
+    if argv[:1] == ["users"]:
+        return users_main(argv[1:])
     try:
         config = make_config(argv)
     except ConfigError as e:
@@ -191,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         asyncio.run(serve(config))
-    except (SecretError, StorageConfigError) as e:
+    except (SecretError, StorageConfigError, AuthConfigError) as e:
         print(f"presence-node: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -6,6 +6,7 @@ and a bad file is reported with the dotted path of the offending key.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -327,6 +328,70 @@ class Transports(_Strict):
         return self
 
 
+class Auth(_Strict):
+    """Digest authentication of PUBLISH, SUBSCRIBE and REGISTER (#15).
+
+    ``digest`` answers 401 with WWW-Authenticate, ``proxy`` 407 with
+    Proxy-Authenticate (the node seen as a proxy), ``off`` trusts every
+    request (a first try on one node; the start-up log warns)."""
+
+    mode: Literal["off", "digest", "proxy"] = "off"
+    #: Realm challenged for requests to a domain; default: the domain
+    #: itself (the From's host), so each domain is its own realm.
+    realms: dict[str, str] = Field(default_factory=dict)
+    #: Memory storage: the users, one ``AOR REALM HA1-MD5 HA1-SHA256`` per
+    #: line (``presence-node users hash`` prints them; never passwords).
+    users_file: Path | None = None
+    #: File holding the secret nonces are signed with (every node of a
+    #: cluster the same); else PRESENCE_AUTH_SECRET; else a random one per
+    #: process (one node only: another node would find its nonces stale).
+    nonce_secret_file: Path | None = None
+    #: Digest algorithms challenged with, in order (RFC 8760: a client
+    #: answers the first it supports); credentials of another are refused.
+    #: Clients that take the first challenge whatever it is (SIPp, some
+    #: old phones) need MD5 first or alone.
+    algorithms: tuple[Literal["SHA-256", "MD5"], ...] = Field(("SHA-256", "MD5"), min_length=1)
+    #: Seconds a nonce is accepted; later its user is challenged again
+    #: with stale=true.
+    nonce_lifetime: float = Field(300.0, ge=5, le=86400)
+    #: Nonces whose nonce count is remembered (only nonces of requests that
+    #: authenticated: an unauthenticated packet adds nothing).  Beyond it
+    #: the oldest is forgotten, and with it every nonce issued before it.
+    max_tracked_nonces: int = Field(100_000, ge=16)
+    #: Failed authentications one source IP may make per second (token
+    #: bucket ``failure_burst`` deep); beyond, its requests get 403 until
+    #: the bucket refills.
+    failure_rate: float = Field(5.0, gt=0)
+    failure_burst: int = Field(20, ge=1)
+    #: Who an authenticated watcher may SUBSCRIBE to (403 otherwise):
+    #: ``everyone`` (D4), presentities of its own ``domain``, or only
+    #: presentities that are users (``subscribers``).  presence.winfo stays
+    #: the presentity's own whatever this says.
+    watchers: Literal["everyone", "domain", "subscribers"] = "everyone"
+    #: Addresses or CIDRs (the deployment's own proxies, which
+    #: authenticated the user already) whose requests skip digest.
+    trusted_sources: tuple[str, ...] = ()
+
+    @field_validator("trusted_sources")
+    @classmethod
+    def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as e:
+                raise ValueError(f"not an address or CIDR: {item!r}") from e
+        return v
+
+    @field_validator("realms")
+    @classmethod
+    def _lower_domains(cls, v: dict[str, str]) -> dict[str, str]:
+        return {k.lower(): r for k, r in v.items()}
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+
 class Config(_Strict):
     """The whole node configuration (see README, "Configuration")."""
 
@@ -371,6 +436,9 @@ class Config(_Strict):
     resource_lists: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     federation: Federation = Federation()
     transports: Transports = Transports()
+
+
+    auth: Auth = Auth()
 
     @field_validator("sip", "admin")
     @classmethod
@@ -417,6 +485,9 @@ class Config(_Strict):
             raise ValueError(f"default_tag {self.default_tag!r} is not one of sharing_tags")
         if self.default_tag is None and len(self.sharing_tags) > 1:
             raise ValueError("default_tag is required when several sharing_tags are configured")
+        if self.auth.enabled and self.auth.users_file is None and self.storage.backend != "postgres":
+            if not self.auth.trusted_sources:
+                raise ValueError("auth.mode digest or proxy needs auth.users_file without a database")
         if self.federation.enabled:
             if not self.cluster_id:
                 raise ValueError("federation needs cluster_id")

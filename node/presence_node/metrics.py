@@ -54,6 +54,11 @@ _COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("kind",),
     ),
     "feature_webhook_calls": ("Feature key changes posted to features.webhook_url, by result", ("result",)),
+    "sip_auth_results": (
+        "Authentication outcomes of PUBLISH, SUBSCRIBE and REGISTER (challenged, ok, trusted, failed, stale,"
+        " replayed, forbidden, rate-limited, malformed)",
+        ("result",),
+    ),
     "federation_queries": ("Presentity queries this node started", ("event",)),
     "federation_resyncs": ("Resyncs this node asked a peer for, by cause", ("cause",)),
 }
@@ -114,6 +119,8 @@ class Metrics:
         #: Shared database: whether the LISTEN connection that wakes this
         #: node for its NOTIFYs is open (None: no shared database).
         self.listener_up: int | None = None
+        #: Nonces whose count the authenticator tracks (None: auth off), set before a scrape.
+        self.auth_nonces: int | None = None
         #: Group commit of the storage (Storage.batch_counts), set before a scrape.
         self.batches: dict[str, tuple[int, int, int, int]] = {}
         self.registry.register(self)  # type: ignore[arg-type]
@@ -251,6 +258,11 @@ class Metrics:
                 "presence_notify_listener_up",
                 "Whether the connection that wakes this node for the NOTIFYs it owns is open (else it polls)",
                 value=self.listener_up,
+            )
+        if self.auth_nonces is not None:
+            yield GaugeMetricFamily(
+                "sip_auth_tracked_nonces", "Nonces whose nonce count is tracked (auth.max_tracked_nonces)",
+                value=self.auth_nonces,
             )
         for i, (name, doc) in enumerate((
             ("storage_batches", "Database statements that carried several requests, by request kind"),

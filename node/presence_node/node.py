@@ -33,6 +33,7 @@ from .metrics import Metrics
 from .packages.registry import PackageOptions, PackageRegistry
 from .xmlsafe import XmlLimits
 from .service.context import Service
+from .service.auth import Authenticator, file_lookup, load_users, nonce_secret
 from .service.dispatch import Dispatcher
 from .service.expiry import Expirer
 from .service.features import FeatureHook
@@ -121,8 +122,25 @@ class Node:
         self.service = Service(config, self.storage, self.packages, self.notifier, self.ids, self.metrics)
         if config.features.webhook_url is not None:
             self.service.feature_hook = FeatureHook(config.features, self.metrics)
+        self.auth: Authenticator | None = None
+        if config.auth.enabled:
+            # The users file if given, else the shared database's table.
+            users = config.auth.users_file
+            lookup = (
+                file_lookup(load_users(users) if users is not None else {})
+                if users is not None or not self.storage.shared
+                else self.storage.subscriber  # type: ignore[attr-defined]
+            )
+            self.auth = Authenticator(
+                config.auth,
+                lookup,
+                nonce_secret(config.auth.nonce_secret_file, self.storage.shared or config.federation.enabled),
+                self.metrics,
+                self.storage.watcher_rule,
+            )
         self.dispatcher = Dispatcher(
-            self.service, self.metrics, self.transports.on_response, local_hosts=_local_hosts(config), clock=clock
+            self.service, self.metrics, self.transports.on_response, local_hosts=_local_hosts(config), clock=clock,
+            auth=self.auth,
         )
         self.expirer = Expirer(self.storage, self.notifier, config.node_id, self.metrics.expired, clock)
         self.tags = SharingTags(config, self.storage, clock)
@@ -202,6 +220,12 @@ class Node:
         await site.start()
         self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.ready = True
+        if self.auth is None:
+            log.warning(
+                "SIP authentication is off (auth.mode): anyone who reaches the SIP port may publish any"
+                " presentity's state and watch anyone; see README 'Secure deployment'",
+                extra={"node": cfg.node_id},
+            )
         log.info(
             "node started",
             extra={
@@ -283,6 +307,8 @@ class Node:
         txns = self.dispatcher.txns
         self.metrics.transactions = (len(txns), txns.retained, txns.evicted)
         self.metrics.shedding = self.dispatcher.overload.shedding
+        if self.auth is not None:
+            self.metrics.auth_nonces = len(self.auth.counts)
         if self.federation is not None:
             self.metrics.peers_up = self.federation.peers_up
             self.metrics.cluster_connections = self.federation.channel.connections()

@@ -21,6 +21,7 @@ from ..service.publish import PublishAsk, publish
 from ..service.tags import PrivateTag, TagView
 from ..sip.errors import RemoteSipError
 from ..sip.headers import media_type
+from ..storage.subscribers import Subscriber
 from ..storage import StaleEpoch, StorageUnavailable, UnknownTag
 from . import contract
 
@@ -378,6 +379,124 @@ def make_app(node: "Node", secret: str) -> web.Application:
     async def deactivate(request: web.Request) -> web.Response:
         return await _tag_call(lambda: node.tags.deactivate(request.match_info["tag"]))
 
+    def _subscriber_key(request: web.Request) -> tuple[str, str, str]:
+        """(username, domain, realm) of the AOR in the path and ``realm``."""
+        _known_params(request, {"realm"})
+        aor = request.match_info["aor"].removeprefix("sip:")
+        user, at, domain = aor.partition("@")
+        if not (user and at and domain) or any(c.isspace() or c in "@:;<>\"" for c in user + domain):
+            raise _bad_request("the path must name an AOR user@domain")
+        domain = domain.lower()
+        realm = request.query.get("realm") or node.config.auth.realms.get(domain, domain)
+        return user, domain, realm
+
+    def _database() -> None:
+        if not node.storage.shared:
+            raise web.HTTPConflict(
+                text=json.dumps({"error": "no database: this node reads its users from auth.users_file"}),
+                content_type="application/json",
+            )
+
+    async def list_subscribers(request: web.Request) -> web.Response:
+        _known_params(request, {"offset", "limit"})
+        offset, limit = _paging(request)
+        _database()
+        rows = await node.storage.list_subscribers(offset=offset, limit=limit)  # type: ignore[attr-defined]
+        return web.json_response({"items": [r.as_json() for r in rows], "offset": offset, "limit": limit})
+
+    async def get_subscriber(request: web.Request) -> web.Response:
+        user, _, realm = _subscriber_key(request)
+        _database()
+        row = await node.storage.subscriber(user, realm)  # type: ignore[attr-defined]
+        if row is None:
+            return _error(404, f"no subscriber {user} in realm {realm}")
+        return web.json_response(row.as_json())
+
+    async def put_subscriber(request: web.Request) -> web.Response:
+        """Only HA1 hashes are accepted: the password never reaches the node
+        (``presence-node users add`` hashes it on the operator's side)."""
+        user, domain, realm = _subscriber_key(request)
+        _database()
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 'body must be JSON: {"ha1_md5": "...", "ha1_sha256": "..."}')
+        if not isinstance(body, dict) or set(body) != {"ha1_md5", "ha1_sha256"}:
+            return _error(400, 'body must hold exactly "ha1_md5" and "ha1_sha256"')
+        md5, sha256 = body["ha1_md5"], body["ha1_sha256"]
+        for name, value, n in (("ha1_md5", md5, 32), ("ha1_sha256", sha256, 64)):
+            if not isinstance(value, str) or len(value) != n or any(c not in "0123456789abcdefABCDEF" for c in value):
+                return _error(400, f"{name} must be {n} hex digits")
+        row = Subscriber(user, realm, f"{user}@{domain}", md5.lower(), sha256.lower())
+        created = await node.storage.put_subscriber(row)  # type: ignore[attr-defined]
+        return web.json_response(row.as_json(), status=201 if created else 200)
+
+    async def delete_subscriber(request: web.Request) -> web.Response:
+        user, _, realm = _subscriber_key(request)
+        _database()
+        if not await node.storage.delete_subscriber(user, realm):  # type: ignore[attr-defined]
+            return _error(404, f"no subscriber {user} in realm {realm}")
+        return web.Response(status=204)
+
+    def _aor(text: str, what: str) -> str:
+        user, at, domain = text.removeprefix("sip:").partition("@")
+        if not (user and at and domain) or any(c.isspace() or c in "@:;<>\"" for c in user + domain):
+            raise _bad_request(f"{what} must be an AOR user@domain")
+        return f"{user}@{domain.lower()}"
+
+    async def list_watcher_rules(request: web.Request) -> web.Response:
+        _known_params(request, set())
+        presentity = _aor(request.match_info["aor"], "the presentity")
+        rules = await node.storage.watcher_rules(presentity)
+        return web.json_response(
+            {"presentity": presentity, "items": [{"watcher": w, "allow": a} for w, a in sorted(rules.items())]}
+        )
+
+    async def put_watcher_rule(request: web.Request) -> web.Response:
+        """Allow or deny a watcher; a denial ends the watcher's live
+        subscriptions to the presentity with terminated;reason=rejected
+        (RFC 6665 §4.2.1.3), presence.winfo excepted (it is the
+        presentity's own)."""
+        _known_params(request, set())
+        presentity = _aor(request.match_info["aor"], "the presentity")
+        watcher = _aor(request.match_info["watcher"], "the watcher")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 'body must be JSON: {"allow": true|false}')
+        if not isinstance(body, dict) or set(body) != {"allow"} or not isinstance(body["allow"], bool):
+            return _error(400, 'body must be {"allow": true} or {"allow": false}')
+        await node.storage.set_watcher_rule(presentity, watcher, body["allow"])
+        ended = 0
+        if not body["allow"]:
+            subs = await node.storage.list_subscriptions(
+                time.time(), presentity=presentity, watcher=watcher, event=None, offset=0, limit=contract.MAX_LIMIT
+            )
+            for sub in subs:
+                if sub.event == "presence.winfo":
+                    continue
+                removed = await node.storage.delete_subscription(sub.id)
+                if removed is not None:
+                    await node.notifier.terminated(removed, "rejected")
+                    ended += 1
+        return web.json_response({"presentity": presentity, "watcher": watcher, "allow": body["allow"],
+                                  "terminated": ended})
+
+    async def delete_watcher_rule(request: web.Request) -> web.Response:
+        _known_params(request, set())
+        presentity = _aor(request.match_info["aor"], "the presentity")
+        watcher = _aor(request.match_info["watcher"], "the watcher")
+        if not await node.storage.set_watcher_rule(presentity, watcher, None):
+            return _error(404, f"no rule for {watcher} on {presentity}")
+        return web.Response(status=204)
+
+    app.router.add_get(contract.WATCHER_RULES, list_watcher_rules)
+    app.router.add_put(contract.WATCHER_RULE, put_watcher_rule)
+    app.router.add_delete(contract.WATCHER_RULE, delete_watcher_rule)
+    app.router.add_get(contract.SUBSCRIBERS, list_subscribers)
+    app.router.add_get(contract.SUBSCRIBER, get_subscriber)
+    app.router.add_put(contract.SUBSCRIBER, put_subscriber)
+    app.router.add_delete(contract.SUBSCRIBER, delete_subscriber)
     app.router.add_get(contract.HEALTHZ, healthz)
     app.router.add_get(contract.READYZ, readyz)
     app.router.add_get(contract.PRESENTITIES, presentities)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import aiohttp
 
@@ -64,6 +65,20 @@ class AdminClient:
 
     async def deactivate(self, tag: str) -> contract.Tag:
         return await self._call("POST", contract.TAG_DEACTIVATE.format(tag=tag))
+
+    async def put_subscriber(self, aor: str, ha1_md5: str, ha1_sha256: str, realm: str | None = None) -> Any:
+        path = contract.SUBSCRIBER.format(aor=quote(aor, safe="@")) + (f"?realm={quote(realm)}" if realm else "")
+        return await self._call("PUT", path, {"ha1_md5": ha1_md5, "ha1_sha256": ha1_sha256})
+
+    async def delete_subscriber(self, aor: str, realm: str | None = None) -> None:
+        path = contract.SUBSCRIBER.format(aor=quote(aor, safe="@")) + (f"?realm={quote(realm)}" if realm else "")
+        assert self._session is not None, "use as an async context manager"
+        async with self._session.delete(self.base + path) as resp:
+            if resp.status >= 300:
+                raise AdminError(resp.status, await resp.json(content_type=None))
+
+    async def subscribers(self, offset: int = 0, limit: int = contract.MAX_LIMIT) -> list[dict[str, Any]]:
+        return (await self._call("GET", f"{contract.SUBSCRIBERS}?offset={offset}&limit={limit}"))["items"]
 
     async def probe(self) -> Probe:
         """What an orchestrator's health check needs, in one go (see

@@ -26,6 +26,12 @@ TAGS = "/tags"
 TAG_ACTIVATE = "/tags/{tag}/activate"
 TAG_DEACTIVATE = "/tags/{tag}/deactivate"
 CLUSTER = "/cluster"
+#: Digest users (#15.1) of a node with a shared database.
+SUBSCRIBERS = "/subscribers"
+SUBSCRIBER = "/subscribers/{aor}"
+#: Per-presentity allow/deny of watchers (#15.3).
+WATCHER_RULES = "/presentities/{aor}/watchers"
+WATCHER_RULE = "/presentities/{aor}/watchers/{watcher}"
 
 #: ``reason`` of a 503 from READYZ: the node is starting or stopping, or it
 #: runs but its storage does not answer (alive: not a node failure when

@@ -31,6 +31,7 @@ from ..sip.transaction import MERGED, ServerTransactions
 from ..storage.base import RequestExpired, StorageUnavailable, request_deadline
 from ..tasks import Tasks
 from . import eager
+from .auth import AUTHENTICATED, Authenticator
 from .context import Incoming, Service
 from .limits import SourceLimiter
 from .overload import OverloadControl
@@ -81,12 +82,15 @@ class Dispatcher:
         *,
         local_hosts: set[str],
         clock: Callable[[], float] = time.time,
+        auth: Authenticator | None = None,
     ) -> None:
         self.svc = service
         self.metrics = metrics
         self.on_response = on_response
         self.local_hosts = local_hosts
         self.clock = clock
+        #: Digest and identity check (#15); None: auth.mode off.
+        self.auth = auth
         cfg = service.config
         self.txns = ServerTransactions(cfg.notify.t1, cfg.limits.retained_response_bytes)
         #: 64*T1: a client's non-INVITE transaction times out (Timer F) by then.
@@ -248,7 +252,13 @@ class Dispatcher:
         try:
             phrase = None
             try:
-                reply = await handler(self.svc, inc)
+                refused = None
+                if self.auth is not None and inc.request.method in AUTHENTICATED:
+                    refused = await self.auth.check(inc.request, inc.host, inc.from_, inc.to, inc.now)
+                if refused is not None:
+                    reply, phrase = refused.reply, refused.phrase
+                else:
+                    reply = await handler(self.svc, inc)
             except RemoteSipError as e:
                 reply = Reply(e.status_hint, list(e.headers), to_tag=self.svc.ids.tag())
                 phrase = f"{reason(e.status_hint)} ({e.reason})" if e.reason else None

@@ -31,6 +31,13 @@ class SourceLimiter:
         self._buckets[source] = (tokens - 1.0, now)
         return True
 
+    def exhausted(self, source: str, now: float) -> bool:
+        """Whether ``source`` has no token left now (none is spent)."""
+        if not self.rate or source not in self._buckets:
+            return False
+        tokens, last = self._buckets[source]
+        return tokens + (now - last) * self.rate < 1.0
+
     def _sweep(self, now: float) -> None:
         full_after = self.burst / self.rate
         self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}

@@ -253,6 +253,17 @@ class Storage(Protocol):
     async def deactivate_tag(self, name: str, node: str, now: float) -> TagState:
         """Give the tag up if ``node`` owns it (the next epoch, no owner)."""
 
+    # -- watcher rules (#15.3) ----------------------------------------------
+
+    async def set_watcher_rule(self, presentity: str, watcher: str, allow: bool | None) -> bool:
+        """Allow or deny ``watcher`` (AORs) for ``presentity``; None removes
+        the rule.  Whether there was a rule before."""
+
+    async def watcher_rule(self, presentity: str, watcher: str) -> bool | None:
+        """True allowed, False denied, None: no rule (the policy decides)."""
+
+    async def watcher_rules(self, presentity: str) -> dict[str, bool]: ...
+
     # -- admin listing -----------------------------------------------------
 
     async def list_presentities(self, now: float, *, event: str | None, offset: int, limit: int) -> list[Publication]: ...

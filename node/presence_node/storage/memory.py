@@ -55,6 +55,8 @@ class MemoryStorage:
         self._nbindings = 0
         #: Live records per source IP (only sources holding some).
         self._by_source: dict[str, int] = {}
+        #: Watcher rules (#15.3), set through the admin API only.
+        self._rules: dict[str, dict[str, bool]] = {}
 
     async def start(self) -> None:
         return None
@@ -64,6 +66,24 @@ class MemoryStorage:
 
     async def ping(self) -> None:
         return None
+
+    async def set_watcher_rule(self, presentity: str, watcher: str, allow: bool | None) -> bool:
+        rules = self._rules.setdefault(presentity, {})
+        existed = watcher in rules
+        if allow is None:
+            rules.pop(watcher, None)
+        else:
+            rules[watcher] = allow
+        if not rules:
+            del self._rules[presentity]
+        return existed
+
+    async def watcher_rule(self, presentity: str, watcher: str) -> bool | None:
+        rules = self._rules.get(presentity)
+        return rules.get(watcher) if rules else None
+
+    async def watcher_rules(self, presentity: str) -> dict[str, bool]:
+        return dict(self._rules.get(presentity, {}))
 
     # -- publications ------------------------------------------------------
 

@@ -63,6 +63,7 @@ from .batching import Batcher
 from .leases import Leases, unavailable
 from .records import Publication, Registration, Subscription, TagState, Usage, differing_keys, source_ip
 from .schema import MIGRATIONS, MIGRATION_LOCK
+from .subscribers import Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ SUB_FIELDS = (
 PUB_FIELDS = ("presentity", "event", "etag", "body", "content_type", "expires_at", "received_at", "tag", "origin")
 REG_FIELDS = ("aor", "contact", "expires_at", "call_id", "cseq", "tag", "source")
 TAG_FIELDS = ("name", "owner", "epoch", "since")
+SUBSCRIBER_FIELDS = ("username", "realm", "aor", "ha1_md5", "ha1_sha256")
 
 
 def _columns(fields: Sequence[str], alias: str = "") -> str:
@@ -98,6 +100,7 @@ _SUB_COLUMNS = _columns(SUB_FIELDS)
 _PUB_COLUMNS = _columns(PUB_FIELDS)
 _TAG_COLUMNS = _columns(TAG_FIELDS)
 _REG_COLUMNS = _reg_columns()
+_SUBSCRIBER = _columns(SUBSCRIBER_FIELDS)
 #: The per-presentity cap when none is asked for (presence_publish takes one).
 NO_CAP = 2**62
 #: Rows one expiry sweep takes at most; the next sweep takes the rest.
@@ -796,6 +799,57 @@ class PostgresStorage:
         totals = {r[0]: int(r[2]) for r in rows if r[0] != "source"}
         self._counts = [totals[k] for k in ("presentities", "publications", "subscriptions", "registrations")]
         self._by_source = {r[1]: int(r[2]) for r in rows if r[0] == "source"}
+
+    # -- subscribers (#15.1) -------------------------------------------------
+
+    async def subscriber(self, username: str, realm: str) -> Subscriber | None:
+        row = await self._one(f"SELECT {_SUBSCRIBER} FROM subscribers WHERE username = %s AND realm = %s",
+                              (username, realm))
+        return Subscriber(*row) if row is not None else None
+
+    async def put_subscriber(self, s: Subscriber) -> bool:
+        """Create or replace ``s``; True if it is new."""
+        row = await self._one(
+            f"INSERT INTO subscribers ({_SUBSCRIBER}) VALUES ({_placeholders(len(SUBSCRIBER_FIELDS))}) ON CONFLICT (username, realm)"
+            " DO UPDATE SET aor = EXCLUDED.aor, ha1_md5 = EXCLUDED.ha1_md5, ha1_sha256 = EXCLUDED.ha1_sha256"
+            " RETURNING xmax = 0",
+            tuple(s),
+        )
+        return bool(row and row[0])
+
+    async def delete_subscriber(self, username: str, realm: str) -> bool:
+        rows = await self._rows("DELETE FROM subscribers WHERE username = %s AND realm = %s RETURNING 1",
+                                (username, realm))
+        return bool(rows)
+
+    async def list_subscribers(self, *, offset: int, limit: int) -> list[Subscriber]:
+        rows = await self._rows(f"SELECT {_SUBSCRIBER} FROM subscribers ORDER BY realm, username OFFSET %s LIMIT %s",
+                                (offset, limit))
+        return [Subscriber(*r) for r in rows]
+
+    # -- watcher rules (#15.3) ----------------------------------------------
+
+    async def set_watcher_rule(self, presentity: str, watcher: str, allow: bool | None) -> bool:
+        existed = await self._rows(
+            "DELETE FROM watcher_rules WHERE presentity = %s AND watcher = %s RETURNING 1", (presentity, watcher)
+        ) if allow is None else await self._rows(
+            "WITH old AS (SELECT 1 FROM watcher_rules WHERE presentity = %s AND watcher = %s)"
+            " INSERT INTO watcher_rules (presentity, watcher, allow) VALUES (%s, %s, %s)"
+            " ON CONFLICT (presentity, watcher) DO UPDATE SET allow = EXCLUDED.allow"
+            " RETURNING (SELECT count(*) FROM old) > 0",
+            (presentity, watcher, presentity, watcher, allow),
+        )
+        return bool(existed) and (allow is None or bool(existed[0][0]))
+
+    async def watcher_rule(self, presentity: str, watcher: str) -> bool | None:
+        row = await self._one("SELECT allow FROM watcher_rules WHERE presentity = %s AND watcher = %s",
+                              (presentity, watcher))
+        return bool(row[0]) if row is not None else None
+
+    async def watcher_rules(self, presentity: str) -> dict[str, bool]:
+        rows = await self._rows("SELECT watcher, allow FROM watcher_rules WHERE presentity = %s ORDER BY watcher",
+                                (presentity,))
+        return {r[0]: bool(r[1]) for r in rows}
 
     def queue_delay(self) -> float:
         now = asyncio.get_running_loop().time()

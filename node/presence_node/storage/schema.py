@@ -578,4 +578,25 @@ MIGRATIONS: list[list[str]] = [
                 DELETE FROM ended_subscriptions e WHERE e.tag = ANY(tags) RETURNING e.*;
         END $$""",
     ],
+    # 8 (#15.1): the users that may authenticate, by digest username and
+    # realm, as HA1 hashes only (never a password).
+    [
+        """CREATE TABLE subscribers (
+            username text NOT NULL,
+            realm text NOT NULL,
+            aor text NOT NULL,
+            ha1_md5 text NOT NULL,
+            ha1_sha256 text NOT NULL,
+            PRIMARY KEY (username, realm)
+        )""",
+    ],
+    # 9 (#15.3): per-presentity allow (true) or deny (false) of a watcher.
+    [
+        """CREATE TABLE watcher_rules (
+            presentity text NOT NULL,
+            watcher text NOT NULL,
+            allow boolean NOT NULL,
+            PRIMARY KEY (presentity, watcher)
+        )""",
+    ],
 ]
