@@ -470,7 +470,7 @@ def make_app(node: "Node", secret: str) -> web.Application:
         ended = 0
         if not body["allow"]:
             subs = await node.storage.list_subscriptions(
-                time.time(), presentity=presentity, watcher=watcher, event=None, offset=0, limit=contract.MAX_LIMIT
+                node.clock(), presentity=presentity, watcher=watcher, event=None, offset=0, limit=contract.MAX_LIMIT
             )
             for sub in subs:
                 if sub.event == "presence.winfo":
