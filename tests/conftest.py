@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -118,3 +119,10 @@ def make_client(node: Node, open_clients: list[SipClient]) -> Callable[..., Awai
         return c
 
     return factory
+
+
+@pytest.fixture
+async def http():
+    """An HTTP client for the admin API (closed after the test)."""
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -8,24 +8,13 @@ import json
 import logging
 from typing import Any
 
-import aiohttp
 import pytest
 
 from bodies import DIALOG_TYPE, dialog, dialog_info, etag_of, pidf
 from conftest import SECRET
-from wire import Samples, parse_metrics
+from wire import admin_url as url, Samples, parse_metrics
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def url(node, path: str) -> str:
-    return f"http://127.0.0.1:{node.admin_port}{path}"
 
 
 async def get_json(http, node, path: str, status: int = 200, headers: dict[str, str] | None = None) -> Any:

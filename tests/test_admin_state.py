@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from urllib.parse import quote
 
-import aiohttp
 import pytest
 
 from bodies import DIALOG_TYPE, dialog, dialog_info, pidf, publications, xml
@@ -20,12 +19,6 @@ MWI = "application/simple-message-summary"
 PIDF = "application/pidf+xml"
 ALICE = "sip:alice@example.com"
 WAITING = b"Messages-Waiting: yes\r\nVoice-Message: 3/1\r\n"
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def state_url(node, aor: str, event: str, query: str = "") -> str:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiohttp
 import pytest
 
+from wire import admin_url as url
 from conftest import SECRET
 from presence_node.sip import digest
 from presence_node.storage.postgres import PostgresStorage
@@ -35,16 +35,6 @@ async def db_nodes(make_node, pg_dsn, tmp_path: Path):
             auth={"mode": "digest", "nonce_secret_file": str(secret)},
         ))
     return nodes
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def url(node, path: str) -> str:
-    return f"http://127.0.0.1:{node.admin_port}{path}"
 
 
 async def test_subscriber_added_on_one_node_authenticates_on_another(db_nodes, make_client, http):

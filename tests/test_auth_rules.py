@@ -6,24 +6,14 @@ withdrawn has its subscriptions ended with terminated;reason=rejected
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 
+from wire import admin_url as url
 from conftest import SECRET
 from test_auth import auth_files  # noqa: F401  (fixture)
 from test_auth_watchers import subscribe_as
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def url(node, path: str) -> str:
-    return f"http://127.0.0.1:{node.admin_port}{path}"
 
 
 async def rule(http, node, presentity: str, watcher: str, allow: object, status: int = 200) -> dict:

@@ -183,3 +183,8 @@ async def bare_transports(t1: float, t2: float) -> Transports:
     )
     await t.start("127.0.0.1", 0)
     return t
+
+
+def admin_url(node, path: str) -> str:  # type: ignore[no-untyped-def]
+    """The URL of ``path`` on a test node's admin API."""
+    return f"http://127.0.0.1:{node.admin_port}{path}"
