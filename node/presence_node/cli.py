@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
 import logging
 import os
 import signal
@@ -124,14 +125,7 @@ def tags_main(argv: list[str]) -> int:
             print(f"{t['tag']}: {t['state']} here, owner {t['owner'] or '-'}, epoch {t['epoch']}")
             return 0
 
-    try:
-        return asyncio.run(run())
-    except AdminError as e:
-        print(f"presence-node tags: {e}", file=sys.stderr)
-        return 1
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
-        print(f"presence-node tags: cannot reach {args.admin}: {e}", file=sys.stderr)
-        return 1
+    return _admin_call("tags", args.admin, run)
 
 
 def users_main(argv: list[str]) -> int:
@@ -186,14 +180,7 @@ def users_main(argv: list[str]) -> int:
                     print(f"{row['aor']:<40} {row['realm']}")
             return 0
 
-    try:
-        return asyncio.run(run())
-    except AdminError as e:
-        print(f"presence-node users: {e}", file=sys.stderr)
-        return 1
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
-        print(f"presence-node users: cannot reach {args.admin}: {e}", file=sys.stderr)
-        return 1
+    return _admin_call("users", args.admin, run)
 
 
 def healthcheck_address(cmdline: list[str]) -> tuple[str, int]:
@@ -269,3 +256,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _admin_call(command: str, admin: str, run: Callable[[], Awaitable[int]]) -> int:
+    """Run an admin API command; its refusal or an unreachable node is exit 1 with the reason."""
+    try:
+        return asyncio.run(run())
+    except AdminError as e:
+        print(f"presence-node {command}: {e}", file=sys.stderr)
+        return 1
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        print(f"presence-node {command}: cannot reach {admin}: {e}", file=sys.stderr)
+        return 1
