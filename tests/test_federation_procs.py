@@ -119,6 +119,16 @@ async def federated(root: Path, layout: dict[str, str], dsns: dict[str, str] | N
                 c.close()
 
 
+async def watch_through(f: Federated, via: str, told: str):  # type: ignore[no-untyped-def]
+    """alice watches BOB through node ``via`` (first NOTIFY received) once
+    node ``told`` knows of the interest."""
+    w = await f.client(via, "alice")
+    _, d = await w.subscribe(BOB)
+    await w.dialog_notifies(d, 1)
+    await watched_by(f, told, via, BOB)
+    return w, d
+
+
 async def watched_by(f: Federated, node_id: str, peer: str, presentity: str) -> None:
     """Wait until ``node_id`` knows that ``peer`` watches ``presentity``
     (its interest reached it)."""
@@ -190,10 +200,7 @@ async def test_tls_channel_between_node_processes(tmp_path):
     not TLS: no link came up, every connection was cut at auth_timeout."""
     pki = make_pki(tmp_path, "cluster")
     async with federated(tmp_path, {"n1": "n1", "n2": "n2"}, **pki) as f:
-        w = await f.client("n2", "alice")
-        _, d = await w.subscribe(BOB)
-        await w.dialog_notifies(d, 1)
-        await watched_by(f, "n1", "n2", BOB)
+        w, d = await watch_through(f, "n2", "n1")
         pub = await f.client("n1", "bob")
         assert (await pub.publish(pidf(BOB, "open", note="over tls"))).code == 200
         [_, got] = await w.dialog_notifies(d, 2)
@@ -210,10 +217,7 @@ async def test_redundancy_two_locations_two_databases_node_killed(tmp_path, pg_s
     b1 (B's active node) is SIGKILLed and B is activated on b2."""
     dsns = {"A": pg_server.create_database(), "B": pg_server.create_database()}
     async with federated(tmp_path, {"a1": "A", "a2": "A", "b1": "B", "b2": "B"}, dsns) as f:
-        w = await f.client("b2", "alice")
-        _, d = await w.subscribe(BOB)
-        await w.dialog_notifies(d, 1)
-        await watched_by(f, "a2", "b2", BOB)
+        w, d = await watch_through(f, "b2", "a2")
         pub = await f.client("a2", "bob")
         assert (await pub.publish(pidf(BOB, "open", note="first"))).code == 200
         await w.dialog_notifies(d, 2)
