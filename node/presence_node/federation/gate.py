@@ -25,7 +25,7 @@ from typing import Callable, cast
 
 from ..config import Federation as FederationConfig
 from ..metrics import Counting
-from ..net.tls import accept_tls
+from ..net.tls import Forwarding, accept_tls
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Gate:
             del self.pending[source]
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(Forwarding):
     """One accepted TCP connection: admitted or closed, then (after TLS,
     when configured) handed to aiohttp's handler, to which it forwards
     every event."""
@@ -161,17 +161,6 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.inner is not None:
             self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.inner is not None else None
-
-    def pause_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gate._open.discard(self)

@@ -52,6 +52,25 @@ def accept_tls(
     tls.connection_made(transport)
 
 
+class Forwarding(asyncio.Protocol):
+    """A connection that, once its HTTP handler (aiohttp's, for WebSocket)
+    is set as ``inner``, hands it the stream's end and the transport's flow
+    control: the SIP WebSocket listener and the cluster channel's gate."""
+
+    inner: asyncio.Protocol | None = None
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
 class TlsConfigError(SecretError):
     """The certificate or key cannot be used (start-up stops)."""
 

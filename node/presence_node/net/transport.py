@@ -50,7 +50,7 @@ from ..sip.transaction import RETRANSMIT, ClientTransactions
 from ..storage import Subscription
 from ..tasks import Tasks
 from .targets import SEND, WAIT, Targets
-from .tls import accept_tls
+from .tls import Forwarding, accept_tls
 from .websocket import text_frame
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class UdpSocket:
         self.sock.close()
 
 
-class TcpConnection(asyncio.Protocol):
+class TcpConnection(Forwarding):
     """One stream connection: SIP over TCP or TLS framed here, or (``inner``
     given) the byte stream of a WebSocket handed to aiohttp's HTTP handler,
     which gives its messages back through :meth:`message_done`."""
@@ -281,17 +281,6 @@ class TcpConnection(asyncio.Protocol):
         if self.raw is not None and self.raw is not t and not self.raw.is_closing():
             n += self.raw.get_write_buffer_size()
         return n
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.inner is not None else None
-
-    def pause_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.inner is not None:
-            self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.unregister(self)
